@@ -1,0 +1,186 @@
+/*
+ * attnx.h -- the C contract of attnx: dot-product attention on float64.
+ *
+ * Plain C99. Every array is row-major, contiguous float64 unless a stride says
+ * otherwise; sizes are size_t; strides are in elements (not bytes) and may be 0
+ * to broadcast. Inputs are const. Every function returns a status code
+ * (ATTNX_OK == 0) instead of touching errno, and writes nothing unless it
+ * returns ATTNX_OK. The single-query functions never allocate. No global state
+ * exists beyond the dispatch table, which is filled once, thread-safely, on
+ * first use (or by attnx_simd_level()).
+ *
+ * The computation, for a query q (d), keys K (T, d) and values V (T, dv):
+ *
+ *     scores[t]  = scale * dot(q, K[t])
+ *     weights    = softmax(scores)      max-subtracted, so scores up to +-1e308
+ *                                       never overflow
+ *     context[j] = sum_t weights[t] * V[t, j]
+ *
+ * Numerics shared by every function (the failure model, docs/failure-model.md):
+ *   - softmax subtracts the row maximum with an exact two-sum, so the rounding
+ *     of s - max is compensated and each weight is within a few ulp of the
+ *     correctly rounded result even when scores spread over 1000;
+ *   - a NaN anywhere in a softmax row makes the whole row NaN; +inf in a row
+ *     makes it NaN (inf - inf); -inf entries get weight exactly 0; a row that is
+ *     entirely -inf is NaN in attnx_softmax (as scipy.special.softmax) but gives
+ *     zero weights and a zero context in attnx_attend (nothing to attend to);
+ *   - a weight of exactly 0 contributes nothing to a context: its value row is
+ *     not read, so NaN or inf there cannot leak into the result;
+ *   - masked keys (mask[t] == 0) are never read, neither their key nor their
+ *     value row.
+ */
+#ifndef ATTNX_H
+#define ATTNX_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Version of this C API. The capsule table (attnx_capi.h) carries it too. */
+#define ATTNX_API_VERSION 1
+
+/* Status codes. Every function returns one; attnx_strerror() names it. */
+enum attnx_status {
+    ATTNX_OK = 0,
+    ATTNX_ERR_NULL = 1,        /* a required pointer is NULL */
+    ATTNX_ERR_EMPTY = 2,       /* T == 0 where at least one key is required */
+    ATTNX_ERR_OVERFLOW = 3,    /* a size product overflows size_t */
+    ATTNX_ERR_OVERLAP = 4,     /* an output overlaps an input where that is not allowed */
+    ATTNX_ERR_NOMEM = 5,       /* a multi-threaded call could not allocate scratch */
+    ATTNX_ERR_ARG = 6,         /* any other invalid argument (see the function) */
+    ATTNX_ERR_UNSUPPORTED = 7  /* the requested SIMD level is not available */
+};
+
+/* Largest number of leading (batch) dimensions the batched functions take. */
+#define ATTNX_MAX_BATCH_DIMS 32
+
+/* A static, never-NULL English message for a status code. */
+const char *attnx_strerror(int status);
+
+/* ------------------------------------------------------------------------ */
+/* Single-query kernels. None allocates, none starts a thread.              */
+/* ------------------------------------------------------------------------ */
+
+/* scores[t] = scale * dot(q, K[t]) for t < T.  q: d, K: T x d, scores: T.
+ * d == 0 gives zeros; T == 0 writes nothing.
+ * Errors: NULL, OVERFLOW (T*d), OVERLAP (scores overlaps q or K). */
+int attnx_dot_scores(const double *q, const double *K, size_t T, size_t d,
+                     double scale, double *scores);
+
+/* y = softmax(x) over n elements; y may be x (in place), but must not
+ * otherwise overlap it. n == 0 writes nothing. Errors: NULL, OVERLAP. */
+int attnx_softmax(const double *x, size_t n, double *y);
+
+/* ctx[j] = sum_t w[t] * V[t, j].  w: T, V: T x dv, ctx: dv.  T == 0 gives a
+ * zero context. Zero weights skip their value row (see above).
+ * Errors: NULL, OVERFLOW (T*dv), OVERLAP (ctx overlaps w or V). */
+int attnx_context(const double *w, const double *V, size_t T, size_t dv, double *ctx);
+
+/* Attention for one query: ctx = softmax(scale * K q) V.
+ * q: d, K: T x d, V: T x dv (V may be K when dv == d), mask: T bytes or NULL
+ * (nonzero = attends), ctx: dv, weights: T or NULL.
+ * With weights == NULL the computation is one fused pass over K and V (online
+ * softmax: running max, running sum, rescaled accumulator), reading each key
+ * and value row once and allocating nothing. With weights != NULL the scores
+ * are computed, normalised into weights, then reduced (two passes).
+ * A query that attends to nothing (every key masked, or every score -inf)
+ * gets a zero context and zero weights.
+ * Errors: NULL (q, K, V or ctx), EMPTY (T == 0), OVERFLOW, OVERLAP (ctx or
+ * weights overlaps an input or each other). */
+int attnx_attend(const double *q, const double *K, const double *V,
+                 size_t T, size_t d, size_t dv, double scale,
+                 const unsigned char *mask,
+                 double *ctx, double *weights);
+
+/* y[i] = exp(x[i]) with attnx's own vectorised exp (within 1 ulp over
+ * [-745, 709.78]; tests/test_exp.py measures it). y may be x. */
+int attnx_exp(const double *x, size_t n, double *y);
+
+/* ------------------------------------------------------------------------ */
+/* Batched kernels.                                                          */
+/*                                                                           */
+/* A batch is nbatch leading dimensions of sizes batch_shape[0..nbatch). Each */
+/* operand gives, per batch dimension, the stride in elements between        */
+/* consecutive matrices (0 broadcasts it). Inside one batch item every       */
+/* operand is a contiguous row-major matrix; outputs are contiguous over the */
+/* whole batch, in C order. nbatch == 0 means a single item (the strides may */
+/* then be NULL). num_threads: 0 = the OpenMP default (OMP_NUM_THREADS,      */
+/* threadpoolctl), 1 = serial, n = at most n threads. Without OpenMP support */
+/* in the build every call is serial.                                        */
+/* Errors, besides those of the single-query forms: ARG (nbatch >            */
+/* ATTNX_MAX_BATCH_DIMS, num_threads < 0, NULL strides with nbatch > 0),     */
+/* NOMEM.                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* scores[b, i, t] = scale * dot(Q[b, i], K[b, t]).
+ * Q[b]: Lq x d, K[b]: T x d, scores: batch x Lq x T. */
+int attnx_dot_scores_batch(const double *Q, const double *K,
+                           size_t nbatch, const size_t *batch_shape,
+                           const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                           size_t Lq, size_t T, size_t d, double scale,
+                           double *scores, int num_threads);
+
+/* Row-wise softmax of a contiguous rows x n matrix; y may be x. */
+int attnx_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                       int num_threads);
+
+/* ctx[b, i, :] = sum_t W[b, i, t] * V[b, t, :].
+ * W[b]: Lq x T, V[b]: T x dv, ctx: batch x Lq x dv. */
+int attnx_context_batch(const double *W, const double *V,
+                        size_t nbatch, const size_t *batch_shape,
+                        const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                        size_t Lq, size_t T, size_t dv,
+                        double *ctx, int num_threads);
+
+/* Batched attention: ctx[b, i] = softmax(scale * K[b] Q[b, i] | mask) V[b].
+ * Q[b]: Lq x d, K[b]: T x d, V[b]: T x dv. ctx: batch x Lq x dv (contiguous);
+ * weights: batch x Lq x T (contiguous) or NULL for the fused pass.
+ * mask: NULL, or bytes with mask[b] + i * mask_row_stride + t (the last axis
+ * contiguous; mask_row_stride may be 0 to share one row across queries).
+ * causal != 0: query i attends keys t <= i (top-left aligned, as
+ * torch.nn.functional.scaled_dot_product_attention(is_causal=True)), combined
+ * with mask by AND. With num_threads != 1 and a single long query, the key
+ * sequence is split across threads and the partial results merged with their
+ * running max and sum (flash-decoding); that path may allocate. */
+int attnx_attend_batch(const double *Q, const double *K, const double *V,
+                       size_t nbatch, const size_t *batch_shape,
+                       const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                       const ptrdiff_t *v_strides,
+                       size_t Lq, size_t T, size_t d, size_t dv, double scale,
+                       const unsigned char *mask, const ptrdiff_t *mask_strides,
+                       ptrdiff_t mask_row_stride, int causal,
+                       double *ctx, double *weights, int num_threads);
+
+/* ------------------------------------------------------------------------ */
+/* Dispatch.                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Name of the kernel set this process uses: "avx512", "avx2", "neon" or
+ * "scalar". Chosen once from CPUID and XGETBV (the OS must have enabled the
+ * vector registers), lowered by the environment variable
+ * ATTNX_SIMD=scalar|avx2|avx512 (a level above what the CPU has is ignored). */
+const char *attnx_simd_level(void);
+
+/* Switch the kernel set for the whole process ("scalar", "avx2", "avx512",
+ * "neon", or "best"). Meant for tests; not for use while other threads call
+ * attnx. Errors: NULL, ARG (unknown name), UNSUPPORTED (not on this CPU). */
+int attnx_set_simd_level(const char *name);
+
+/* Space-separated names of the levels this CPU and build support, best first,
+ * e.g. "avx512 avx2 scalar". */
+const char *attnx_simd_available(void);
+
+/* Nonzero when the library was built with OpenMP; then the largest thread
+ * count a num_threads == 0 call would use. 0 without OpenMP. */
+int attnx_max_threads(void);
+
+/* Compiler, flags and OpenMP of this build, as one human-readable line. */
+const char *attnx_build_info(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTNX_H */

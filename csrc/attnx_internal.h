@@ -1,0 +1,199 @@
+/*
+ * attnx_internal.h -- what the kernel files share: the function table every
+ * SIMD level fills, the exp constants, and small scalar helpers.
+ * Never installed; nothing here is part of the public contract.
+ *
+ * Every helper is `static inline`: each kernel file is compiled with its own
+ * ISA flags, and a shared out-of-line (or extern inline) copy could be merged
+ * by the linker into the one compiled for the widest ISA.
+ */
+#ifndef ATTNX_INTERNAL_H
+#define ATTNX_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "attnx.h"
+
+/* Which SIMD kernel files have something to compile on this target.
+ * -DATTNX_NO_SIMD builds the portable kernels alone (any C99 compiler). */
+#if defined(ATTNX_NO_SIMD)
+#elif defined(__x86_64__) || defined(_M_X64) || defined(_M_AMD64)
+#define ATTNX_HAVE_X86 1
+#elif defined(__aarch64__) || defined(_M_ARM64)
+#define ATTNX_HAVE_NEON 1
+#endif
+
+/* Running state of an online softmax over a chunk of keys: the max score seen
+ * (m), the sum of exp(score - m) (l), and, beside it, an accumulator
+ * acc[dv] = sum_t exp(score_t - m) * V[t]. m == -inf means "nothing yet". */
+typedef struct attnx_online {
+    double m;
+    double l;
+} attnx_online;
+
+/* The kernels of one SIMD level. Sizes are validated by the caller (api.c):
+ * kernels never see NULL pointers or overflowing sizes. */
+typedef struct attnx_kernels {
+    const char *name;
+
+    /* y[i] = exp(x[i]); y may be x. */
+    void (*exp)(const double *x, size_t n, double *y);
+
+    /* s[t] = scale * dot(q, K[t]). */
+    void (*dot_scores)(const double *q, const double *K, size_t T, size_t d,
+                       double scale, double *s);
+
+    /* y = softmax(x), y may be x. Returns 1 when the row max is -inf (the
+     * row is all -inf; y is then NaN), else 0. n >= 1. */
+    int (*softmax)(const double *x, size_t n, double *y);
+
+    /* ctx[j] = sum_{t: w[t] != 0} w[t] * V[t, j]. */
+    void (*context)(const double *w, const double *V, size_t T, size_t dv,
+                    double *ctx);
+
+    /* Fold keys [0, T) into an online-softmax state (st, acc[dv]); keys with
+     * mask[t] == 0 are skipped unread (mask may be NULL). */
+    void (*attend_online)(const double *q, const double *K, const double *V,
+                          size_t T, size_t d, size_t dv, double scale,
+                          const unsigned char *mask, attnx_online *st,
+                          double *acc);
+
+    /* Fused attention for nq consecutive queries Q[0..nq) (row stride d)
+     * against the same K and V; query r has absolute index q0 + r (causal:
+     * it attends keys t <= q0 + r). mask row r is mask + r * mask_row_stride
+     * (mask may be NULL). ctx rows are contiguous. NULL in a table means the
+     * generic loop over attend_online in api.c. */
+    void (*attend_rows)(const double *Q, size_t nq, size_t q0,
+                        const double *K, const double *V, size_t T, size_t d,
+                        size_t dv, double scale, const unsigned char *mask,
+                        ptrdiff_t mask_row_stride, int causal, double *ctx);
+} attnx_kernels;
+
+extern const attnx_kernels attnx_kernels_scalar;
+#if defined(ATTNX_HAVE_X86)
+extern const attnx_kernels attnx_kernels_avx2;
+extern const attnx_kernels attnx_kernels_avx512;
+#endif
+#if defined(ATTNX_HAVE_NEON)
+extern const attnx_kernels attnx_kernels_neon;
+#endif
+
+/* The table in use (dispatch.c). Never NULL once returned. */
+const attnx_kernels *attnx_kernels_get(void);
+
+/* -------------------------------------------------------------------------
+ * exp(x): the algorithm every level implements.
+ *
+ *   clamp x to [-746, 710]           (beyond: 0 or inf come out of the scaling;
+ *                                     NaN passes through the clamp)
+ *   n  = round(x / ln2)              (add-and-subtract 1.5 * 2^52)
+ *   r  = x - n*ln2_hi - n*ln2_lo + lo    |r| <= 0.3466; ln2_hi has 32
+ *                                     significant bits, so n*ln2_hi is exact
+ *   p  = r + r^2 * (1/2! + r/3! + ... + r^11/13!)   Taylor to degree 13:
+ *                                     truncation < 4.2e-18 relative
+ *   e^x = (1 + p) * 2^(n/2) * 2^(n - n/2)    two exact-power scalings, so the
+ *                                     result overflows or goes subnormal with
+ *                                     a single rounding
+ *
+ * `lo` carries the rounding error of a preceding subtraction (softmax passes
+ * s - max as an exact two-sum hi + lo), so exp(hi + lo) costs one add more.
+ * Measured max error: tests/test_exp.py (prints it; bound asserted: 1 ulp).
+ * ------------------------------------------------------------------------- */
+#define ATTNX_EXP_LO_CLAMP (-746.0)
+#define ATTNX_EXP_HI_CLAMP 710.0
+#define ATTNX_LOG2E 0x1.71547652b82fep0
+#define ATTNX_LN2_HI 0x1.62e42feep-1
+#define ATTNX_LN2_LO 0x1.a39ef35793c76p-33
+#define ATTNX_SHIFTER 0x1.8p52
+/* 1/k! rounded to double, k = 2..13 */
+#define ATTNX_EXP_C2 0.5
+#define ATTNX_EXP_C3 0x1.5555555555555p-3
+#define ATTNX_EXP_C4 0x1.5555555555555p-5
+#define ATTNX_EXP_C5 0x1.1111111111111p-7
+#define ATTNX_EXP_C6 0x1.6c16c16c16c17p-10
+#define ATTNX_EXP_C7 0x1.a01a01a01a01ap-13
+#define ATTNX_EXP_C8 0x1.a01a01a01a01ap-16
+#define ATTNX_EXP_C9 0x1.71de3a556c734p-19
+#define ATTNX_EXP_C10 0x1.27e4fb7789f5cp-22
+#define ATTNX_EXP_C11 0x1.ae64567f544e4p-26
+#define ATTNX_EXP_C12 0x1.1eed8eff8d898p-29
+#define ATTNX_EXP_C13 0x1.6124613a86d09p-33
+
+static inline double attnx_bits_to_f64(uint64_t u)
+{
+    double x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* 2^k for -1022 <= k <= 1023 */
+static inline double attnx_pow2i(int k)
+{
+    return attnx_bits_to_f64((uint64_t)(k + 1023) << 52);
+}
+
+/* exp(hi + lo), scalar reference of the algorithm above. lo must be finite
+ * (callers zero it when hi is not). */
+static inline double attnx_exp2sum_scalar(double hi, double lo)
+{
+    double x = hi;
+    if (x < ATTNX_EXP_LO_CLAMP) x = ATTNX_EXP_LO_CLAMP;
+    if (x > ATTNX_EXP_HI_CLAMP) x = ATTNX_EXP_HI_CLAMP;
+    if (x != x) return x + lo;               /* NaN */
+    double t = x * ATTNX_LOG2E + ATTNX_SHIFTER;
+    double n = t - ATTNX_SHIFTER;
+    double r = (x - n * ATTNX_LN2_HI) - n * ATTNX_LN2_LO + lo;
+    double q = ATTNX_EXP_C13;
+    q = q * r + ATTNX_EXP_C12;
+    q = q * r + ATTNX_EXP_C11;
+    q = q * r + ATTNX_EXP_C10;
+    q = q * r + ATTNX_EXP_C9;
+    q = q * r + ATTNX_EXP_C8;
+    q = q * r + ATTNX_EXP_C7;
+    q = q * r + ATTNX_EXP_C6;
+    q = q * r + ATTNX_EXP_C5;
+    q = q * r + ATTNX_EXP_C4;
+    q = q * r + ATTNX_EXP_C3;
+    q = q * r + ATTNX_EXP_C2;
+    double p = r + (r * r) * q;
+    int k = (int)n;
+    int k1 = k >> 1;           /* arithmetic shift: floor(k / 2) */
+    return ((1.0 + p) * attnx_pow2i(k1)) * attnx_pow2i(k - k1);
+}
+
+/* Exact difference a - b = hi + lo (Knuth's two-sum, no branch). When hi is
+ * not finite lo is meaningless; callers pass it through attnx_exp2sum_*,
+ * which only reads lo when hi is in range -- see attnx_sub_lo_sane(). */
+static inline double attnx_two_diff(double a, double b, double *lo)
+{
+    double hi = a - b;
+    double z = hi - a;
+    *lo = (a - (hi - z)) + (-b - z);
+    return hi;
+}
+
+/* lo, or 0 where hi is -inf/below the exp range or NaN (lo is then NaN). */
+static inline double attnx_sub_lo_sane(double hi, double lo)
+{
+    return (hi >= ATTNX_EXP_LO_CLAMP && hi <= ATTNX_EXP_HI_CLAMP) ? lo : 0.0;
+}
+
+/* exp(a - b) with the rounding of the subtraction compensated. */
+static inline double attnx_exp_diff_scalar(double a, double b)
+{
+    double lo;
+    double hi = attnx_two_diff(a, b, &lo);
+    return attnx_exp2sum_scalar(hi, attnx_sub_lo_sane(hi, lo));
+}
+
+/* Pointer-range overlap of [a, a + na) and [b, b + nb), in doubles/bytes. */
+static inline int attnx_overlap(const void *a, size_t abytes, const void *b, size_t bbytes)
+{
+    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+    if (abytes == 0 || bbytes == 0) return 0;
+    return a0 < b0 + bbytes && b0 < a0 + abytes;
+}
+
+#endif /* ATTNX_INTERNAL_H */

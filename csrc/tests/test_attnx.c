@@ -1,0 +1,391 @@
+/*
+ * C unit tests of the attnx core, no Python involved. Every kernel test runs
+ * once per SIMD level this CPU supports and compares against the portable
+ * kernels (and, for the worked example, against known answers). Closes with
+ * "N passed, N failed"; the exit status is nonzero on any failure.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnx.h"
+
+static int g_pass, g_fail;
+static const char *g_level = "?";
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (cond) {                                                             \
+            g_pass++;                                                           \
+        } else {                                                                \
+            g_fail++;                                                           \
+            printf("FAIL [%s] %s:%d: %s -- ", g_level, __FILE__, __LINE__, #cond); \
+            printf(__VA_ARGS__);                                                \
+            printf("\n");                                                       \
+        }                                                                       \
+    } while (0)
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static double urand(void) /* [-1, 1) */
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (double)(g_rng >> 11) * 0x1p-52 - 1.0;
+}
+static double *rand_array(size_t n, double amp)
+{
+    double *a = malloc((n ? n : 1) * sizeof(double));
+    for (size_t i = 0; i < n; i++) a[i] = amp * urand();
+    return a;
+}
+
+/* |a - b| <= tol * max(|a|, |b|) + atol, with NaN == NaN and inf == inf. */
+static int close_to(double a, double b, double tol, double atol)
+{
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b);
+    if (isinf(a) || isinf(b)) return a == b;
+    double m = fabs(a) > fabs(b) ? fabs(a) : fabs(b);
+    return fabs(a - b) <= tol * m + atol;
+}
+static int close_rel(double a, double b, double tol) { return close_to(a, b, tol, 0.0); }
+/* Contexts of unit-scale values can cancel to near zero: compare them with
+ * an absolute floor of tol (atol = tol); weights and scores relatively. */
+static int all_close_at(const double *a, const double *b, size_t n, double tol, double atol,
+                        size_t *where)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!close_to(a[i], b[i], tol, atol)) {
+            *where = i;
+            return 0;
+        }
+    return 1;
+}
+#define all_close(a, b, n, tol, where) all_close_at(a, b, n, tol, 0.0, where)
+#define ctx_close(a, b, n, tol, where) all_close_at(a, b, n, tol, tol, where)
+
+static const size_t SIZES[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 129};
+#define NSIZES (sizeof SIZES / sizeof SIZES[0])
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_status_codes(void)
+{
+    double a[8] = {0}, b[8] = {0}, c[8] = {0};
+    unsigned char m[4] = {1, 1, 1, 1};
+    CHECK(attnx_dot_scores(NULL, a, 1, 1, 1.0, b) == ATTNX_ERR_NULL, "dot NULL q");
+    CHECK(attnx_dot_scores(a, NULL, 1, 1, 1.0, b) == ATTNX_ERR_NULL, "dot NULL K");
+    CHECK(attnx_dot_scores(a, b, 1, 1, 1.0, NULL) == ATTNX_ERR_NULL, "dot NULL out");
+    CHECK(attnx_softmax(NULL, 1, a) == ATTNX_ERR_NULL, "softmax NULL x");
+    CHECK(attnx_softmax(a, 1, NULL) == ATTNX_ERR_NULL, "softmax NULL y");
+    CHECK(attnx_context(NULL, a, 1, 1, b) == ATTNX_ERR_NULL, "context NULL");
+    CHECK(attnx_attend(NULL, a, a, 1, 1, 1, 1.0, NULL, b, NULL) == ATTNX_ERR_NULL, "attend NULL q");
+    CHECK(attnx_attend(a, a, a, 1, 1, 1, 1.0, NULL, NULL, NULL) == ATTNX_ERR_NULL, "attend NULL ctx");
+    CHECK(attnx_attend(a, a, a, 0, 1, 1, 1.0, NULL, b, NULL) == ATTNX_ERR_EMPTY, "attend T=0");
+    CHECK(attnx_attend(a, a, a, SIZE_MAX / 4, 4, 1, 1.0, NULL, b, NULL) == ATTNX_ERR_OVERFLOW, "T*d overflow");
+    CHECK(attnx_attend(a, a, a, 2, 1, SIZE_MAX / 2, 1.0, NULL, b, NULL) == ATTNX_ERR_OVERFLOW, "T*dv overflow");
+    CHECK(attnx_dot_scores(a, b, SIZE_MAX / 3, 3, 1.0, c) == ATTNX_ERR_OVERFLOW, "dot overflow");
+    CHECK(attnx_context(a, b, 3, SIZE_MAX / 3, c) == ATTNX_ERR_OVERFLOW, "context overflow");
+    CHECK(attnx_softmax(a, SIZE_MAX / 2, b) == ATTNX_ERR_OVERFLOW, "softmax overflow");
+    /* overlap: ctx inside K, weights inside V, partial softmax overlap */
+    CHECK(attnx_attend(a, b, c, 4, 2, 1, 1.0, NULL, b + 1, NULL) == ATTNX_ERR_OVERLAP, "ctx in K");
+    CHECK(attnx_attend(a, a, a, 2, 2, 2, 1.0, NULL, c, a + 1) == ATTNX_ERR_OVERLAP, "w in V");
+    CHECK(attnx_attend(a, b, b, 2, 1, 1, 1.0, m, c, c) == ATTNX_ERR_OVERLAP, "w == ctx");
+    CHECK(attnx_softmax(a, 4, a + 1) == ATTNX_ERR_OVERLAP, "softmax partial overlap");
+    CHECK(attnx_softmax(a, 4, a) == ATTNX_OK, "softmax in place");
+    CHECK(attnx_softmax(a, 0, b) == ATTNX_OK, "softmax n=0");
+    CHECK(attnx_dot_scores(a, b, 0, 3, 1.0, c) == ATTNX_OK, "dot T=0");
+    CHECK(attnx_context(a, b, 0, 3, c) == ATTNX_OK && c[0] == 0 && c[2] == 0, "context T=0 zeros");
+    size_t shape[1] = {2};
+    ptrdiff_t st[1] = {0};
+    CHECK(attnx_attend_batch(a, a, a, ATTNX_MAX_BATCH_DIMS + 1, shape, st, st, st, 1, 1, 1, 1, 1.0,
+                             NULL, NULL, 0, 0, c, NULL, 1) == ATTNX_ERR_ARG, "too many batch dims");
+    CHECK(attnx_attend_batch(a, a, a, 1, shape, NULL, st, st, 1, 1, 1, 1, 1.0, NULL, NULL, 0, 0, c,
+                             NULL, 1) == ATTNX_ERR_NULL, "NULL strides");
+    CHECK(attnx_attend_batch(a, a, a, 0, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 1.0, NULL, NULL, 0, 0,
+                             c, NULL, -1) == ATTNX_ERR_ARG, "negative threads");
+    CHECK(attnx_attend_batch(a, a, a, 0, NULL, NULL, NULL, NULL, 1, 0, 1, 1, 1.0, NULL, NULL, 0, 0,
+                             c, NULL, 1) == ATTNX_ERR_EMPTY, "batch T=0");
+    CHECK(attnx_set_simd_level("bogus") == ATTNX_ERR_ARG, "unknown level");
+    CHECK(attnx_set_simd_level(NULL) == ATTNX_ERR_NULL, "NULL level");
+    for (int s = -1; s < 10; s++) CHECK(attnx_strerror(s) != NULL, "strerror %d", s);
+    CHECK(strcmp(attnx_strerror(ATTNX_OK), "success") == 0, "strerror OK");
+}
+
+/* The worked example of DESIGN.md: q = [5, 1, 20], keys = the tutorial's
+ * annotations as rows. */
+static void test_worked_example(void)
+{
+    const double q[3] = {5, 1, 20};
+    const double K[12] = {3, 12, 45, 59, 2, 5, 1, 43, 5, 4, 3, 45.3};
+    const double want_s[4] = {927, 397, 148, 929};
+    const double want_w[4] = {1.19202922e-01, 7.94715151e-232, 0.0, 8.80797078e-01};
+    const double want_c[3] = {3.88079708, 4.0728263, 45.26423912};
+    double s[4], w[4], c[3], c2[3];
+    CHECK(attnx_dot_scores(q, K, 4, 3, 1.0, s) == ATTNX_OK, "status");
+    for (int i = 0; i < 4; i++) CHECK(s[i] == want_s[i], "score %d = %.17g", i, s[i]);
+    CHECK(attnx_attend(q, K, K, 4, 3, 3, 1.0, NULL, c, w) == ATTNX_OK, "status");
+    CHECK(attnx_attend(q, K, K, 4, 3, 3, 1.0, NULL, c2, NULL) == ATTNX_OK, "status");
+    for (int i = 0; i < 4; i++) CHECK(close_rel(w[i], want_w[i], 5e-9), "weight %d = %.17g", i, w[i]);
+    CHECK(w[2] == 0.0, "exp(-781) underflows to exactly 0");
+    /* 1 / (1 + e^2): the exact first weight, to double precision */
+    CHECK(close_rel(w[0], 0.11920292202211755, 4 * DBL_EPSILON), "w0 = %.17g", w[0]);
+    for (int j = 0; j < 3; j++) {
+        CHECK(close_rel(c[j], want_c[j], 5e-8), "context %d = %.17g", j, c[j]);
+        CHECK(close_rel(c2[j], c[j], 4 * DBL_EPSILON), "fused %d = %.17g vs %.17g", j, c2[j], c[j]);
+    }
+}
+
+/* Compare the current level against the portable kernels. */
+static void test_against_scalar(void)
+{
+    for (size_t a = 0; a < NSIZES; a++) {
+        for (size_t b = 0; b < NSIZES; b += 3) {
+            size_t T = SIZES[a], d = SIZES[b], dv = SIZES[(a + b) % NSIZES];
+            double *q = rand_array(d, 1.0), *K = rand_array(T * d, 1.0), *V = rand_array(T * dv, 1.0);
+            double *s = malloc(T * sizeof(double)), *s0 = malloc(T * sizeof(double));
+            double *w = malloc(T * sizeof(double)), *w0 = malloc(T * sizeof(double));
+            double *c = malloc(dv * sizeof(double)), *c0 = malloc(dv * sizeof(double));
+            double *cf = malloc(dv * sizeof(double));
+            unsigned char *mask = malloc(T);
+            for (size_t t = 0; t < T; t++) mask[t] = (t * 7 + a) % 3 != 0;
+            double scale = 1.0 / sqrt((double)d);
+            size_t where = 0;
+            const char *lv = attnx_simd_level();
+
+            attnx_set_simd_level("scalar");
+            attnx_dot_scores(q, K, T, d, scale, s0);
+            attnx_attend(q, K, V, T, d, dv, scale, mask, c0, w0);
+            attnx_set_simd_level(lv);
+
+            attnx_dot_scores(q, K, T, d, scale, s);
+            CHECK(all_close(s, s0, T, 1e-13, &where), "dot T=%zu d=%zu at %zu: %g vs %g", T, d, where, s[where], s0[where]);
+            attnx_attend(q, K, V, T, d, dv, scale, mask, c, w);
+            CHECK(all_close(w, w0, T, 1e-13, &where), "weights T=%zu d=%zu at %zu", T, d, where);
+            CHECK(ctx_close(c, c0, dv, 1e-12, &where), "ctx T=%zu d=%zu dv=%zu at %zu", T, d, dv, where);
+            attnx_attend(q, K, V, T, d, dv, scale, mask, cf, NULL);
+            CHECK(ctx_close(cf, c0, dv, 1e-12, &where), "fused T=%zu d=%zu dv=%zu at %zu: %g vs %g", T, d, dv, where, cf[where], c0[where]);
+            for (size_t t = 0; t < T; t++)
+                if (!mask[t]) CHECK(w[t] == 0.0, "masked weight %zu", t);
+
+            /* softmax over a spread of 1000 vs scalar */
+            double *x = rand_array(T, 500.0);
+            attnx_set_simd_level("scalar");
+            attnx_softmax(x, T, w0);
+            attnx_set_simd_level(lv);
+            attnx_softmax(x, T, w);
+            CHECK(all_close(w, w0, T, 1e-15, &where), "softmax T=%zu at %zu: %.17g vs %.17g", T, where, w[where], w0[where]);
+            attnx_context(w, V, T, dv, c);
+            attnx_set_simd_level("scalar");
+            attnx_context(w, V, T, dv, c0);
+            attnx_set_simd_level(lv);
+            CHECK(ctx_close(c, c0, dv, 1e-13, &where), "context T=%zu dv=%zu", T, dv);
+            free(x);
+            free(q); free(K); free(V); free(s); free(s0); free(w); free(w0);
+            free(c); free(c0); free(cf); free(mask);
+        }
+    }
+}
+
+static void test_exp(void)
+{
+    /* against long double expl over the whole range; the Python suite
+     * measures ulp on 10^6 points against np.longdouble */
+    enum { N = 20001 };
+    double *x = malloc(N * sizeof(double)), *y = malloc(N * sizeof(double));
+    for (int i = 0; i < N; i++) x[i] = -745.0 + (709.78 + 745.0) * i / (N - 1) + 1e-3 * urand();
+    attnx_exp(x, N, y);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        long double ref = expl((long double)x[i]);
+        double r = (double)ref;
+        double ulp = r >= DBL_MIN ? nextafter(r, INFINITY) - r : 0x1p-1074;
+        double err = (double)fabsl((long double)y[i] - ref) / ulp;
+        if (err > worst) worst = err;
+    }
+    CHECK(worst <= 1.0, "exp max error %.3f ulp", worst);
+    double sp[] = {0.0, -0.0, INFINITY, -INFINITY, NAN, 709.79, -745.2, 1e-300, -1e-300, 1.0};
+    double out[10];
+    attnx_exp(sp, 10, out);
+    CHECK(out[0] == 1.0 && out[1] == 1.0, "exp(0) = 1");
+    CHECK(out[2] == INFINITY && out[3] == 0.0 && isnan(out[4]), "exp specials");
+    CHECK(out[5] == INFINITY && out[6] == 0.0, "exp over/underflow");
+    CHECK(out[7] == 1.0 && out[8] == 1.0, "exp tiny");
+    CHECK(out[9] == 2.718281828459045 || out[9] == 2.7182818284590455, "exp(1) = %.17g (1 ulp)", out[9]);
+    free(x);
+    free(y);
+}
+
+static void test_softmax_specials(void)
+{
+    double y[5];
+    double allneg[3] = {-INFINITY, -INFINITY, -INFINITY};
+    attnx_softmax(allneg, 3, y);
+    CHECK(isnan(y[0]) && isnan(y[2]), "all -inf is NaN (as scipy)");
+    double withnan[3] = {1, NAN, 2};
+    attnx_softmax(withnan, 3, y);
+    CHECK(isnan(y[0]) && isnan(y[1]) && isnan(y[2]), "NaN poisons the row");
+    double withinf[3] = {1, INFINITY, 2};
+    attnx_softmax(withinf, 3, y);
+    CHECK(isnan(y[1]), "+inf gives NaN (inf - inf)");
+    double big[4] = {1e308, -1e308, 1e308, 0};
+    attnx_softmax(big, 4, y);
+    CHECK(y[0] == 0.5 && y[1] == 0.0 && y[2] == 0.5 && y[3] == 0.0, "+-1e308 never overflow: %g %g %g %g", y[0], y[1], y[2], y[3]);
+    double someinf[3] = {-INFINITY, 0, -INFINITY};
+    attnx_softmax(someinf, 3, y);
+    CHECK(y[0] == 0.0 && y[1] == 1.0 && y[2] == 0.0, "-inf weight 0");
+    double one[1] = {42};
+    attnx_softmax(one, 1, y);
+    CHECK(y[0] == 1.0, "single element");
+}
+
+static void test_attend_specials(void)
+{
+    double q[2] = {1, 2}, K[6] = {1, 0, 0, 1, 1, 1}, V[6] = {1, 2, 3, 4, 5, 6};
+    double c[2], w[3];
+    unsigned char none[3] = {0, 0, 0}, some[3] = {0, 1, 0};
+    attnx_attend(q, K, V, 3, 2, 2, 1.0, none, c, w);
+    CHECK(c[0] == 0 && c[1] == 0 && w[0] == 0 && w[1] == 0 && w[2] == 0, "all masked: zeros");
+    attnx_attend(q, K, V, 3, 2, 2, 1.0, none, c, NULL);
+    CHECK(c[0] == 0 && c[1] == 0, "all masked fused: zeros");
+    attnx_attend(q, K, V, 3, 2, 2, 1.0, some, c, w);
+    CHECK(c[0] == 3 && c[1] == 4 && w[1] == 1.0, "one key left");
+    /* a masked key's rows are never read: NaN there changes nothing */
+    double Kn[6] = {NAN, NAN, 0, 1, NAN, NAN}, Vn[6] = {NAN, NAN, 3, 4, INFINITY, NAN};
+    attnx_attend(q, Kn, Vn, 3, 2, 2, 1.0, some, c, NULL);
+    CHECK(c[0] == 3 && c[1] == 4, "masked NaN rows unread (fused)");
+    attnx_attend(q, Kn, Vn, 3, 2, 2, 1.0, some, c, w);
+    CHECK(c[0] == 3 && c[1] == 4, "masked NaN rows unread (two-pass)");
+    double qn[2] = {NAN, 1};
+    attnx_attend(qn, K, V, 3, 2, 2, 1.0, NULL, c, NULL);
+    CHECK(isnan(c[0]) && isnan(c[1]), "NaN query propagates (fused)");
+    attnx_attend(qn, K, V, 3, 2, 2, 1.0, NULL, c, w);
+    CHECK(isnan(c[0]) && isnan(w[0]), "NaN query propagates (two-pass)");
+    /* huge scores: the online rescale must not overflow */
+    double qb[1] = {1e308}, Kb[3] = {1, -1, 0.5}, Vb[3] = {1, 2, 3};
+    attnx_attend(qb, Kb, Vb, 3, 1, 1, 1.0, NULL, c, NULL);
+    CHECK(c[0] == 1.0, "1e308 scores fused: %g", c[0]);
+    attnx_attend(qb, Kb, Vb, 3, 1, 1, 1.0, NULL, c, w);
+    CHECK(c[0] == 1.0 && w[0] == 1.0, "1e308 scores two-pass");
+}
+
+/* Batched entry points against loops of single-query calls, with a
+ * broadcast operand (zero stride), a mask shared across queries, causal. */
+static void test_batch(void)
+{
+    const size_t B0 = 2, B1 = 3, Lq = 5, T = 37, d = 9, dv = 6;
+    size_t shape[2] = {B0, B1};
+    double *Q = rand_array(B0 * B1 * Lq * d, 1.0);
+    double *K = rand_array(B0 * T * d, 1.0);           /* broadcast over B1 */
+    double *V = rand_array(B1 * T * dv, 1.0);          /* broadcast over B0 */
+    unsigned char *mask = malloc(B1 * T);               /* per B1, shared by rows */
+    for (size_t i = 0; i < B1 * T; i++) mask[i] = (i % 5) != 1;
+    ptrdiff_t qs[2] = {(ptrdiff_t)(B1 * Lq * d), (ptrdiff_t)(Lq * d)};
+    ptrdiff_t ks[2] = {(ptrdiff_t)(T * d), 0};
+    ptrdiff_t vs[2] = {0, (ptrdiff_t)(T * dv)};
+    ptrdiff_t ms[2] = {0, (ptrdiff_t)T};
+    size_t rows = B0 * B1 * Lq;
+    double *ctx = malloc(rows * dv * sizeof(double)), *W = malloc(rows * T * sizeof(double));
+    double *ctxf = malloc(rows * dv * sizeof(double)), *S = malloc(rows * T * sizeof(double));
+    double *c1 = malloc(dv * sizeof(double)), *w1 = malloc(T * sizeof(double));
+    double *cc = malloc(rows * dv * sizeof(double));
+    double scale = 0.3;
+    for (int causal = 0; causal < 2; causal++) {
+        for (int threads = 1; threads <= 2; threads++) {
+            CHECK(attnx_attend_batch(Q, K, V, 2, shape, qs, ks, vs, Lq, T, d, dv, scale, mask, ms, 0,
+                                     causal, ctx, W, threads) == ATTNX_OK, "status");
+            CHECK(attnx_attend_batch(Q, K, V, 2, shape, qs, ks, vs, Lq, T, d, dv, scale, mask, ms, 0,
+                                     causal, ctxf, NULL, threads) == ATTNX_OK, "status");
+            int ok = 1;
+            for (size_t b0 = 0; b0 < B0; b0++)
+                for (size_t b1 = 0; b1 < B1; b1++)
+                    for (size_t i = 0; i < Lq; i++) {
+                        size_t row = (b0 * B1 + b1) * Lq + i;
+                        size_t lim = causal ? (i + 1 < T ? i + 1 : T) : T;
+                        const double *q = Q + row * d;
+                        attnx_attend(q, K + b0 * T * d, V + b1 * T * dv, lim, d, dv, scale,
+                                     mask + b1 * T, c1, w1);
+                        size_t where;
+                        int ok1 = ctx_close(ctx + row * dv, c1, dv, 1e-12, &where);
+                        int ok2 = ctx_close(ctxf + row * dv, c1, dv, 1e-12, &where);
+                        int ok3 = all_close(W + row * T, w1, lim, 1e-13, &where);
+                        ok &= ok1 && ok2 && ok3;
+                        for (size_t t = lim; t < T; t++) ok &= W[row * T + t] == 0.0;
+                    }
+            CHECK(ok, "batch attend causal=%d threads=%d", causal, threads);
+        }
+    }
+    /* dot_scores and context batches against the same loops */
+    CHECK(attnx_dot_scores_batch(Q, K, 2, shape, qs, ks, Lq, T, d, scale, S, 2) == ATTNX_OK, "status");
+    CHECK(attnx_softmax_rows(S, rows, T, S, 2) == ATTNX_OK, "status");
+    CHECK(attnx_context_batch(S, V, 2, shape, (ptrdiff_t[]){(ptrdiff_t)(B1 * Lq * T), (ptrdiff_t)(Lq * T)},
+                              vs, Lq, T, dv, cc, 2) == ATTNX_OK, "status");
+    int ok = 1;
+    for (size_t b0 = 0; b0 < B0; b0++)
+        for (size_t b1 = 0; b1 < B1; b1++)
+            for (size_t i = 0; i < Lq; i++) {
+                size_t row = (b0 * B1 + b1) * Lq + i, where;
+                attnx_attend(Q + row * d, K + b0 * T * d, V + b1 * T * dv, T, d, dv, scale, NULL, c1, w1);
+                ok &= all_close(S + row * T, w1, T, 1e-13, &where);
+                ok &= ctx_close(cc + row * dv, c1, dv, 1e-12, &where);
+            }
+    CHECK(ok, "dot_scores_batch + softmax_rows + context_batch == attend");
+    free(Q); free(K); free(V); free(mask); free(ctx); free(W); free(ctxf); free(S);
+    free(c1); free(w1); free(cc);
+}
+
+/* One long query split across threads equals the serial fused pass. */
+static void test_split(void)
+{
+    const size_t T = 50000, d = 8, dv = 5;
+    double *q = rand_array(d, 3.0), *K = rand_array(T * d, 3.0), *V = rand_array(T * dv, 1.0);
+    unsigned char *mask = malloc(T);
+    for (size_t t = 0; t < T; t++) mask[t] = t < T / 2 ? 0 : 1;   /* first chunk all masked */
+    double c1[5], c2[5];
+    size_t where;
+    attnx_attend(q, K, V, T, d, dv, 1.0, NULL, c1, NULL);
+    attnx_attend_batch(q, K, V, 0, NULL, NULL, NULL, NULL, 1, T, d, dv, 1.0, NULL, NULL, 0, 0, c2, NULL, 4);
+    CHECK(ctx_close(c1, c2, dv, 1e-12, &where), "split == serial at %zu", where);
+    attnx_attend(q, K, V, T, d, dv, 1.0, mask, c1, NULL);
+    attnx_attend_batch(q, K, V, 0, NULL, NULL, NULL, NULL, 1, T, d, dv, 1.0, mask, NULL, 0, 0, c2, NULL, 4);
+    CHECK(ctx_close(c1, c2, dv, 1e-12, &where), "split with an empty chunk == serial");
+    free(q); free(K); free(V); free(mask);
+}
+
+int main(int argc, char **argv)
+{
+    const char *avail = attnx_simd_available();
+    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
+        printf("%s\n", avail);
+        return 0;
+    }
+    char levels[64];
+    printf("attnx C tests; levels available: %s; build: %s\n", avail, attnx_build_info());
+    g_level = attnx_simd_level();
+    printf("dispatched level: %s\n", g_level);
+    test_status_codes();
+    /* every level this CPU has, unless ATTNX_SIMD pins one */
+    const char *pin = getenv("ATTNX_SIMD");
+    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
+    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
+        if (attnx_set_simd_level(lv) != ATTNX_OK) {
+            CHECK(0, "cannot select level %s", lv);
+            continue;
+        }
+        g_level = attnx_simd_level();
+        CHECK(strcmp(g_level, lv) == 0, "level %s selected", lv);
+        test_worked_example();
+        test_against_scalar();
+        test_exp();
+        test_softmax_specials();
+        test_attend_specials();
+        test_batch();
+        test_split();
+        printf("level %-7s done\n", lv);
+    }
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail != 0;
+}
