@@ -13,8 +13,12 @@
 
 #include "attnx_internal.h"
 
+/* The Python build writes the compiler and flags into a generated header. */
+#if defined(ATTNX_HAVE_BUILD_INFO_H)
+#include "attnx_build_info.h"
+#endif
 #ifndef ATTNX_BUILD_INFO
-#define ATTNX_BUILD_INFO "(no build info)"
+#define ATTNX_BUILD_INFO "C library build (" __DATE__ ")"
 #endif
 
 /* Below this many multiply-adds a call stays on one thread: waking a team

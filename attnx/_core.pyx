@@ -1,0 +1,699 @@
+# cython: language_level=3, cdivision=True
+# cython: embedsignature=True, embedsignature.format=python
+"""NumPy API of attnx: dot_score, softmax, context, attend.
+
+Each function first tries a fast path (float64, C-contiguous, aligned inputs
+of the plain shapes; no Python-level validation layers), and otherwise takes
+the general path: convert array_likes once, check shapes with messages that
+name both shapes, broadcast the leading dimensions as numpy.matmul does (with
+zero strides, never copies), and call the batched C entry point.
+"""
+
+cimport numpy as cnp
+from cpython.pystate cimport PyThreadState
+from libc.stdint cimport uintptr_t
+
+cimport attnx.kernels as ak
+
+import operator
+
+import numpy as np
+
+try:
+    from numpy.lib.array_utils import normalize_axis_tuple
+except ImportError:  # NumPy < 2.0
+    from numpy.core.numeric import normalize_axis_tuple
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    PyThreadState *PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState *) nogil
+
+cdef enum:
+    # Multiply-adds above which a call releases the GIL (releasing and
+    # re-taking it costs about 100 ns, the whole of a tiny call).
+    NOGIL_WORK = 4096
+    # Above this a single query goes through the batched entry point, which
+    # may split the keys across threads.
+    SERIAL_WORK = 1 << 18
+
+cdef int _IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+cdef int _OUT_FLAGS = _IN_FLAGS | cnp.NPY_ARRAY_WRITEABLE
+
+
+# --- checks and conversions ---------------------------------------------------
+
+cdef inline PyThreadState *_release_gil(bint cond) noexcept:
+    """Release the GIL when `cond` (work worth more than the release costs)."""
+    if cond:
+        return PyEval_SaveThread()
+    return NULL
+
+
+cdef inline void _reacquire_gil(PyThreadState *ts) noexcept:
+    if ts != NULL:
+        PyEval_RestoreThread(ts)
+
+
+cdef inline bint _is_f64(object a, int flags):
+    """a is a native-endian float64 ndarray with all of `flags`."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE
+            and (cnp.PyArray_FLAGS(arr) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline double *_dptr(cnp.ndarray a):
+    return <double *>cnp.PyArray_DATA(a)
+
+
+cdef object _as_f64(object x, str name):
+    """x as a C-contiguous float64 array: x itself when it already is one,
+    else one converted copy. Real numbers only (bool, int, uint, float)."""
+    if _is_f64(x, _IN_FLAGS):
+        return x
+    arr = x if cnp.PyArray_Check(x) else np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
+                        f"got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=np.float64, order="C")
+
+
+cdef int _raise_status(int rc) except -1:
+    msg = ak.strerror(rc).decode()
+    if rc == ak.ERR_NOMEM:
+        raise MemoryError(msg)
+    if rc == ak.ERR_NULL:
+        raise RuntimeError(f"attnx internal error: {msg}")
+    if rc == ak.ERR_OVERLAP:
+        raise ValueError("out shares memory with an input; pass a separate array")
+    raise ValueError(msg)
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Byte ranges of a and b overlap (for contiguous arrays: they share memory)."""
+    cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
+    cdef uintptr_t b0 = <uintptr_t>cnp.PyArray_DATA(b)
+    cdef size_t na = <size_t>cnp.PyArray_NBYTES(a)
+    cdef size_t nb = <size_t>cnp.PyArray_NBYTES(b)
+    return na != 0 and nb != 0 and a0 < b0 + nb and b0 < a0 + na
+
+
+cdef object _result(object out, tuple shape, list inputs):
+    """`out` checked against the result's shape (and for memory shared with an
+    input), or a new array of that shape."""
+    if out is None:
+        return np.empty(shape, dtype=np.float64)
+    if not cnp.PyArray_Check(out):
+        raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE or not cnp.PyArray_ISNOTSWAPPED(out):
+        raise ValueError(f"out must have dtype float64 (native byte order), got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape} but the result has shape {shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if not out.flags.aligned:
+        raise ValueError("out must be aligned")
+    for a in inputs:
+        if a is None:
+            continue
+        if (_overlap(<cnp.ndarray>out, <cnp.ndarray>a) if a.dtype == np.float64
+                else np.may_share_memory(out, a)):
+            raise ValueError("out shares memory with an input; pass a separate array")
+    return out
+
+
+cdef int _threads(object num_threads) except -1:
+    if num_threads is None:
+        return 0
+    n = operator.index(num_threads)
+    if n < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    return n
+
+
+cdef tuple _broadcast_batch(list operands):
+    """Broadcast the leading (batch) dimensions of (array, n_core_dims, name)
+    operands; the error names every shape involved."""
+    shapes = [a.shape[:a.ndim - core] for a, core, _ in operands]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        desc = ", ".join(f"{name} {a.shape}" for a, _, name in operands)
+        raise ValueError(f"leading (batch) dimensions do not broadcast: {desc}") from None
+
+
+cdef int _fill_strides(object a, int core, Py_ssize_t itemsize, tuple batch,
+                       ptrdiff_t *out) except -1:
+    """Element strides of a's batch dimensions, right-aligned to `batch`; 0
+    where a is broadcast."""
+    cdef Py_ssize_t nb = len(batch), na = a.ndim - core, off = nb - na, i
+    for i in range(nb):
+        out[i] = 0
+    for i in range(na):
+        if a.shape[i] != 1:
+            out[off + i] = a.strides[i] // itemsize
+    return 0
+
+
+cdef int _check_batch_ndim(tuple batch) except -1:
+    if len(batch) > ak.MAX_BATCH_DIMS:
+        raise ValueError(f"at most {ak.MAX_BATCH_DIMS} leading (batch) dimensions are "
+                         f"supported, got {len(batch)}")
+    return 0
+
+
+# --- dot_score ------------------------------------------------------------------
+
+def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
+    """Dot-product attention scores, ``scale * keys @ query``.
+
+    Parameters
+    ----------
+    query : array_like, shape (d,) or (..., Lq, d)
+        One query vector, or Lq query rows with any leading dimensions.
+    keys : array_like, shape (..., T, d)
+        T key rows. Leading dimensions broadcast against the query's as in
+        `numpy.matmul`.
+    scale : float, optional
+        Factor applied to every dot product. ``1.0`` is Luong's dot score;
+        ``1/sqrt(d)`` gives scaled dot-product attention.
+    out : ndarray, optional
+        C-contiguous, writeable float64 array of exactly the result's shape;
+        filled and returned, with no allocation. Must not share memory with
+        the inputs.
+    num_threads : int, optional
+        Threads for batched input (default: the OpenMP default).
+
+    Returns
+    -------
+    scores : ndarray, shape (..., T) or (..., Lq, T)
+        float64. Real integer, bool or float inputs are converted to float64.
+
+    Raises
+    ------
+    TypeError
+        For complex, object or string input.
+    ValueError
+        When shapes do not match (the message names both) or `out` is unfit.
+
+    Examples
+    --------
+    The worked example: a decoder state scored against four annotations.
+
+    >>> import numpy as np, attnx
+    >>> q = np.array([5., 1., 20.])
+    >>> keys = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+    >>> print(attnx.dot_score(q, keys))
+    [927. 397. 148. 929.]
+    """
+    cdef cnp.ndarray q, K, res
+    cdef size_t T, d
+    cdef cnp.npy_intp dim
+    cdef int rc
+    cdef PyThreadState *ts
+    if num_threads is None and _is_f64(query, _IN_FLAGS) and _is_f64(keys, _IN_FLAGS):
+        q = <cnp.ndarray>query
+        K = <cnp.ndarray>keys
+        if cnp.PyArray_NDIM(q) == 1 and cnp.PyArray_NDIM(K) == 2:
+            d = <size_t>cnp.PyArray_DIMS(q)[0]
+            T = <size_t>cnp.PyArray_DIMS(K)[0]
+            if <size_t>cnp.PyArray_DIMS(K)[1] == d:
+                if out is None:
+                    dim = <cnp.npy_intp>T
+                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
+                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
+                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == T):
+                    res = <cnp.ndarray>out
+                else:
+                    return _dot_score_general(query, keys, scale, out, num_threads)
+                ts = _release_gil(T * d >= NOGIL_WORK)
+                rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, scale, _dptr(res))
+                _reacquire_gil(ts)
+                if rc != 0:
+                    _raise_status(rc)
+                return res
+    return _dot_score_general(query, keys, scale, out, num_threads)
+
+
+def _dot_score_general(query, keys, double scale, out, num_threads):
+    q = _as_f64(query, "query")
+    K = _as_f64(keys, "keys")
+    if q.ndim < 1:
+        raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
+    if K.ndim < 2:
+        raise ValueError(f"keys must have shape (..., T, d), got shape {K.shape}")
+    if q.shape[-1] != K.shape[-1]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: "
+                         f"the last dimension (d) must match")
+    single = q.ndim == 1
+    d, T = q.shape[-1], K.shape[-2]
+    Lq = 1 if single else q.shape[-2]
+    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys")])
+    _check_batch_ndim(batch)
+    shape = batch + ((T,) if single else (Lq, T))
+    res = _result(out, shape, [q, K])
+    cdef int nt = _threads(num_threads)
+    cdef size_t bshape[32]
+    cdef ptrdiff_t qs[32]
+    cdef ptrdiff_t ks[32]
+    cdef size_t nb = len(batch), i
+    for i in range(nb):
+        bshape[i] = batch[i]
+    _fill_strides(q, 1 if single else 2, 8, batch, qs)
+    _fill_strides(K, 2, 8, batch, ks)
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil(res.size * d >= NOGIL_WORK)
+    rc = ak.dot_scores_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), nb, bshape, qs,
+                             ks, Lq, T, d, scale, _dptr(<cnp.ndarray>res), nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return res
+
+
+# --- softmax --------------------------------------------------------------------
+
+def softmax(x, axis=-1, *, out=None, num_threads=None):
+    """Numerically stable softmax, ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input of any shape.
+    axis : int, tuple of ints or None, optional
+        Axis or axes to normalise over (jointly), as in
+        `scipy.special.softmax`; None means all elements. Default: the last.
+    out : ndarray, optional
+        C-contiguous, writeable float64 array of x's shape. It may be `x`
+        itself (in place), but must not otherwise share memory with it.
+    num_threads : int, optional
+        Threads for many rows (default: the OpenMP default).
+
+    Returns
+    -------
+    ndarray
+        float64, same shape as x (a numpy scalar for 0-d input with
+        ``axis=None``).
+
+    Notes
+    -----
+    The maximum is subtracted with an exact two-sum whose low part is folded
+    into the exponential, and the sum is compensated, so every weight is within
+    a few ulp of the correctly rounded value, even when x spans a range of
+    1000; scores up to +-1e308 never overflow. ``-inf`` entries get weight 0.
+    A slice containing NaN is all NaN; a slice containing ``+inf`` is NaN
+    (inf - inf); an all ``-inf`` slice is NaN, as in SciPy. An empty axis
+    gives an empty result.
+
+    Raises
+    ------
+    numpy.exceptions.AxisError
+        For an axis out of range.
+    TypeError
+        For complex, object or string input.
+
+    Examples
+    --------
+    Where ``exp(x) / exp(x).sum()`` overflows to NaN:
+
+    >>> import attnx
+    >>> print(attnx.softmax([927., 397., 148., 929.]))
+    [1.19202922e-001 7.94715151e-232 0.00000000e+000 8.80797078e-001]
+    """
+    cdef cnp.ndarray a, res
+    cdef cnp.npy_intp n, total
+    cdef int rc
+    cdef PyThreadState *ts
+    if (num_threads is None and type(axis) is int and _is_f64(x, _IN_FLAGS)
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1):
+        a = <cnp.ndarray>x
+        if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
+            if out is None:
+                res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
+                                                     cnp.NPY_DOUBLE, 0)
+            elif (out is x and _is_f64(out, _OUT_FLAGS)):
+                res = a
+            else:
+                return _softmax_general(x, axis, out, num_threads)
+            total = cnp.PyArray_SIZE(a)
+            n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1]
+            if total == 0:
+                return res
+            ts = _release_gil(total >= NOGIL_WORK)
+            if total == n:
+                rc = ak.softmax(_dptr(a), <size_t>n, _dptr(res))
+            else:
+                rc = ak.softmax_rows(_dptr(a), <size_t>(total // n), <size_t>n, _dptr(res), 0)
+            _reacquire_gil(ts)
+            if rc != 0:
+                _raise_status(rc)
+            return res
+    return _softmax_general(x, axis, out, num_threads)
+
+
+def _softmax_general(x, axis, out, num_threads):
+    a = _as_f64(x, "x")
+    cdef Py_ssize_t nd = a.ndim
+    axes = tuple(range(nd)) if axis is None else normalize_axis_tuple(axis, nd)
+    cdef int nt = _threads(num_threads)
+    # out may be x itself (in place: the same memory and layout) but must not
+    # otherwise share memory with it; a converted copy of x shares nothing.
+    same = out is not None and (out is x or (
+        cnp.PyArray_Check(out) and cnp.PyArray_DATA(<cnp.ndarray>out) == cnp.PyArray_DATA(<cnp.ndarray>a)
+        and out.shape == a.shape))
+    res = _result(out, a.shape, [] if same or a is not x else [a])
+    if a.size == 0:
+        return res
+    cdef Py_ssize_t k = len(axes)
+    trailing = tuple(sorted(axes)) == tuple(range(nd - k, nd))
+    cdef size_t n = 1
+    for ax in axes:
+        n *= a.shape[ax]
+    if trailing:
+        src, dst = a, res
+    else:
+        # move the softmax axes last, normalise rows, move them back
+        perm = [i for i in range(nd) if i not in axes] + list(axes)
+        src = np.array(a.transpose(perm), order="C", copy=True)   # never a view of x
+        dst = src
+    cdef size_t rows = <size_t>(a.size // n)
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil(rows * n >= NOGIL_WORK)
+    rc = ak.softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    if not trailing:
+        np.copyto(res, dst.transpose(np.argsort(perm)))
+    if nd == 0 and out is None:
+        return res[()]
+    return res
+
+
+# --- context --------------------------------------------------------------------
+
+def context(weights, values, *, out=None, num_threads=None):
+    """Context vectors, the weighted sums ``sum_t weights[t] * values[t]``.
+
+    Parameters
+    ----------
+    weights : array_like, shape (T,) or (..., T)
+        Attention weights; every leading dimension is a separate set.
+    values : array_like, shape (..., T, dv)
+        Value rows. The leading dimensions of `weights` (all but the last)
+        broadcast against those of `values` (all but the last two).
+    out : ndarray, optional
+        C-contiguous, writeable float64 array of exactly the result's shape;
+        must not share memory with the inputs.
+    num_threads : int, optional
+        Threads for batched input (default: the OpenMP default).
+
+    Returns
+    -------
+    ndarray, shape (..., dv)
+        float64. With ``T == 0`` the context is zeros.
+
+    Notes
+    -----
+    A weight of exactly 0 contributes nothing: its value row is not read, so
+    NaN or inf there does not reach the result (unlike ``weights @ values``,
+    where 0 * inf is NaN). For batched attention weights of shape
+    (..., Lq, T) pair them with ``values[..., None, :, :]``.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> annotations = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+    >>> w = attnx.softmax([927., 397., 148., 929.])
+    >>> print(attnx.context(w, annotations).round(8))
+    [ 3.88079708  4.0728263  45.26423912]
+    """
+    cdef cnp.ndarray w, V, res
+    cdef size_t T, dv
+    cdef cnp.npy_intp dim
+    cdef int rc
+    cdef PyThreadState *ts
+    if num_threads is None and _is_f64(weights, _IN_FLAGS) and _is_f64(values, _IN_FLAGS):
+        w = <cnp.ndarray>weights
+        V = <cnp.ndarray>values
+        if cnp.PyArray_NDIM(w) == 1 and cnp.PyArray_NDIM(V) == 2:
+            T = <size_t>cnp.PyArray_DIMS(w)[0]
+            dv = <size_t>cnp.PyArray_DIMS(V)[1]
+            if <size_t>cnp.PyArray_DIMS(V)[0] == T:
+                if out is None:
+                    dim = <cnp.npy_intp>dv
+                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
+                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
+                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
+                    res = <cnp.ndarray>out
+                else:
+                    return _context_general(weights, values, out, num_threads)
+                ts = _release_gil(T * dv >= NOGIL_WORK)
+                rc = ak.context(_dptr(w), _dptr(V), T, dv, _dptr(res))
+                _reacquire_gil(ts)
+                if rc != 0:
+                    _raise_status(rc)
+                return res
+    return _context_general(weights, values, out, num_threads)
+
+
+def _context_general(weights, values, out, num_threads):
+    w = _as_f64(weights, "weights")
+    V = _as_f64(values, "values")
+    if w.ndim < 1:
+        raise ValueError(f"weights must have shape (T,) or (..., T), got shape {w.shape}")
+    if V.ndim < 2:
+        raise ValueError(f"values must have shape (..., T, dv), got shape {V.shape}")
+    if w.shape[-1] != V.shape[-2]:
+        raise ValueError(f"weights has shape {w.shape} but values has shape {V.shape}: "
+                         f"the number of keys (T) must match")
+    T, dv = w.shape[-1], V.shape[-1]
+    batch = _broadcast_batch([(w, 1, "weights"), (V, 2, "values")])
+    _check_batch_ndim(batch)
+    res = _result(out, batch + (dv,), [w, V])
+    cdef int nt = _threads(num_threads)
+    cdef size_t bshape[32]
+    cdef ptrdiff_t ws[32]
+    cdef ptrdiff_t vs[32]
+    cdef size_t nb = len(batch), i
+    for i in range(nb):
+        bshape[i] = batch[i]
+    _fill_strides(w, 1, 8, batch, ws)
+    _fill_strides(V, 2, 8, batch, vs)
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil(res.size * T >= NOGIL_WORK)
+    rc = ak.context_batch(_dptr(<cnp.ndarray>w), _dptr(<cnp.ndarray>V), nb, bshape, ws, vs,
+                          1, T, dv, _dptr(<cnp.ndarray>res), nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return res
+
+
+# --- attend ---------------------------------------------------------------------
+
+def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal=False,
+           bint return_weights=False, out=None, num_threads=None):
+    """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
+
+    Parameters
+    ----------
+    query : array_like, shape (d,) or (..., Lq, d)
+        One query (e.g. a decoder hidden state), or Lq query rows.
+    keys : array_like, shape (..., T, d)
+        The T keys (annotations). Must hold at least one key.
+    values : array_like, shape (..., T, dv), optional
+        The value rows averaged into the context; defaults to `keys`.
+        Leading dimensions of query, keys and values broadcast as in
+        `numpy.matmul`.
+    scale : float, optional
+        Score factor: 1.0 (default) is the tutorial's (Luong) dot score,
+        ``1/sqrt(d)`` scaled dot-product attention.
+    mask : array_like of bool, optional
+        Broadcastable to the scores' shape, (..., T) or (..., Lq, T); True
+        means "attends" (as in `torch.nn.functional.scaled_dot_product_attention`).
+        Masked keys are never read. A query with every key masked gets a
+        context and weights of zeros, never NaN.
+    causal : bool, optional
+        Query row i attends keys ``t <= i`` only (top-left aligned, as
+        PyTorch's ``is_causal``); combined with `mask` by AND.
+    return_weights : bool, optional
+        Also return the attention weights.
+    out : ndarray or tuple, optional
+        Array for the context (C-contiguous, writeable float64 of exactly its
+        shape; filled and returned with no allocation). With
+        `return_weights`, a pair ``(context_out, weights_out)``, either of
+        which may be None. Must not share memory with the inputs.
+    num_threads : int, optional
+        Threads for batched queries, or for one query over a long sequence
+        (the keys are split across threads and the partial softmax states
+        merged). Default: the OpenMP default, which threadpoolctl can limit.
+
+    Returns
+    -------
+    context : ndarray, shape (dv,) or (..., Lq, dv)
+    weights : ndarray, shape (..., T) or (..., Lq, T)
+        Only with ``return_weights=True``.
+
+    Raises
+    ------
+    TypeError
+        For complex, object or string input, or a non-boolean mask.
+    ValueError
+        For mismatched shapes (the message names both), an empty key
+        sequence (T = 0), or an unfit `out`.
+
+    Notes
+    -----
+    Without `return_weights` this is one fused pass over keys and values
+    (online softmax); with it, weights are computed, normalised, then reduced.
+    NaN in a query or its keys makes that query's output NaN; ``-inf`` scores
+    get weight 0; scores up to +-1e308 never overflow. A key whose weight is
+    exactly 0 does not contribute (its value row is not read). float32 input
+    is computed in float64 and the result is float64.
+
+    Examples
+    --------
+    The worked example of the tutorial, where the naive softmax gives NaN:
+
+    >>> import numpy as np, attnx
+    >>> q = np.array([5., 1., 20.])
+    >>> annotations = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+    >>> ctx, w = attnx.attend(q, annotations, return_weights=True)
+    >>> print(w)
+    [1.19202922e-001 7.94715151e-232 0.00000000e+000 8.80797078e-001]
+    >>> print(ctx.round(8))
+    [ 3.88079708  4.0728263  45.26423912]
+
+    Batched, causal, scaled dot-product attention:
+
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.standard_normal((3, 2, 4, 5, 8))   # (batch, heads, L, d)
+    >>> attnx.attend(Q, K, V, scale=8 ** -0.5, causal=True).shape
+    (2, 4, 5, 8)
+    """
+    cdef cnp.ndarray q, K, V, res
+    cdef size_t T, d, dv
+    cdef cnp.npy_intp dim
+    cdef int rc
+    cdef PyThreadState *ts
+    if (mask is None and not causal and not return_weights and num_threads is None
+            and _is_f64(query, _IN_FLAGS) and _is_f64(keys, _IN_FLAGS)
+            and (values is None or _is_f64(values, _IN_FLAGS))):
+        q = <cnp.ndarray>query
+        K = <cnp.ndarray>keys
+        V = K if values is None else <cnp.ndarray>values
+        if cnp.PyArray_NDIM(q) == 1 and cnp.PyArray_NDIM(K) == 2 and cnp.PyArray_NDIM(V) == 2:
+            d = <size_t>cnp.PyArray_DIMS(q)[0]
+            T = <size_t>cnp.PyArray_DIMS(K)[0]
+            dv = <size_t>cnp.PyArray_DIMS(V)[1]
+            if (<size_t>cnp.PyArray_DIMS(K)[1] == d and <size_t>cnp.PyArray_DIMS(V)[0] == T
+                    and T > 0 and T * (d + dv) < SERIAL_WORK):
+                if out is None:
+                    dim = <cnp.npy_intp>dv
+                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
+                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
+                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
+                    res = <cnp.ndarray>out
+                else:
+                    return _attend_general(query, keys, values, scale, mask, causal,
+                                           return_weights, out, num_threads)
+                ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
+                rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, scale, NULL,
+                               _dptr(res), NULL)
+                _reacquire_gil(ts)
+                if rc != 0:
+                    _raise_status(rc)   # ERR_OVERLAP: out shares memory with an input
+                return res
+    return _attend_general(query, keys, values, scale, mask, causal, return_weights, out,
+                           num_threads)
+
+
+def _attend_general(query, keys, values, double scale, mask, bint causal,
+                    bint return_weights, out, num_threads):
+    q = _as_f64(query, "query")
+    K = _as_f64(keys, "keys")
+    V = K if values is None else _as_f64(values, "values")
+    if q.ndim < 1:
+        raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
+    if K.ndim < 2:
+        raise ValueError(f"keys must have shape (..., T, d), got shape {K.shape}")
+    if V.ndim < 2:
+        raise ValueError(f"values must have shape (..., T, dv), got shape {V.shape}")
+    if q.shape[-1] != K.shape[-1]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: "
+                         f"the last dimension (d) must match")
+    if V.shape[-2] != K.shape[-2]:
+        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
+                         f"the number of keys (T) must match")
+    if K.shape[-2] == 0:
+        raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
+    single = q.ndim == 1
+    d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
+    Lq = 1 if single else q.shape[-2]
+    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
+                              (V, 2, "values")])
+    _check_batch_ndim(batch)
+    scores_shape = batch + ((T,) if single else (Lq, T))
+    ctx_shape = batch + ((dv,) if single else (Lq, dv))
+    cdef size_t nb = len(batch), i
+    cdef size_t bshape[32]
+    cdef ptrdiff_t qs[32]
+    cdef ptrdiff_t ks[32]
+    cdef ptrdiff_t vs[32]
+    cdef ptrdiff_t ms[32]
+    cdef ptrdiff_t mrow = 0
+    cdef const unsigned char *mptr = NULL
+    m = None
+    if mask is not None:
+        m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
+        try:
+            m = np.broadcast_to(m, scores_shape)
+        except ValueError:
+            raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast to "
+                             f"the scores' shape {scores_shape}") from None
+        if T > 1 and m.strides[-1] != 1:
+            m = np.ascontiguousarray(m)
+        mrow = 0 if single else m.strides[-2]
+        _fill_strides(m, 1 if single else 2, 1, batch, ms)
+        mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
+    ins = [q, K, V, m]
+    w = None
+    if return_weights:
+        if out is None:
+            out = (None, None)
+        elif cnp.PyArray_Check(out):
+            out = (out, None)
+        elif not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("with return_weights=True, out must be an array for the context "
+                             "or a pair (context_out, weights_out)")
+        ctx = _result(out[0], ctx_shape, ins)
+        w = _result(out[1], scores_shape, ins + [ctx])
+    else:
+        ctx = _result(out, ctx_shape, ins)
+    cdef int nt = _threads(num_threads)
+    for i in range(nb):
+        bshape[i] = batch[i]
+    _fill_strides(q, 1 if single else 2, 8, batch, qs)
+    _fill_strides(K, 2, 8, batch, ks)
+    _fill_strides(V, 2, 8, batch, vs)
+    cdef double *wptr = NULL if w is None else _dptr(<cnp.ndarray>w)
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil((ctx.size // max(dv, 1)) * T * (d + dv) >= NOGIL_WORK)
+    rc = ak.attend_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), _dptr(<cnp.ndarray>V),
+                         nb, bshape, qs, ks, vs, Lq, T, d, dv, scale, mptr, ms, mrow,
+                         causal, _dptr(<cnp.ndarray>ctx), wptr, nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    if return_weights:
+        return ctx, w
+    return ctx

@@ -1,0 +1,58 @@
+# cython: language_level=3
+"""C-level API of attnx for Cython code: ``cimport attnx.kernels as ak``.
+
+Every function is the function of the same name in csrc/attnx.h without the
+``attnx_`` prefix: raw pointers to row-major contiguous float64 data, sizes as
+``size_t``, strides in elements, an ``int`` status (``OK`` == 0) as result.
+They are ``noexcept nogil``: call them inside ``with nogil:``. They resolve at
+import time through this module's C-level export table (``__pyx_capi__``), so a
+downstream extension needs no include path and no link step.
+
+This list is frozen by tests/abi/kernels_pxd.txt: adding is allowed, changing
+or removing a declaration is a failure.
+"""
+
+cdef enum:
+    OK = 0
+    ERR_NULL = 1
+    ERR_EMPTY = 2
+    ERR_OVERFLOW = 3
+    ERR_OVERLAP = 4
+    ERR_NOMEM = 5
+    ERR_ARG = 6
+    ERR_UNSUPPORTED = 7
+    MAX_BATCH_DIMS = 32
+
+cdef int dot_scores(const double *q, const double *K, size_t T, size_t d,
+                    double scale, double *scores) noexcept nogil
+cdef int softmax(const double *x, size_t n, double *y) noexcept nogil
+cdef int context(const double *w, const double *V, size_t T, size_t dv,
+                 double *ctx) noexcept nogil
+cdef int attend(const double *q, const double *K, const double *V,
+                size_t T, size_t d, size_t dv, double scale,
+                const unsigned char *mask, double *ctx, double *weights) noexcept nogil
+cdef int exp(const double *x, size_t n, double *y) noexcept nogil
+
+cdef int dot_scores_batch(const double *Q, const double *K,
+                          size_t nbatch, const size_t *batch_shape,
+                          const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                          size_t Lq, size_t T, size_t d, double scale,
+                          double *scores, int num_threads) noexcept nogil
+cdef int softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                      int num_threads) noexcept nogil
+cdef int context_batch(const double *W, const double *V,
+                       size_t nbatch, const size_t *batch_shape,
+                       const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                       size_t Lq, size_t T, size_t dv,
+                       double *ctx, int num_threads) noexcept nogil
+cdef int attend_batch(const double *Q, const double *K, const double *V,
+                      size_t nbatch, const size_t *batch_shape,
+                      const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                      const ptrdiff_t *v_strides,
+                      size_t Lq, size_t T, size_t d, size_t dv, double scale,
+                      const unsigned char *mask, const ptrdiff_t *mask_strides,
+                      ptrdiff_t mask_row_stride, int causal,
+                      double *ctx, double *weights, int num_threads) noexcept nogil
+
+cdef const char *strerror(int status) noexcept nogil
+cdef const char *simd_level_name() noexcept nogil

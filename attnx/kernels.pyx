@@ -1,0 +1,157 @@
+# cython: language_level=3
+"""The compiled core of attnx: the C kernels (csrc/) linked into this one
+module, their C-level exports for Cython (kernels.pxd), and the dispatch
+queries. attnx._core and downstream extensions both call through here, so a
+process holds one copy of the kernels and one dispatch table."""
+
+cdef extern from "attnx.h" nogil:
+    int attnx_dot_scores(const double *q, const double *K, size_t T, size_t d,
+                         double scale, double *scores)
+    int attnx_softmax(const double *x, size_t n, double *y)
+    int attnx_context(const double *w, const double *V, size_t T, size_t dv, double *ctx)
+    int attnx_attend(const double *q, const double *K, const double *V,
+                     size_t T, size_t d, size_t dv, double scale,
+                     const unsigned char *mask, double *ctx, double *weights)
+    int attnx_exp(const double *x, size_t n, double *y)
+    int attnx_dot_scores_batch(const double *Q, const double *K,
+                               size_t nbatch, const size_t *batch_shape,
+                               const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                               size_t Lq, size_t T, size_t d, double scale,
+                               double *scores, int num_threads)
+    int attnx_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                           int num_threads)
+    int attnx_context_batch(const double *W, const double *V,
+                            size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                            size_t Lq, size_t T, size_t dv, double *ctx, int num_threads)
+    int attnx_attend_batch(const double *Q, const double *K, const double *V,
+                           size_t nbatch, const size_t *batch_shape,
+                           const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                           const ptrdiff_t *v_strides,
+                           size_t Lq, size_t T, size_t d, size_t dv, double scale,
+                           const unsigned char *mask, const ptrdiff_t *mask_strides,
+                           ptrdiff_t mask_row_stride, int causal,
+                           double *ctx, double *weights, int num_threads)
+    const char *attnx_strerror(int status)
+    const char *attnx_simd_level()
+    int attnx_set_simd_level(const char *name)
+    const char *attnx_simd_available()
+    int attnx_max_threads()
+    const char *attnx_build_info()
+
+
+# --- C-level exports (declared in kernels.pxd) -------------------------------
+
+cdef int dot_scores(const double *q, const double *K, size_t T, size_t d,
+                    double scale, double *scores) noexcept nogil:
+    return attnx_dot_scores(q, K, T, d, scale, scores)
+
+cdef int softmax(const double *x, size_t n, double *y) noexcept nogil:
+    return attnx_softmax(x, n, y)
+
+cdef int context(const double *w, const double *V, size_t T, size_t dv,
+                 double *ctx) noexcept nogil:
+    return attnx_context(w, V, T, dv, ctx)
+
+cdef int attend(const double *q, const double *K, const double *V,
+                size_t T, size_t d, size_t dv, double scale,
+                const unsigned char *mask, double *ctx, double *weights) noexcept nogil:
+    return attnx_attend(q, K, V, T, d, dv, scale, mask, ctx, weights)
+
+cdef int exp(const double *x, size_t n, double *y) noexcept nogil:
+    return attnx_exp(x, n, y)
+
+cdef int dot_scores_batch(const double *Q, const double *K,
+                          size_t nbatch, const size_t *batch_shape,
+                          const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                          size_t Lq, size_t T, size_t d, double scale,
+                          double *scores, int num_threads) noexcept nogil:
+    return attnx_dot_scores_batch(Q, K, nbatch, batch_shape, q_strides, k_strides,
+                                  Lq, T, d, scale, scores, num_threads)
+
+cdef int softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                      int num_threads) noexcept nogil:
+    return attnx_softmax_rows(x, rows, n, y, num_threads)
+
+cdef int context_batch(const double *W, const double *V,
+                       size_t nbatch, const size_t *batch_shape,
+                       const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                       size_t Lq, size_t T, size_t dv,
+                       double *ctx, int num_threads) noexcept nogil:
+    return attnx_context_batch(W, V, nbatch, batch_shape, w_strides, v_strides,
+                               Lq, T, dv, ctx, num_threads)
+
+cdef int attend_batch(const double *Q, const double *K, const double *V,
+                      size_t nbatch, const size_t *batch_shape,
+                      const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                      const ptrdiff_t *v_strides,
+                      size_t Lq, size_t T, size_t d, size_t dv, double scale,
+                      const unsigned char *mask, const ptrdiff_t *mask_strides,
+                      ptrdiff_t mask_row_stride, int causal,
+                      double *ctx, double *weights, int num_threads) noexcept nogil:
+    return attnx_attend_batch(Q, K, V, nbatch, batch_shape, q_strides, k_strides,
+                              v_strides, Lq, T, d, dv, scale, mask, mask_strides,
+                              mask_row_stride, causal, ctx, weights, num_threads)
+
+cdef const char *strerror(int status) noexcept nogil:
+    return attnx_strerror(status)
+
+cdef const char *simd_level_name() noexcept nogil:
+    return attnx_simd_level()
+
+
+# --- Python-level queries ----------------------------------------------------
+
+def simd_level():
+    """Name of the kernel set this process dispatched to.
+
+    One of ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``, chosen once
+    from what the CPU and the operating system support, and lowered by the
+    environment variable ``ATTNX_SIMD`` (``scalar``, ``avx2`` or ``avx512``).
+
+    Examples
+    --------
+    >>> import attnx
+    >>> attnx.simd_level() in {"avx512", "avx2", "neon", "scalar"}
+    True
+    """
+    return attnx_simd_level().decode()
+
+
+def simd_available():
+    """The kernel sets this CPU and build support, best first, as a tuple."""
+    return tuple(attnx_simd_available().decode().split())
+
+
+def build_info():
+    """Compiler, flags and OpenMP of the build, as one line."""
+    return attnx_build_info().decode()
+
+
+def max_threads():
+    """Threads a call with ``num_threads=None`` may use (0 without OpenMP)."""
+    return attnx_max_threads()
+
+
+def _set_simd_level(str name):
+    """Switch the kernel set for the whole process (for tests only: not safe
+    while other threads are inside attnx). ``name`` is a level or "best"."""
+    cdef bytes b = name.encode()
+    cdef int rc = attnx_set_simd_level(b)
+    if rc != 0:
+        raise ValueError(f"cannot select SIMD level {name!r}: "
+                         f"{attnx_strerror(rc).decode()} (available: {simd_available()})")
+
+
+def _exp(const double[::1] x not None, double[::1] out not None):
+    """out = exp(x) with attnx's vectorised exp (exposed for accuracy tests)."""
+    if x.shape[0] != out.shape[0]:
+        raise ValueError("x and out must have the same length")
+    cdef int rc
+    if x.shape[0] == 0:
+        return out
+    with nogil:
+        rc = attnx_exp(&x[0], x.shape[0], &out[0])
+    if rc != 0:
+        raise ValueError(attnx_strerror(rc).decode())
+    return out

@@ -1,0 +1,166 @@
+"""Build attnx.
+
+The C core (csrc/) is compiled file by file: the portable sources at the
+baseline ISA, and each kernels_<isa>.c with its own ISA flags, so one binary
+holds every SIMD level and picks one at run time. The objects are linked into
+attnx.kernels, the single module that owns the kernels; attnx._core (the NumPy
+API) reaches them through attnx.kernels' C-level exports.
+
+Environment:
+  ATTNX_NO_SIMD=1   portable kernels only (any C99 compiler)
+  ATTNX_OPENMP=0    build without OpenMP (every call serial)
+"""
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+CSRC = "csrc"
+CORE_SOURCES = ["api.c", "dispatch.c", "kernels_scalar.c"]
+ISA_SOURCES = {"kernels_avx2.c": "avx2", "kernels_avx512.c": "avx512", "kernels_neon.c": "neon"}
+PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
+
+ISA_FLAGS = {
+    "unix": {"avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f", "-mavx2", "-mfma"]},
+    "msvc": {"avx2": ["/arch:AVX2"], "avx512": ["/arch:AVX512"]},
+}
+
+
+def _env_flag(name, default):
+    return os.environ.get(name, default).strip().lower() not in ("0", "", "no", "false")
+
+
+def target_arch():
+    """x86_64, arm64 or the machine name, for the wheel being built (honours
+    ARCHFLAGS on macOS, where cibuildwheel may cross-compile)."""
+    archflags = os.environ.get("ARCHFLAGS", "")
+    if "arm64" in archflags and "x86_64" not in archflags:
+        return "arm64"
+    if "x86_64" in archflags and "arm64" not in archflags:
+        return "x86_64"
+    plat = sysconfig.get_platform().lower()
+    if plat.endswith(("x86_64", "amd64")):
+        return "x86_64"
+    if plat.endswith(("aarch64", "arm64")):
+        return "arm64"
+    return platform.machine().lower()
+
+
+class BuildPy(build_py):
+    """Ship the public C headers inside the package (attnx.get_include())."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "attnx", "include")
+        self.mkpath(dest)
+        for h in PUBLIC_HEADERS:
+            src = os.path.join(CSRC, h)
+            if os.path.exists(src):
+                self.copy_file(src, os.path.join(dest, h))
+
+
+class BuildExt(build_ext):
+    def _kind(self):
+        return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
+
+    def _openmp_flags(self):
+        """(compile, link) flags for OpenMP, or ([], []) when the compiler
+        has none (Apple clang) or ATTNX_OPENMP=0."""
+        if not _env_flag("ATTNX_OPENMP", "1"):
+            return [], []
+        if self._kind() == "msvc":
+            return ["/openmp"], []
+        flags = ["-fopenmp"]
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "omp_probe.c")
+            with open(src, "w") as f:
+                f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+            try:
+                objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+                self.compiler.link_executable(objs, "omp_probe", output_dir=tmp,
+                                              extra_postargs=flags)
+            except Exception:
+                print("attnx: the compiler has no OpenMP; building without threads")
+                return [], []
+        return flags, flags
+
+    def _compiler_version(self):
+        if self._kind() == "msvc":
+            return "MSVC"
+        cc = (getattr(self.compiler, "compiler_so", None) or ["cc"])[0]
+        try:
+            out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+            return out.stdout.splitlines()[0].strip()
+        except Exception:
+            return cc
+
+    def _core_objects(self, omp_cflags):
+        kind = self._kind()
+        arch = target_arch()
+        no_simd = _env_flag("ATTNX_NO_SIMD", "0")
+        if kind == "msvc":
+            base = ["/O2", "/fp:precise", "/W3"]
+        else:
+            base = ["-std=c99", "-O3", "-ffp-contract=off", "-Wall", "-Wextra"]
+        macros = [("ATTNX_NO_SIMD", "1")] if no_simd else []
+        gen = os.path.join(self.build_temp, "attnx_generated")
+        self.mkpath(gen)
+        info = (f"{sys.platform} {arch}; compiler: {self._compiler_version()}; "
+                f"flags: {' '.join(base)}; openmp: {'yes' if omp_cflags else 'no'}; "
+                f"simd: {'portable only' if no_simd else 'dispatched'}")
+        with open(os.path.join(gen, "attnx_build_info.h"), "w") as f:
+            f.write("#define ATTNX_BUILD_INFO " + '"' + info.replace('\\', '/').replace('"', "'") + '"\n')
+        objects = []
+        # with ATTNX_NO_SIMD the ISA files would compile to nothing: skip them
+        for name in CORE_SOURCES + ([] if no_simd else list(ISA_SOURCES)):
+            extra = list(base)
+            if name == "api.c":
+                extra += omp_cflags
+            isa = ISA_SOURCES.get(name)
+            if isa and not no_simd and arch == "x86_64":
+                extra += ISA_FLAGS[kind].get(isa, [])
+            objects += self.compiler.compile(
+                [os.path.join(CSRC, name)],
+                output_dir=self.build_temp,
+                macros=macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else []),
+                include_dirs=[CSRC, gen],
+                extra_postargs=extra,
+                debug=self.debug,
+            )
+        return objects
+
+    def build_extension(self, ext):
+        if ext.name == "attnx.kernels":
+            omp_c, omp_l = self._openmp_flags()
+            ext.extra_objects = list(ext.extra_objects or []) + self._core_objects(omp_c)
+            ext.extra_link_args = list(ext.extra_link_args or []) + omp_l
+        super().build_extension(ext)
+
+
+directives = {"language_level": 3}
+if sys.version_info >= (3, 13):
+    directives["freethreading_compatible"] = True
+
+extensions = [
+    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC]),
+    Extension(
+        "attnx._core",
+        ["attnx/_core.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          build_dir=os.path.join("build", "cython")),
+    cmdclass={"build_py": BuildPy, "build_ext": BuildExt},
+)
