@@ -10,6 +10,7 @@ Environment:
   ATTNX_NO_SIMD=1   portable kernels only (any C99 compiler)
   ATTNX_OPENMP=0    build without OpenMP (every call serial)
 """
+import glob
 import os
 import platform
 import subprocess
@@ -150,7 +151,10 @@ if sys.version_info >= (3, 13):
     directives["freethreading_compatible"] = True
 
 extensions = [
-    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC]),
+    # depends: relink when any C source or header changes (setuptools only
+    # looks at `sources` otherwise, and the core objects are extra_objects)
+    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC],
+              depends=sorted(glob.glob(os.path.join(CSRC, "*.[ch]")))),
     Extension(
         "attnx._core",
         ["attnx/_core.pyx"],
