@@ -1,0 +1,144 @@
+"""The user-facing surface: docstring examples (run as doctests), the demo's
+printed numbers and plots, `python -m attnx info`, ATTNX_SIMD, and the README
+commands that CI runs."""
+import doctest
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import attnx
+from attnx import demo
+
+pytestmark = pytest.mark.simd_independent
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PUBLIC = [attnx.attend, attnx.softmax, attnx.context, attnx.dot_score, attnx.get_include,
+          attnx.simd_level]
+
+
+def run_module(*args, env=None):
+    # -P keeps the current directory off sys.path: the installed attnx runs
+    cmd = [sys.executable, "-P", "-m", "attnx", *args] if sys.version_info >= (3, 11) else \
+        [sys.executable, "-m", "attnx", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("func", PUBLIC, ids=lambda f: f.__name__)
+def test_docstring_examples_run(func):
+    doc = func.__doc__
+    assert doc and "Examples" in doc, f"{func.__name__} has no Examples section"
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(doc, {}, func.__name__, None, 0)
+    assert test.examples, f"{func.__name__} has no runnable example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} failing example(s) in {func.__name__}"
+
+
+def test_package_docstring_example():
+    test = doctest.DocTestParser().get_doctest(attnx.__doc__, {}, "attnx", None, 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert test.examples and runner.failures == 0
+
+
+def test_numpydoc_sections():
+    for f in (attnx.attend, attnx.softmax, attnx.context, attnx.dot_score):
+        for section in ("Parameters", "Returns", "Examples"):
+            assert section in f.__doc__, (f.__name__, section)
+
+
+def test_demo_numbers():
+    p = run_module("demo")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for expected in ["[927, 397, 148, 929]", "naive weights = [nan, 0, 0, nan]",
+                     "1.19202922e-01", "7.94715151e-232", "0.00000000e+00", "8.80797078e-01",
+                     "[3.88079708, 4.07282630, 45.26423912]", "[-2, -532, -781, 0]"]:
+        assert expected in out, expected
+    # and the numbers printed are the numbers computed
+    r = demo.compute()
+    np.testing.assert_allclose(r["context"], [3.88079708, 4.0728263, 45.26423912], rtol=1e-8)
+    assert np.isnan(r["naive_weights"][[0, 3]]).all()
+    np.testing.assert_array_equal(r["attend"], r["context"])
+
+
+def test_demo_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    p = run_module("demo", "--plot", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    for name in ("decoder_state", "annotations", "weighted_annotations", "context"):
+        f = tmp_path / f"{name}.png"
+        assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_info():
+    p = run_module("info")
+    assert p.returncode == 0, p.stderr
+    assert attnx.__version__ in p.stdout
+    assert attnx.simd_level() in p.stdout
+    assert "build:" in p.stdout and "compiler" in p.stdout
+
+
+@pytest.mark.parametrize("level", attnx.simd_available())
+def test_env_var_forces_a_level(level):
+    code = "import attnx; print(attnx.simd_level())"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "ATTNX_SIMD": level}, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == level
+
+
+def test_env_var_unknown_level_warns_and_falls_back():
+    code = "import attnx; print(attnx.simd_level())"
+    p = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True,
+                       text=True, env={**os.environ, "ATTNX_SIMD": "sse9"}, cwd="/")
+    assert p.returncode == 0
+    assert p.stdout.strip() == attnx.simd_available()[0]
+    assert "ATTNX_SIMD" in p.stderr
+
+
+def test_get_include_has_headers():
+    inc = attnx.get_include()
+    assert os.path.isfile(os.path.join(inc, "attnx.h"))
+
+
+def _readme_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    blocks = re.findall(r"```(?:sh|bash|console)\n(.*?)```", text, re.S)
+    return text, blocks
+
+
+def test_readme_starts_with_the_two_commands_ci_runs():
+    if not os.path.exists(os.path.join(ROOT, "README.md")):
+        pytest.skip("not a source checkout")
+    text, blocks = _readme_commands()
+    first = blocks[0]
+    assert "python -m attnx demo" in first
+    assert ".[test]" in first and "pytest" in first
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    for line in first.strip().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            assert line in ci, f".ci/run does not run the README command: {line}"
+
+
+def test_readme_python_examples_run():
+    if not os.path.exists(os.path.join(ROOT, "README.md")):
+        pytest.skip("not a source checkout")
+    text = open(os.path.join(ROOT, "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    ns = {}                       # blocks continue one another, as a reader's session
+    for block in blocks:
+        if ">>>" in block:
+            test = doctest.DocTestParser().get_doctest(block, ns, "README", None, 0)
+            runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+            runner.run(test, clear_globs=False)
+            assert runner.failures == 0
+        else:
+            exec(compile(block, "README.md", "exec"), ns)
