@@ -140,5 +140,6 @@ def test_readme_python_examples_run():
             runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
             runner.run(test, clear_globs=False)
             assert runner.failures == 0
+            ns.update(test.globs)         # DocTest ran on a copy
         else:
             exec(compile(block, "README.md", "exec"), ns)
