@@ -25,7 +25,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 CSRC = "csrc"
-CORE_SOURCES = ["api.c", "dispatch.c", "kernels_scalar.c"]
+CORE_SOURCES = ["api.c", "api_table.c", "dispatch.c", "kernels_scalar.c"]
 ISA_SOURCES = {"kernels_avx2.c": "avx2", "kernels_avx512.c": "avx512", "kernels_neon.c": "neon"}
 PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
 

@@ -13,7 +13,7 @@ import os as _os
 import warnings as _warnings
 
 from ._version import __version__
-from .kernels import simd_level, simd_available, build_info, max_threads
+from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
 from ._core import attend, context, dot_score, softmax
 
 __all__ = [

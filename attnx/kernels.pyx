@@ -4,7 +4,14 @@ module, their C-level exports for Cython (kernels.pxd), and the dispatch
 queries. attnx._core and downstream extensions both call through here, so a
 process holds one copy of the kernels and one dispatch table."""
 
+from cpython.pycapsule cimport PyCapsule_New
+
 cdef extern from "attnx.h" nogil:
+    ctypedef struct attnx_api_table:
+        unsigned int version
+        unsigned int size
+    const attnx_api_table *attnx_api()
+
     int attnx_dot_scores(const double *q, const double *K, size_t T, size_t d,
                          double scale, double *scores)
     int attnx_softmax(const double *x, size_t n, double *y)
@@ -98,6 +105,13 @@ cdef const char *strerror(int status) noexcept nogil:
 
 cdef const char *simd_level_name() noexcept nogil:
     return attnx_simd_level()
+
+
+# --- the capsule for C extensions (attnx_capi.h) ------------------------------
+
+cdef const char *_CAPSULE_NAME = "attnx._C_API"
+# Points at a static table in this module: valid for the life of the process.
+_C_API = PyCapsule_New(<void *>attnx_api(), _CAPSULE_NAME, NULL)
 
 
 # --- Python-level queries ----------------------------------------------------

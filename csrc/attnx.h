@@ -56,6 +56,10 @@ enum attnx_status {
 /* Largest number of leading (batch) dimensions the batched functions take. */
 #define ATTNX_MAX_BATCH_DIMS 32
 
+/* attnx_capi.h includes this header for its types only: there the function
+ * names are macros into the capsule table. */
+#ifndef ATTNX_NO_PROTOTYPES
+
 /* A static, never-NULL English message for a status code. */
 const char *attnx_strerror(int status);
 
@@ -178,6 +182,59 @@ int attnx_max_threads(void);
 
 /* Compiler, flags and OpenMP of this build, as one human-readable line. */
 const char *attnx_build_info(void);
+
+/* The table of every function above, for attnx_capi.h (the capsule
+ * attnx._C_API holds this pointer) and for programs that load attnx with
+ * dlopen. Never NULL; static storage. */
+struct attnx_api_table;
+const struct attnx_api_table *attnx_api(void);
+
+#endif /* ATTNX_NO_PROTOTYPES */
+
+/* ------------------------------------------------------------------------ */
+/* The function table. It only ever grows at its end: a new function is a   */
+/* new last member and ATTNX_API_VERSION + 1, so code built against an older */
+/* header keeps working, and code built against a newer one can refuse an    */
+/* older library by comparing `version`.                                      */
+/* ------------------------------------------------------------------------ */
+typedef struct attnx_api_table {
+    unsigned int version;   /* ATTNX_API_VERSION of the library that filled it */
+    unsigned int size;      /* sizeof(attnx_api_table) in that library */
+    const char *(*strerror)(int status);
+    int (*dot_scores)(const double *q, const double *K, size_t T, size_t d,
+                      double scale, double *scores);
+    int (*softmax)(const double *x, size_t n, double *y);
+    int (*context)(const double *w, const double *V, size_t T, size_t dv, double *ctx);
+    int (*attend)(const double *q, const double *K, const double *V,
+                  size_t T, size_t d, size_t dv, double scale,
+                  const unsigned char *mask, double *ctx, double *weights);
+    int (*exp)(const double *x, size_t n, double *y);
+    int (*dot_scores_batch)(const double *Q, const double *K,
+                            size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                            size_t Lq, size_t T, size_t d, double scale,
+                            double *scores, int num_threads);
+    int (*softmax_rows)(const double *x, size_t rows, size_t n, double *y,
+                        int num_threads);
+    int (*context_batch)(const double *W, const double *V,
+                         size_t nbatch, const size_t *batch_shape,
+                         const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                         size_t Lq, size_t T, size_t dv,
+                         double *ctx, int num_threads);
+    int (*attend_batch)(const double *Q, const double *K, const double *V,
+                        size_t nbatch, const size_t *batch_shape,
+                        const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                        const ptrdiff_t *v_strides,
+                        size_t Lq, size_t T, size_t d, size_t dv, double scale,
+                        const unsigned char *mask, const ptrdiff_t *mask_strides,
+                        ptrdiff_t mask_row_stride, int causal,
+                        double *ctx, double *weights, int num_threads);
+    const char *(*simd_level)(void);
+    const char *(*simd_available)(void);
+    int (*max_threads)(void);
+    const char *(*build_info)(void);
+    /* append new members here, and bump ATTNX_API_VERSION */
+} attnx_api_table;
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,27 @@
+/*
+ * api_table.c -- the function table of attnx.h, published to C extensions
+ * through the capsule attnx._C_API (see attnx_capi.h). Members are only
+ * ever appended; tests/test_c_api.py checks the table against the prototypes.
+ */
+#include "attnx.h"
+
+static const attnx_api_table table = {
+    ATTNX_API_VERSION,
+    (unsigned int)sizeof(attnx_api_table),
+    attnx_strerror,
+    attnx_dot_scores,
+    attnx_softmax,
+    attnx_context,
+    attnx_attend,
+    attnx_exp,
+    attnx_dot_scores_batch,
+    attnx_softmax_rows,
+    attnx_context_batch,
+    attnx_attend_batch,
+    attnx_simd_level,
+    attnx_simd_available,
+    attnx_max_threads,
+    attnx_build_info,
+};
+
+const attnx_api_table *attnx_api(void) { return &table; }

@@ -1,0 +1,203 @@
+"""C-level reuse: the Cython cimport API, the capsule API for C, their
+agreement with csrc/attnx.h, the frozen ABI, and the downstream examples
+built against the installed attnx in a temporary directory."""
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import attnx
+from attnx import kernels
+
+pytestmark = pytest.mark.simd_independent
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ABI_FILE = os.path.join(HERE, "abi", "kernels_capi.txt")
+PKG = os.path.dirname(attnx.__file__)
+
+_GetName = ctypes.pythonapi.PyCapsule_GetName
+_GetName.restype = ctypes.c_char_p
+_GetName.argtypes = [ctypes.py_object]
+
+
+def exported():
+    """{name: C signature} of attnx.kernels' C-level exports (__pyx_capi__):
+    Cython checks exactly these strings when a downstream module cimports."""
+    return {name: _GetName(cap).decode() for name, cap in kernels.__pyx_capi__.items()}
+
+
+def test_abi_frozen():
+    """Adding an export is fine; changing or removing a frozen one breaks
+    every downstream extension built against it, so it fails here."""
+    frozen = {}
+    for line in open(ABI_FILE):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sig = line.split(None, 1)
+            frozen[name] = sig
+    now = exported()
+    for name, sig in frozen.items():
+        assert name in now, f"C-level export {name!r} was removed"
+        assert now[name] == sig, f"signature of {name!r} changed: {now[name]!r} != {sig!r}"
+    new = sorted(set(now) - set(frozen))
+    if new:
+        print(f"\nnew C-level exports not yet frozen (add them to {ABI_FILE}): {new}")
+
+
+# --- one source of truth: attnx.h, kernels.pxd and the capsule table agree ---
+
+def _params(text):
+    """'const double *q, size_t T' -> ('const double *', 'size_t')"""
+    out = []
+    for p in text.replace("\n", " ").split(","):
+        p = " ".join(p.split())
+        if p in ("", "void"):
+            continue
+        p = re.sub(r"\s*\b\w+$", "", p) if not p.endswith("*") else p   # drop the name
+        out.append(p.replace(" *", "*").replace("*", " *").strip())
+    return tuple(out)
+
+
+def _src(*parts):
+    for base in (ROOT, PKG):
+        path = os.path.join(base, *parts)
+        if os.path.exists(path):
+            return open(path).read()
+    pytest.skip(f"{os.path.join(*parts)} not found (not a source checkout)")
+
+
+def header_prototypes():
+    h = _src("csrc", "attnx.h")
+    return {name: (ret.strip(), _params(args))
+            for ret, name, args in re.findall(r"^(int|const char \*)\s*attnx_(\w+)\(([^;{]*?)\);", h,
+                                              re.M | re.S)}
+
+
+def header_table():
+    h = _src("csrc", "attnx.h")
+    body = re.search(r"typedef struct attnx_api_table \{(.*?)\} attnx_api_table;", h, re.S).group(1)
+    return {name: (ret.strip(), _params(args))
+            for ret, name, args in re.findall(r"(int|const char \*)\s*\(\*(\w+)\)\(([^;]*?)\);",
+                                              body, re.S)}
+
+
+def pxd_functions():
+    pxd = open(os.path.join(PKG, "kernels.pxd")).read()
+    return {name: (ret.strip(), _params(args))
+            for ret, name, args in re.findall(r"^cdef (int|const char \*)\s*(\w+)\(([^)]*)\)\s*"
+                                              r"noexcept nogil", pxd, re.M | re.S)}
+
+
+PXD_ALIASES = {"simd_level_name": "simd_level"}
+
+
+def test_pxd_matches_header():
+    proto, pxd = header_prototypes(), pxd_functions()
+    assert {"dot_scores", "softmax", "context", "attend"} <= set(pxd)
+    for name, sig in pxd.items():
+        cname = PXD_ALIASES.get(name, name)
+        assert cname in proto, f"kernels.pxd declares {name} but attnx.h has no attnx_{cname}"
+        assert proto[cname] == sig, f"{name}: pxd {sig} vs attnx.h {proto[cname]}"
+
+
+def test_capsule_table_matches_header():
+    proto, table = header_prototypes(), header_table()
+    assert {"dot_scores", "softmax", "context", "attend"} <= set(table)
+    for name, sig in table.items():
+        assert name in proto, f"table member {name} has no attnx_{name} in attnx.h"
+        assert proto[name] == sig, f"{name}: table {sig} vs prototype {proto[name]}"
+    # every table member has its macro in attnx_capi.h
+    capi = _src("csrc", "attnx_capi.h")
+    for name in table:
+        assert f"#define attnx_{name} (attnx_capi_table->{name})" in capi, name
+
+
+def test_capsule():
+    cap = attnx._C_API
+    assert _GetName(cap) == b"attnx._C_API"
+
+
+# --- the downstream examples, built against the installed attnx --------------
+
+def build_example(name, tmp_path, *extra_args):
+    src = os.path.join(ROOT, "examples", name)
+    if not os.path.isdir(src):
+        pytest.skip("examples/ not present (not a source checkout)")
+    pytest.importorskip("setuptools")
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    env = {**os.environ, "CFLAGS": " ".join(extra_args)} if extra_args else None
+    p = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dst,
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return dst
+
+
+def run_in(directory, code):
+    p = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True,
+                       text=True, timeout=120)
+    return p
+
+
+CHECK = """
+import numpy as np, attnx
+rng = np.random.default_rng(5)
+q, K, V = rng.standard_normal((4, 16)), rng.standard_normal((33, 16)), rng.standard_normal((33, 7))
+"""
+
+
+def test_cython_downstream(tmp_path):
+    pytest.importorskip("Cython")
+    d = build_example("cython_downstream", tmp_path)
+    p = run_in(d, CHECK + """
+import beam_attention as ba
+got = ba.attend_beams(q, K, V, 0.25)
+want = attnx.attend(q, K, V, scale=0.25)
+np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)
+x = rng.standard_normal(50) * 100
+np.testing.assert_array_equal(ba.beam_scores(x.copy()), attnx.softmax(x))
+print("ok")
+""")
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+
+
+def test_c_downstream(tmp_path):
+    d = build_example("c_downstream", tmp_path)
+    p = run_in(d, CHECK + """
+import attnx_client as c
+for i in range(4):
+    np.testing.assert_allclose(c.attend(q[i], K, V, 0.5), attnx.attend(q[i], K, V, scale=0.5),
+                               rtol=1e-15, atol=1e-15)
+assert c.simd_level() == attnx.simd_level()
+print(c.api_version())
+""")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert int(p.stdout.strip()) >= 1
+
+
+def test_c_downstream_refuses_an_older_attnx(tmp_path):
+    d = build_example("c_downstream", tmp_path, "-DATTNX_CAPI_REQUIRED_VERSION=999")
+    p = run_in(d, "import attnx_client")
+    assert p.returncode != 0
+    assert "ImportError" in p.stderr and "upgrade attnx" in p.stderr
+
+
+def test_wheel_ships_headers_and_pxd():
+    inc = attnx.get_include()
+    for f in ("attnx.h", "attnx_capi.h"):
+        assert os.path.isfile(os.path.join(inc, f)), f
+    assert os.path.isfile(os.path.join(PKG, "kernels.pxd"))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--freeze"]:
+    # regenerate the frozen list after *adding* an export (never edit lines)
+    with open(ABI_FILE, "w") as f:
+        f.write("# C-level exports of attnx.kernels (__pyx_capi__): name, signature.\n"
+                "# Append only: tests/test_c_api.py fails if a line changes or goes.\n")
+        for name, sig in sorted(exported().items()):
+            f.write(f"{name} {sig}\n")
