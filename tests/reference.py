@@ -124,14 +124,13 @@ def layouts(a):
 
 
 def assert_softmax_close(got, x, axis=-1, want=None):
-    """got agrees with SciPy's softmax (or `want`) within SciPy's own error:
-    rounding x - max costs |x - max| * eps relative, plus a few eps for exp,
-    sum and division. attnx itself is held to 4 ulp by the long-double tests."""
-    import scipy.special
-
+    """got agrees with the textbook float64 softmax (this module's, which is
+    SciPy's algorithm; or `want`) within that algorithm's own error: rounding
+    x - max costs |x - max| * eps relative, plus a few eps for exp, sum and
+    division. attnx itself is held to 4 ulp by the long-double tests."""
     x = np.asarray(x, dtype=np.float64)
     if want is None:
-        want = scipy.special.softmax(x, axis=axis)
+        want = softmax(x, axis=axis)
     ax = tuple(range(x.ndim)) if axis is None else axis
     with np.errstate(invalid="ignore"):
         spread = np.abs(x - np.max(x, axis=ax, keepdims=True)) if x.size else x
