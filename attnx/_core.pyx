@@ -141,6 +141,9 @@ cdef tuple _broadcast_batch(list operands):
     """Broadcast the leading (batch) dimensions of (array, n_core_dims, name)
     operands; the error names every shape involved."""
     shapes = [a.shape[:a.ndim - core] for a, core, _ in operands]
+    if max(len(sh) for sh in shapes) > ak.MAX_BATCH_DIMS:
+        raise ValueError(f"at most {ak.MAX_BATCH_DIMS} leading (batch) dimensions are "
+                         f"supported, got {max(len(sh) for sh in shapes)}")
     try:
         return np.broadcast_shapes(*shapes)
     except ValueError:
@@ -158,13 +161,6 @@ cdef int _fill_strides(object a, int core, Py_ssize_t itemsize, tuple batch,
     for i in range(na):
         if a.shape[i] != 1:
             out[off + i] = a.strides[i] // itemsize
-    return 0
-
-
-cdef int _check_batch_ndim(tuple batch) except -1:
-    if len(batch) > ak.MAX_BATCH_DIMS:
-        raise ValueError(f"at most {ak.MAX_BATCH_DIMS} leading (batch) dimensions are "
-                         f"supported, got {len(batch)}")
     return 0
 
 
@@ -255,7 +251,6 @@ def _dot_score_general(query, keys, double scale, out, num_threads):
     d, T = q.shape[-1], K.shape[-2]
     Lq = 1 if single else q.shape[-2]
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys")])
-    _check_batch_ndim(batch)
     shape = batch + ((T,) if single else (Lq, T))
     res = _result(out, shape, [q, K])
     cdef int nt = _threads(num_threads)
@@ -475,7 +470,6 @@ def _context_general(weights, values, out, num_threads):
                          f"the number of keys (T) must match")
     T, dv = w.shape[-1], V.shape[-1]
     batch = _broadcast_batch([(w, 1, "weights"), (V, 2, "values")])
-    _check_batch_ndim(batch)
     res = _result(out, batch + (dv,), [w, V])
     cdef int nt = _threads(num_threads)
     cdef size_t bshape[32]
@@ -639,7 +633,6 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     Lq = 1 if single else q.shape[-2]
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
                               (V, 2, "values")])
-    _check_batch_ndim(batch)
     scores_shape = batch + ((T,) if single else (Lq, T))
     ctx_shape = batch + ((dv,) if single else (Lq, dv))
     cdef size_t nb = len(batch), i

@@ -1,0 +1,263 @@
+"""Side-by-side benchmarks: ``python -m attnx bench [--quick] [--threads N]``.
+
+Every row times attnx and its competitors in the same process, interleaved
+round by round (so a noisy neighbour hits all of them alike), and reports the
+median time per call and the ratio competitor / attnx (> 1: attnx is faster).
+NumPy runs with single-threaded BLAS (threadpoolctl) unless a row says
+otherwise; which BLAS kernel it used is printed.
+
+Competitors: the tutorial's pipeline (exp in long double, its workaround for
+the overflow), the best hand-written stable NumPy pipeline, SciPy's softmax,
+and PyTorch's scaled_dot_product_attention and softmax when torch imports.
+"""
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import _core, kernels
+from ._version import __version__
+
+
+# --- timing -----------------------------------------------------------------
+
+def _per_call(fn, min_time):
+    """Seconds per call of fn, timing enough calls to fill min_time."""
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time or n >= 1 << 24:
+            return dt / n, n
+        n = max(n * 2, int(n * min_time / max(dt, 1e-9) * 1.2))
+
+
+def compare(fns, rounds, min_time):
+    """{name: median seconds per call}, the candidates interleaved per round."""
+    counts = {}
+    for name, fn in fns.items():          # warm up and size the inner loops
+        fn()
+        counts[name] = _per_call(fn, min_time / 4)[1]
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = counts[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _fmt_time(s):
+    for unit, f in (("s", 1), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if s >= f:
+            return f"{s / f:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+# --- competitors ------------------------------------------------------------
+
+def numpy_stable(q, K, V):
+    """The best hand-written stable NumPy pipeline."""
+    s = K @ q
+    s -= s.max()
+    np.exp(s, out=s)
+    s /= s.sum()
+    return s @ V
+
+
+def tutorial(q, K, V):
+    """The tutorial's pipeline: naive softmax, made to work in long double."""
+    s = (K @ q).astype(np.longdouble)
+    w = np.exp(s)
+    w /= w.sum()
+    return (w[:, None] * V).sum(axis=0).astype(np.float64)
+
+
+def numpy_softmax(x):
+    s = x - x.max()
+    np.exp(s, out=s)
+    s /= s.sum()
+    return s
+
+
+def _torch():
+    try:
+        import torch
+        return torch
+    except Exception:
+        return None
+
+
+def read_bandwidth(nbytes, rounds):
+    """Single-thread read bandwidth (bytes/s): NumPy summing a large array,
+    which streams it once through vectorised code."""
+    a = np.ones(nbytes // 8)
+    a.sum()
+    best = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a.sum()
+        best.append(time.perf_counter() - t0)
+    return a.nbytes / statistics.median(best)
+
+
+# --- the table ----------------------------------------------------------------
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, case, times, base="attnx", extra=""):
+        t0 = times[base]
+        for name, t in times.items():
+            ratio = "" if name == base else f"{t / t0:.2f}x"
+            self.rows.append((case, name, _fmt_time(t), ratio, extra if name == base else ""))
+            print(f"  {case:<34} {name:<28} {_fmt_time(t):>10} {ratio:>9}  {extra if name == base else ''}",
+                  flush=True)
+            case = ""
+
+    def markdown(self):
+        out = ["| case | implementation | time per call | its time / attnx's | note |",
+               "|---|---|---:|---:|---|"]
+        out += [f"| {c} | {n} | {t} | {r} | {e} |" for c, n, t, r, e in self.rows]
+        return "\n".join(out)
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def run(quick=False, threads=None):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    rng = np.random.default_rng(0)
+    rounds, min_time = (5, 0.02) if quick else (15, 0.05)
+    nthreads = threads or max(2, min(os.cpu_count() or 1, 2))
+    torch = _torch()
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    print(f"attnx {__version__}, kernels {kernels.simd_level()}, {kernels.build_info()}")
+    print(f"machine: {machine()}")
+    print(f"numpy {np.__version__}, BLAS: {', '.join(blas) or 'none found'}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    if torch is not None:
+        print(f"torch {torch.__version__}")
+    print(f"median of {rounds} interleaved rounds; ratio = competitor time / attnx time\n")
+    table = Table()
+
+    with threadpool_limits(1):
+        if torch is not None:
+            torch.set_num_threads(1)
+
+        # 1. tiny: the worked example, attend with out=
+        q = np.array([5.0, 1.0, 20.0])
+        K = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+        out = np.empty(3)
+        fns = {"attnx": lambda: _core.attend(q, K, K, out=out),
+               "numpy stable pipeline": lambda: numpy_stable(q, K, K),
+               "tutorial pipeline": lambda: tutorial(q, K, K)}
+        if torch is not None:
+            tq, tk = torch.from_numpy(q)[None, None], torch.from_numpy(K)[None]
+            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                tq, tk, tk, scale=1.0)
+        table.add("tiny: T=4, d=3, out=", compare(fns, rounds, min_time))
+
+        # 2. cache-resident single query
+        T, d = 1024, 64
+        q, K, V = rng.standard_normal(d), rng.standard_normal((T, d)), rng.standard_normal((T, d))
+        out = np.empty(d)
+        fns = {"attnx": lambda: _core.attend(q, K, V, out=out),
+               "numpy stable pipeline": lambda: numpy_stable(q, K, V),
+               "tutorial pipeline": lambda: tutorial(q, K, V)}
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(a)[None] for a in (q[None], K, V))
+            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+        res = compare(fns, rounds, min_time)
+        table.add(f"cache: T={T}, d=dv={d}", res,
+                  extra=f"{16 * T * d / res['attnx'] / 1e9:.1f} GB/s")
+
+        # 3. long single query, DRAM-bound
+        T = 1 << (18 if quick else 20)
+        K = rng.standard_normal((T, d))
+        V = rng.standard_normal((T, d))
+        q = rng.standard_normal(d)
+        out = np.empty(d)
+        bw = read_bandwidth(512 << 20 if not quick else 128 << 20, 5)
+        fns = {"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=1),
+               "numpy stable pipeline": lambda: numpy_stable(q, K, V)}
+        res = compare(fns, max(3, rounds // 3), min_time)
+        gbs = 16 * T * d / res["attnx"]
+        table.add(f"long: T=2^{T.bit_length() - 1}, d=dv={d}", res,
+                  extra=f"{gbs / 1e9:.1f} GB/s = {100 * gbs / bw:.0f}% of {bw / 1e9:.1f} GB/s read")
+        long_1 = res["attnx"]
+        long_case = (q, K, V, out)
+
+        # 4. softmax
+        for n, other in ((1_000_000, "numpy stable softmax"), (1000, "scipy.special.softmax")):
+            x = rng.standard_normal(n) * 10
+            y = np.empty(n)
+            fns = {"attnx": lambda: _core.softmax(x, out=y),
+                   "numpy stable softmax": lambda: numpy_softmax(x)}
+            try:
+                import scipy.special
+                fns["scipy.special.softmax"] = lambda: scipy.special.softmax(x)
+            except ImportError:
+                pass
+            if torch is not None:
+                tx = torch.from_numpy(x)
+                fns["torch softmax"] = lambda: torch.softmax(tx, 0)
+            table.add(f"softmax: n={n}", compare(fns, rounds, min_time))
+
+        # 5. batched multi-query attention vs PyTorch, same thread count
+        B, H, L = (2, 4, 256) if quick else (8, 8, 512)
+        Q, Kb, Vb = (rng.standard_normal((B, H, L, d)) for _ in range(3))
+        ob = np.empty((B, H, L, d))
+        scale = d ** -0.5
+        for nt in (1, nthreads):
+            fns = {"attnx": lambda nt=nt: _core.attend(Q, Kb, Vb, scale=scale, out=ob,
+                                                       num_threads=nt)}
+            if torch is not None:
+                tQ, tK, tV = (torch.from_numpy(a) for a in (Q, Kb, Vb))
+
+                def sdpa(nt=nt):
+                    torch.set_num_threads(nt)
+                    return torch.nn.functional.scaled_dot_product_attention(tQ, tK, tV)
+                fns["torch sdpa (float64)"] = sdpa
+            res = compare(fns, max(3, rounds // 3), min_time)
+            if nt == 1:
+                batched_1 = res["attnx"]
+                table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res)
+            else:
+                table.add(f"batched, {nt} threads", res,
+                          extra=f"{batched_1 / res['attnx']:.2f}x its 1-thread time")
+        if torch is not None:
+            torch.set_num_threads(1)
+
+        # 6. threads on the long single query (flash-decoding split)
+        q, K, V, out = long_case
+        res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
+                      max(3, rounds // 3), min_time)
+        table.add(f"long, {nthreads} threads", res,
+                  extra=f"{long_1 / res['attnx']:.2f}x its 1-thread time")
+    return table
+
+
+def main(args):
+    table = run(quick=args.quick, threads=args.threads)
+    print("\n" + table.markdown())
+    return 0
