@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-def get_include():
+def get_include() -> str:
     """Directory holding ``attnx.h`` and ``attnx_capi.h``.
 
     Add it to the include path of a C extension that calls attnx through its
@@ -46,7 +46,7 @@ def get_include():
     return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "include")
 
 
-def _check_simd_env():
+def _check_simd_env() -> None:
     wanted = _os.environ.get("ATTNX_SIMD", "").strip()
     if wanted and wanted != simd_level():
         _warnings.warn(
