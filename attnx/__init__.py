@@ -14,10 +14,11 @@ import warnings as _warnings
 
 from ._version import __version__
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import attend, context, dot_score, softmax
+from ._core import KVCache, attend, context, dot_score, softmax
 
 __all__ = [
     "__version__",
+    "KVCache",
     "attend",
     "context",
     "dot_score",

@@ -2,6 +2,7 @@ from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from typing_extensions import disjoint_base
 
 _F64 = NDArray[np.float64]
 _Axis = int | tuple[int, ...] | None
@@ -54,3 +55,41 @@ def attend(
     out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
     num_threads: int | None = None,
 ) -> tuple[_F64, _F64]: ...
+
+@disjoint_base
+class KVCache:
+    d: int
+    dv: int
+    length: int
+    capacity: int
+    shared: bool
+    def __init__(self, d: int, dv: int | None = None, *, capacity: int = 64) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def keys(self) -> _F64: ...
+    @property
+    def values(self) -> _F64: ...
+    def reserve(self, n: int) -> None: ...
+    def append(self, k: ArrayLike, v: ArrayLike | None = None) -> None: ...
+    def extend(self, keys: ArrayLike, values: ArrayLike | None = None) -> None: ...
+    def clear(self) -> None: ...
+    @overload
+    def attend(
+        self,
+        query: ArrayLike,
+        *,
+        scale: float = 1.0,
+        out: _F64 | None = None,
+        return_weights: Literal[False] = False,
+        num_threads: int | None = None,
+    ) -> _F64: ...
+    @overload
+    def attend(
+        self,
+        query: ArrayLike,
+        *,
+        scale: float = 1.0,
+        out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
+        return_weights: Literal[True],
+        num_threads: int | None = None,
+    ) -> tuple[_F64, _F64]: ...

@@ -690,3 +690,173 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     if return_weights:
         return ctx, w
     return ctx
+
+
+# --- KVCache ----------------------------------------------------------------------
+
+cdef class KVCache:
+    """Keys and values of a decoding loop, kept ready between steps.
+
+    Holds the keys in one contiguous (capacity, d) buffer and the values in
+    another (capacity, dv), appends rows in place (amortised doubling: existing
+    rows are copied only when the capacity is exceeded) and attends over the
+    rows held so far. ``attend(q, out=out)`` on a float64 query is the lowest
+    overhead path attnx has: one C call over buffers it owns.
+
+    Parameters
+    ----------
+    d : int
+        Key (and query) width.
+    dv : int, optional
+        Value width. None (default): the values are the keys themselves, as
+        in the tutorial, and `append` takes only keys.
+    capacity : int, optional
+        Rows to reserve up front (default 64).
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> cache = attnx.KVCache(3, capacity=2)
+    >>> for h in [[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]]:
+    ...     cache.append(h)
+    >>> len(cache), cache.capacity          # grew once, to at least 16 rows
+    (4, 16)
+    >>> print(cache.attend(np.array([5., 1., 20.])).round(8))
+    [ 3.88079708  4.0728263  45.26423912]
+    """
+    cdef readonly Py_ssize_t d
+    cdef readonly Py_ssize_t dv
+    cdef readonly Py_ssize_t length
+    cdef readonly Py_ssize_t capacity
+    cdef readonly bint shared
+    cdef object _K
+    cdef object _V
+
+    def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64):
+        if d < 0 or capacity < 0:
+            raise ValueError(f"d and capacity must be >= 0, got d={d}, capacity={capacity}")
+        self.shared = dv is None
+        self.d = d
+        self.dv = d if dv is None else operator.index(dv)
+        if self.dv < 0:
+            raise ValueError(f"dv must be >= 0, got {dv}")
+        self.length = 0
+        self.capacity = capacity
+        self._K = np.empty((capacity, d))
+        self._V = self._K if self.shared else np.empty((capacity, self.dv))
+
+    def __len__(self):
+        return self.length
+
+    def __repr__(self):
+        return (f"KVCache(d={self.d}, dv={None if self.shared else self.dv}, "
+                f"length={self.length}, capacity={self.capacity})")
+
+    @property
+    def keys(self):
+        """The keys held, a read-only (length, d) view."""
+        v = self._K[:self.length]
+        v.flags.writeable = False
+        return v
+
+    @property
+    def values(self):
+        """The values held, a read-only (length, dv) view."""
+        v = self._V[:self.length]
+        v.flags.writeable = False
+        return v
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        """Room for n rows, doubling the capacity when it must grow."""
+        if n <= self.capacity:
+            return 0
+        cdef Py_ssize_t cap = max(n, 2 * self.capacity, 16)
+        K = np.empty((cap, self.d))
+        K[:self.length] = self._K[:self.length]
+        if self.shared:
+            V = K
+        else:
+            V = np.empty((cap, self.dv))
+            V[:self.length] = self._V[:self.length]
+        self._K, self._V, self.capacity = K, V, cap
+        return 0
+
+    def reserve(self, Py_ssize_t n):
+        """Make room for at least n rows in total."""
+        self._reserve(n)
+
+    def append(self, k, v=None):
+        """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
+        if self.shared and v is not None:
+            raise ValueError("this cache's values are its keys (dv=None): append(k) only")
+        if not self.shared and v is None:
+            raise ValueError("append(k, v) needs a value row: this cache has dv="
+                             f"{self.dv}")
+        k = _as_f64(k, "k")
+        if k.shape != (self.d,):
+            raise ValueError(f"k has shape {k.shape}, expected ({self.d},)")
+        if not self.shared:
+            v = _as_f64(v, "v")
+            if v.shape != (self.dv,):
+                raise ValueError(f"v has shape {v.shape}, expected ({self.dv},)")
+        self._reserve(self.length + 1)
+        self._K[self.length] = k
+        if not self.shared:
+            self._V[self.length] = v
+        self.length += 1
+
+    def extend(self, keys, values=None):
+        """Add many rows: keys (n, d) and, unless shared, values (n, dv)."""
+        K = _as_f64(keys, "keys")
+        if K.ndim != 2 or K.shape[1] != self.d:
+            raise ValueError(f"keys has shape {K.shape}, expected (n, {self.d})")
+        if self.shared != (values is None):
+            raise ValueError("values must be given exactly when the cache was made with dv")
+        if not self.shared:
+            V = _as_f64(values, "values")
+            if V.shape != (K.shape[0], self.dv):
+                raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
+                                 f"expected ({K.shape[0]}, {self.dv})")
+        n = K.shape[0]
+        self._reserve(self.length + n)
+        self._K[self.length:self.length + n] = K
+        if not self.shared:
+            self._V[self.length:self.length + n] = V
+        self.length += n
+
+    def clear(self):
+        """Forget every row (the capacity stays)."""
+        self.length = 0
+
+    def attend(self, query, *, double scale=1.0, out=None, return_weights=False,
+               num_threads=None):
+        """Attention of `query` (d,) or (..., Lq, d) over the rows held: as
+        `attnx.attend(query, cache.keys, cache.values, ...)`."""
+        cdef cnp.ndarray q, res
+        cdef cnp.npy_intp dim
+        cdef int rc
+        cdef size_t T = <size_t>self.length, d = <size_t>self.d, dv = <size_t>self.dv
+        cdef PyThreadState *ts
+        if (not return_weights and num_threads is None and _is_f64(query, _IN_FLAGS)
+                and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1
+                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
+                and T > 0 and T * (d + dv) < SERIAL_WORK):
+            q = <cnp.ndarray>query
+            if out is None:
+                dim = <cnp.npy_intp>dv
+                res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
+            elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
+                  and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
+                res = <cnp.ndarray>out
+            else:
+                return attend(query, self.keys, None if self.shared else self.values,
+                              scale=scale, out=out)
+            ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
+            rc = ak.attend(_dptr(q), _dptr(<cnp.ndarray>self._K), _dptr(<cnp.ndarray>self._V),
+                           T, d, dv, scale, NULL, _dptr(res), NULL)
+            _reacquire_gil(ts)
+            if rc != 0:
+                _raise_status(rc)
+            return res
+        return attend(query, self.keys, None if self.shared else self.values, scale=scale,
+                      out=out, return_weights=return_weights, num_threads=num_threads)

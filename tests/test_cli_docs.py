@@ -15,7 +15,7 @@ from attnx import demo
 
 pytestmark = pytest.mark.simd_independent
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = [attnx.attend, attnx.softmax, attnx.context, attnx.dot_score, attnx.get_include,
+PUBLIC = [attnx.attend, attnx.softmax, attnx.context, attnx.dot_score, attnx.get_include, attnx.KVCache,
           attnx.simd_level]
 
 
