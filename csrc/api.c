@@ -284,6 +284,7 @@ int attnx_dot_scores_batch(const double *Q, const double *K,
     const attnx_kernels *kt = attnx_kernels_get();
     int nt = pick_threads(num_threads, rows, (double)rows * T * (d + 1));
     long long nrows = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
@@ -305,6 +306,7 @@ int attnx_softmax_rows(const double *x, size_t rows, size_t n, double *y, int nu
     const attnx_kernels *kt = attnx_kernels_get();
     int nt = pick_threads(num_threads, rows, (double)total * 8);
     long long nr = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nr; i++) kt->softmax(x + (size_t)i * n, n, y + (size_t)i * n);
     return ATTNX_OK;
@@ -326,6 +328,7 @@ int attnx_context_batch(const double *W, const double *V,
     const attnx_kernels *kt = attnx_kernels_get();
     int nt = pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
     long long nrows = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;

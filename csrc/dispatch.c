@@ -15,6 +15,7 @@
 
 #if defined(ATTNX_HAVE_X86)
 #if defined(_MSC_VER)
+#include <windows.h>
 #include <intrin.h>
 #include <immintrin.h>
 static void cpuid(int leaf, int sub, unsigned r[4])
@@ -67,11 +68,38 @@ static int x86_features(void)
 
 /* Levels this CPU and build support, best first, into lv (NULL-terminated);
  * returns how many. Pure: safe to call from any thread. */
+#if defined(ATTNX_HAVE_X86)
+/* CPUID traps to the hypervisor in a VM (about 12 us a call here), so the
+ * feature bits are read once and cached; racing first calls store the same
+ * value. -1: not read yet. */
+static int g_features = -1;
+
+static int cached_features(void)
+{
+#if defined(_MSC_VER)
+    int f = (int)InterlockedCompareExchange((volatile long *)&g_features, -1, -1);
+    if (f < 0) {
+        f = x86_features();
+        InterlockedExchange((volatile long *)&g_features, f);
+    }
+#else
+    int f = __atomic_load_n(&g_features, __ATOMIC_RELAXED);
+    if (f < 0) {
+        f = x86_features();
+        __atomic_store_n(&g_features, f, __ATOMIC_RELAXED);
+    }
+#endif
+    return f;
+}
+#endif
+
+/* Levels this CPU and build support, best first, into lv (NULL-terminated);
+ * returns how many. Safe to call from any thread. */
 static size_t available(const attnx_kernels *lv[4])
 {
     size_t n = 0;
 #if defined(ATTNX_HAVE_X86)
-    int f = x86_features();
+    int f = cached_features();
     if (f & HAS_AVX512) lv[n++] = &attnx_kernels_avx512;
     if (f & HAS_AVX2) lv[n++] = &attnx_kernels_avx2;
 #elif defined(ATTNX_HAVE_NEON)

@@ -5,10 +5,10 @@
  * extra compiler flags. No libm call anywhere (math.h is here for the
  * INFINITY and NAN macros only).
  *
- *   exp          exp2sum_v: the algorithm of attnx_internal.h in two lanes,
- *                reduction and degree-13 Taylor polynomial with FMA; within
- *                1 ulp over [-745, 709.78]; reads x once, writes y once
- *                (16*n bytes)
+ *   exp          exp2sum_v: the algorithm of attnx_internal.h in two lanes
+ *                (Cody-Waite reduction kept as rh + rl, degree-13 Taylor
+ *                polynomial with FMA, 1 + rh split exactly); within 1 ulp
+ *                over [-745, 709.78]; reads x once, writes y once (16*n bytes)
  *   dot_scores   four key rows per iteration, two FMA accumulators per row
  *                across d, q shared by the four rows; reads K once
  *                (8*T*d bytes; q stays in L1)
@@ -16,7 +16,7 @@
  *                exact two-sum x - max with a Kahan-compensated sum per lane
  *                (four lanes, combined by a final Kahan sum), then one
  *                division per element (correctly rounded quotient); within
- *                4 ulp; reads x twice, y once, writes y twice (32*n bytes)
+ *                4 ulp; reads x twice, y once, writes y twice (40*n bytes)
  *   context      four nonzero-weight value rows folded per pass over ctx, so
  *                ctx is loaded and stored once per four rows; zero weights
  *                skip their row unread; reads each used value row once
@@ -56,10 +56,12 @@ static inline float64x2_t exp2sum_v(float64x2_t hi, float64x2_t lo)
     const float64x2_t shifter = vdupq_n_f64(ATTNX_SHIFTER);
     /* adding 1.5*2^52 rounds x/ln2 to an integer in the low mantissa bits */
     float64x2_t n = vsubq_f64(vfmaq_f64(shifter, x, vdupq_n_f64(ATTNX_LOG2E)), shifter);
-    /* Cody-Waite: n*ln2_hi is exact, so the first step loses nothing */
-    float64x2_t r = vfmsq_f64(x, n, vdupq_n_f64(ATTNX_LN2_HI));
-    r = vfmsq_f64(r, n, vdupq_n_f64(ATTNX_LN2_LO));
-    r = vaddq_f64(r, lo);
+    /* Cody-Waite: n*ln2_hi is exact, so rh = x - n*ln2_hi is exact too;
+     * rl = lo - n*ln2_lo is tiny. The rounded r = rh + rl feeds only the
+     * r^2 terms. */
+    float64x2_t rh = vfmsq_f64(x, n, vdupq_n_f64(ATTNX_LN2_HI));
+    float64x2_t rl = vfmsq_f64(lo, n, vdupq_n_f64(ATTNX_LN2_LO));
+    float64x2_t r = vaddq_f64(rh, rl);
     float64x2_t q = vdupq_n_f64(ATTNX_EXP_C13);
     q = vfmaq_f64(vdupq_n_f64(ATTNX_EXP_C12), q, r);
     q = vfmaq_f64(vdupq_n_f64(ATTNX_EXP_C11), q, r);
@@ -72,16 +74,24 @@ static inline float64x2_t exp2sum_v(float64x2_t hi, float64x2_t lo)
     q = vfmaq_f64(vdupq_n_f64(ATTNX_EXP_C4), q, r);
     q = vfmaq_f64(vdupq_n_f64(ATTNX_EXP_C3), q, r);
     q = vfmaq_f64(vdupq_n_f64(ATTNX_EXP_C2), q, r);
-    float64x2_t p = vfmaq_f64(r, vmulq_f64(r, r), q);
-    /* 2^n as two exact powers 2^(n/2) * 2^(n - n/2): n in [-1076, 1025]
-     * needs both, and overflow or a subnormal result then rounds once. */
+    /* e^r = (1 + rh) + (rl + r^2 q): 1 + rh split exactly into sh + sl
+     * (Fast2Sum, |rh| < 1), so only the final add rounds noticeably */
+    const float64x2_t one = vdupq_n_f64(1.0);
+    float64x2_t tail = vfmaq_f64(rl, vmulq_f64(r, r), q);
+    float64x2_t sh = vaddq_f64(one, rh);
+    float64x2_t sl = vaddq_f64(vsubq_f64(one, sh), rh);
+    float64x2_t er = vaddq_f64(sh, vaddq_f64(sl, tail));
+    /* 2^n as two powers 2^(n/2) * 2^(n - n/2), built from integer bits:
+     * n in [-1076, 1025] is out of reach of one normal power, and the
+     * scaling is exact except where the result overflows or goes subnormal,
+     * which then rounds once. */
     int64x2_t k = vcvtq_s64_f64(n);
     int64x2_t k1 = vshrq_n_s64(k, 1);          /* arithmetic: floor(k / 2) */
     int64x2_t k2 = vsubq_s64(k, k1);
     const int64x2_t bias = vdupq_n_s64(1023);
     float64x2_t s1 = vreinterpretq_f64_s64(vshlq_n_s64(vaddq_s64(k1, bias), 52));
     float64x2_t s2 = vreinterpretq_f64_s64(vshlq_n_s64(vaddq_s64(k2, bias), 52));
-    return vmulq_f64(vmulq_f64(vaddq_f64(vdupq_n_f64(1.0), p), s1), s2);
+    return vmulq_f64(vmulq_f64(er, s1), s2);
 }
 
 /* exp(a - b) with the rounding of the subtraction compensated: Knuth's
@@ -477,9 +487,8 @@ static void attend_online_neon(const double *q, const double *K, const double *V
 
 /* ---------------------------------------------------- attend, two queries */
 
-/* Keys [0, T) of one query row, as api.c would run them: a fresh online
- * state, then ctx = acc / l, zeros when nothing was attended, NaN when a
- * score was NaN. */
+/* ctx = acc / l, as api.c finishes a fused pass: zeros when nothing was
+ * attended, NaN when a score was NaN. */
 static inline void online_finish(const attnx_online *st, double *acc, size_t dv)
 {
     if (st->l != st->l) {
@@ -494,6 +503,7 @@ static inline void online_finish(const attnx_online *st, double *acc, size_t dv)
     }
 }
 
+/* One query over keys [0, T), as api.c's loop would run it. */
 static void attend_one_row(const double *q, const double *K, const double *V, size_t T,
                            size_t d, size_t dv, double scale, const unsigned char *mask,
                            double *ctx)
@@ -586,46 +596,46 @@ typedef struct pairbuf {
     int n;
 } pairbuf;
 
-static inline void axpy2x4(double *aa, double *ab, size_t dv, const pairbuf *pb)
+static inline void axpy2x4(double *aa, double *ab, size_t dv, const pairbuf *buf)
 {
-    const double *v0 = pb->v[0], *v1 = pb->v[1], *v2 = pb->v[2], *v3 = pb->v[3];
+    const double *v0 = buf->v[0], *v1 = buf->v[1], *v2 = buf->v[2], *v3 = buf->v[3];
     size_t j = 0;
     for (; j + 2 <= dv; j += 2) {
         float64x2_t a = vld1q_f64(aa + j), b = vld1q_f64(ab + j), v;
         v = vld1q_f64(v0 + j);
-        a = vfmaq_n_f64(a, v, pb->pa[0]);
-        b = vfmaq_n_f64(b, v, pb->pb[0]);
+        a = vfmaq_n_f64(a, v, buf->pa[0]);
+        b = vfmaq_n_f64(b, v, buf->pb[0]);
         v = vld1q_f64(v1 + j);
-        a = vfmaq_n_f64(a, v, pb->pa[1]);
-        b = vfmaq_n_f64(b, v, pb->pb[1]);
+        a = vfmaq_n_f64(a, v, buf->pa[1]);
+        b = vfmaq_n_f64(b, v, buf->pb[1]);
         v = vld1q_f64(v2 + j);
-        a = vfmaq_n_f64(a, v, pb->pa[2]);
-        b = vfmaq_n_f64(b, v, pb->pb[2]);
+        a = vfmaq_n_f64(a, v, buf->pa[2]);
+        b = vfmaq_n_f64(b, v, buf->pb[2]);
         v = vld1q_f64(v3 + j);
-        a = vfmaq_n_f64(a, v, pb->pa[3]);
-        b = vfmaq_n_f64(b, v, pb->pb[3]);
+        a = vfmaq_n_f64(a, v, buf->pa[3]);
+        b = vfmaq_n_f64(b, v, buf->pb[3]);
         vst1q_f64(aa + j, a);
         vst1q_f64(ab + j, b);
     }
     if (j < dv) {
         float64x1_t a = vld1_f64(aa + j), b = vld1_f64(ab + j);
         for (int i = 0; i < 4; i++) {
-            float64x1_t v = vld1_f64(pb->v[i] + j);
-            a = vfma_f64(a, v, vdup_n_f64(pb->pa[i]));
-            b = vfma_f64(b, v, vdup_n_f64(pb->pb[i]));
+            float64x1_t v = vld1_f64(buf->v[i] + j);
+            a = vfma_f64(a, v, vdup_n_f64(buf->pa[i]));
+            b = vfma_f64(b, v, vdup_n_f64(buf->pb[i]));
         }
         vst1_f64(aa + j, a);
         vst1_f64(ab + j, b);
     }
 }
 
-static inline void pairbuf_flush(pairbuf *pb, double *aa, double *ab, size_t dv)
+static inline void pairbuf_flush(pairbuf *buf, double *aa, double *ab, size_t dv)
 {
-    for (int i = 0; i < pb->n; i++) {
-        axpy1(aa, dv, pb->pa[i], pb->v[i]);
-        axpy1(ab, dv, pb->pb[i], pb->v[i]);
+    for (int i = 0; i < buf->n; i++) {
+        axpy1(aa, dv, buf->pa[i], buf->v[i]);
+        axpy1(ab, dv, buf->pb[i], buf->v[i]);
     }
-    pb->n = 0;
+    buf->n = 0;
 }
 
 /* Queries a and b (rows of Q) over keys [0, la) and [0, lb), la <= lb,

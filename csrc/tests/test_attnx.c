@@ -355,6 +355,222 @@ static void test_split(void)
     free(q); free(K); free(V); free(mask);
 }
 
+/* Does query i (of Lq) attend key t? mask rows have stride ms (0: shared). */
+static int attends(const unsigned char *mask, ptrdiff_t ms, int causal, size_t i, size_t t)
+{
+    if (causal && t > i) return 0;
+    return !mask || mask[(ptrdiff_t)i * ms + (ptrdiff_t)t];
+}
+
+/* Fused single-query attention with K and V at several offsets within a
+ * cache line (the SIMD levels read misaligned rows from an aligned base
+ * when d and dv are multiples of the vector width), masked rows full of
+ * NaN/inf, against the scalar kernels. */
+static void test_alignment(void)
+{
+    static const size_t Ts[] = {1, 7, 8, 9, 16, 17, 33, 100};
+    static const size_t ds[][2] = {{8, 8}, {16, 64}, {64, 64}, {72, 8}, {24, 40}, {4, 12}, {12, 4}};
+    const char *lv = attnx_simd_level();
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+        for (size_t di = 0; di < sizeof ds / sizeof ds[0]; di++)
+            for (size_t off = 0; off < 8; off += 3) {
+                size_t T = Ts[ti], d = ds[di][0], dv = ds[di][1];
+                size_t ok = off, ov = (off * 5 + 1) % 8;
+                double *kb = rand_array(T * d + 16, 1.0), *vb = rand_array(T * dv + 16, 1.0);
+                double *q = rand_array(d, 2.0), *K = kb + ok, *V = vb + ov;
+                unsigned char *mask = malloc(T);
+                for (size_t t = 0; t < T; t++) {
+                    mask[t] = (t * 3 + off) % 5 != 0 || T == 1;
+                    if (!mask[t]) {
+                        for (size_t j = 0; j < d; j++) K[t * d + j] = NAN;
+                        for (size_t j = 0; j < dv; j++) V[t * dv + j] = INFINITY;
+                    }
+                }
+                double c[72], c0[72];   /* dv <= 72 */
+                size_t where = 0;
+                attnx_set_simd_level("scalar");
+                attnx_attend(q, K, V, T, d, dv, 0.5, mask, c0, NULL);
+                attnx_set_simd_level(lv);
+                attnx_attend(q, K, V, T, d, dv, 0.5, mask, c, NULL);
+                CHECK(ctx_close(c, c0, dv, 1e-12, &where), "aligned path T=%zu d=%zu dv=%zu off K %zu V %zu at %zu: %g vs %g",
+                      T, d, dv, ok, ov, where, c[where], c0[where]);
+                free(kb); free(vb); free(q); free(mask);
+            }
+}
+
+/* Fused batched attention (attend_rows) against the scalar kernels' loop of
+ * single-query calls: causal, shared and per-row masks, fully masked rows,
+ * d and dv beyond one register tile, and NaN/inf in the rows no query
+ * attends (which must never be read). */
+static void test_rows_vs_loop(void)
+{
+    static const size_t cases[][4] = {/* Lq, T, d, dv */
+        {5, 37, 9, 6}, {67, 45, 3, 5}, {70, 100, 130, 67}, {9, 300, 64, 64}, {33, 17, 64, 129},
+        {130, 129, 16, 16}, {4, 1, 1, 1}, {8, 8, 8, 8}, {17, 33, 17, 33}, {65, 65, 2, 1},
+        {6, 20, 260, 3},    /* d > 256: K packed on the heap */
+        {3, 3000, 8, 8}, {2, 40, 5, 3}};   /* under 4 queries: one by one (prefetching) */
+    const char *lv = attnx_simd_level();
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        size_t Lq = cases[ci][0], T = cases[ci][1], d = cases[ci][2], dv = cases[ci][3];
+        double *Q = rand_array(Lq * d, 1.0), *K = rand_array(T * d, 1.0), *V = rand_array(T * dv, 1.0);
+        double *Kp = malloc(T * d * sizeof(double)), *Vp = malloc(T * dv * sizeof(double));
+        double *ctx = malloc(Lq * dv * sizeof(double)), *ref = malloc(Lq * dv * sizeof(double));
+        unsigned char *mask = malloc(Lq * T);
+        double scale = 4.0 / sqrt((double)d);
+        for (int mode = 0; mode < 4; mode++) {
+            for (int causal = 0; causal < 2; causal++) {
+                ptrdiff_t ms = mode == 1 ? 0 : (ptrdiff_t)T;
+                for (size_t i = 0; i < Lq; i++)
+                    for (size_t t = 0; t < T; t++) {
+                        unsigned char v = 1;
+                        if (mode == 1) v = (t * 7) % 5 != 2 && !(t >= 16 && t < 32);
+                        if (mode == 2) v = urand() > -0.4;
+                        if (mode == 3) v = i % 3 != 1 && (t + i) % 4 != 0;
+                        mask[i * T + t] = v;
+                    }
+                const unsigned char *mk = mode == 0 ? NULL : mask;
+                memcpy(Kp, K, T * d * sizeof(double));
+                memcpy(Vp, V, T * dv * sizeof(double));
+                for (size_t t = 0; t < T; t++) {
+                    int used = 0;
+                    for (size_t i = 0; i < Lq && !used; i++) used = attends(mk, ms, causal, i, t);
+                    if (!used) {
+                        for (size_t j = 0; j < d; j++) Kp[t * d + j] = NAN;
+                        for (size_t j = 0; j < dv; j++) Vp[t * dv + j] = j % 2 ? INFINITY : NAN;
+                    }
+                }
+                attnx_set_simd_level("scalar");
+                for (size_t i = 0; i < Lq; i++) {
+                    size_t lim = causal && i + 1 < T ? i + 1 : T;
+                    attnx_attend(Q + i * d, Kp, Vp, lim, d, dv, scale, mk ? mk + (ptrdiff_t)i * ms : NULL,
+                                 ref + i * dv, NULL);
+                }
+                attnx_set_simd_level(lv);
+                for (int threads = 1; threads <= 2; threads++) {
+                    for (size_t j = 0; j < Lq * dv; j++) ctx[j] = -1.0;
+                    int rc = attnx_attend_batch(Q, Kp, Vp, 0, NULL, NULL, NULL, NULL, Lq, T, d, dv, scale,
+                                                mk, NULL, ms, causal, ctx, NULL, threads);
+                    size_t where = 0;
+                    int ok = rc == ATTNX_OK && ctx_close(ctx, ref, Lq * dv, 1e-12, &where);
+                    CHECK(ok, "rows Lq=%zu T=%zu d=%zu dv=%zu mode=%d causal=%d threads=%d at %zu: %.17g vs %.17g",
+                          Lq, T, d, dv, mode, causal, threads, where, ctx[where], ref[where]);
+                }
+            }
+        }
+        free(Q); free(K); free(V); free(Kp); free(Vp); free(ctx); free(ref); free(mask);
+    }
+}
+
+/* Extreme scores through every path (fused single query, two-pass, batched
+ * rows): +-inf and NaN scores, value sums that overflow, exp underflow of
+ * whole blocks. Each compared with the scalar kernels: same NaN/inf pattern. */
+static void test_extremes_vs_scalar(void)
+{
+    const size_t Lq = 9, T = 41, d = 5, dv = 11;
+    const char *lv = attnx_simd_level();
+    double *Q = rand_array(Lq * d, 1.0), *K = rand_array(T * d, 1.0), *V = rand_array(T * dv, 1.0);
+    double *ctx = malloc(Lq * dv * sizeof(double)), *ref = malloc(Lq * dv * sizeof(double));
+    double *w = malloc(T * sizeof(double)), *w0 = malloc(T * sizeof(double));
+    for (int kind = 0; kind < 6; kind++) {
+        double *Kx = malloc(T * d * sizeof(double)), *Vx = malloc(T * dv * sizeof(double));
+        memcpy(Kx, K, T * d * sizeof(double));
+        memcpy(Vx, V, T * dv * sizeof(double));
+        double scale = 1.0;
+        if (kind == 0) Kx[20 * d] = 1e300 * 1e10;                   /* +-inf scores */
+        if (kind == 1) Kx[3 * d + 1] = NAN;                         /* a NaN score */
+        if (kind == 2) for (size_t j = 0; j < T * dv; j++) Vx[j] = 1e308; /* acc overflows in any order */
+        if (kind == 3) scale = 1e5;                                 /* spread >> 745 */
+        if (kind == 4) scale = 1e306;                               /* scores near +-1e306, some inf */
+        if (kind == 5) for (size_t t = 0; t < T; t += 2) Kx[t * d] = -1e300 * 1e10; /* -inf/+inf mix */
+        attnx_set_simd_level("scalar");
+        for (size_t i = 0; i < Lq; i++) attnx_attend(Q + i * d, Kx, Vx, T, d, dv, scale, NULL, ref + i * dv, NULL);
+        double c1[11], c2[11];
+        attnx_attend(Q, Kx, Vx, T, d, dv, scale, NULL, c2, w0);
+        attnx_set_simd_level(lv);
+        size_t where = 0;
+        attnx_attend(Q, Kx, Vx, T, d, dv, scale, NULL, c1, w);
+        CHECK(ctx_close(c1, c2, dv, 1e-12, &where) && all_close(w, w0, T, 1e-13, &where),
+              "two-pass extremes kind=%d at %zu", kind, where);
+        for (size_t i = 0; i < Lq; i++) {
+            attnx_attend(Q + i * d, Kx, Vx, T, d, dv, scale, NULL, c1, NULL);
+            CHECK(ctx_close(c1, ref + i * dv, dv, 1e-12, &where), "fused extremes kind=%d row %zu at %zu: %g vs %g",
+                  kind, i, where, c1[where], ref[i * dv + where]);
+        }
+        attnx_attend_batch(Q, Kx, Vx, 0, NULL, NULL, NULL, NULL, Lq, T, d, dv, scale, NULL, NULL, 0, 0, ctx, NULL, 1);
+        CHECK(ctx_close(ctx, ref, Lq * dv, 1e-12, &where), "rows extremes kind=%d at %zu: %g vs %g", kind, where,
+              ctx[where], ref[where]);
+        free(Kx);
+        free(Vx);
+    }
+    free(Q); free(K); free(V); free(ctx); free(ref); free(w); free(w0);
+}
+
+/* Softmax within 4 ulp of the long double result over a spread of 1000,
+ * around the vector width and long; in place equals out of place. */
+static void test_softmax_ulp(void)
+{
+    static const size_t ns[] = {1, 7, 8, 9, 17, 31, 33, 1000, 200003};
+    /* the oracle needs a long double wider than double (x87 extended);
+     * valgrind, for one, computes long double in double precision */
+    volatile long double one = 1.0L, tiny = 0x1p-60L;
+    if (one + tiny == one) {
+        printf("softmax ulp test skipped: long double is no wider than double here\n");
+        return;
+    }
+    for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+        size_t n = ns[c];
+        double *x = rand_array(n, 500.0), *y = malloc(n * sizeof(double));
+        attnx_softmax(x, n, y);
+        long double m = -INFINITY, sum = 0.0L;
+        for (size_t i = 0; i < n; i++) if (x[i] > m) m = x[i];
+        for (size_t i = 0; i < n; i++) sum += expl((long double)x[i] - m);
+        double worst = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double r = (double)(expl((long double)x[i] - m) / sum);
+            double ulp = r >= DBL_MIN ? nextafter(r, INFINITY) - r : 0x1p-1074;
+            double err = (double)fabsl((long double)y[i] - expl((long double)x[i] - m) / sum) / ulp;
+            if (err > worst) worst = err;
+        }
+        CHECK(worst <= 4.0, "softmax n=%zu max error %.3f ulp", n, worst);
+        attnx_softmax(x, n, x);
+        int same = 1;
+        for (size_t i = 0; i < n; i++) same &= x[i] == y[i];
+        CHECK(same, "softmax in place n=%zu", n);
+        free(x);
+        free(y);
+    }
+}
+
+/* exp at many random points, near the overflow/underflow edges and into
+ * the subnormal range, within 1 ulp; y may be x. */
+static void test_exp_dense(void)
+{
+    enum { N = 200000 };
+    double *x = malloc(N * sizeof(double)), *y = malloc(N * sizeof(double));
+    for (int i = 0; i < N; i++) {
+        double u = urand();
+        if (i % 4 == 0) x[i] = 709.0 + 0.79 * (u + 1) / 2;          /* near overflow */
+        else if (i % 4 == 1) x[i] = -745.1 + 40 * (u + 1) / 2;      /* subnormal results */
+        else if (i % 4 == 2) x[i] = 1e-3 * u;                       /* near 0 */
+        else x[i] = 745 * u;
+    }
+    attnx_exp(x, N, y);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        long double ref = expl((long double)x[i]);
+        double r = (double)ref;
+        double ulp = r >= DBL_MIN ? nextafter(r, INFINITY) - r : 0x1p-1074;
+        if (isinf(r)) { if (!isinf(y[i])) worst = 99; continue; }
+        double err = (double)fabsl((long double)y[i] - ref) / ulp;
+        if (err > worst) worst = err;
+    }
+    CHECK(worst <= 1.0, "exp dense max error %.3f ulp", worst);
+    attnx_exp(x, N, x);
+    CHECK(memcmp(x, y, N * sizeof(double)) == 0, "exp in place");
+    free(x);
+    free(y);
+}
+
 int main(int argc, char **argv)
 {
     const char *avail = attnx_simd_available();
@@ -384,6 +600,11 @@ int main(int argc, char **argv)
         test_attend_specials();
         test_batch();
         test_split();
+        test_rows_vs_loop();
+        test_alignment();
+        test_extremes_vs_scalar();
+        test_softmax_ulp();
+        test_exp_dense();
         printf("level %-7s done\n", lv);
     }
     printf("%d passed, %d failed\n", g_pass, g_fail);
