@@ -332,8 +332,10 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
             if out is None:
                 res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
                                                      cnp.NPY_DOUBLE, 0)
-            elif (out is x and _is_f64(out, _OUT_FLAGS)):
-                res = a
+            elif (_is_f64(out, _OUT_FLAGS)
+                  and cnp.PyArray_NDIM(<cnp.ndarray>out) == cnp.PyArray_NDIM(a)
+                  and cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, a)):
+                res = <cnp.ndarray>out    # the C call refuses a partial overlap
             else:
                 return _softmax_general(x, axis, out, num_threads)
             total = cnp.PyArray_SIZE(a)
