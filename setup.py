@@ -25,9 +25,16 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 CSRC = "csrc"
-CORE_SOURCES = ["api.c", "api_table.c", "dispatch.c", "kernels_scalar.c"]
-ISA_SOURCES = {"kernels_avx2.c": "avx2", "kernels_avx512.c": "avx512", "kernels_neon.c": "neon"}
+# Every .c in csrc but the example program; a file named *_<isa>.c holds the
+# kernels of one SIMD level and gets that level's flags (as in the Makefile).
+SOURCES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "*.c"))
+                 if os.path.basename(p) != "example.c")
+ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
 PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
+
+
+def source_isa(name):
+    return next((isa for suffix, isa in ISA_SUFFIXES.items() if name.endswith(suffix)), None)
 
 ISA_FLAGS = {
     "unix": {"avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f", "-mavx2", "-mfma"]},
@@ -120,12 +127,13 @@ class BuildExt(build_ext):
         with open(os.path.join(gen, "attnx_build_info.h"), "w") as f:
             f.write("#define ATTNX_BUILD_INFO " + '"' + info.replace('\\', '/').replace('"', "'") + '"\n')
         objects = []
-        # with ATTNX_NO_SIMD the ISA files would compile to nothing: skip them
-        for name in CORE_SOURCES + ([] if no_simd else list(ISA_SOURCES)):
+        for name in SOURCES:
+            isa = source_isa(name)
+            if isa and no_simd:
+                continue       # with ATTNX_NO_SIMD they would compile to nothing
             extra = list(base)
-            if name == "api.c":
+            if name.startswith("api"):
                 extra += omp_cflags
-            isa = ISA_SOURCES.get(name)
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
             objects += self.compiler.compile(

@@ -183,6 +183,79 @@ int attnx_max_threads(void);
 /* Compiler, flags and OpenMP of this build, as one human-readable line. */
 const char *attnx_build_info(void);
 
+/* ------------------------------------------------------------------------ */
+/* log-softmax (API version 2)                                               */
+/* ------------------------------------------------------------------------ */
+
+/* y = log(softmax(x)) = (x - max) - log(sum exp(x - max)), accurate where
+ * softmax itself underflows (x - max = -1000 gives -1000 - log(sum), not
+ * -inf); the subtraction of the max is an exact two-sum. NaN/+inf/all -inf
+ * slices behave as attnx_softmax's (NaN); -inf entries give -inf. y may be x.
+ * Errors: NULL, OVERLAP (partial). */
+int attnx_log_softmax(const double *x, size_t n, double *y);
+int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                           int num_threads);
+
+/* ------------------------------------------------------------------------ */
+/* Additive (Bahdanau / concat) scores (API version 2)                       */
+/* ------------------------------------------------------------------------ */
+
+/* y[i] = tanh(x[i]) with attnx's own vectorised tanh (error bound stated in
+ * kernels_additive_scalar.c and measured by tests). y may be x. */
+int attnx_tanh(const double *x, size_t n, double *y);
+
+/* scores[t] = sum_j v[j] * tanh(a[j] + Kp[t, j]) for t < T: additive
+ * attention, where a = W_q q (h) and Kp = keys W_k^T (T x h) are computed
+ * once by the caller. Errors: NULL, OVERFLOW, OVERLAP. */
+int attnx_additive_scores(const double *a, const double *Kp, const double *v,
+                          size_t T, size_t h, double *scores);
+
+/* Batched: scores[b, i, t] = sum_j v[j] tanh(A[b, i, j] + Kp[b, t, j]).
+ * A[b]: Lq x h, Kp[b]: T x h, v: h (shared), scores: batch x Lq x T. */
+int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
+                                size_t nbatch, const size_t *batch_shape,
+                                const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                                size_t Lq, size_t T, size_t h, double *scores,
+                                int num_threads);
+
+/* ------------------------------------------------------------------------ */
+/* float32 (API version 2)                                                   */
+/* ------------------------------------------------------------------------ */
+/* The same contracts as the float64 functions, on float data, with native  */
+/* float32 kernels at every SIMD level (twice the lanes). How each kernel   */
+/* accumulates, and its measured error against float64, is stated in        */
+/* kernels_f32_scalar.c.                                                     */
+
+int attnx_dot_scores_f32(const float *q, const float *K, size_t T, size_t d,
+                         float scale, float *scores);
+int attnx_softmax_f32(const float *x, size_t n, float *y);
+int attnx_context_f32(const float *w, const float *V, size_t T, size_t dv, float *ctx);
+int attnx_attend_f32(const float *q, const float *K, const float *V,
+                     size_t T, size_t d, size_t dv, float scale,
+                     const unsigned char *mask, float *ctx, float *weights);
+int attnx_dot_scores_batch_f32(const float *Q, const float *K,
+                               size_t nbatch, const size_t *batch_shape,
+                               const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                               size_t Lq, size_t T, size_t d, float scale,
+                               float *scores, int num_threads);
+int attnx_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y,
+                           int num_threads);
+int attnx_context_batch_f32(const float *W, const float *V,
+                            size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                            size_t Lq, size_t T, size_t dv,
+                            float *ctx, int num_threads);
+int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
+                           size_t nbatch, const size_t *batch_shape,
+                           const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                           const ptrdiff_t *v_strides,
+                           size_t Lq, size_t T, size_t d, size_t dv, float scale,
+                           const unsigned char *mask, const ptrdiff_t *mask_strides,
+                           ptrdiff_t mask_row_stride, int causal,
+                           float *ctx, float *weights, int num_threads);
+int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y,
+                               int num_threads);
+
 /* The table of every function above, for attnx_capi.h (the capsule
  * attnx._C_API holds this pointer) and for programs that load attnx with
  * dlopen. Never NULL; static storage. */
