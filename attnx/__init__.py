@@ -14,7 +14,7 @@ import warnings as _warnings
 
 from ._version import __version__
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import KVCache, attend, context, dot_score, softmax
+from ._core import KVCache, attend, context, dot_score, log_softmax, softmax
 
 __all__ = [
     "__version__",
@@ -22,6 +22,7 @@ __all__ = [
     "attend",
     "context",
     "dot_score",
+    "log_softmax",
     "softmax",
     "get_include",
     "simd_level",

@@ -22,6 +22,13 @@ def softmax(
     out: _F64 | None = None,
     num_threads: int | None = None,
 ) -> _F64: ...
+def log_softmax(
+    x: ArrayLike,
+    axis: _Axis = -1,
+    *,
+    out: _F64 | None = None,
+    num_threads: int | None = None,
+) -> _F64: ...
 def context(
     weights: ArrayLike,
     values: ArrayLike,

@@ -354,7 +354,7 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     return _softmax_general(x, axis, out, num_threads)
 
 
-def _softmax_general(x, axis, out, num_threads):
+def _softmax_general(x, axis, out, num_threads, bint log=False):
     a = _as_f64(x, "x")
     cdef Py_ssize_t nd = a.ndim
     axes = tuple(range(nd)) if axis is None else normalize_axis_tuple(axis, nd)
@@ -382,7 +382,10 @@ def _softmax_general(x, axis, out, num_threads):
     cdef size_t rows = <size_t>(a.size // n)
     cdef int rc
     cdef PyThreadState *ts = _release_gil(rows * n >= NOGIL_WORK)
-    rc = ak.softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
+    if log:
+        rc = ak.log_softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
+    else:
+        rc = ak.softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -391,6 +394,75 @@ def _softmax_general(x, axis, out, num_threads):
     if nd == 0 and out is None:
         return res[()]
     return res
+
+
+def log_softmax(x, axis=-1, *, out=None, num_threads=None):
+    """Logarithm of the softmax, ``(x - max) - log(sum(exp(x - max)))``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input of any shape.
+    axis : int, tuple of ints or None, optional
+        Axis or axes to normalise over, as in `scipy.special.log_softmax`;
+        None means all elements. Default: the last.
+    out : ndarray, optional
+        C-contiguous, writeable float64 array of x's shape; may be `x` itself.
+    num_threads : int, optional
+        Threads for many rows (default: the OpenMP default).
+
+    Returns
+    -------
+    ndarray
+        float64, same shape as x.
+
+    Notes
+    -----
+    Accurate where ``log(softmax(x))`` fails: a score 1000 below the maximum
+    has a softmax weight that underflows to 0 (log gives -inf), while its
+    log-softmax is finite and computed to full precision. The subtraction of
+    the maximum is an exact two-sum; the logarithm is attnx's own. As in
+    SciPy: NaN in a slice, or an all ``-inf`` slice, gives NaN; a ``+inf``
+    entry gives NaN there and ``-inf`` elsewhere in its slice; other ``-inf``
+    entries give ``-inf``.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> print(attnx.log_softmax([0.0, -1000.0]))
+    [    0. -1000.]
+    >>> with np.errstate(divide="ignore"):
+    ...     print(np.log(attnx.softmax([0.0, -1000.0])))
+    [  0. -inf]
+    """
+    cdef cnp.ndarray a, res
+    cdef cnp.npy_intp n, total
+    cdef int rc
+    cdef PyThreadState *ts
+    if (num_threads is None and type(axis) is int and _is_f64(x, _IN_FLAGS)
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1):
+        a = <cnp.ndarray>x
+        if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
+            if out is None:
+                res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
+                                                     cnp.NPY_DOUBLE, 0)
+            elif (_is_f64(out, _OUT_FLAGS)
+                  and cnp.PyArray_NDIM(<cnp.ndarray>out) == cnp.PyArray_NDIM(a)
+                  and cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, a)):
+                res = <cnp.ndarray>out    # the C call refuses a partial overlap
+            else:
+                return _softmax_general(x, axis, out, num_threads, True)
+            total = cnp.PyArray_SIZE(a)
+            n = cnp.PyArray_DIMS(a)[cnp.PyArray_NDIM(a) - 1]
+            if total == 0:
+                return res
+            ts = _release_gil(total >= NOGIL_WORK)
+            rc = ak.log_softmax_rows(_dptr(a), <size_t>(total // n), <size_t>n, _dptr(res), 0)
+            _reacquire_gil(ts)
+            if rc != 0:
+                _raise_status(rc)
+            return res
+    return _softmax_general(x, axis, out, num_threads, True)
 
 
 # --- context --------------------------------------------------------------------

@@ -56,3 +56,8 @@ cdef int attend_batch(const double *Q, const double *K, const double *V,
 
 cdef const char *strerror(int status) noexcept nogil
 cdef const char *simd_level_name() noexcept nogil
+
+# --- API version 2 -------------------------------------------------------------
+cdef int log_softmax(const double *x, size_t n, double *y) noexcept nogil
+cdef int log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                          int num_threads) noexcept nogil

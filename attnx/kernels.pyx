@@ -39,6 +39,9 @@ cdef extern from "attnx.h" nogil:
                            const unsigned char *mask, const ptrdiff_t *mask_strides,
                            ptrdiff_t mask_row_stride, int causal,
                            double *ctx, double *weights, int num_threads)
+    int attnx_log_softmax(const double *x, size_t n, double *y)
+    int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                               int num_threads)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -99,6 +102,13 @@ cdef int attend_batch(const double *Q, const double *K, const double *V,
     return attnx_attend_batch(Q, K, V, nbatch, batch_shape, q_strides, k_strides,
                               v_strides, Lq, T, d, dv, scale, mask, mask_strides,
                               mask_row_stride, causal, ctx, weights, num_threads)
+
+cdef int log_softmax(const double *x, size_t n, double *y) noexcept nogil:
+    return attnx_log_softmax(x, n, y)
+
+cdef int log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
+                          int num_threads) noexcept nogil:
+    return attnx_log_softmax_rows(x, rows, n, y, num_threads)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)
