@@ -14,7 +14,8 @@ import warnings as _warnings
 
 from ._version import __version__
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import KVCache, attend, context, dot_score, log_softmax, softmax
+from ._core import (KVCache, additive_score, attend, context, dot_score, general_score,
+                    log_softmax, project_keys, softmax)
 
 __all__ = [
     "__version__",
@@ -22,6 +23,9 @@ __all__ = [
     "attend",
     "context",
     "dot_score",
+    "general_score",
+    "additive_score",
+    "project_keys",
     "log_softmax",
     "softmax",
     "get_include",

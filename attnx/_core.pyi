@@ -6,6 +6,7 @@ from typing_extensions import disjoint_base
 
 _F64 = NDArray[np.float64]
 _Axis = int | tuple[int, ...] | None
+_Score = Literal["dot", "general", "additive"]
 
 def dot_score(
     query: ArrayLike,
@@ -48,6 +49,12 @@ def attend(
     return_weights: Literal[False] = False,
     out: _F64 | None = None,
     num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
 ) -> _F64: ...
 @overload
 def attend(
@@ -61,7 +68,32 @@ def attend(
     return_weights: Literal[True],
     out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
     num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
 ) -> tuple[_F64, _F64]: ...
+def general_score(
+    query: ArrayLike,
+    keys: ArrayLike,
+    W: ArrayLike,
+    *,
+    scale: float = 1.0,
+    out: _F64 | None = None,
+    num_threads: int | None = None,
+) -> _F64: ...
+def project_keys(keys: ArrayLike, W_k: ArrayLike) -> _F64: ...
+def additive_score(
+    query: ArrayLike,
+    keys_proj: ArrayLike,
+    W_q: ArrayLike,
+    v: ArrayLike,
+    *,
+    out: _F64 | None = None,
+    num_threads: int | None = None,
+) -> _F64: ...
 
 @disjoint_base
 class KVCache:

@@ -12,6 +12,7 @@ zero strides, never copies), and call the batched C entry point.
 cimport numpy as cnp
 from cpython.pystate cimport PyThreadState
 from libc.stdint cimport uintptr_t
+from libc.string cimport memcpy
 
 cimport attnx.kernels as ak
 
@@ -567,7 +568,8 @@ def _context_general(weights, values, out, num_threads):
 # --- attend ---------------------------------------------------------------------
 
 def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal=False,
-           bint return_weights=False, out=None, num_threads=None):
+           bint return_weights=False, out=None, num_threads=None, score="dot", W=None,
+           W_q=None, v=None, keys_proj=None, W_k=None):
     """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
 
     Parameters
@@ -602,6 +604,16 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
         Threads for batched queries, or for one query over a long sequence
         (the keys are split across threads and the partial softmax states
         merged). Default: the OpenMP default, which threadpoolctl can limit.
+    score : {"dot", "general", "additive"}, optional
+        The score function (Luong et al. 2015; Bahdanau et al. 2015):
+        ``"dot"`` (default) ``q . k``; ``"general"`` ``q^T W k`` (pass `W`,
+        shape (dq, dk); computed as the dot of ``W^T q`` with the keys, in
+        the same fused pass); ``"additive"`` ``v^T tanh(W_q q + W_k k)``
+        (pass `W_q` (h, dq), `v` (h,), and `keys_proj` = ``keys @ W_k.T``
+        from `project_keys`, or `W_k` (h, dk) to project here). `scale`
+        multiplies dot and general scores only.
+    W, W_q, v, keys_proj, W_k : array_like, optional
+        The parameters of the chosen score function.
 
     Returns
     -------
@@ -652,6 +664,8 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     cdef int rc
     cdef PyThreadState *ts
     if (mask is None and not causal and not return_weights and num_threads is None
+            and (score is _DOT or score == "dot") and W is None and W_q is None
+            and v is None and keys_proj is None and W_k is None
             and _is_f64(query, _IN_FLAGS) and _is_f64(keys, _IN_FLAGS)
             and (values is None or _is_f64(values, _IN_FLAGS))):
         q = <cnp.ndarray>query
@@ -679,8 +693,80 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
                 if rc != 0:
                     _raise_status(rc)   # ERR_OVERLAP: out shares memory with an input
                 return res
+    if not (score is _DOT or score == "dot"):
+        return _attend_scored(query, keys, values, scale, mask, causal, return_weights, out,
+                              num_threads, score, W, W_q, v, keys_proj, W_k)
+    if W is not None or W_q is not None or v is not None or keys_proj is not None \
+            or W_k is not None:
+        raise ValueError("W, W_q, v, keys_proj and W_k belong to score='general' or "
+                         "score='additive'; the default score is 'dot'")
     return _attend_general(query, keys, values, scale, mask, causal, return_weights, out,
                            num_threads)
+
+
+_DOT = "dot"
+
+
+def _attend_scored(query, keys, values, double scale, mask, bint causal, bint return_weights,
+                   out, num_threads, score, W, W_q, v, keys_proj, W_k):
+    """attend with score='general' or 'additive'."""
+    if score == "general":
+        if W is None:
+            raise ValueError("score='general' needs W, shape (dq, dk)")
+        if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
+            raise ValueError("score='general' takes W only")
+        return _attend_general(_general_query(query, W), keys, values, scale, mask, causal,
+                               return_weights, out, num_threads)
+    if score != "additive":
+        raise ValueError(f"score must be 'dot', 'general' or 'additive', got {score!r}")
+    if W is not None:
+        raise ValueError("score='additive' takes W_q, v and keys_proj (or W_k), not W")
+    if W_q is None or v is None:
+        raise ValueError("score='additive' needs W_q (h, dq) and v (h,)")
+    if (keys_proj is None) == (W_k is None):
+        raise ValueError("score='additive' needs exactly one of keys_proj "
+                         "(= project_keys(keys, W_k)) and W_k")
+    K = _as_f64(keys, "keys")
+    V = K if values is None else _as_f64(values, "values")
+    Kp = project_keys(K, W_k) if keys_proj is None else _as_f64(keys_proj, "keys_proj")
+    if K.ndim < 2 or V.ndim < 2 or Kp.ndim < 2 or not (K.shape[-2] == V.shape[-2] == Kp.shape[-2]):
+        raise ValueError(f"keys {K.shape}, values {V.shape} and keys_proj {Kp.shape} must hold "
+                         f"the same number of keys (..., T, .)")
+    if K.shape[-2] == 0:
+        raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
+    s = additive_score(query, Kp, W_q, v, num_threads=num_threads)
+    single = s.ndim == 1 or np.ndim(query) == 1
+    with np.errstate(invalid="ignore"):
+        if mask is not None:
+            m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
+            if m.dtype != np.bool_:
+                raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
+            try:
+                m = np.broadcast_to(m, s.shape)
+            except ValueError:
+                raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast "
+                                 f"to the scores' shape {s.shape}") from None
+            s = np.where(m, s, -np.inf)
+        if causal:
+            Lq, T = (1 if single else s.shape[-2]), s.shape[-1]
+            allowed = np.tril(np.ones((Lq, T), dtype=bool))
+            s = np.where(allowed[0] if single else allowed, s, -np.inf)
+    w = softmax(s)
+    w[np.isneginf(s).all(axis=-1)] = 0.0        # nothing to attend to: zeros, not NaN
+    ctx_out, w_out = (out if isinstance(out, tuple) else (out, None)) if return_weights \
+        else (out, None)
+    if return_weights and out is not None and not isinstance(out, tuple) \
+            and not cnp.PyArray_Check(out):
+        raise ValueError("with return_weights=True, out must be an array for the context "
+                         "or a pair (context_out, weights_out)")
+    ctx = context(w, V if single else V[..., None, :, :], out=ctx_out, num_threads=num_threads)
+    if not return_weights:
+        return ctx
+    if w_out is not None:
+        w_out = _result(w_out, w.shape, [ctx])
+        w_out[...] = w
+        w = w_out
+    return ctx, w
 
 
 def _attend_general(query, keys, values, double scale, mask, bint causal,
@@ -764,6 +850,151 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     if return_weights:
         return ctx, w
     return ctx
+
+
+# --- score functions (Luong's general, Bahdanau's additive) --------------------
+
+def general_score(query, keys, W, *, double scale=1.0, out=None, num_threads=None):
+    """Luong's "general" score, ``scale * query^T W key`` for every key.
+
+    Computed as a dot product of ``W^T query`` with each key (one small
+    matrix-vector product, then the dot-score kernel), never as a matrix
+    product per key.
+
+    Parameters
+    ----------
+    query : array_like, shape (dq,) or (..., Lq, dq)
+    keys : array_like, shape (..., T, dk)
+    W : array_like, shape (dq, dk)
+    scale, out, num_threads
+        As in `dot_score`.
+
+    Returns
+    -------
+    ndarray, shape (..., T) or (..., Lq, T)
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> q, keys = np.array([1.0, 2.0]), np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    >>> W = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> print(attnx.general_score(q, keys, W))     # q @ W @ k for each key
+    [3. 0.]
+    """
+    u = _general_query(query, W)
+    return dot_score(u, keys, scale=scale, out=out, num_threads=num_threads)
+
+
+cdef object _general_query(object query, object W):
+    q = _as_f64(query, "query")
+    Wm = _as_f64(W, "W")
+    if Wm.ndim != 2:
+        raise ValueError(f"W must have shape (dq, dk), got shape {Wm.shape}")
+    if q.ndim < 1 or q.shape[-1] != Wm.shape[0]:
+        raise ValueError(f"query has shape {q.shape} but W has shape {Wm.shape}: "
+                         f"the query's last dimension must be W's first")
+    return np.ascontiguousarray(q @ Wm)
+
+
+def project_keys(keys, W_k):
+    """Keys projected for additive attention, ``keys @ W_k.T``.
+
+    Computed once per sequence, then reused by every `additive_score` call.
+
+    Parameters
+    ----------
+    keys : array_like, shape (..., T, dk)
+    W_k : array_like, shape (h, dk)
+
+    Returns
+    -------
+    ndarray, shape (..., T, h), float64, C-contiguous
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> attnx.project_keys(np.ones((4, 3)), np.ones((5, 3))).shape
+    (4, 5)
+    """
+    K = _as_f64(keys, "keys")
+    Wk = _as_f64(W_k, "W_k")
+    if Wk.ndim != 2 or K.ndim < 2 or K.shape[-1] != Wk.shape[1]:
+        raise ValueError(f"keys has shape {K.shape} but W_k has shape {Wk.shape}: expected "
+                         f"keys (..., T, dk) and W_k (h, dk)")
+    return np.ascontiguousarray(K @ Wk.T)
+
+
+def additive_score(query, keys_proj, W_q, v, *, out=None, num_threads=None):
+    """Bahdanau's additive (concat) score, ``v^T tanh(W_q query + keys_proj[t])``.
+
+    Parameters
+    ----------
+    query : array_like, shape (dq,) or (..., Lq, dq)
+    keys_proj : array_like, shape (..., T, h)
+        The keys projected once by `project_keys` (``keys @ W_k.T``).
+    W_q : array_like, shape (h, dq)
+    v : array_like, shape (h,)
+    out, num_threads
+        As in `dot_score`.
+
+    Returns
+    -------
+    ndarray, shape (..., T) or (..., Lq, T)
+
+    Notes
+    -----
+    One fused pass over ``keys_proj`` per query: the tanh (attnx's own,
+    vectorised, within 2 ulp) and the dot with `v` never materialise the
+    (T, h) intermediate.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> rng = np.random.default_rng(0)
+    >>> keys, q = rng.standard_normal((6, 4)), rng.standard_normal(3)
+    >>> W_k, W_q, v = rng.standard_normal((5, 4)), rng.standard_normal((5, 3)), rng.standard_normal(5)
+    >>> s = attnx.additive_score(q, attnx.project_keys(keys, W_k), W_q, v)
+    >>> np.allclose(s, np.tanh(W_q @ q + keys @ W_k.T) @ v)
+    True
+    """
+    q = _as_f64(query, "query")
+    Kp = _as_f64(keys_proj, "keys_proj")
+    Wq = _as_f64(W_q, "W_q")
+    vv = _as_f64(v, "v")
+    if Wq.ndim != 2 or vv.ndim != 1 or Wq.shape[0] != vv.shape[0]:
+        raise ValueError(f"W_q has shape {Wq.shape} and v has shape {vv.shape}: expected "
+                         f"W_q (h, dq) and v (h,)")
+    if q.ndim < 1 or q.shape[-1] != Wq.shape[1]:
+        raise ValueError(f"query has shape {q.shape} but W_q has shape {Wq.shape}: the query's "
+                         f"last dimension must be W_q's second")
+    if Kp.ndim < 2 or Kp.shape[-1] != vv.shape[0]:
+        raise ValueError(f"keys_proj has shape {Kp.shape} but v has shape {vv.shape}: expected "
+                         f"keys_proj (..., T, h)")
+    A = np.ascontiguousarray(q @ Wq.T)            # (..., h) or (..., Lq, h)
+    single = A.ndim == 1
+    h, T = vv.shape[0], Kp.shape[-2]
+    Lq = 1 if single else A.shape[-2]
+    batch = _broadcast_batch([(A, 1 if single else 2, "query"), (Kp, 2, "keys_proj")])
+    shape = batch + ((T,) if single else (Lq, T))
+    res = _result(out, shape, [A, Kp, vv])
+    cdef int nt = _threads(num_threads)
+    cdef size_t bshape[32]
+    cdef ptrdiff_t as_[32]
+    cdef ptrdiff_t ks[32]
+    cdef size_t nb = len(batch), i
+    for i in range(nb):
+        bshape[i] = batch[i]
+    _fill_strides(A, 1 if single else 2, 8, batch, as_)
+    _fill_strides(Kp, 2, 8, batch, ks)
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil(res.size * h >= NOGIL_WORK)
+    rc = ak.additive_scores_batch(_dptr(<cnp.ndarray>A), _dptr(<cnp.ndarray>Kp),
+                                  _dptr(<cnp.ndarray>vv), nb, bshape, as_, ks, Lq, T, h,
+                                  _dptr(<cnp.ndarray>res), nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return res
 
 
 # --- KVCache ----------------------------------------------------------------------
@@ -861,6 +1092,21 @@ cdef class KVCache:
 
     def append(self, k, v=None):
         """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
+        # fast path: float64 rows of the right length and room for them
+        if (self.length < self.capacity and _is_f64(k, _IN_FLAGS)
+                and cnp.PyArray_NDIM(<cnp.ndarray>k) == 1
+                and cnp.PyArray_DIMS(<cnp.ndarray>k)[0] == self.d
+                and ((self.shared and v is None) or (
+                    not self.shared and _is_f64(v, _IN_FLAGS)
+                    and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
+                    and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == self.dv))):
+            memcpy(_dptr(<cnp.ndarray>self._K) + self.length * self.d,
+                   _dptr(<cnp.ndarray>k), self.d * sizeof(double))
+            if not self.shared:
+                memcpy(_dptr(<cnp.ndarray>self._V) + self.length * self.dv,
+                       _dptr(<cnp.ndarray>v), self.dv * sizeof(double))
+            self.length += 1
+            return
         if self.shared and v is not None:
             raise ValueError("this cache's values are its keys (dv=None): append(k) only")
         if not self.shared and v is None:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import _core, kernels
+from ._core import KVCache
 from ._version import __version__
 
 
@@ -266,7 +267,39 @@ def run(quick=False, threads=None):
         if torch is not None:
             torch.set_num_threads(1)
 
-        # 6. threads on the long single query (flash-decoding split)
+        # 6. a 1000-step decoding loop: append a key and a value, attend
+        steps = 300 if quick else 1000
+        ks, vs, qs = (rng.standard_normal((steps, d)) for _ in range(3))
+        ctx = np.empty(d)
+
+        def loop_attnx():
+            cache = KVCache(d, d, capacity=16)
+            for t in range(steps):
+                cache.append(ks[t], vs[t])
+                cache.attend(qs[t], out=ctx)
+
+        def loop_numpy():
+            Kbuf, Vbuf = np.empty((steps, d)), np.empty((steps, d))
+            for t in range(steps):
+                Kbuf[t], Vbuf[t] = ks[t], vs[t]
+                numpy_stable(qs[t], Kbuf[:t + 1], Vbuf[:t + 1])
+
+        fns = {"attnx KVCache": loop_attnx, "numpy, preallocated": loop_numpy}
+        if torch is not None:
+            tks, tvs, tqs = (torch.from_numpy(a) for a in (ks, vs, qs))
+
+            def loop_torch():
+                Kbuf, Vbuf = torch.empty((1, steps, d), dtype=torch.float64), \
+                    torch.empty((1, steps, d), dtype=torch.float64)
+                for t in range(steps):
+                    Kbuf[0, t], Vbuf[0, t] = tks[t], tvs[t]
+                    torch.nn.functional.scaled_dot_product_attention(
+                        tqs[t][None, None], Kbuf[:, :t + 1], Vbuf[:, :t + 1])
+            fns["torch sdpa, preallocated"] = loop_torch
+        table.add(f"decoding loop: {steps} steps, d=dv={d}",
+                  compare(fns, max(3, rounds // 3), min_time), base="attnx KVCache")
+
+        # 7. threads on the long single query (flash-decoding split)
         q, K, V, out = long_case
         res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
                       max(3, rounds // 3), min_time)

@@ -8,6 +8,7 @@ The naive softmax overflows here; attnx does not.
 import numpy as np
 
 from . import _core, kernels
+from ._core import KVCache
 from ._version import __version__
 
 #: The decoder hidden state (the query).
@@ -87,13 +88,68 @@ def story(r):
     return lines
 
 
+STEPS = 20
+SHADES = " .:-=+*#%@"
+
+
+def positions(n, d=16):
+    """Sinusoidal position codes (n, d): nearby positions look alike, far
+    ones do not, so a dot product finds a position."""
+    pos = np.arange(n)[:, None]
+    freq = 1.0 / (10000.0 ** (np.arange(0, d, 2) / d))
+    enc = np.empty((n, d))
+    enc[:, 0::2], enc[:, 1::2] = np.sin(pos * freq), np.cos(pos * freq)
+    return enc
+
+
+def toy_decoder(steps=STEPS):
+    """A decoder that reverses its input: at step t its state looks for source
+    position steps-1-t. The encoder's annotations sit in a KVCache; each step
+    is one cache.attend call. Returns the (steps, steps) attention weights."""
+    H = positions(steps)
+    cache = KVCache(H.shape[1], capacity=steps)
+    cache.extend(H)
+    rng = np.random.default_rng(2015)
+    weights = np.empty((steps, steps))
+    ctx = np.empty(H.shape[1])
+    for t in range(steps):
+        q = 3.0 * H[steps - 1 - t] + 0.3 * rng.standard_normal(H.shape[1])
+        cache.attend(q, out=ctx)                      # the decoding step itself
+        _, weights[t] = cache.attend(q, return_weights=True)
+    return weights
+
+
+def story_decoder(weights):
+    steps = weights.shape[0]
+    lines = [
+        f"Part 2: a {steps}-step toy decoder",
+        "",
+        f"The encoder annotates {steps} source positions; at each step the decoder looks",
+        "for the mirrored position (it reverses the sequence). attnx.KVCache holds the",
+        "annotations, and each step is one cache.attend(q, out=ctx) call.",
+        "Attention weights, one row per decoder step (darker = more weight):",
+        "",
+        f"{'source position':>20} " + "".join(str(i % 10) for i in range(steps)),
+    ]
+    for t, row in enumerate(weights):
+        cells = "".join(SHADES[min(int(w * len(SHADES)), len(SHADES) - 1)] for w in row)
+        lines.append(f"     step {t:2d}        |{cells}|  -> {int(row.argmax()):2d} ({row.max():.2f})")
+    hits = sum(int(row.argmax()) == steps - 1 - t for t, row in enumerate(weights))
+    lines += ["", f"The decoder found the mirrored position at {hits} of {steps} steps."]
+    return lines
+
+
 def run(plot_dir=None, out=print):
     r = compute()
     for line in story(r):
         out(line)
+    w = toy_decoder()
+    out("")
+    for line in story_decoder(w):
+        out(line)
     if plot_dir is not None:
-        from .plotting import heatmaps
-        paths = heatmaps(r, plot_dir)
+        from .plotting import decoder_heatmap, heatmaps
+        paths = heatmaps(r, plot_dir) + [decoder_heatmap(w, plot_dir)]
         out("")
         out(f"Wrote the tutorial's heatmaps to {plot_dir}:")
         for p in paths:

@@ -61,3 +61,11 @@ cdef const char *simd_level_name() noexcept nogil
 cdef int log_softmax(const double *x, size_t n, double *y) noexcept nogil
 cdef int log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
                           int num_threads) noexcept nogil
+cdef int tanh(const double *x, size_t n, double *y) noexcept nogil
+cdef int additive_scores(const double *a, const double *Kp, const double *v,
+                         size_t T, size_t h, double *scores) noexcept nogil
+cdef int additive_scores_batch(const double *A, const double *Kp, const double *v,
+                               size_t nbatch, const size_t *batch_shape,
+                               const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                               size_t Lq, size_t T, size_t h, double *scores,
+                               int num_threads) noexcept nogil

@@ -42,6 +42,14 @@ cdef extern from "attnx.h" nogil:
     int attnx_log_softmax(const double *x, size_t n, double *y)
     int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
                                int num_threads)
+    int attnx_tanh(const double *x, size_t n, double *y)
+    int attnx_additive_scores(const double *a, const double *Kp, const double *v,
+                              size_t T, size_t h, double *scores)
+    int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
+                                    size_t nbatch, const size_t *batch_shape,
+                                    const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                                    size_t Lq, size_t T, size_t h, double *scores,
+                                    int num_threads)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -110,6 +118,21 @@ cdef int log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
                           int num_threads) noexcept nogil:
     return attnx_log_softmax_rows(x, rows, n, y, num_threads)
 
+cdef int tanh(const double *x, size_t n, double *y) noexcept nogil:
+    return attnx_tanh(x, n, y)
+
+cdef int additive_scores(const double *a, const double *Kp, const double *v,
+                         size_t T, size_t h, double *scores) noexcept nogil:
+    return attnx_additive_scores(a, Kp, v, T, h, scores)
+
+cdef int additive_scores_batch(const double *A, const double *Kp, const double *v,
+                               size_t nbatch, const size_t *batch_shape,
+                               const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                               size_t Lq, size_t T, size_t h, double *scores,
+                               int num_threads) noexcept nogil:
+    return attnx_additive_scores_batch(A, Kp, v, nbatch, batch_shape, a_strides, kp_strides,
+                                       Lq, T, h, scores, num_threads)
+
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)
 
@@ -165,6 +188,20 @@ def _set_simd_level(str name):
     if rc != 0:
         raise ValueError(f"cannot select SIMD level {name!r}: "
                          f"{attnx_strerror(rc).decode()} (available: {simd_available()})")
+
+
+def _tanh(const double[::1] x not None, double[::1] out not None):
+    """out = tanh(x) with attnx's vectorised tanh (exposed for accuracy tests)."""
+    if x.shape[0] != out.shape[0]:
+        raise ValueError("x and out must have the same length")
+    cdef int rc
+    if x.shape[0] == 0:
+        return out
+    with nogil:
+        rc = attnx_tanh(&x[0], x.shape[0], &out[0])
+    if rc != 0:
+        raise ValueError(attnx_strerror(rc).decode())
+    return out
 
 
 def _exp(const double[::1] x not None, double[::1] out not None):

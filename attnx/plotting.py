@@ -53,3 +53,22 @@ def heatmaps(r, directory):
         heatmap(r["context"][:, None], "context vector",
                 os.path.join(directory, "context.png"), dims, ["context"]),
     ]
+
+
+def decoder_heatmap(weights, directory):
+    """Attention over decoding steps (rows) and source positions (columns)."""
+    plt = _require_matplotlib()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "decoder_alignment.png")
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(0, weights.shape[1], 2))
+    ax.set_yticks(range(0, weights.shape[0], 2))
+    ax.set_xlabel("source position (annotation)")
+    ax.set_ylabel("decoder step")
+    ax.set_title("toy decoder: attention weights over steps")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -65,13 +65,20 @@ def test_demo_numbers():
     np.testing.assert_allclose(r["context"], [3.88079708, 4.0728263, 45.26423912], rtol=1e-8)
     assert np.isnan(r["naive_weights"][[0, 3]]).all()
     np.testing.assert_array_equal(r["attend"], r["context"])
+    # part 2: the toy decoder finds the mirrored position at every step
+    assert "Part 2: a 20-step toy decoder" in out
+    assert "found the mirrored position at 20 of 20 steps" in out
+    w = demo.toy_decoder()
+    assert (w.argmax(axis=1) == np.arange(19, -1, -1)).all()
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-14)
 
 
 def test_demo_plots(tmp_path):
     pytest.importorskip("matplotlib")
     p = run_module("demo", "--plot", str(tmp_path))
     assert p.returncode == 0, p.stderr
-    for name in ("decoder_state", "annotations", "weighted_annotations", "context"):
+    for name in ("decoder_state", "annotations", "weighted_annotations", "context",
+                 "decoder_alignment"):
         f = tmp_path / f"{name}.png"
         assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 

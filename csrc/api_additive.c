@@ -1,0 +1,210 @@
+/*
+ * api_additive.c -- the public entry points of the additive (Bahdanau /
+ * concat) attention scores in attnx.h: argument checks, batching, threads,
+ * and the calls through the additive kernel table of the active SIMD level.
+ * Kernels never see an argument this file has not validated. The checks,
+ * status codes and batch conventions are those of api.c (whose helpers are
+ * static there, hence the small copies below).
+ */
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attnx_internal_additive.h"
+
+/* Below this much work (in multiply-adds) a call stays on one thread, as in
+ * api.c: waking a team costs a few microseconds. */
+#define MIN_WORK_PER_THREAD ((double)(1 << 16))
+/* One tanh plus its FMA costs about as much as this many dot-product
+ * multiply-adds (measured: AVX-512 scores vs dot_scores at h = 128). */
+#define TANH_COST 16.0
+/* Keys per work item when a batch is split along T: a multiple of the
+ * kernels' four-row blocks, and enough rows to amortise the item. */
+#define MIN_CHUNK_KEYS 64
+/* Work items per thread of a threaded call (load balance vs. hand-out cost). */
+#define ITEMS_PER_THREAD 8
+
+/* The additive table of the float64 level in use, so that both families
+ * always run at the same level (ATTNX_SIMD and attnx_set_simd_level()
+ * switch them together). */
+static const attnx_additive_kernels *additive_kernels(void)
+{
+    const attnx_kernels *k = attnx_kernels_get();
+#if defined(ATTNX_HAVE_X86)
+    if (k == &attnx_kernels_avx512) return &attnx_additive_kernels_avx512;
+    if (k == &attnx_kernels_avx2) return &attnx_additive_kernels_avx2;
+#endif
+#if defined(ATTNX_HAVE_NEON)
+    if (k == &attnx_kernels_neon) return &attnx_additive_kernels_neon;
+#endif
+    (void)k;
+    return &attnx_additive_kernels_scalar;
+}
+
+/* r = a * b as a count of doubles whose byte size fits in size_t. */
+static int elems(size_t a, size_t b, size_t *r)
+{
+    if (a != 0 && b > SIZE_MAX / sizeof(double) / a) return 0;
+    *r = a * b;
+    return 1;
+}
+
+static int overlaps(const double *a, size_t na, const void *b, size_t nb_bytes)
+{
+    return attnx_overlap(a, na * sizeof(double), b, nb_bytes);
+}
+
+/* ---------------------------------------------------------------- single */
+
+int attnx_tanh(const double *x, size_t n, double *y)
+{
+    if (!x || !y) return ATTNX_ERR_NULL;
+    if (!elems(n, 1, &n)) return ATTNX_ERR_OVERFLOW;
+    if (x != y && overlaps(y, n, x, n * sizeof(double))) return ATTNX_ERR_OVERLAP;
+    if (n) additive_kernels()->tanh(x, n, y);
+    return ATTNX_OK;
+}
+
+int attnx_additive_scores(const double *a, const double *Kp, const double *v,
+                          size_t T, size_t h, double *scores)
+{
+    size_t Th, T1;
+    if (!a || !Kp || !v || !scores) return ATTNX_ERR_NULL;
+    /* T itself too: with h == 0 no product catches a T no scores fit */
+    if (!elems(T, h, &Th) || !elems(T, 1, &T1)) return ATTNX_ERR_OVERFLOW;
+    const size_t hb = h * sizeof(double);
+    if (overlaps(scores, T, a, hb) || overlaps(scores, T, v, hb) ||
+        overlaps(scores, T, Kp, Th * sizeof(double)))
+        return ATTNX_ERR_OVERLAP;
+    if (T) additive_kernels()->scores(a, Kp, v, T, h, scores);
+    return ATTNX_OK;
+}
+
+/* ----------------------------------------------------------------- batch */
+
+/* Product of the batch shape into *count, or a status. */
+static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
+{
+    size_t c = 1;
+    if (nbatch > ATTNX_MAX_BATCH_DIMS) return ATTNX_ERR_ARG;
+    if (nbatch && !shape) return ATTNX_ERR_NULL;
+    for (size_t i = 0; i < nbatch; i++)
+        if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
+    *count = c;
+    return ATTNX_OK;
+}
+
+/* Does [p, p + nbytes) overlap the memory a batched operand spans (items
+ * of `item` bytes at base + the batch offsets of its element strides, 0 or
+ * negative allowed)? Unsigned arithmetic: absurd strides wrap instead of
+ * overflowing. */
+static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t nbatch,
+                            const size_t *shape, const ptrdiff_t *strides, size_t item)
+{
+    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
+    for (size_t i = 0; i < nbatch; i++) {
+        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
+        if (strides[i] < 0) lo -= n * (0 - s) * sizeof(double);
+        else hi += n * s * sizeof(double);
+    }
+    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
+}
+
+/* Element offset of flat batch item b (C order) for one operand's strides. */
+static ptrdiff_t batch_offset(size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
+                              size_t b)
+{
+    ptrdiff_t off = 0;
+    for (size_t i = nbatch; i-- > 0;) {
+        size_t n = shape[i];
+        off += (ptrdiff_t)(b % n) * strides[i];
+        b /= n;
+    }
+    return off;
+}
+
+/* Threads for a call: the request (0 = OpenMP default), capped by the
+ * number of work items and by the amount of work. */
+static int pick_threads(int requested, size_t items, double work)
+{
+#ifdef _OPENMP
+    int nt = requested == 0 ? omp_get_max_threads() : requested;
+    double by_work = work / MIN_WORK_PER_THREAD;
+    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
+    if ((size_t)nt > items) nt = items ? (int)items : 1;
+    return nt < 1 ? 1 : nt;
+#else
+    (void)requested;
+    (void)items;
+    (void)work;
+    return 1;
+#endif
+}
+
+int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
+                                size_t nbatch, const size_t *batch_shape,
+                                const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                                size_t Lq, size_t T, size_t h, double *scores,
+                                int num_threads)
+{
+    size_t count, rows, total, tmp;
+    int rc;
+    if (!A || !Kp || !v || !scores) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if (nbatch && (!a_strides || !kp_strides)) return ATTNX_ERR_NULL;
+    if (!elems(count, Lq, &rows) || !elems(rows, T, &total) || !elems(Lq, h, &tmp) ||
+        !elems(T, h, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    if (total == 0) return ATTNX_OK;
+    {
+        const size_t sb = total * sizeof(double);
+        if (overlaps_batched(scores, sb, A, nbatch, batch_shape, a_strides, Lq * h * sizeof(double)) ||
+            overlaps_batched(scores, sb, Kp, nbatch, batch_shape, kp_strides, T * h * sizeof(double)) ||
+            overlaps(scores, total, v, h * sizeof(double)))
+            return ATTNX_ERR_OVERLAP;
+    }
+    const attnx_additive_kernels *kt = additive_kernels();
+
+    /* Work items: (group of query rows, chunk of keys), about
+     * ITEMS_PER_THREAD per thread and handed out dynamically, so that a
+     * thread slowed by other work on its core does not hold up the call.
+     * With few rows each row's keys are split too, so that a single query
+     * over a long sequence still uses every thread. A score depends on its
+     * own key row only: the split changes no bit of the result. */
+    size_t max_chunks = (T + MIN_CHUNK_KEYS - 1) / MIN_CHUNK_KEYS;
+    double work = (double)total * (double)h * TANH_COST;
+    int nt = pick_threads(num_threads, rows * max_chunks, work);   /* <= total: no overflow */
+    size_t group = 1, chunk = T;
+    if (nt > 1) {
+        size_t target = ITEMS_PER_THREAD * (size_t)nt;
+        if (rows >= target) {
+            group = rows / target;
+        } else {
+            size_t split = (target + rows - 1) / rows;
+            chunk = (T + split - 1) / split;
+            chunk = (chunk + 7) & ~(size_t)7;   /* whole blocks of key rows */
+            if (chunk < MIN_CHUNK_KEYS) chunk = MIN_CHUNK_KEYS;
+            if (chunk > T) chunk = T;
+        }
+    } else {
+        group = rows;
+    }
+    const size_t nchunks = (T + chunk - 1) / chunk, ngroups = (rows + group - 1) / group;
+    long long nitems = (long long)(ngroups * nchunks), it;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
+    for (it = 0; it < nitems; it++) {
+        size_t g = (size_t)it / nchunks, t0 = ((size_t)it % nchunks) * chunk;
+        size_t nk = T - t0 < chunk ? T - t0 : chunk;
+        size_t r1 = (g + 1) * group < rows ? (g + 1) * group : rows;
+        for (size_t row = g * group; row < r1; row++) {
+            size_t b = row / Lq, i = row % Lq;
+            const double *ab = A + (nbatch ? batch_offset(nbatch, batch_shape, a_strides, b) : 0);
+            const double *kb = Kp + (nbatch ? batch_offset(nbatch, batch_shape, kp_strides, b) : 0);
+            kt->scores(ab + i * h, kb + t0 * h, v, nk, h, scores + row * T + t0);
+        }
+    }
+    return ATTNX_OK;
+}

@@ -1,0 +1,137 @@
+"""Luong's general and Bahdanau's additive scores, and attend(score=...),
+against NumPy; attnx's own tanh against long double."""
+import numpy as np
+import pytest
+
+import attnx
+import reference as ref
+from attnx import kernels
+
+rng = np.random.default_rng(2015)
+
+
+def additive_ref(q, Kp, W_q, v):
+    a = np.asarray(q) @ np.asarray(W_q).T
+    a = a[..., None, :]                       # (..., 1 or Lq, 1, h) against (..., T, h)
+    if np.ndim(q) > 1:
+        Kp = np.asarray(Kp)[..., None, :, :]
+    return np.tanh(a + Kp) @ v
+
+
+def test_general_score():
+    q, K, W = rng.standard_normal(5), rng.standard_normal((9, 7)), rng.standard_normal((5, 7))
+    np.testing.assert_allclose(attnx.general_score(q, K, W), K @ W.T @ q, rtol=1e-13, atol=1e-13)
+    Q = rng.standard_normal((2, 3, 4, 5))
+    Kb = rng.standard_normal((3, 9, 7))
+    want = np.einsum("...id,de,...te->...it", Q, W, Kb)
+    np.testing.assert_allclose(attnx.general_score(Q, Kb, W, scale=0.5), 0.5 * want,
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(4,\).*\(5, 7\)"):
+        attnx.general_score(np.ones(4), K, W)
+
+
+def test_attend_general_is_dot_of_the_projected_query():
+    Q, K, V, W = (rng.standard_normal(s) for s in ((3, 6), (10, 4), (10, 2), (6, 4)))
+    ctx, w = attnx.attend(Q, K, V, score="general", W=W, return_weights=True, causal=True)
+    want_ctx, want_w = ref.attend(Q @ W, K, V, causal=True)
+    np.testing.assert_allclose(ctx, want_ctx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-300)
+
+
+def test_project_keys():
+    K, Wk = rng.standard_normal((2, 9, 7)), rng.standard_normal((5, 7))
+    Kp = attnx.project_keys(K, Wk)
+    assert Kp.flags.c_contiguous and Kp.shape == (2, 9, 5)
+    np.testing.assert_allclose(Kp, K @ Wk.T, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError):
+        attnx.project_keys(K, np.ones((5, 6)))
+
+
+@pytest.mark.parametrize("T", ref.SIZES)
+@pytest.mark.parametrize("h", (1, 3, 8, 16, 17, 64, 129))
+def test_additive_score_sizes(T, h):
+    q, Kp = rng.standard_normal(6), rng.standard_normal((T, h))
+    W_q, v = rng.standard_normal((h, 6)), rng.standard_normal(h)
+    got = attnx.additive_score(q, Kp, W_q, v)
+    np.testing.assert_allclose(got, additive_ref(q, Kp, W_q, v), rtol=1e-13,
+                               atol=1e-13 * np.abs(v).sum())
+
+
+@pytest.mark.parametrize("qshape,kshape", [((4, 6), (9, 5)), ((2, 4, 6), (2, 9, 5)),
+                                           ((2, 3, 4, 6), (3, 9, 5)), ((6,), (3, 9, 5))])
+def test_additive_score_broadcasting(qshape, kshape):
+    q, Kp = rng.standard_normal(qshape), rng.standard_normal(kshape)
+    W_q, v = rng.standard_normal((5, 6)), rng.standard_normal(5)
+    got = attnx.additive_score(q, Kp, W_q, v)
+    want = additive_ref(q, Kp, W_q, v)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-12)
+    np.testing.assert_array_equal(attnx.additive_score(q, Kp, W_q, v, num_threads=2), got)
+
+
+def test_additive_nan_propagates():
+    q, Kp, W_q, v = rng.standard_normal(3), rng.standard_normal((4, 2)), \
+        rng.standard_normal((2, 3)), rng.standard_normal(2)
+    Kp[1, 0] = np.nan
+    s = attnx.additive_score(q, Kp, W_q, v)
+    assert np.isnan(s[1]) and np.isfinite(s[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("use_W_k", [False, True])
+def test_attend_additive(use_W_k):
+    Q, K, V = rng.standard_normal((2, 3, 6)), rng.standard_normal((2, 8, 4)), \
+        rng.standard_normal((2, 8, 5))
+    W_q, W_k, v = rng.standard_normal((7, 6)), rng.standard_normal((7, 4)), rng.standard_normal(7)
+    mask = rng.random((3, 8)) > 0.3
+    mask[1] = False                                        # a query with nothing to attend to
+    kw = {"W_k": W_k} if use_W_k else {"keys_proj": attnx.project_keys(K, W_k)}
+    ctx, w = attnx.attend(Q, K, V, score="additive", W_q=W_q, v=v, mask=mask,
+                          return_weights=True, **kw)
+    s = additive_ref(Q, K @ W_k.T, W_q, v)
+    s = np.where(mask, s, -np.inf)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        want_w = np.nan_to_num(e / e.sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(ctx, want_w @ V, rtol=1e-12, atol=1e-12)
+    assert (ctx[:, 1] == 0).all() and (w[:, 1] == 0).all()
+    # single query, causal (attends the first key only), out=
+    out = np.empty(5)
+    res = attnx.attend(Q[0, 0], K[0], V[0], score="additive", W_q=W_q, v=v, causal=True,
+                       out=out, **({"W_k": W_k} if use_W_k else
+                                   {"keys_proj": attnx.project_keys(K[0], W_k)}))
+    assert res is out
+    np.testing.assert_allclose(out, V[0, 0], rtol=1e-15)
+
+
+def test_attend_score_argument_errors():
+    q, K = np.ones(3), np.ones((4, 3))
+    with pytest.raises(ValueError, match="score must be"):
+        attnx.attend(q, K, score="cosine")
+    with pytest.raises(ValueError, match="needs W"):
+        attnx.attend(q, K, score="general")
+    with pytest.raises(ValueError, match="W_q"):
+        attnx.attend(q, K, score="additive", keys_proj=np.ones((4, 2)))
+    with pytest.raises(ValueError, match="exactly one"):
+        attnx.attend(q, K, score="additive", W_q=np.ones((2, 3)), v=np.ones(2))
+    with pytest.raises(ValueError, match="belong to"):
+        attnx.attend(q, K, W=np.eye(3))
+    with pytest.raises(ValueError, match="same number of keys"):
+        attnx.attend(q, K, score="additive", W_q=np.ones((2, 3)), v=np.ones(2),
+                     keys_proj=np.ones((5, 2)))
+
+
+def test_tanh_accuracy():
+    x = np.concatenate([rng.uniform(-20, 20, 600_000), rng.uniform(-1, 1, 300_000),
+                        rng.uniform(-1e-3, 1e-3, 100_000),
+                        [0.0, -0.0, 1e-300, -1e-300, 5e-324, 19.06, 50.0, -50.0, 1e308]])
+    y = kernels._tanh(x, np.empty_like(x))
+    if ref.LONG_IS_WIDER:
+        err = ref.ulp_error(y, np.tanh(x.astype(np.longdouble)))
+    else:
+        err = np.abs(y - np.tanh(x)) / np.spacing(np.abs(np.tanh(x)))
+    print(f"\ntanh max error {err.max():.3f} ulp over {len(x)} points")
+    assert err.max() <= 2.0
+    specials = kernels._tanh(np.array([np.inf, -np.inf, np.nan, -0.0]), np.empty(4))
+    assert specials[0] == 1.0 and specials[1] == -1.0 and np.isnan(specials[2])
+    assert specials[3] == 0.0 and np.signbit(specials[3])
