@@ -1,0 +1,494 @@
+/*
+ * api_f32.c -- the float32 entry points of attnx.h: the same argument
+ * checks, batching, threads and numerics as api.c, on float data, through
+ * the float32 kernel table of the SIMD level the float64 family uses.
+ * Kernels never see an argument this file has not validated.
+ */
+#include <math.h>     /* INFINITY, NAN: macros only, no libm call */
+#include <stdint.h>
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attnx_internal_f32.h"
+
+/* As in api.c: below this many multiply-adds a call stays on one thread;
+ * a single query is split across threads from this many keys. */
+#define MIN_WORK_PER_THREAD ((double)(1 << 16))
+#define MIN_SPLIT_KEYS 4096
+
+/* The float32 table of the level attnx_kernels_get() chose (or a test set
+ * with attnx_set_simd_level), so both families always agree. */
+const attnx_kernels_f32 *attnx_kernels_f32_get(void)
+{
+    const attnx_kernels *k = attnx_kernels_get();
+#if defined(ATTNX_HAVE_X86)
+    if (k == &attnx_kernels_avx512) return &attnx_kernels_f32_avx512;
+    if (k == &attnx_kernels_avx2) return &attnx_kernels_f32_avx2;
+#endif
+#if defined(ATTNX_HAVE_NEON)
+    if (k == &attnx_kernels_neon) return &attnx_kernels_f32_neon;
+#endif
+    (void)k;
+    return &attnx_kernels_f32_scalar;
+}
+
+/* r = a * b as a count of floats whose byte size fits in size_t. */
+static int elems(size_t a, size_t b, size_t *r)
+{
+    if (a != 0 && b > SIZE_MAX / sizeof(float) / a) return 0;
+    *r = a * b;
+    return 1;
+}
+
+static int overlaps(const float *a, size_t na, const void *b, size_t nb_bytes)
+{
+    return attnx_overlap(a, na * sizeof(float), b, nb_bytes);
+}
+
+static void fill(float *y, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++) y[i] = v;
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+/* ctx = acc / l, or zeros when nothing was attended, or NaN when poisoned. */
+static void online_finish(const attnx_online *st, float *acc, size_t dv)
+{
+    if (st->l != st->l) {
+        fill(acc, dv, NAN);
+    } else if (st->m == -INFINITY) {
+        fill(acc, dv, 0.0f);
+    } else {
+        double l = st->l;
+        for (size_t j = 0; j < dv; j++) acc[j] = (float)((double)acc[j] / l);
+    }
+}
+
+static void attend_fused(const attnx_kernels_f32 *kt, const float *q, const float *K,
+                         const float *V, size_t T, size_t d, size_t dv, float scale,
+                         const unsigned char *mask, float *ctx)
+{
+    attnx_online st = {-INFINITY, 0.0};
+    fill(ctx, dv, 0.0f);
+    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
+    online_finish(&st, ctx, dv);
+}
+
+/* Scores of the keys the mask lets through, in runs of consecutive keys, so
+ * that masked rows are never read; masked scores are -inf. */
+static void masked_scores(const attnx_kernels_f32 *kt, const float *q, const float *K,
+                          size_t T, size_t d, float scale, const unsigned char *mask, float *s)
+{
+    if (!mask) {
+        kt->dot_scores(q, K, T, d, scale, s);
+        return;
+    }
+    size_t t = 0;
+    while (t < T) {
+        if (!mask[t]) {
+            s[t++] = -INFINITY;
+            continue;
+        }
+        size_t u = t + 1;
+        while (u < T && mask[u]) u++;
+        kt->dot_scores(q, K + t * d, u - t, d, scale, s + t);
+        t = u;
+    }
+}
+
+/* Weights then context; w has room for T entries. */
+static void attend_two_pass(const attnx_kernels_f32 *kt, const float *q, const float *K,
+                            const float *V, size_t T, size_t d, size_t dv, float scale,
+                            const unsigned char *mask, float *ctx, float *w)
+{
+    masked_scores(kt, q, K, T, d, scale, mask, w);
+    if (kt->softmax(w, T, w)) {        /* nothing to attend to */
+        fill(w, T, 0.0f);
+        fill(ctx, dv, 0.0f);
+        return;
+    }
+    if (w[0] != w[0]) {                /* a NaN row is all NaN: so is the context, */
+        fill(ctx, dv, NAN);            /* and masked value rows stay unread */
+        return;
+    }
+    kt->context(w, V, T, dv, ctx);
+}
+
+/* Queries [q0, q0 + nq) of one batch item: Q, ctx, w and mask point at row q0. */
+static void attend_rows(const attnx_kernels_f32 *kt, const float *Q, size_t nq, size_t q0,
+                        const float *K, const float *V, size_t T, size_t d, size_t dv,
+                        float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
+                        int causal, float *ctx, float *w)
+{
+    if (!w && kt->attend_rows) {
+        kt->attend_rows(Q, nq, q0, K, V, T, d, dv, scale, mask, mask_row_stride, causal, ctx);
+        return;
+    }
+    for (size_t r = 0; r < nq; r++) {
+        size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+        const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
+        if (w) {
+            attend_two_pass(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv, w + r * T);
+            fill(w + r * T + lim, T - lim, 0.0f);
+        } else {
+            attend_fused(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ single query */
+
+int attnx_dot_scores_f32(const float *q, const float *K, size_t T, size_t d,
+                         float scale, float *scores)
+{
+    size_t Td;
+    if (!q || !K || !scores) return ATTNX_ERR_NULL;
+    if (!elems(T, d, &Td) || !elems(T, 1, &T)) return ATTNX_ERR_OVERFLOW;
+    if (overlaps(scores, T, q, d * sizeof(float)) || overlaps(scores, T, K, Td * sizeof(float)))
+        return ATTNX_ERR_OVERLAP;
+    attnx_kernels_f32_get()->dot_scores(q, K, T, d, scale, scores);
+    return ATTNX_OK;
+}
+
+int attnx_softmax_f32(const float *x, size_t n, float *y)
+{
+    if (!x || !y) return ATTNX_ERR_NULL;
+    if (!elems(n, 1, &n)) return ATTNX_ERR_OVERFLOW;
+    if (x != y && overlaps(y, n, x, n * sizeof(float))) return ATTNX_ERR_OVERLAP;
+    if (n) attnx_kernels_f32_get()->softmax(x, n, y);
+    return ATTNX_OK;
+}
+
+int attnx_context_f32(const float *w, const float *V, size_t T, size_t dv, float *ctx)
+{
+    size_t Tdv;
+    if (!w || !V || !ctx) return ATTNX_ERR_NULL;
+    if (!elems(T, dv, &Tdv) || !elems(T, 1, &T)) return ATTNX_ERR_OVERFLOW;
+    if (overlaps(ctx, dv, w, T * sizeof(float)) || overlaps(ctx, dv, V, Tdv * sizeof(float)))
+        return ATTNX_ERR_OVERLAP;
+    attnx_kernels_f32_get()->context(w, V, T, dv, ctx);
+    return ATTNX_OK;
+}
+
+int attnx_attend_f32(const float *q, const float *K, const float *V,
+                     size_t T, size_t d, size_t dv, float scale,
+                     const unsigned char *mask, float *ctx, float *weights)
+{
+    size_t Td, Tdv, T1;
+    if (!q || !K || !V || !ctx) return ATTNX_ERR_NULL;
+    if (T == 0) return ATTNX_ERR_EMPTY;
+    /* T itself too: with d == dv == 0 no product catches a T no weights fit */
+    if (!elems(T, d, &Td) || !elems(T, dv, &Tdv) || !elems(T, 1, &T1)) return ATTNX_ERR_OVERFLOW;
+    const size_t qb = d * sizeof(float), Kb = Td * sizeof(float), Vb = Tdv * sizeof(float);
+    if (overlaps(ctx, dv, q, qb) || overlaps(ctx, dv, K, Kb) || overlaps(ctx, dv, V, Vb) ||
+        (mask && overlaps(ctx, dv, mask, T)))
+        return ATTNX_ERR_OVERLAP;
+    if (weights &&
+        (overlaps(weights, T, q, qb) || overlaps(weights, T, K, Kb) || overlaps(weights, T, V, Vb) ||
+         overlaps(weights, T, ctx, dv * sizeof(float)) || (mask && overlaps(weights, T, mask, T))))
+        return ATTNX_ERR_OVERLAP;
+    const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
+    if (weights)
+        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, weights);
+    else
+        attend_fused(kt, q, K, V, T, d, dv, scale, mask, ctx);
+    return ATTNX_OK;
+}
+
+/* ----------------------------------------------------------------- batches */
+
+/* Product of the batch shape into *count, or the status of a bad shape. */
+static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
+{
+    size_t c = 1;
+    if (nbatch > ATTNX_MAX_BATCH_DIMS) return ATTNX_ERR_ARG;
+    if (nbatch && !shape) return ATTNX_ERR_NULL;
+    for (size_t i = 0; i < nbatch; i++)
+        if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
+    *count = c;
+    return ATTNX_OK;
+}
+
+/* Does [p, p + nbytes) overlap the memory a batched operand spans (items of
+ * `item` bytes at base + its batch offsets, elements of esize bytes)?
+ * Unsigned arithmetic: absurd strides wrap instead of overflowing. */
+static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t esize,
+                            size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
+                            size_t item)
+{
+    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
+    for (size_t i = 0; i < nbatch; i++) {
+        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
+        if (strides[i] < 0) lo -= n * (0 - s) * esize;
+        else hi += n * s * esize;
+    }
+    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
+}
+
+/* Element offset of flat batch item b (C order) for one operand's strides. */
+static ptrdiff_t batch_offset(size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
+                              size_t b)
+{
+    ptrdiff_t off = 0;
+    for (size_t i = nbatch; i-- > 0;) {
+        size_t n = shape[i];
+        off += (ptrdiff_t)(b % n) * strides[i];
+        b /= n;
+    }
+    return off;
+}
+
+/* Threads for a call: the request (0 = OpenMP default), capped by the number
+ * of independent items and by the amount of work. */
+static int pick_threads(int requested, size_t items, double work)
+{
+#ifdef _OPENMP
+    int nt = requested == 0 ? omp_get_max_threads() : requested;
+    double by_work = work / MIN_WORK_PER_THREAD;
+    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
+    if ((size_t)nt > items) nt = items ? (int)items : 1;
+    return nt < 1 ? 1 : nt;
+#else
+    (void)requested;
+    (void)items;
+    (void)work;
+    return 1;
+#endif
+}
+
+#define FB sizeof(float)
+
+int attnx_dot_scores_batch_f32(const float *Q, const float *K,
+                               size_t nbatch, const size_t *batch_shape,
+                               const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                               size_t Lq, size_t T, size_t d, float scale,
+                               float *scores, int num_threads)
+{
+    size_t count, rows, tmp;
+    int rc;
+    if (!Q || !K || !scores) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if (nbatch && (!q_strides || !k_strides)) return ATTNX_ERR_NULL;
+    if (!elems(count, Lq, &rows) || !elems(rows, T, &tmp) || !elems(Lq, d, &tmp) || !elems(T, d, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    if (count && (overlaps_batched(scores, rows * T * FB, Q, FB, nbatch, batch_shape, q_strides,
+                                   Lq * d * FB) ||
+                  overlaps_batched(scores, rows * T * FB, K, FB, nbatch, batch_shape, k_strides,
+                                   T * d * FB)))
+        return ATTNX_ERR_OVERLAP;
+    const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
+    int nt = pick_threads(num_threads, rows, (double)rows * T * (d + 1));
+    long long nrows = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (i = 0; i < nrows; i++) {
+        size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
+        const float *qb = Q + (nbatch ? batch_offset(nbatch, batch_shape, q_strides, b) : 0);
+        const float *kb = K + (nbatch ? batch_offset(nbatch, batch_shape, k_strides, b) : 0);
+        kt->dot_scores(qb + r * d, kb, T, d, scale, scores + (size_t)i * T);
+    }
+    return ATTNX_OK;
+}
+
+/* Row-wise softmax (log = 0) or log-softmax (log = 1) of a rows x n matrix. */
+static int rows_common(const float *x, size_t rows, size_t n, float *y, int num_threads, int log)
+{
+    size_t total;
+    if (!x || !y) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if (!elems(rows, n, &total)) return ATTNX_ERR_OVERFLOW;
+    if (x != y && overlaps(y, total, x, total * FB)) return ATTNX_ERR_OVERLAP;
+    if (n == 0) return ATTNX_OK;
+    const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
+    int nt = pick_threads(num_threads, rows, (double)total * 8);
+    long long nr = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (i = 0; i < nr; i++) {
+        if (log)
+            kt->log_softmax(x + (size_t)i * n, n, y + (size_t)i * n);
+        else
+            kt->softmax(x + (size_t)i * n, n, y + (size_t)i * n);
+    }
+    return ATTNX_OK;
+}
+
+int attnx_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads)
+{
+    return rows_common(x, rows, n, y, num_threads, 0);
+}
+
+int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y,
+                               int num_threads)
+{
+    return rows_common(x, rows, n, y, num_threads, 1);
+}
+
+int attnx_context_batch_f32(const float *W, const float *V,
+                            size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *w_strides, const ptrdiff_t *v_strides,
+                            size_t Lq, size_t T, size_t dv, float *ctx, int num_threads)
+{
+    size_t count, rows, tmp;
+    int rc;
+    if (!W || !V || !ctx) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if (nbatch && (!w_strides || !v_strides)) return ATTNX_ERR_NULL;
+    if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(Lq, T, &tmp) || !elems(T, dv, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    if (count && (overlaps_batched(ctx, rows * dv * FB, W, FB, nbatch, batch_shape, w_strides,
+                                   Lq * T * FB) ||
+                  overlaps_batched(ctx, rows * dv * FB, V, FB, nbatch, batch_shape, v_strides,
+                                   T * dv * FB)))
+        return ATTNX_ERR_OVERLAP;
+    const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
+    int nt = pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
+    long long nrows = (long long)rows, i;
+    (void)nt; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (i = 0; i < nrows; i++) {
+        size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
+        const float *wb = W + (nbatch ? batch_offset(nbatch, batch_shape, w_strides, b) : 0);
+        const float *vb = V + (nbatch ? batch_offset(nbatch, batch_shape, v_strides, b) : 0);
+        kt->context(wb + r * T, vb, T, dv, ctx + (size_t)i * dv);
+    }
+    return ATTNX_OK;
+}
+
+/* One query over a long key sequence, split into nt chunks folded in
+ * parallel, then merged in double: each chunk's (m, l, acc) is rescaled to
+ * the global max. Allocates nt * dv floats and dv doubles. */
+static int attend_split(const attnx_kernels_f32 *kt, const float *q, const float *K,
+                        const float *V, size_t T, size_t d, size_t dv, float scale,
+                        const unsigned char *mask, float *ctx, int nt)
+{
+    size_t chunk = (T + (size_t)nt - 1) / (size_t)nt;
+    float *acc = (float *)malloc((size_t)nt * (dv ? dv : 1) * FB);
+    double *sum = (double *)malloc((dv ? dv : 1) * sizeof(double));
+    attnx_online *st = (attnx_online *)malloc((size_t)nt * sizeof(attnx_online));
+    if (!acc || !sum || !st) {
+        free(acc);
+        free(sum);
+        free(st);
+        return ATTNX_ERR_NOMEM;
+    }
+    long long p;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (p = 0; p < nt; p++) {
+        size_t t0 = (size_t)p * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
+        float *a = acc + (size_t)p * dv;
+        st[p].m = -INFINITY;
+        st[p].l = 0.0;
+        fill(a, dv, 0.0f);
+        if (t0 < t1)
+            kt->attend_online(q, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
+                              mask ? mask + t0 : NULL, &st[p], a);
+    }
+    attnx_online tot = {-INFINITY, 0.0};
+    for (p = 0; p < nt; p++) {
+        if (st[p].l != st[p].l) tot.l = NAN;
+        if (st[p].m > tot.m) tot.m = st[p].m;
+    }
+    for (size_t j = 0; j < dv; j++) sum[j] = 0.0;
+    if (tot.m != -INFINITY && tot.l == tot.l) {
+        for (p = 0; p < nt; p++) {
+            if (st[p].m == -INFINITY) continue;
+            double c = attnx_exp_diff_scalar(st[p].m, tot.m);
+            if (c == 0.0) continue;
+            tot.l += st[p].l * c;
+            const float *a = acc + (size_t)p * dv;
+            for (size_t j = 0; j < dv; j++) sum[j] += (double)a[j] * c;
+        }
+    }
+    if (tot.l != tot.l) {
+        fill(ctx, dv, NAN);
+    } else if (tot.m == -INFINITY) {
+        fill(ctx, dv, 0.0f);
+    } else {
+        for (size_t j = 0; j < dv; j++) ctx[j] = (float)(sum[j] / tot.l);
+    }
+    free(acc);
+    free(sum);
+    free(st);
+    return ATTNX_OK;
+}
+
+int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
+                           size_t nbatch, const size_t *batch_shape,
+                           const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
+                           const ptrdiff_t *v_strides,
+                           size_t Lq, size_t T, size_t d, size_t dv, float scale,
+                           const unsigned char *mask, const ptrdiff_t *mask_strides,
+                           ptrdiff_t mask_row_stride, int causal,
+                           float *ctx, float *weights, int num_threads)
+{
+    size_t count, rows, tmp;
+    int rc;
+    if (!Q || !K || !V || !ctx) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if (nbatch && (!q_strides || !k_strides || !v_strides || (mask && !mask_strides)))
+        return ATTNX_ERR_NULL;
+    if (T == 0) return ATTNX_ERR_EMPTY;
+    if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(rows, T, &tmp) ||
+        !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    if (rows == 0) return ATTNX_OK;
+    {
+        const size_t cb = rows * dv * FB, wb = weights ? rows * T * FB : 0;
+        const size_t qi = Lq * d * FB, ki = T * d * FB, vi = T * dv * FB;
+        /* a mask item: Lq rows of T bytes, mask_row_stride apart */
+        uintptr_t mrow = mask_row_stride < 0 ? 0 - (uintptr_t)mask_row_stride : (uintptr_t)mask_row_stride;
+        size_t mi = (Lq - 1) * mrow + T;
+        const void *m0 = mask_row_stride < 0 ? (const void *)((uintptr_t)mask - (Lq - 1) * mrow) : mask;
+        if (overlaps_batched(ctx, cb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
+            overlaps_batched(ctx, cb, K, FB, nbatch, batch_shape, k_strides, ki) ||
+            overlaps_batched(ctx, cb, V, FB, nbatch, batch_shape, v_strides, vi) ||
+            (mask && overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
+            attnx_overlap(weights, wb, ctx, cb) ||
+            overlaps_batched(weights, wb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
+            overlaps_batched(weights, wb, K, FB, nbatch, batch_shape, k_strides, ki) ||
+            overlaps_batched(weights, wb, V, FB, nbatch, batch_shape, v_strides, vi) ||
+            (mask && overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
+            return ATTNX_ERR_OVERLAP;
+    }
+    const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
+    double work = (double)rows * (double)T * (double)(d + dv + 1);
+
+    if (rows == 1 && !weights && !causal && num_threads != 1 && T >= MIN_SPLIT_KEYS) {
+        int nt = pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
+        if (nt > 1) return attend_split(kt, Q, K, V, T, d, dv, scale, mask, ctx, nt);
+    }
+
+    /* Work items: (batch item, chunk of query rows); chunks shrink until
+     * there are a few items per thread. */
+    int nt = pick_threads(num_threads, rows, work);
+    size_t chunk = Lq;
+    while (chunk > 8 && count * ((Lq + chunk - 1) / chunk) < 4 * (size_t)nt) chunk = (chunk + 1) / 2;
+    size_t nchunks = (Lq + chunk - 1) / chunk;
+    long long nitems = (long long)(count * nchunks), it;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
+    for (it = 0; it < nitems; it++) {
+        size_t b = (size_t)it / nchunks, i0 = ((size_t)it % nchunks) * chunk;
+        size_t nq = Lq - i0 < chunk ? Lq - i0 : chunk;
+        const float *qb = Q, *kb = K, *vb = V;
+        const unsigned char *mb = mask;
+        if (nbatch) {
+            qb += batch_offset(nbatch, batch_shape, q_strides, b);
+            kb += batch_offset(nbatch, batch_shape, k_strides, b);
+            vb += batch_offset(nbatch, batch_shape, v_strides, b);
+            if (mb) mb += batch_offset(nbatch, batch_shape, mask_strides, b);
+        }
+        if (mb) mb += (ptrdiff_t)i0 * mask_row_stride;
+        size_t row = b * Lq + i0;
+        attend_rows(kt, qb + i0 * d, nq, i0, kb, vb, T, d, dv, scale, mb, mask_row_stride,
+                    causal, ctx + row * dv, weights ? weights + row * T : NULL);
+    }
+    return ATTNX_OK;
+}

@@ -1,0 +1,238 @@
+/*
+ * attnx_internal_f32.h -- what the float32 kernel files share: the function
+ * table every SIMD level fills, the float32 exp algorithm and its constants,
+ * and small scalar helpers (a float64 log for log-softmax among them).
+ * Never installed; nothing here is part of the public contract.
+ *
+ * Every helper is `static inline`, for the reason given at the top of
+ * attnx_internal.h: each kernels_f32_<isa>.c is compiled with its own ISA
+ * flags, and one shared out-of-line copy could be the one compiled for the
+ * widest ISA.
+ *
+ * How each kernel accumulates, and the errors that result, are stated once,
+ * at the top of kernels_f32_scalar.c; every level follows that design.
+ */
+#ifndef ATTNX_INTERNAL_F32_H
+#define ATTNX_INTERNAL_F32_H
+
+#include <math.h>     /* INFINITY: a macro, no libm call */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "attnx_internal.h"
+
+/* The float32 kernels of one SIMD level. Sizes are validated by the caller
+ * (api_f32.c): kernels never see NULL pointers or overflowing sizes.
+ * The online-softmax state is attnx_online (attnx_internal.h): m holds a
+ * float value (the largest score seen), l the running sum in double. */
+typedef struct attnx_kernels_f32 {
+    const char *name;
+
+    /* y[i] = exp(x[i]); y may be x. Not public: the tests measure it. */
+    void (*exp)(const float *x, size_t n, float *y);
+
+    /* s[t] = scale * dot(q, K[t]). */
+    void (*dot_scores)(const float *q, const float *K, size_t T, size_t d,
+                       float scale, float *s);
+
+    /* y = softmax(x), y may be x. Returns 1 when the row max is -inf (the
+     * row is all -inf; y is then NaN), else 0. n >= 1. */
+    int (*softmax)(const float *x, size_t n, float *y);
+
+    /* y = (x - max) - log(sum exp(x - max)), y may be x; NaN, +inf and all
+     * -inf rows give NaN. n >= 1. */
+    void (*log_softmax)(const float *x, size_t n, float *y);
+
+    /* ctx[j] = sum_{t: w[t] != 0} w[t] * V[t, j]. */
+    void (*context)(const float *w, const float *V, size_t T, size_t dv,
+                    float *ctx);
+
+    /* Fold keys [0, T) into an online-softmax state (st, acc[dv]); keys with
+     * mask[t] == 0 are skipped unread (mask may be NULL). */
+    void (*attend_online)(const float *q, const float *K, const float *V,
+                          size_t T, size_t d, size_t dv, float scale,
+                          const unsigned char *mask, attnx_online *st,
+                          float *acc);
+
+    /* Fused attention for nq consecutive queries (see attnx_kernels in
+     * attnx_internal.h: same arguments, same meaning). NULL: the generic
+     * loop over attend_online in api_f32.c. */
+    void (*attend_rows)(const float *Q, size_t nq, size_t q0,
+                        const float *K, const float *V, size_t T, size_t d,
+                        size_t dv, float scale, const unsigned char *mask,
+                        ptrdiff_t mask_row_stride, int causal, float *ctx);
+} attnx_kernels_f32;
+
+extern const attnx_kernels_f32 attnx_kernels_f32_scalar;
+#if defined(ATTNX_HAVE_X86)
+extern const attnx_kernels_f32 attnx_kernels_f32_avx2;
+extern const attnx_kernels_f32 attnx_kernels_f32_avx512;
+#endif
+#if defined(ATTNX_HAVE_NEON)
+extern const attnx_kernels_f32 attnx_kernels_f32_neon;
+#endif
+
+/* The float32 table matching the float64 level in use (api_f32.c), so the
+ * two families always run at the same level. Never NULL. */
+const attnx_kernels_f32 *attnx_kernels_f32_get(void);
+
+/* -------------------------------------------------------------------------
+ * expf(x): the algorithm every level implements (float arithmetic only).
+ *
+ *   clamp x to [-104, 89]            (beyond: 0 or inf come out of the
+ *                                     scaling; NaN passes through)
+ *   n  = round(x / ln2)              (add-and-subtract 1.5 * 2^23)
+ *   rh = x - n*ln2_hi                exact: ln2_hi has 15 significant bits
+ *                                     and |n| <= 150 has 8, so n*ln2_hi is
+ *                                     exact, and the subtraction cancels
+ *                                     exactly (Sterbenz)
+ *   rl = lo - n*ln2_lo               tiny; r = rh + rl, |r| <= 0.3466
+ *   u  = r^2 * q(r), q of degree 5   (fitted, see below: approximation
+ *                                     error < 6e-11 relative)
+ *   e^r = (1 + rh) + (rl + u)        1 + rh split exactly into sh + sl
+ *                                     (Fast2Sum), so the only large
+ *                                     rounding is the final add
+ *   e^x = e^r * 2^(n/2) * 2^(n - n/2)    two exact-power scalings, so the
+ *                                     result overflows or goes subnormal
+ *                                     with a single rounding
+ *
+ * `lo` carries the rounding error of a preceding subtraction: softmax and
+ * attend pass s - max as an exact two-sum hi + lo, so a score spread of
+ * 100 (where s - max itself rounds by 2^-18) costs no accuracy. The tests
+ * measure the result against float64 exp: at most 0.64 ulp for normal
+ * results, 0.76 ulp (of 2^-149) for subnormal ones, at every level;
+ * asserted <= 1 ulp.
+ * ------------------------------------------------------------------------- */
+#define ATTNX_EXPF_LO_CLAMP (-104.0f)   /* e^-104 < 2^-150: rounds to 0 */
+#define ATTNX_EXPF_HI_CLAMP 89.0f       /* e^89 > FLT_MAX */
+#define ATTNX_LOG2EF 0x1.715476p0f
+#define ATTNX_LN2F_HI 0x1.62e4p-1f
+#define ATTNX_LN2F_LO 0x1.7f7d1cp-20f
+#define ATTNX_SHIFTERF 0x1.8p23f
+/* q(r) = (e^r - 1 - r) / r^2 ~ C2 + C3 r + ... + C7 r^5 on |r| <= ln2/2: a
+ * weighted least-max fit of degree 5 (error in e^r below 6e-11, against
+ * 7e-9 for the Taylor coefficients 1/k!, which would add 0.1 ulp), rounded
+ * to float */
+#define ATTNX_EXPF_C2 0.5f
+#define ATTNX_EXPF_C3 0x1.555554p-3f
+#define ATTNX_EXPF_C4 0x1.55549p-5f
+#define ATTNX_EXPF_C5 0x1.11126cp-7f
+#define ATTNX_EXPF_C6 0x1.6d8c1p-10f
+#define ATTNX_EXPF_C7 0x1.9f0dbep-13f
+
+static inline float attnx_bits_to_f32(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* 2^k for -126 <= k <= 127 */
+static inline float attnx_pow2if(int k)
+{
+    return attnx_bits_to_f32((uint32_t)(k + 127) << 23);
+}
+
+/* exp(hi + lo), scalar reference of the algorithm above. lo must be finite
+ * (callers zero it when hi is not in range). */
+static inline float attnx_expf2sum_scalar(float hi, float lo)
+{
+    float x = hi;
+    if (x < ATTNX_EXPF_LO_CLAMP) x = ATTNX_EXPF_LO_CLAMP;
+    if (x > ATTNX_EXPF_HI_CLAMP) x = ATTNX_EXPF_HI_CLAMP;
+    if (x != x) return x + lo;               /* NaN */
+    float t = x * ATTNX_LOG2EF + ATTNX_SHIFTERF;
+    float n = t - ATTNX_SHIFTERF;
+    float rh = x - n * ATTNX_LN2F_HI;
+    float rl = lo - n * ATTNX_LN2F_LO;
+    float r = rh + rl;
+    float q = ATTNX_EXPF_C7;
+    q = q * r + ATTNX_EXPF_C6;
+    q = q * r + ATTNX_EXPF_C5;
+    q = q * r + ATTNX_EXPF_C4;
+    q = q * r + ATTNX_EXPF_C3;
+    q = q * r + ATTNX_EXPF_C2;
+    float u = (r * r) * q;
+    float sh = 1.0f + rh;
+    float sl = (1.0f - sh) + rh;             /* exact low part of 1 + rh */
+    float er = sh + (sl + (rl + u));
+    int k = (int)n;
+    if (k < -126) {
+        /* a result below 2^-126: er * 2^k rounded once to the 2^-149 grid
+         * by adding 2^23 to er * 2^(k + 149) (exact, normal), whose low
+         * bits are then the subnormal -- a multiply that underflows takes
+         * a microcode assist on x86 (softmax over a wide spread is mostly
+         * such results) */
+        float z = er * attnx_pow2if(k + 149) + 0x1p23f;
+        uint32_t b;
+        memcpy(&b, &z, sizeof b);
+        return attnx_bits_to_f32(b - 0x4b000000u);
+    }
+    int k1 = k >> 1;                         /* arithmetic shift: floor(k / 2) */
+    return (er * attnx_pow2if(k1)) * attnx_pow2if(k - k1);
+}
+
+/* Exact difference a - b = hi + lo (two-sum). lo is meaningless when hi is
+ * not finite; attnx_subf_lo_sane() zeroes it outside the exp range. */
+static inline float attnx_two_diff_f32(float a, float b, float *lo)
+{
+    float hi = a - b;
+    float z = hi - a;
+    *lo = (a - (hi - z)) + (-b - z);
+    return hi;
+}
+
+static inline float attnx_subf_lo_sane(float hi, float lo)
+{
+    return (hi >= ATTNX_EXPF_LO_CLAMP && hi <= ATTNX_EXPF_HI_CLAMP) ? lo : 0.0f;
+}
+
+/* exp(a - b) in float with the rounding of the subtraction compensated. */
+static inline float attnx_expf_diff_scalar(float a, float b)
+{
+    float lo;
+    float hi = attnx_two_diff_f32(a, b, &lo);
+    return attnx_expf2sum_scalar(hi, attnx_subf_lo_sane(hi, lo));
+}
+
+/* The online-softmax rescale factor exp(m_old - m_new) (0 when nothing was
+ * seen yet), computed in double: the running sum l is double, and the
+ * float accumulator takes (float)c, rounded once even when subnormal. */
+static inline double attnx_rescale_factor(double m_old, double m_new)
+{
+    return m_old == -(double)INFINITY ? 0.0 : attnx_exp_diff_scalar(m_old, m_new);
+}
+
+/* -------------------------------------------------------------------------
+ * log(s) in double for s > 0 finite and normal (log-softmax takes the log
+ * of a sum in [1, n]): s = 2^e * f with f in [sqrt(1/2), sqrt(2)), then
+ * log(f) = 2 atanh(u), u = (f - 1) / (f + 1), |u| <= 0.1716, as the odd
+ * series 2u (1 + u^2/3 + ... + u^22/23) (truncation below 1e-18 relative).
+ * f - 1 is exact (Sterbenz), so a sum just above 1 (a dominant element:
+ * log(1 + 1e-6)) keeps its full relative accuracy. Within a few 1e-16
+ * relative; float results round it once more. No libm.
+ * ------------------------------------------------------------------------- */
+static inline double attnx_log_pos_f64(double s)
+{
+    uint64_t b;
+    memcpy(&b, &s, sizeof b);
+    int e = (int)((b >> 52) & 0x7ff) - 1023;
+    b = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull;   /* f in [1, 2) */
+    double f;
+    memcpy(&f, &b, sizeof f);
+    if (f > 0x1.6a09e667f3bcdp0) {                               /* sqrt(2) */
+        f *= 0.5;
+        e += 1;
+    }
+    double u = (f - 1.0) / (f + 1.0);
+    double u2 = u * u;
+    double p = 1.0 / 23;
+    for (int k = 21; k >= 3; k -= 2) p = p * u2 + 1.0 / k;
+    p = p * u2 + 1.0;
+    double lf = 2.0 * u * p;
+    /* e * ln2 in two parts: e * ATTNX_LN2_HI is exact (|e| < 2^11) */
+    return (double)e * ATTNX_LN2_HI + ((double)e * ATTNX_LN2_LO + lf);
+}
+
+#endif /* ATTNX_INTERNAL_F32_H */
