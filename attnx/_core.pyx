@@ -71,6 +71,41 @@ cdef inline double *_dptr(cnp.ndarray a):
     return <double *>cnp.PyArray_DATA(a)
 
 
+cdef inline float *_fptr(cnp.ndarray a):
+    return <float *>cnp.PyArray_DATA(a)
+
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+
+
+cdef object _work_dtype(tuple inputs):
+    """float32 when NumPy would compute these inputs in float32 (every one an
+    ndarray whose common type is float32 or float16), else float64."""
+    dts = []
+    for a in inputs:
+        if a is None:
+            continue
+        if not cnp.PyArray_Check(a):
+            return _FLOAT64
+        dts.append((<cnp.ndarray>a).dtype)
+    if not dts:
+        return _FLOAT64
+    r = np.result_type(*dts)
+    return _FLOAT32 if r.kind == "f" and r.itemsize <= 4 else _FLOAT64
+
+
+cdef object _as_real(object x, str name, object dtype):
+    """x as a C-contiguous array of `dtype` (float32 or float64)."""
+    if dtype is _FLOAT64:
+        return _as_f64(x, name)
+    arr = x if cnp.PyArray_Check(x) else np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
+                        f"got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=dtype, order="C")
+
+
 cdef object _as_f64(object x, str name):
     """x as a C-contiguous float64 array: x itself when it already is one,
     else one converted copy. Real numbers only (bool, int, uint, float)."""
@@ -103,15 +138,16 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
     return na != 0 and nb != 0 and a0 < b0 + nb and b0 < a0 + na
 
 
-cdef object _result(object out, tuple shape, list inputs):
-    """`out` checked against the result's shape (and for memory shared with an
-    input), or a new array of that shape."""
+cdef object _result(object out, tuple shape, list inputs, object dtype=_FLOAT64):
+    """`out` checked against the result's shape and dtype (and for memory
+    shared with an input), or a new array of that shape."""
     if out is None:
-        return np.empty(shape, dtype=np.float64)
+        return np.empty(shape, dtype=dtype)
     if not cnp.PyArray_Check(out):
         raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE or not cnp.PyArray_ISNOTSWAPPED(out):
-        raise ValueError(f"out must have dtype float64 (native byte order), got {out.dtype}")
+    if out.dtype != dtype or not cnp.PyArray_ISNOTSWAPPED(out):
+        raise ValueError(f"out must have dtype {dtype} (native byte order), the result's, "
+                         f"got {out.dtype}")
     if out.shape != shape:
         raise ValueError(f"out has shape {out.shape} but the result has shape {shape}")
     if not out.flags.c_contiguous:
@@ -123,7 +159,7 @@ cdef object _result(object out, tuple shape, list inputs):
     for a in inputs:
         if a is None:
             continue
-        if (_overlap(<cnp.ndarray>out, <cnp.ndarray>a) if a.dtype == np.float64
+        if (_overlap(<cnp.ndarray>out, <cnp.ndarray>a) if a.dtype.kind == "f"
                 else np.may_share_memory(out, a)):
             raise ValueError("out shares memory with an input; pass a separate array")
     return out
@@ -239,8 +275,9 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
 
 
 def _dot_score_general(query, keys, double scale, out, num_threads):
-    q = _as_f64(query, "query")
-    K = _as_f64(keys, "keys")
+    dt = _work_dtype((query, keys))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
     if q.ndim < 1:
         raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
     if K.ndim < 2:
@@ -253,20 +290,25 @@ def _dot_score_general(query, keys, double scale, out, num_threads):
     Lq = 1 if single else q.shape[-2]
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys")])
     shape = batch + ((T,) if single else (Lq, T))
-    res = _result(out, shape, [q, K])
+    res = _result(out, shape, [q, K], dt)
     cdef int nt = _threads(num_threads)
     cdef size_t bshape[32]
     cdef ptrdiff_t qs[32]
     cdef ptrdiff_t ks[32]
     cdef size_t nb = len(batch), i
+    cdef Py_ssize_t isz = dt.itemsize
     for i in range(nb):
         bshape[i] = batch[i]
-    _fill_strides(q, 1 if single else 2, 8, batch, qs)
-    _fill_strides(K, 2, 8, batch, ks)
+    _fill_strides(q, 1 if single else 2, isz, batch, qs)
+    _fill_strides(K, 2, isz, batch, ks)
     cdef int rc
     cdef PyThreadState *ts = _release_gil(res.size * d >= NOGIL_WORK)
-    rc = ak.dot_scores_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), nb, bshape, qs,
-                             ks, Lq, T, d, scale, _dptr(<cnp.ndarray>res), nt)
+    if dt is _FLOAT32:
+        rc = ak.dot_scores_batch_f32(_fptr(<cnp.ndarray>q), _fptr(<cnp.ndarray>K), nb, bshape,
+                                     qs, ks, Lq, T, d, <float>scale, _fptr(<cnp.ndarray>res), nt)
+    else:
+        rc = ak.dot_scores_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), nb, bshape, qs,
+                                 ks, Lq, T, d, scale, _dptr(<cnp.ndarray>res), nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -356,7 +398,8 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
 
 
 def _softmax_general(x, axis, out, num_threads, bint log=False):
-    a = _as_f64(x, "x")
+    dt = _work_dtype((x,))
+    a = _as_real(x, "x", dt)
     cdef Py_ssize_t nd = a.ndim
     axes = tuple(range(nd)) if axis is None else normalize_axis_tuple(axis, nd)
     cdef int nt = _threads(num_threads)
@@ -365,7 +408,7 @@ def _softmax_general(x, axis, out, num_threads, bint log=False):
     same = out is not None and (out is x or (
         cnp.PyArray_Check(out) and cnp.PyArray_DATA(<cnp.ndarray>out) == cnp.PyArray_DATA(<cnp.ndarray>a)
         and out.shape == a.shape))
-    res = _result(out, a.shape, [] if same or a is not x else [a])
+    res = _result(out, a.shape, [] if same or a is not x else [a], dt)
     if a.size == 0:
         return res
     cdef Py_ssize_t k = len(axes)
@@ -383,7 +426,11 @@ def _softmax_general(x, axis, out, num_threads, bint log=False):
     cdef size_t rows = <size_t>(a.size // n)
     cdef int rc
     cdef PyThreadState *ts = _release_gil(rows * n >= NOGIL_WORK)
-    if log:
+    if dt is _FLOAT32 and log:
+        rc = ak.log_softmax_rows_f32(_fptr(<cnp.ndarray>src), rows, n, _fptr(<cnp.ndarray>dst), nt)
+    elif dt is _FLOAT32:
+        rc = ak.softmax_rows_f32(_fptr(<cnp.ndarray>src), rows, n, _fptr(<cnp.ndarray>dst), nt)
+    elif log:
         rc = ak.log_softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
     else:
         rc = ak.softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
@@ -534,8 +581,9 @@ def context(weights, values, *, out=None, num_threads=None):
 
 
 def _context_general(weights, values, out, num_threads):
-    w = _as_f64(weights, "weights")
-    V = _as_f64(values, "values")
+    dt = _work_dtype((weights, values))
+    w = _as_real(weights, "weights", dt)
+    V = _as_real(values, "values", dt)
     if w.ndim < 1:
         raise ValueError(f"weights must have shape (T,) or (..., T), got shape {w.shape}")
     if V.ndim < 2:
@@ -545,20 +593,25 @@ def _context_general(weights, values, out, num_threads):
                          f"the number of keys (T) must match")
     T, dv = w.shape[-1], V.shape[-1]
     batch = _broadcast_batch([(w, 1, "weights"), (V, 2, "values")])
-    res = _result(out, batch + (dv,), [w, V])
+    res = _result(out, batch + (dv,), [w, V], dt)
     cdef int nt = _threads(num_threads)
     cdef size_t bshape[32]
     cdef ptrdiff_t ws[32]
     cdef ptrdiff_t vs[32]
     cdef size_t nb = len(batch), i
+    cdef Py_ssize_t isz = dt.itemsize
     for i in range(nb):
         bshape[i] = batch[i]
-    _fill_strides(w, 1, 8, batch, ws)
-    _fill_strides(V, 2, 8, batch, vs)
+    _fill_strides(w, 1, isz, batch, ws)
+    _fill_strides(V, 2, isz, batch, vs)
     cdef int rc
     cdef PyThreadState *ts = _release_gil(res.size * T >= NOGIL_WORK)
-    rc = ak.context_batch(_dptr(<cnp.ndarray>w), _dptr(<cnp.ndarray>V), nb, bshape, ws, vs,
-                          1, T, dv, _dptr(<cnp.ndarray>res), nt)
+    if dt is _FLOAT32:
+        rc = ak.context_batch_f32(_fptr(<cnp.ndarray>w), _fptr(<cnp.ndarray>V), nb, bshape, ws,
+                                  vs, 1, T, dv, _fptr(<cnp.ndarray>res), nt)
+    else:
+        rc = ak.context_batch(_dptr(<cnp.ndarray>w), _dptr(<cnp.ndarray>V), nb, bshape, ws, vs,
+                              1, T, dv, _dptr(<cnp.ndarray>res), nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -771,9 +824,10 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
 
 def _attend_general(query, keys, values, double scale, mask, bint causal,
                     bint return_weights, out, num_threads):
-    q = _as_f64(query, "query")
-    K = _as_f64(keys, "keys")
-    V = K if values is None else _as_f64(values, "values")
+    dt = _work_dtype((query, keys, values))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
+    V = K if values is None else _as_real(values, "values", dt)
     if q.ndim < 1:
         raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
     if K.ndim < 2:
@@ -828,22 +882,30 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
         elif not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError("with return_weights=True, out must be an array for the context "
                              "or a pair (context_out, weights_out)")
-        ctx = _result(out[0], ctx_shape, ins)
-        w = _result(out[1], scores_shape, ins + [ctx])
+        ctx = _result(out[0], ctx_shape, ins, dt)
+        w = _result(out[1], scores_shape, ins + [ctx], dt)
     else:
-        ctx = _result(out, ctx_shape, ins)
+        ctx = _result(out, ctx_shape, ins, dt)
     cdef int nt = _threads(num_threads)
     for i in range(nb):
         bshape[i] = batch[i]
-    _fill_strides(q, 1 if single else 2, 8, batch, qs)
-    _fill_strides(K, 2, 8, batch, ks)
-    _fill_strides(V, 2, 8, batch, vs)
-    cdef double *wptr = NULL if w is None else _dptr(<cnp.ndarray>w)
+    cdef Py_ssize_t isz = dt.itemsize
+    _fill_strides(q, 1 if single else 2, isz, batch, qs)
+    _fill_strides(K, 2, isz, batch, ks)
+    _fill_strides(V, 2, isz, batch, vs)
+    cdef double *wptr = NULL if w is None or dt is _FLOAT32 else _dptr(<cnp.ndarray>w)
+    cdef float *wptr32 = NULL if w is None or dt is _FLOAT64 else _fptr(<cnp.ndarray>w)
     cdef int rc
     cdef PyThreadState *ts = _release_gil((ctx.size // max(dv, 1)) * T * (d + dv) >= NOGIL_WORK)
-    rc = ak.attend_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), _dptr(<cnp.ndarray>V),
-                         nb, bshape, qs, ks, vs, Lq, T, d, dv, scale, mptr, ms, mrow,
-                         causal, _dptr(<cnp.ndarray>ctx), wptr, nt)
+    if dt is _FLOAT32:
+        rc = ak.attend_batch_f32(_fptr(<cnp.ndarray>q), _fptr(<cnp.ndarray>K),
+                                 _fptr(<cnp.ndarray>V), nb, bshape, qs, ks, vs, Lq, T, d, dv,
+                                 <float>scale, mptr, ms, mrow, causal, _fptr(<cnp.ndarray>ctx),
+                                 wptr32, nt)
+    else:
+        rc = ak.attend_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K),
+                             _dptr(<cnp.ndarray>V), nb, bshape, qs, ks, vs, Lq, T, d, dv,
+                             scale, mptr, ms, mrow, causal, _dptr(<cnp.ndarray>ctx), wptr, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -886,8 +948,9 @@ def general_score(query, keys, W, *, double scale=1.0, out=None, num_threads=Non
 
 
 cdef object _general_query(object query, object W):
-    q = _as_f64(query, "query")
-    Wm = _as_f64(W, "W")
+    dt = _work_dtype((query, W))
+    q = _as_real(query, "query", dt)
+    Wm = _as_real(W, "W", dt)
     if Wm.ndim != 2:
         raise ValueError(f"W must have shape (dq, dk), got shape {Wm.shape}")
     if q.ndim < 1 or q.shape[-1] != Wm.shape[0]:
@@ -1017,6 +1080,9 @@ cdef class KVCache:
         in the tutorial, and `append` takes only keys.
     capacity : int, optional
         Rows to reserve up front (default 64).
+    dtype : {numpy.float64, numpy.float32}, optional
+        Storage and compute type. float32 halves the memory and runs the
+        float32 kernels (twice the lanes); queries are converted to it.
 
     Examples
     --------
@@ -1034,10 +1100,12 @@ cdef class KVCache:
     cdef readonly Py_ssize_t length
     cdef readonly Py_ssize_t capacity
     cdef readonly bint shared
+    cdef readonly object dtype
+    cdef bint _f32
     cdef object _K
     cdef object _V
 
-    def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64):
+    def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64, dtype=np.float64):
         if d < 0 or capacity < 0:
             raise ValueError(f"d and capacity must be >= 0, got d={d}, capacity={capacity}")
         self.shared = dv is None
@@ -1045,17 +1113,22 @@ cdef class KVCache:
         self.dv = d if dv is None else operator.index(dv)
         if self.dv < 0:
             raise ValueError(f"dv must be >= 0, got {dv}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype != _FLOAT64 and self.dtype != _FLOAT32:
+            raise TypeError(f"dtype must be float64 or float32, got {self.dtype}")
+        self.dtype = _FLOAT32 if self.dtype == _FLOAT32 else _FLOAT64
+        self._f32 = self.dtype is _FLOAT32
         self.length = 0
         self.capacity = capacity
-        self._K = np.empty((capacity, d))
-        self._V = self._K if self.shared else np.empty((capacity, self.dv))
+        self._K = np.empty((capacity, d), dtype=self.dtype)
+        self._V = self._K if self.shared else np.empty((capacity, self.dv), dtype=self.dtype)
 
     def __len__(self):
         return self.length
 
     def __repr__(self):
         return (f"KVCache(d={self.d}, dv={None if self.shared else self.dv}, "
-                f"length={self.length}, capacity={self.capacity})")
+                f"length={self.length}, capacity={self.capacity}, dtype={self.dtype})")
 
     @property
     def keys(self):
@@ -1076,12 +1149,12 @@ cdef class KVCache:
         if n <= self.capacity:
             return 0
         cdef Py_ssize_t cap = max(n, 2 * self.capacity, 16)
-        K = np.empty((cap, self.d))
+        K = np.empty((cap, self.d), dtype=self.dtype)
         K[:self.length] = self._K[:self.length]
         if self.shared:
             V = K
         else:
-            V = np.empty((cap, self.dv))
+            V = np.empty((cap, self.dv), dtype=self.dtype)
             V[:self.length] = self._V[:self.length]
         self._K, self._V, self.capacity = K, V, cap
         return 0
@@ -1093,7 +1166,7 @@ cdef class KVCache:
     def append(self, k, v=None):
         """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
         # fast path: float64 rows of the right length and room for them
-        if (self.length < self.capacity and _is_f64(k, _IN_FLAGS)
+        if (not self._f32 and self.length < self.capacity and _is_f64(k, _IN_FLAGS)
                 and cnp.PyArray_NDIM(<cnp.ndarray>k) == 1
                 and cnp.PyArray_DIMS(<cnp.ndarray>k)[0] == self.d
                 and ((self.shared and v is None) or (
@@ -1112,11 +1185,11 @@ cdef class KVCache:
         if not self.shared and v is None:
             raise ValueError("append(k, v) needs a value row: this cache has dv="
                              f"{self.dv}")
-        k = _as_f64(k, "k")
+        k = _as_real(k, "k", self.dtype)
         if k.shape != (self.d,):
             raise ValueError(f"k has shape {k.shape}, expected ({self.d},)")
         if not self.shared:
-            v = _as_f64(v, "v")
+            v = _as_real(v, "v", self.dtype)
             if v.shape != (self.dv,):
                 raise ValueError(f"v has shape {v.shape}, expected ({self.dv},)")
         self._reserve(self.length + 1)
@@ -1127,13 +1200,13 @@ cdef class KVCache:
 
     def extend(self, keys, values=None):
         """Add many rows: keys (n, d) and, unless shared, values (n, dv)."""
-        K = _as_f64(keys, "keys")
+        K = _as_real(keys, "keys", self.dtype)
         if K.ndim != 2 or K.shape[1] != self.d:
             raise ValueError(f"keys has shape {K.shape}, expected (n, {self.d})")
         if self.shared != (values is None):
             raise ValueError("values must be given exactly when the cache was made with dv")
         if not self.shared:
-            V = _as_f64(values, "values")
+            V = _as_real(values, "values", self.dtype)
             if V.shape != (K.shape[0], self.dv):
                 raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
                                  f"expected ({K.shape[0]}, {self.dv})")
@@ -1157,6 +1230,12 @@ cdef class KVCache:
         cdef int rc
         cdef size_t T = <size_t>self.length, d = <size_t>self.d, dv = <size_t>self.dv
         cdef PyThreadState *ts
+        if self._f32:
+            if self.length == 0:
+                raise ValueError("the cache holds no keys: attend needs at least one key (T = 0)")
+            query = _as_real(query, "query", _FLOAT32)
+            return attend(query, self.keys, None if self.shared else self.values, scale=scale,
+                          out=out, return_weights=return_weights, num_threads=num_threads)
         if (not return_weights and num_threads is None and _is_f64(query, _IN_FLAGS)
                 and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1
                 and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d

@@ -69,3 +69,26 @@ cdef int additive_scores_batch(const double *A, const double *Kp, const double *
                                const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
                                size_t Lq, size_t T, size_t h, double *scores,
                                int num_threads) noexcept nogil
+cdef int dot_scores_f32(const float *q, const float *K, size_t T, size_t d, float scale,
+                        float *scores) noexcept nogil
+cdef int softmax_f32(const float *x, size_t n, float *y) noexcept nogil
+cdef int context_f32(const float *w, const float *V, size_t T, size_t dv, float *ctx) noexcept nogil
+cdef int attend_f32(const float *q, const float *K, const float *V, size_t T, size_t d,
+                    size_t dv, float scale, const unsigned char *mask, float *ctx,
+                    float *weights) noexcept nogil
+cdef int dot_scores_batch_f32(const float *Q, const float *K, size_t nbatch,
+                              const size_t *batch_shape, const ptrdiff_t *q_strides,
+                              const ptrdiff_t *k_strides, size_t Lq, size_t T, size_t d,
+                              float scale, float *scores, int num_threads) noexcept nogil
+cdef int softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil
+cdef int context_batch_f32(const float *W, const float *V, size_t nbatch,
+                           const size_t *batch_shape, const ptrdiff_t *w_strides,
+                           const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t dv,
+                           float *ctx, int num_threads) noexcept nogil
+cdef int attend_batch_f32(const float *Q, const float *K, const float *V, size_t nbatch,
+                          const size_t *batch_shape, const ptrdiff_t *q_strides,
+                          const ptrdiff_t *k_strides, const ptrdiff_t *v_strides, size_t Lq,
+                          size_t T, size_t d, size_t dv, float scale, const unsigned char *mask,
+                          const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal,
+                          float *ctx, float *weights, int num_threads) noexcept nogil
+cdef int log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil

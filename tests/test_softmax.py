@@ -132,7 +132,7 @@ def test_layouts(layout):
     ref.assert_softmax_close(got0, x, axis=0)
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16, bool, np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16, bool])
 def test_real_dtypes_become_float64(dtype):
     x = np.array([1, 0, 3, 2]).astype(dtype)
     got = attnx.softmax(x)

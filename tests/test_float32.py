@@ -1,0 +1,137 @@
+"""float32: native kernels when NumPy would compute in float32, float32
+results, accuracy stated against float64 on the same inputs."""
+import numpy as np
+import pytest
+
+import attnx
+import reference as ref
+
+rng = np.random.default_rng(32)
+F32 = np.float32
+EPS32 = np.finfo(np.float32).eps
+
+
+def r32(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(F32)
+
+
+@pytest.mark.parametrize("dtypes,want", [
+    ((F32, F32), F32), ((F32, np.float64), np.float64), ((F32, np.int32), np.float64),
+    ((F32, np.int8), F32), ((np.float16, np.float16), F32), ((np.float16, F32), F32),
+    ((np.int64, np.int64), np.float64),
+])
+def test_dtype_rules_follow_numpy_promotion(dtypes, want):
+    q = np.ones(3, dtype=dtypes[0])
+    K = np.ones((4, 3), dtype=dtypes[1])
+    assert attnx.attend(q, K).dtype == want
+    assert attnx.dot_score(q, K).dtype == want
+    assert attnx.context(np.full(4, 0.25, dtype=dtypes[0]), K).dtype == want
+    assert attnx.softmax(q).dtype == (F32 if np.dtype(dtypes[0]).kind == "f" else np.float64)
+    assert attnx.attend([1.0, 2.0, 3.0], K).dtype == np.float64       # lists are float64
+
+
+@pytest.mark.parametrize("n", ref.SIZES + (1000, 100_000))
+def test_softmax_accuracy(n):
+    x = r32(n, scale=100.0)
+    got = attnx.softmax(x)
+    assert got.dtype == F32
+    exact = ref.softmax_exact(x.astype(np.float64))
+    rel = np.abs(got.astype(np.float64) - exact.astype(np.float64)) / np.maximum(
+        exact.astype(np.float64), np.finfo(F32).tiny)
+    assert rel.max() <= 4 * EPS32
+    np.testing.assert_allclose(got.sum(dtype=np.float64), 1.0, rtol=n * EPS32)
+
+
+def test_log_softmax_accuracy():
+    x = r32(5, 3000, scale=300.0)
+    got = attnx.log_softmax(x)
+    assert got.dtype == F32
+    want = attnx.log_softmax(x.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=2 * EPS32, atol=2 * EPS32)
+
+
+@pytest.mark.parametrize("T", ref.SIZES)
+@pytest.mark.parametrize("d", (1, 7, 16, 33, 64))
+def test_attend_against_float64(T, d):
+    """Errors relative to float64 on the same float32 inputs, scaled as the
+    C tests state: weights 2e-6 relative, contexts 2e-6 * sum w|V|."""
+    dv = (T + d) % 13 + 1
+    q, K, V = r32(d), r32(T, d), r32(T, dv)
+    scale = 1 / np.sqrt(d)
+    ctx, w = attnx.attend(q, K, V, scale=scale, return_weights=True)
+    assert ctx.dtype == F32 and w.dtype == F32
+    ctx64, w64 = attnx.attend(q.astype(float), K.astype(float), V.astype(float), scale=scale,
+                              return_weights=True)
+    np.testing.assert_allclose(w, w64, rtol=2e-6, atol=1e-30)
+    bound = 2e-6 * (w64 @ np.abs(V.astype(float))) + 1e-30
+    assert (np.abs(ctx - ctx64) <= bound).all()
+    fused = attnx.attend(q, K, V, scale=scale)
+    assert (np.abs(fused - ctx64) <= bound).all()
+
+
+def test_batched_masked_causal_against_float64():
+    Q, K, V = r32(2, 3, 17, 32), r32(2, 3, 40, 32), r32(2, 3, 40, 8)
+    mask = rng.random((3, 1, 40)) > 0.3
+    for causal in (False, True):
+        got = attnx.attend(Q, K, V, mask=mask, causal=causal, scale=0.2)
+        want = attnx.attend(Q.astype(float), K.astype(float), V.astype(float), mask=mask,
+                            causal=causal, scale=0.2)
+        assert got.dtype == F32
+        np.testing.assert_allclose(got, want, rtol=0, atol=4e-6)
+        np.testing.assert_array_equal(attnx.attend(Q, K, V, mask=mask, causal=causal,
+                                                   scale=0.2, num_threads=2), got)
+
+
+def test_dot_score_and_context():
+    q, K = r32(5, 64), r32(3, 100, 64)
+    s = attnx.dot_score(q, K)
+    s64 = attnx.dot_score(q.astype(float), K.astype(float))
+    bound = 4 * EPS32 * (np.abs(q.astype(float)) @ np.abs(K.astype(float)).swapaxes(-1, -2))
+    assert s.dtype == F32 and (np.abs(s - s64) <= bound).all()
+    w, V = attnx.softmax(r32(100)), r32(100, 16)
+    c = attnx.context(w, V)
+    c64 = attnx.context(w.astype(float), V.astype(float))
+    assert c.dtype == F32
+    assert (np.abs(c - c64) <= 4 * EPS32 * (w.astype(float) @ np.abs(V.astype(float)))).all()
+
+
+def test_special_values():
+    np.testing.assert_array_equal(attnx.softmax(np.array([3e38, -3e38, 3e38], F32)),
+                                  np.array([0.5, 0, 0.5], F32))
+    assert np.isnan(attnx.softmax(np.array([1, np.nan], F32))).all()
+    q, K = r32(3), r32(4, 3)
+    ctx, w = attnx.attend(q, K, mask=np.zeros(4, bool), return_weights=True)
+    assert (ctx == 0).all() and (w == 0).all()
+
+
+def test_out_must_match_the_result_dtype():
+    q, K = r32(3), r32(4, 3)
+    out = np.empty(3, F32)
+    assert attnx.attend(q, K, out=out) is out
+    with pytest.raises(ValueError, match="float32"):
+        attnx.attend(q, K, out=np.empty(3))
+    with pytest.raises(ValueError, match="float64"):
+        attnx.attend(q.astype(float), K, out=np.empty(3, F32))
+
+
+def test_kvcache_float32():
+    cache = attnx.KVCache(16, 8, dtype=np.float32, capacity=2)
+    K, V = r32(30, 16), r32(30, 8)
+    for t in range(30):
+        cache.append(K[t], V[t])
+    assert cache.keys.dtype == F32 and cache.capacity >= 30
+    q = r32(16)
+    got = cache.attend(q)
+    assert got.dtype == F32
+    np.testing.assert_array_equal(got, attnx.attend(q, K, V))
+    with pytest.raises(TypeError):
+        attnx.KVCache(4, dtype=np.int32)
+
+
+def test_against_torch_float32():
+    torch = pytest.importorskip("torch")
+    Q, K, V = r32(2, 4, 33, 64), r32(2, 4, 33, 64), r32(2, 4, 33, 64)
+    t = [torch.from_numpy(a) for a in (Q, K, V)]
+    want = torch.nn.functional.scaled_dot_product_attention(*t, is_causal=True).numpy()
+    got = attnx.attend(Q, K, V, scale=64 ** -0.5, causal=True)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
