@@ -130,6 +130,10 @@ static void attend_two_pass(const attnx_kernels *kt, const double *q, const doub
         fill(ctx, dv, 0.0);
         return;
     }
+    if (w[0] != w[0]) {                /* a NaN row is all NaN, masked keys too: */
+        fill(ctx, dv, NAN);            /* the context is NaN, and masked value */
+        return;                        /* rows stay unread */
+    }
     kt->context(w, V, T, dv, ctx);
 }
 
@@ -193,10 +197,11 @@ int attnx_attend(const double *q, const double *K, const double *V,
                  size_t T, size_t d, size_t dv, double scale,
                  const unsigned char *mask, double *ctx, double *weights)
 {
-    size_t Td, Tdv;
+    size_t Td, Tdv, T1;
     if (!q || !K || !V || !ctx) return ATTNX_ERR_NULL;
     if (T == 0) return ATTNX_ERR_EMPTY;
-    if (!elems(T, d, &Td) || !elems(T, dv, &Tdv)) return ATTNX_ERR_OVERFLOW;
+    /* T itself too: with d == dv == 0 no product catches a T no weights fit */
+    if (!elems(T, d, &Td) || !elems(T, dv, &Tdv) || !elems(T, 1, &T1)) return ATTNX_ERR_OVERFLOW;
     const size_t qb = d * sizeof(double), Kb = Td * sizeof(double), Vb = Tdv * sizeof(double);
     if (overlaps(ctx, dv, q, qb) || overlaps(ctx, dv, K, Kb) || overlaps(ctx, dv, V, Vb) ||
         (mask && overlaps(ctx, dv, mask, T)))
@@ -234,6 +239,23 @@ static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
         if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
     *count = c;
     return ATTNX_OK;
+}
+
+/* Does [p, p + nbytes) overlap the memory a batched operand spans? The
+ * operand: items of `item` bytes at base + the batch offsets of its
+ * strides (elements of `esize` bytes; 0 or negative allowed). Computed in
+ * unsigned arithmetic: absurd strides wrap instead of overflowing. */
+static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t esize,
+                            size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
+                            size_t item)
+{
+    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
+    for (size_t i = 0; i < nbatch; i++) {
+        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
+        if (strides[i] < 0) lo -= n * (0 - s) * esize;
+        else hi += n * s * esize;
+    }
+    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
 }
 
 /* Element offset of flat batch item b (C order) for one operand's strides. */
@@ -281,6 +303,11 @@ int attnx_dot_scores_batch(const double *Q, const double *K,
     if (nbatch && (!q_strides || !k_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, T, &tmp) || !elems(Lq, d, &tmp) || !elems(T, d, &tmp))
         return ATTNX_ERR_OVERFLOW;
+    if (count && (overlaps_batched(scores, rows * T * sizeof(double), Q, sizeof(double), nbatch,
+                                   batch_shape, q_strides, Lq * d * sizeof(double)) ||
+                  overlaps_batched(scores, rows * T * sizeof(double), K, sizeof(double), nbatch,
+                                   batch_shape, k_strides, T * d * sizeof(double))))
+        return ATTNX_ERR_OVERLAP;
     const attnx_kernels *kt = attnx_kernels_get();
     int nt = pick_threads(num_threads, rows, (double)rows * T * (d + 1));
     long long nrows = (long long)rows, i;
@@ -325,6 +352,11 @@ int attnx_context_batch(const double *W, const double *V,
     if (nbatch && (!w_strides || !v_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(Lq, T, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
+    if (count && (overlaps_batched(ctx, rows * dv * sizeof(double), W, sizeof(double), nbatch,
+                                   batch_shape, w_strides, Lq * T * sizeof(double)) ||
+                  overlaps_batched(ctx, rows * dv * sizeof(double), V, sizeof(double), nbatch,
+                                   batch_shape, v_strides, T * dv * sizeof(double))))
+        return ATTNX_ERR_OVERLAP;
     const attnx_kernels *kt = attnx_kernels_get();
     int nt = pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
     long long nrows = (long long)rows, i;
@@ -409,6 +441,24 @@ int attnx_attend_batch(const double *Q, const double *K, const double *V,
         !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
     if (rows == 0) return ATTNX_OK;
+    {
+        const size_t cb = rows * dv * sizeof(double), wb = weights ? rows * T * sizeof(double) : 0;
+        const size_t qi = Lq * d * sizeof(double), ki = T * d * sizeof(double), vi = T * dv * sizeof(double);
+        /* a mask item: Lq rows of T bytes, mask_row_stride apart */
+        uintptr_t mrow = mask_row_stride < 0 ? 0 - (uintptr_t)mask_row_stride : (uintptr_t)mask_row_stride;
+        size_t mi = (Lq - 1) * mrow + T;
+        const void *m0 = mask_row_stride < 0 ? (const void *)((uintptr_t)mask - (Lq - 1) * mrow) : mask;
+        if (overlaps_batched(ctx, cb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
+            overlaps_batched(ctx, cb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
+            overlaps_batched(ctx, cb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
+            (mask && overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
+            attnx_overlap(weights, wb, ctx, cb) ||
+            overlaps_batched(weights, wb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
+            overlaps_batched(weights, wb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
+            overlaps_batched(weights, wb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
+            (mask && overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
+            return ATTNX_ERR_OVERLAP;
+    }
     const attnx_kernels *kt = attnx_kernels_get();
     double work = (double)rows * (double)T * (double)(d + dv + 1);
 
