@@ -13,6 +13,7 @@ Environment:
 import glob
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -87,6 +88,9 @@ class BuildExt(build_ext):
         if self._kind() == "msvc":
             return ["/openmp"], []
         flags = ["-fopenmp"]
+        # the probe links with the user's CFLAGS/LDFLAGS too: flags such as
+        # -fsanitize or -flto must reach the link or the probe fails falsely
+        env = shlex.split(os.environ.get("CFLAGS", "")) + shlex.split(os.environ.get("LDFLAGS", ""))
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "omp_probe.c")
             with open(src, "w") as f:
@@ -94,7 +98,7 @@ class BuildExt(build_ext):
             try:
                 objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
                 self.compiler.link_executable(objs, "omp_probe", output_dir=tmp,
-                                              extra_postargs=flags)
+                                              extra_postargs=flags + env)
             except Exception:
                 print("attnx: the compiler has no OpenMP; building without threads")
                 return [], []

@@ -11,7 +11,7 @@
 #include <omp.h>
 #endif
 
-#include "attnx_internal.h"
+#include "attnx_api_util.h"
 
 /* The Python build writes the compiler and flags into a generated header. */
 #if defined(ATTNX_HAVE_BUILD_INFO_H)
@@ -23,7 +23,6 @@
 
 /* Below this many multiply-adds a call stays on one thread: waking a team
  * costs a few microseconds. */
-#define MIN_WORK_PER_THREAD ((double)(1 << 16))
 /* A single query is split across threads (flash-decoding) from this many keys. */
 #define MIN_SPLIT_KEYS 4096
 
@@ -54,12 +53,7 @@ int attnx_max_threads(void)
 }
 
 /* r = a * b as a count of doubles whose byte size fits in size_t. */
-static int elems(size_t a, size_t b, size_t *r)
-{
-    if (a != 0 && b > SIZE_MAX / sizeof(double) / a) return 0;
-    *r = a * b;
-    return 1;
-}
+static int elems(size_t a, size_t b, size_t *r) { return attnx_elems(a, b, sizeof(double), r); }
 
 static int overlaps(const double *a, size_t na, const void *b, size_t nb_bytes)
 {
@@ -229,66 +223,6 @@ int attnx_exp(const double *x, size_t n, double *y)
 
 /* ----------------------------------------------------------------- batches */
 
-/* Product of the batch shape, or 0 with *status set on a bad description. */
-static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
-{
-    size_t c = 1;
-    if (nbatch > ATTNX_MAX_BATCH_DIMS) return ATTNX_ERR_ARG;
-    if (nbatch && !shape) return ATTNX_ERR_NULL;
-    for (size_t i = 0; i < nbatch; i++)
-        if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
-    *count = c;
-    return ATTNX_OK;
-}
-
-/* Does [p, p + nbytes) overlap the memory a batched operand spans? The
- * operand: items of `item` bytes at base + the batch offsets of its
- * strides (elements of `esize` bytes; 0 or negative allowed). Computed in
- * unsigned arithmetic: absurd strides wrap instead of overflowing. */
-static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t esize,
-                            size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
-                            size_t item)
-{
-    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
-    for (size_t i = 0; i < nbatch; i++) {
-        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
-        if (strides[i] < 0) lo -= n * (0 - s) * esize;
-        else hi += n * s * esize;
-    }
-    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
-}
-
-/* Element offset of flat batch item b (C order) for one operand's strides. */
-static ptrdiff_t batch_offset(size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
-                              size_t b)
-{
-    ptrdiff_t off = 0;
-    for (size_t i = nbatch; i-- > 0;) {
-        size_t n = shape[i];
-        off += (ptrdiff_t)(b % n) * strides[i];
-        b /= n;
-    }
-    return off;
-}
-
-/* Threads for a call: the request (0 = OpenMP default), capped by the number
- * of independent items and by the amount of work. */
-static int pick_threads(int requested, size_t items, double work)
-{
-#ifdef _OPENMP
-    int nt = requested == 0 ? omp_get_max_threads() : requested;
-    double by_work = work / MIN_WORK_PER_THREAD;
-    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
-    if ((size_t)nt > items) nt = items ? (int)items : 1;
-    return nt < 1 ? 1 : nt;
-#else
-    (void)requested;
-    (void)items;
-    (void)work;
-    return 1;
-#endif
-}
-
 int attnx_dot_scores_batch(const double *Q, const double *K,
                            size_t nbatch, const size_t *batch_shape,
                            const ptrdiff_t *q_strides, const ptrdiff_t *k_strides,
@@ -299,24 +233,24 @@ int attnx_dot_scores_batch(const double *Q, const double *K,
     int rc;
     if (!Q || !K || !scores) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!q_strides || !k_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, T, &tmp) || !elems(Lq, d, &tmp) || !elems(T, d, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (count && (overlaps_batched(scores, rows * T * sizeof(double), Q, sizeof(double), nbatch,
+    if (count && (attnx_overlaps_batched(scores, rows * T * sizeof(double), Q, sizeof(double), nbatch,
                                    batch_shape, q_strides, Lq * d * sizeof(double)) ||
-                  overlaps_batched(scores, rows * T * sizeof(double), K, sizeof(double), nbatch,
+                  attnx_overlaps_batched(scores, rows * T * sizeof(double), K, sizeof(double), nbatch,
                                    batch_shape, k_strides, T * d * sizeof(double))))
         return ATTNX_ERR_OVERLAP;
     const attnx_kernels *kt = attnx_kernels_get();
-    int nt = pick_threads(num_threads, rows, (double)rows * T * (d + 1));
+    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (d + 1));
     long long nrows = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const double *qb = Q + (nbatch ? batch_offset(nbatch, batch_shape, q_strides, b) : 0);
-        const double *kb = K + (nbatch ? batch_offset(nbatch, batch_shape, k_strides, b) : 0);
+        const double *qb = Q + (nbatch ? attnx_batch_offset(nbatch, batch_shape, q_strides, b) : 0);
+        const double *kb = K + (nbatch ? attnx_batch_offset(nbatch, batch_shape, k_strides, b) : 0);
         kt->dot_scores(qb + r * d, kb, T, d, scale, scores + (size_t)i * T);
     }
     return ATTNX_OK;
@@ -331,7 +265,7 @@ int attnx_softmax_rows(const double *x, size_t rows, size_t n, double *y, int nu
     if (x != y && overlaps(y, total, x, total * sizeof(double))) return ATTNX_ERR_OVERLAP;
     if (n == 0) return ATTNX_OK;
     const attnx_kernels *kt = attnx_kernels_get();
-    int nt = pick_threads(num_threads, rows, (double)total * 8);
+    int nt = attnx_pick_threads(num_threads, rows, (double)total * 8);
     long long nr = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
@@ -348,24 +282,24 @@ int attnx_context_batch(const double *W, const double *V,
     int rc;
     if (!W || !V || !ctx) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!w_strides || !v_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(Lq, T, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (count && (overlaps_batched(ctx, rows * dv * sizeof(double), W, sizeof(double), nbatch,
+    if (count && (attnx_overlaps_batched(ctx, rows * dv * sizeof(double), W, sizeof(double), nbatch,
                                    batch_shape, w_strides, Lq * T * sizeof(double)) ||
-                  overlaps_batched(ctx, rows * dv * sizeof(double), V, sizeof(double), nbatch,
+                  attnx_overlaps_batched(ctx, rows * dv * sizeof(double), V, sizeof(double), nbatch,
                                    batch_shape, v_strides, T * dv * sizeof(double))))
         return ATTNX_ERR_OVERLAP;
     const attnx_kernels *kt = attnx_kernels_get();
-    int nt = pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
+    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
     long long nrows = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const double *wb = W + (nbatch ? batch_offset(nbatch, batch_shape, w_strides, b) : 0);
-        const double *vb = V + (nbatch ? batch_offset(nbatch, batch_shape, v_strides, b) : 0);
+        const double *wb = W + (nbatch ? attnx_batch_offset(nbatch, batch_shape, w_strides, b) : 0);
+        const double *vb = V + (nbatch ? attnx_batch_offset(nbatch, batch_shape, v_strides, b) : 0);
         kt->context(wb + r * T, vb, T, dv, ctx + (size_t)i * dv);
     }
     return ATTNX_OK;
@@ -433,7 +367,7 @@ int attnx_attend_batch(const double *Q, const double *K, const double *V,
     int rc;
     if (!Q || !K || !V || !ctx) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!q_strides || !k_strides || !v_strides || (mask && !mask_strides)))
         return ATTNX_ERR_NULL;
     if (T == 0) return ATTNX_ERR_EMPTY;
@@ -448,28 +382,28 @@ int attnx_attend_batch(const double *Q, const double *K, const double *V,
         uintptr_t mrow = mask_row_stride < 0 ? 0 - (uintptr_t)mask_row_stride : (uintptr_t)mask_row_stride;
         size_t mi = (Lq - 1) * mrow + T;
         const void *m0 = mask_row_stride < 0 ? (const void *)((uintptr_t)mask - (Lq - 1) * mrow) : mask;
-        if (overlaps_batched(ctx, cb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
-            overlaps_batched(ctx, cb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
-            overlaps_batched(ctx, cb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
-            (mask && overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
+        if (attnx_overlaps_batched(ctx, cb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
+            attnx_overlaps_batched(ctx, cb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
+            attnx_overlaps_batched(ctx, cb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
+            (mask && attnx_overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
             attnx_overlap(weights, wb, ctx, cb) ||
-            overlaps_batched(weights, wb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
-            overlaps_batched(weights, wb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
-            overlaps_batched(weights, wb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
-            (mask && overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
+            attnx_overlaps_batched(weights, wb, Q, sizeof(double), nbatch, batch_shape, q_strides, qi) ||
+            attnx_overlaps_batched(weights, wb, K, sizeof(double), nbatch, batch_shape, k_strides, ki) ||
+            attnx_overlaps_batched(weights, wb, V, sizeof(double), nbatch, batch_shape, v_strides, vi) ||
+            (mask && attnx_overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
             return ATTNX_ERR_OVERLAP;
     }
     const attnx_kernels *kt = attnx_kernels_get();
     double work = (double)rows * (double)T * (double)(d + dv + 1);
 
     if (rows == 1 && !weights && !causal && num_threads != 1 && T >= MIN_SPLIT_KEYS) {
-        int nt = pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
+        int nt = attnx_pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
         if (nt > 1) return attend_split(kt, Q, K, V, T, d, dv, scale, mask, ctx, nt);
     }
 
     /* Work items: (batch item, chunk of query rows); chunks shrink until
      * there are a few items per thread. */
-    int nt = pick_threads(num_threads, rows, work);
+    int nt = attnx_pick_threads(num_threads, rows, work);
     size_t chunk = Lq;
     while (chunk > 8 && count * ((Lq + chunk - 1) / chunk) < 4 * (size_t)nt) chunk = (chunk + 1) / 2;
     size_t nchunks = (Lq + chunk - 1) / chunk;
@@ -481,10 +415,10 @@ int attnx_attend_batch(const double *Q, const double *K, const double *V,
         const double *qb = Q, *kb = K, *vb = V;
         const unsigned char *mb = mask;
         if (nbatch) {
-            qb += batch_offset(nbatch, batch_shape, q_strides, b);
-            kb += batch_offset(nbatch, batch_shape, k_strides, b);
-            vb += batch_offset(nbatch, batch_shape, v_strides, b);
-            if (mb) mb += batch_offset(nbatch, batch_shape, mask_strides, b);
+            qb += attnx_batch_offset(nbatch, batch_shape, q_strides, b);
+            kb += attnx_batch_offset(nbatch, batch_shape, k_strides, b);
+            vb += attnx_batch_offset(nbatch, batch_shape, v_strides, b);
+            if (mb) mb += attnx_batch_offset(nbatch, batch_shape, mask_strides, b);
         }
         if (mb) mb += (ptrdiff_t)i0 * mask_row_stride;
         size_t row = b * Lq + i0;

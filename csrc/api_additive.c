@@ -12,11 +12,11 @@
 #include <omp.h>
 #endif
 
+#include "attnx_api_util.h"
 #include "attnx_internal_additive.h"
 
 /* Below this much work (in multiply-adds) a call stays on one thread, as in
  * api.c: waking a team costs a few microseconds. */
-#define MIN_WORK_PER_THREAD ((double)(1 << 16))
 /* One tanh plus its FMA costs about as much as this many dot-product
  * multiply-adds (measured: AVX-512 scores vs dot_scores at h = 128). */
 #define TANH_COST 16.0
@@ -44,12 +44,7 @@ static const attnx_additive_kernels *additive_kernels(void)
 }
 
 /* r = a * b as a count of doubles whose byte size fits in size_t. */
-static int elems(size_t a, size_t b, size_t *r)
-{
-    if (a != 0 && b > SIZE_MAX / sizeof(double) / a) return 0;
-    *r = a * b;
-    return 1;
-}
+static int elems(size_t a, size_t b, size_t *r) { return attnx_elems(a, b, sizeof(double), r); }
 
 static int overlaps(const double *a, size_t na, const void *b, size_t nb_bytes)
 {
@@ -84,65 +79,6 @@ int attnx_additive_scores(const double *a, const double *Kp, const double *v,
 
 /* ----------------------------------------------------------------- batch */
 
-/* Product of the batch shape into *count, or a status. */
-static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
-{
-    size_t c = 1;
-    if (nbatch > ATTNX_MAX_BATCH_DIMS) return ATTNX_ERR_ARG;
-    if (nbatch && !shape) return ATTNX_ERR_NULL;
-    for (size_t i = 0; i < nbatch; i++)
-        if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
-    *count = c;
-    return ATTNX_OK;
-}
-
-/* Does [p, p + nbytes) overlap the memory a batched operand spans (items
- * of `item` bytes at base + the batch offsets of its element strides, 0 or
- * negative allowed)? Unsigned arithmetic: absurd strides wrap instead of
- * overflowing. */
-static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t nbatch,
-                            const size_t *shape, const ptrdiff_t *strides, size_t item)
-{
-    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
-    for (size_t i = 0; i < nbatch; i++) {
-        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
-        if (strides[i] < 0) lo -= n * (0 - s) * sizeof(double);
-        else hi += n * s * sizeof(double);
-    }
-    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
-}
-
-/* Element offset of flat batch item b (C order) for one operand's strides. */
-static ptrdiff_t batch_offset(size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
-                              size_t b)
-{
-    ptrdiff_t off = 0;
-    for (size_t i = nbatch; i-- > 0;) {
-        size_t n = shape[i];
-        off += (ptrdiff_t)(b % n) * strides[i];
-        b /= n;
-    }
-    return off;
-}
-
-/* Threads for a call: the request (0 = OpenMP default), capped by the
- * number of work items and by the amount of work. */
-static int pick_threads(int requested, size_t items, double work)
-{
-#ifdef _OPENMP
-    int nt = requested == 0 ? omp_get_max_threads() : requested;
-    double by_work = work / MIN_WORK_PER_THREAD;
-    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
-    if ((size_t)nt > items) nt = items ? (int)items : 1;
-    return nt < 1 ? 1 : nt;
-#else
-    (void)requested;
-    (void)items;
-    (void)work;
-    return 1;
-#endif
-}
-
 int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
                                 size_t nbatch, const size_t *batch_shape,
                                 const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
@@ -153,7 +89,7 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
     int rc;
     if (!A || !Kp || !v || !scores) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!a_strides || !kp_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, T, &total) || !elems(Lq, h, &tmp) ||
         !elems(T, h, &tmp))
@@ -161,8 +97,8 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
     if (total == 0) return ATTNX_OK;
     {
         const size_t sb = total * sizeof(double);
-        if (overlaps_batched(scores, sb, A, nbatch, batch_shape, a_strides, Lq * h * sizeof(double)) ||
-            overlaps_batched(scores, sb, Kp, nbatch, batch_shape, kp_strides, T * h * sizeof(double)) ||
+        if (attnx_overlaps_batched(scores, sb, A, sizeof(double), nbatch, batch_shape, a_strides, Lq * h * sizeof(double)) ||
+            attnx_overlaps_batched(scores, sb, Kp, sizeof(double), nbatch, batch_shape, kp_strides, T * h * sizeof(double)) ||
             overlaps(scores, total, v, h * sizeof(double)))
             return ATTNX_ERR_OVERLAP;
     }
@@ -176,7 +112,7 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
      * own key row only: the split changes no bit of the result. */
     size_t max_chunks = (T + MIN_CHUNK_KEYS - 1) / MIN_CHUNK_KEYS;
     double work = (double)total * (double)h * TANH_COST;
-    int nt = pick_threads(num_threads, rows * max_chunks, work);   /* <= total: no overflow */
+    int nt = attnx_pick_threads(num_threads, rows * max_chunks, work);   /* <= total: no overflow */
     size_t group = 1, chunk = T;
     if (nt > 1) {
         size_t target = ITEMS_PER_THREAD * (size_t)nt;
@@ -201,8 +137,8 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
         size_t r1 = (g + 1) * group < rows ? (g + 1) * group : rows;
         for (size_t row = g * group; row < r1; row++) {
             size_t b = row / Lq, i = row % Lq;
-            const double *ab = A + (nbatch ? batch_offset(nbatch, batch_shape, a_strides, b) : 0);
-            const double *kb = Kp + (nbatch ? batch_offset(nbatch, batch_shape, kp_strides, b) : 0);
+            const double *ab = A + (nbatch ? attnx_batch_offset(nbatch, batch_shape, a_strides, b) : 0);
+            const double *kb = Kp + (nbatch ? attnx_batch_offset(nbatch, batch_shape, kp_strides, b) : 0);
             kt->scores(ab + i * h, kb + t0 * h, v, nk, h, scores + row * T + t0);
         }
     }

@@ -12,11 +12,11 @@
 #include <omp.h>
 #endif
 
+#include "attnx_api_util.h"
 #include "attnx_internal_f32.h"
 
 /* As in api.c: below this many multiply-adds a call stays on one thread;
  * a single query is split across threads from this many keys. */
-#define MIN_WORK_PER_THREAD ((double)(1 << 16))
 #define MIN_SPLIT_KEYS 4096
 
 /* The float32 table of the level attnx_kernels_get() chose (or a test set
@@ -36,12 +36,7 @@ const attnx_kernels_f32 *attnx_kernels_f32_get(void)
 }
 
 /* r = a * b as a count of floats whose byte size fits in size_t. */
-static int elems(size_t a, size_t b, size_t *r)
-{
-    if (a != 0 && b > SIZE_MAX / sizeof(float) / a) return 0;
-    *r = a * b;
-    return 1;
-}
+static int elems(size_t a, size_t b, size_t *r) { return attnx_elems(a, b, sizeof(float), r); }
 
 static int overlaps(const float *a, size_t na, const void *b, size_t nb_bytes)
 {
@@ -201,65 +196,6 @@ int attnx_attend_f32(const float *q, const float *K, const float *V,
 
 /* ----------------------------------------------------------------- batches */
 
-/* Product of the batch shape into *count, or the status of a bad shape. */
-static int batch_count(size_t nbatch, const size_t *shape, size_t *count)
-{
-    size_t c = 1;
-    if (nbatch > ATTNX_MAX_BATCH_DIMS) return ATTNX_ERR_ARG;
-    if (nbatch && !shape) return ATTNX_ERR_NULL;
-    for (size_t i = 0; i < nbatch; i++)
-        if (!elems(c, shape[i], &c)) return ATTNX_ERR_OVERFLOW;
-    *count = c;
-    return ATTNX_OK;
-}
-
-/* Does [p, p + nbytes) overlap the memory a batched operand spans (items of
- * `item` bytes at base + its batch offsets, elements of esize bytes)?
- * Unsigned arithmetic: absurd strides wrap instead of overflowing. */
-static int overlaps_batched(const void *p, size_t nbytes, const void *base, size_t esize,
-                            size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
-                            size_t item)
-{
-    uintptr_t lo = (uintptr_t)base, hi = (uintptr_t)base + item;
-    for (size_t i = 0; i < nbatch; i++) {
-        uintptr_t s = (uintptr_t)strides[i], n = (uintptr_t)(shape[i] - 1);
-        if (strides[i] < 0) lo -= n * (0 - s) * esize;
-        else hi += n * s * esize;
-    }
-    return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
-}
-
-/* Element offset of flat batch item b (C order) for one operand's strides. */
-static ptrdiff_t batch_offset(size_t nbatch, const size_t *shape, const ptrdiff_t *strides,
-                              size_t b)
-{
-    ptrdiff_t off = 0;
-    for (size_t i = nbatch; i-- > 0;) {
-        size_t n = shape[i];
-        off += (ptrdiff_t)(b % n) * strides[i];
-        b /= n;
-    }
-    return off;
-}
-
-/* Threads for a call: the request (0 = OpenMP default), capped by the number
- * of independent items and by the amount of work. */
-static int pick_threads(int requested, size_t items, double work)
-{
-#ifdef _OPENMP
-    int nt = requested == 0 ? omp_get_max_threads() : requested;
-    double by_work = work / MIN_WORK_PER_THREAD;
-    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
-    if ((size_t)nt > items) nt = items ? (int)items : 1;
-    return nt < 1 ? 1 : nt;
-#else
-    (void)requested;
-    (void)items;
-    (void)work;
-    return 1;
-#endif
-}
-
 #define FB sizeof(float)
 
 int attnx_dot_scores_batch_f32(const float *Q, const float *K,
@@ -272,24 +208,24 @@ int attnx_dot_scores_batch_f32(const float *Q, const float *K,
     int rc;
     if (!Q || !K || !scores) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!q_strides || !k_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, T, &tmp) || !elems(Lq, d, &tmp) || !elems(T, d, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (count && (overlaps_batched(scores, rows * T * FB, Q, FB, nbatch, batch_shape, q_strides,
+    if (count && (attnx_overlaps_batched(scores, rows * T * FB, Q, FB, nbatch, batch_shape, q_strides,
                                    Lq * d * FB) ||
-                  overlaps_batched(scores, rows * T * FB, K, FB, nbatch, batch_shape, k_strides,
+                  attnx_overlaps_batched(scores, rows * T * FB, K, FB, nbatch, batch_shape, k_strides,
                                    T * d * FB)))
         return ATTNX_ERR_OVERLAP;
     const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
-    int nt = pick_threads(num_threads, rows, (double)rows * T * (d + 1));
+    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (d + 1));
     long long nrows = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const float *qb = Q + (nbatch ? batch_offset(nbatch, batch_shape, q_strides, b) : 0);
-        const float *kb = K + (nbatch ? batch_offset(nbatch, batch_shape, k_strides, b) : 0);
+        const float *qb = Q + (nbatch ? attnx_batch_offset(nbatch, batch_shape, q_strides, b) : 0);
+        const float *kb = K + (nbatch ? attnx_batch_offset(nbatch, batch_shape, k_strides, b) : 0);
         kt->dot_scores(qb + r * d, kb, T, d, scale, scores + (size_t)i * T);
     }
     return ATTNX_OK;
@@ -305,7 +241,7 @@ static int rows_common(const float *x, size_t rows, size_t n, float *y, int num_
     if (x != y && overlaps(y, total, x, total * FB)) return ATTNX_ERR_OVERLAP;
     if (n == 0) return ATTNX_OK;
     const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
-    int nt = pick_threads(num_threads, rows, (double)total * 8);
+    int nt = attnx_pick_threads(num_threads, rows, (double)total * 8);
     long long nr = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
@@ -338,24 +274,24 @@ int attnx_context_batch_f32(const float *W, const float *V,
     int rc;
     if (!W || !V || !ctx) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!w_strides || !v_strides)) return ATTNX_ERR_NULL;
     if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(Lq, T, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (count && (overlaps_batched(ctx, rows * dv * FB, W, FB, nbatch, batch_shape, w_strides,
+    if (count && (attnx_overlaps_batched(ctx, rows * dv * FB, W, FB, nbatch, batch_shape, w_strides,
                                    Lq * T * FB) ||
-                  overlaps_batched(ctx, rows * dv * FB, V, FB, nbatch, batch_shape, v_strides,
+                  attnx_overlaps_batched(ctx, rows * dv * FB, V, FB, nbatch, batch_shape, v_strides,
                                    T * dv * FB)))
         return ATTNX_ERR_OVERLAP;
     const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
-    int nt = pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
+    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
     long long nrows = (long long)rows, i;
     (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nrows; i++) {
         size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const float *wb = W + (nbatch ? batch_offset(nbatch, batch_shape, w_strides, b) : 0);
-        const float *vb = V + (nbatch ? batch_offset(nbatch, batch_shape, v_strides, b) : 0);
+        const float *wb = W + (nbatch ? attnx_batch_offset(nbatch, batch_shape, w_strides, b) : 0);
+        const float *vb = V + (nbatch ? attnx_batch_offset(nbatch, batch_shape, v_strides, b) : 0);
         kt->context(wb + r * T, vb, T, dv, ctx + (size_t)i * dv);
     }
     return ATTNX_OK;
@@ -432,7 +368,7 @@ int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
     int rc;
     if (!Q || !K || !V || !ctx) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!q_strides || !k_strides || !v_strides || (mask && !mask_strides)))
         return ATTNX_ERR_NULL;
     if (T == 0) return ATTNX_ERR_EMPTY;
@@ -447,28 +383,28 @@ int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
         uintptr_t mrow = mask_row_stride < 0 ? 0 - (uintptr_t)mask_row_stride : (uintptr_t)mask_row_stride;
         size_t mi = (Lq - 1) * mrow + T;
         const void *m0 = mask_row_stride < 0 ? (const void *)((uintptr_t)mask - (Lq - 1) * mrow) : mask;
-        if (overlaps_batched(ctx, cb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
-            overlaps_batched(ctx, cb, K, FB, nbatch, batch_shape, k_strides, ki) ||
-            overlaps_batched(ctx, cb, V, FB, nbatch, batch_shape, v_strides, vi) ||
-            (mask && overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
+        if (attnx_overlaps_batched(ctx, cb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
+            attnx_overlaps_batched(ctx, cb, K, FB, nbatch, batch_shape, k_strides, ki) ||
+            attnx_overlaps_batched(ctx, cb, V, FB, nbatch, batch_shape, v_strides, vi) ||
+            (mask && attnx_overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
             attnx_overlap(weights, wb, ctx, cb) ||
-            overlaps_batched(weights, wb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
-            overlaps_batched(weights, wb, K, FB, nbatch, batch_shape, k_strides, ki) ||
-            overlaps_batched(weights, wb, V, FB, nbatch, batch_shape, v_strides, vi) ||
-            (mask && overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
+            attnx_overlaps_batched(weights, wb, Q, FB, nbatch, batch_shape, q_strides, qi) ||
+            attnx_overlaps_batched(weights, wb, K, FB, nbatch, batch_shape, k_strides, ki) ||
+            attnx_overlaps_batched(weights, wb, V, FB, nbatch, batch_shape, v_strides, vi) ||
+            (mask && attnx_overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
             return ATTNX_ERR_OVERLAP;
     }
     const attnx_kernels_f32 *kt = attnx_kernels_f32_get();
     double work = (double)rows * (double)T * (double)(d + dv + 1);
 
     if (rows == 1 && !weights && !causal && num_threads != 1 && T >= MIN_SPLIT_KEYS) {
-        int nt = pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
+        int nt = attnx_pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
         if (nt > 1) return attend_split(kt, Q, K, V, T, d, dv, scale, mask, ctx, nt);
     }
 
     /* Work items: (batch item, chunk of query rows); chunks shrink until
      * there are a few items per thread. */
-    int nt = pick_threads(num_threads, rows, work);
+    int nt = attnx_pick_threads(num_threads, rows, work);
     size_t chunk = Lq;
     while (chunk > 8 && count * ((Lq + chunk - 1) / chunk) < 4 * (size_t)nt) chunk = (chunk + 1) / 2;
     size_t nchunks = (Lq + chunk - 1) / chunk;
@@ -480,10 +416,10 @@ int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
         const float *qb = Q, *kb = K, *vb = V;
         const unsigned char *mb = mask;
         if (nbatch) {
-            qb += batch_offset(nbatch, batch_shape, q_strides, b);
-            kb += batch_offset(nbatch, batch_shape, k_strides, b);
-            vb += batch_offset(nbatch, batch_shape, v_strides, b);
-            if (mb) mb += batch_offset(nbatch, batch_shape, mask_strides, b);
+            qb += attnx_batch_offset(nbatch, batch_shape, q_strides, b);
+            kb += attnx_batch_offset(nbatch, batch_shape, k_strides, b);
+            vb += attnx_batch_offset(nbatch, batch_shape, v_strides, b);
+            if (mb) mb += attnx_batch_offset(nbatch, batch_shape, mask_strides, b);
         }
         if (mb) mb += (ptrdiff_t)i0 * mask_row_stride;
         size_t row = b * Lq + i0;

@@ -16,11 +16,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "attnx_internal.h"
+#include "attnx_api_util.h"
 
 #define CHUNK 256
 
@@ -121,20 +117,15 @@ int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y, in
 {
     if (!x || !y) return ATTNX_ERR_NULL;
     if (num_threads < 0) return ATTNX_ERR_ARG;
-    if (n != 0 && rows > SIZE_MAX / sizeof(double) / n) return ATTNX_ERR_OVERFLOW;
-    size_t total = rows * n;
+    size_t total;
+    if (!attnx_elems(rows, n, sizeof(double), &total)) return ATTNX_ERR_OVERFLOW;
     if (x != y && attnx_overlap(y, total * sizeof(double), x, total * sizeof(double)))
         return ATTNX_ERR_OVERLAP;
     if (n == 0) return ATTNX_OK;
     const attnx_kernels *kt = attnx_kernels_get();
     long long nr = (long long)rows, i;
-    int nt = 1;
-#ifdef _OPENMP
-    nt = num_threads == 0 ? omp_get_max_threads() : num_threads;
-    if ((double)total < (double)(1 << 16) * nt) nt = (int)(total >> 16) > 1 ? (int)(total >> 16) : 1;
-    if ((size_t)nt > rows) nt = (int)rows;
-#endif
-    (void)nt;
+    int nt = attnx_pick_threads(num_threads, rows, (double)total * 8);
+    (void)nt; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (i = 0; i < nr; i++) log_softmax_row(kt, x + (size_t)i * n, n, y + (size_t)i * n);
     return ATTNX_OK;
