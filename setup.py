@@ -10,6 +10,7 @@ Environment:
   ATTNX_NO_SIMD=1   portable kernels only (any C99 compiler)
   ATTNX_OPENMP=0    build without OpenMP (every call serial)
 """
+import concurrent.futures
 import glob
 import os
 import platform
@@ -77,6 +78,11 @@ class BuildPy(build_py):
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:       # the two extensions compile side by side
+            self.parallel = os.cpu_count() or 1
+
     def _kind(self):
         return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
 
@@ -130,7 +136,7 @@ class BuildExt(build_ext):
                 f"simd: {'portable only' if no_simd else 'dispatched'}")
         with open(os.path.join(gen, "attnx_build_info.h"), "w") as f:
             f.write("#define ATTNX_BUILD_INFO " + '"' + info.replace('\\', '/').replace('"', "'") + '"\n')
-        objects = []
+        jobs = []
         for name in SOURCES:
             isa = source_isa(name)
             if isa and no_simd:
@@ -140,14 +146,19 @@ class BuildExt(build_ext):
                 extra += omp_cflags
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
-            objects += self.compiler.compile(
-                [os.path.join(CSRC, name)],
-                output_dir=self.build_temp,
-                macros=macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else []),
-                include_dirs=[CSRC, gen],
-                extra_postargs=extra,
-                debug=self.debug,
-            )
+            defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else [])
+            jobs.append((name, defs, extra))
+
+        def compile_one(job):
+            name, defs, extra = job
+            return self.compiler.compile([os.path.join(CSRC, name)], output_dir=self.build_temp,
+                                         macros=defs, include_dirs=[CSRC, gen],
+                                         extra_postargs=extra, debug=self.debug)
+
+        # one compiler process per core: the kernel files are the slow part
+        # of every build (CI builds five times)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
         return objects
 
     def build_extension(self, ext):
