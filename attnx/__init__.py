@@ -13,6 +13,34 @@ import os as _os
 import warnings as _warnings
 
 from ._version import __version__
+
+
+def _use_installed_build() -> None:
+    """In a source checkout, `python -m attnx ...` from the repository root
+    puts the tree first on sys.path, and the tree has no compiled modules.
+    Then take them from the installed attnx (the README's `pip install .`):
+    this package's __path__ gains the installed package's directory."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    import sys
+    for entry in sys.path:
+        cand = _os.path.join(_os.path.abspath(entry or _os.curdir), "attnx")
+        if _os.path.realpath(cand) == _os.path.realpath(here):
+            continue
+        if any(name.startswith("kernels.") and name.endswith((".so", ".pyd"))
+               for name in (_os.listdir(cand) if _os.path.isdir(cand) else ())):
+            __path__.append(cand)
+            return
+    raise ImportError(
+        "attnx's compiled modules are missing: this is a source tree that was not built. "
+        "Install it (pip install .) and run from another directory, or keep the repository "
+        "root off sys.path (python -P, or plain pytest)")
+
+
+try:
+    from . import kernels  # noqa: F401  (the compiled core)
+except ImportError:
+    _use_installed_build()
+
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
 from ._core import (KVCache, additive_score, attend, context, dot_score, general_score,
                     log_softmax, project_keys, softmax)
@@ -49,6 +77,10 @@ def get_include() -> str:
     >>> os.path.exists(os.path.join(attnx.get_include(), "attnx.h"))
     True
     """
+    for d in __path__:          # the installed package's, also from a source tree
+        inc = _os.path.join(d, "include")
+        if _os.path.isfile(_os.path.join(inc, "attnx.h")):
+            return inc
     return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "include")
 
 

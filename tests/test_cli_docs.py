@@ -150,3 +150,15 @@ def test_readme_python_examples_run():
             ns.update(test.globs)         # DocTest ran on a copy
         else:
             exec(compile(block, "README.md", "exec"), ns)
+
+
+def test_readme_demo_command_from_the_repository_root():
+    """The README's `python -m attnx demo` runs in the repository root, where
+    `-m` puts the (unbuilt) source tree first on sys.path: the source package
+    must take its compiled modules from the installed attnx."""
+    if not os.path.isdir(os.path.join(ROOT, "attnx")):
+        pytest.skip("not a source tree")
+    p = subprocess.run([sys.executable, "-m", "attnx", "demo"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "[3.88079708, 4.07282630, 45.26423912]" in p.stdout
