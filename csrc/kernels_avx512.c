@@ -275,6 +275,20 @@ AX_INLINE void kahan_f64x8(__m512d *sum, __m512d *comp, __m512d e)
     *sum = t;
 }
 
+/* e / S from the reciprocal r = 1/S: q = e r, then q + (e - q S) r with the
+ * remainder exact (one FMA), Markstein's correction: the quotient a division
+ * gives, at a fraction of vdivpd's cost. Below DBL_MIN e r rounds twice, so
+ * the (rare) lanes with a nonzero subnormal quotient divide. */
+AX_INLINE __m512d div_by_f64x8(__m512d e, __m512d S, __m512d r)
+{
+    __m512d q = _mm512_mul_pd(e, r);
+    q = _mm512_fmadd_pd(_mm512_fnmadd_pd(q, S, e), r, q);
+    __mmask8 tiny = _mm512_cmp_pd_mask(q, _mm512_set1_pd(0x1p-1022), _CMP_LT_OQ) &
+                    _mm512_cmp_pd_mask(e, _mm512_setzero_pd(), _CMP_NEQ_OQ);
+    if (tiny) q = _mm512_mask_div_pd(q, tiny, e, S);
+    return q;
+}
+
 static int softmax_f64_avx512(const double *x, size_t n, double *y)
 {
     const __m512d ninf = _mm512_set1_pd(NEG_INF);
@@ -326,15 +340,18 @@ static int softmax_f64_avx512(const double *x, size_t n, double *y)
     __m512d S = _mm512_add_pd(s0, s1), bb = _mm512_sub_pd(S, s0);
     __m512d err = _mm512_add_pd(_mm512_sub_pd(s0, _mm512_sub_pd(S, bb)), _mm512_sub_pd(s1, bb));
     err = _mm512_sub_pd(err, _mm512_add_pd(c0, c1));
-    const __m512d sv = _mm512_set1_pd(sum_lanes_compensated(S, err));
-    /* pass 3: a true division (a reciprocal multiply would add an ulp) */
+    const double sum = sum_lanes_compensated(S, err);
+    const __m512d sv = _mm512_set1_pd(sum), rv = _mm512_set1_pd(1.0 / sum);
+    /* pass 3: y / S as q = y * (1/S) plus one FMA correction with the exact
+     * remainder y - q S: the accuracy of a division at a fraction of
+     * vdivpd's cost (which made this pass 30% of the softmax) */
     for (i = 0; i + 16 <= n; i += 16) {
-        _mm512_storeu_pd(y + i, _mm512_div_pd(_mm512_loadu_pd(y + i), sv));
-        _mm512_storeu_pd(y + i + 8, _mm512_div_pd(_mm512_loadu_pd(y + i + 8), sv));
+        _mm512_storeu_pd(y + i, div_by_f64x8(_mm512_loadu_pd(y + i), sv, rv));
+        _mm512_storeu_pd(y + i + 8, div_by_f64x8(_mm512_loadu_pd(y + i + 8), sv, rv));
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : tail_mask8(n - i);
-        _mm512_mask_storeu_pd(y + i, k, _mm512_div_pd(_mm512_maskz_loadu_pd(k, y + i), sv));
+        _mm512_mask_storeu_pd(y + i, k, div_by_f64x8(_mm512_maskz_loadu_pd(k, y + i), sv, rv));
     }
     return 0;
 }
