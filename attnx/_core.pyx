@@ -57,14 +57,46 @@ cdef inline void _reacquire_gil(PyThreadState *ts) noexcept:
         PyEval_RestoreThread(ts)
 
 
-cdef inline bint _is_f64(object a, int flags):
-    """a is a native-endian float64 ndarray with all of `flags`."""
+cdef inline bint _is_type(object a, int typenum, int flags):
+    """a is a native-endian ndarray of `typenum` with all of `flags`."""
     if not cnp.PyArray_Check(a):
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE
+    return (cnp.PyArray_TYPE(arr) == typenum
             and (cnp.PyArray_FLAGS(arr) & flags) == flags
             and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint _is_f64(object a, int flags):
+    return _is_type(a, cnp.NPY_DOUBLE, flags)
+
+
+cdef inline int _fast_type(object a, object b, object c):
+    """NPY_DOUBLE or NPY_FLOAT when every argument (c may be None) is an
+    aligned, C-contiguous, native array of that one float type, else -1:
+    the condition for a fast path."""
+    if not cnp.PyArray_Check(a):
+        return -1
+    cdef int tn = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if tn != cnp.NPY_DOUBLE and tn != cnp.NPY_FLOAT:
+        return -1
+    if not (_is_type(a, tn, _IN_FLAGS) and _is_type(b, tn, _IN_FLAGS)):
+        return -1
+    if c is not None and not _is_type(c, tn, _IN_FLAGS):
+        return -1
+    return tn
+
+
+cdef inline object _fast_out(object out, cnp.npy_intp n, int tn):
+    """A new 1-D result of n elements of `tn`, or `out` when it fits exactly;
+    None when it does not (the general path then says why)."""
+    cdef cnp.npy_intp dim = n
+    if out is None:
+        return cnp.PyArray_EMPTY(1, &dim, tn, 0)
+    if (_is_type(out, tn, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
+            and cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == n):
+        return out
+    return None
 
 
 cdef inline double *_dptr(cnp.ndarray a):
@@ -245,28 +277,25 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
     >>> print(attnx.dot_score(q, keys))
     [927. 397. 148. 929.]
     """
-    cdef cnp.ndarray q, K, res
+    cdef cnp.ndarray q, K
     cdef size_t T, d
-    cdef cnp.npy_intp dim
     cdef int rc
     cdef PyThreadState *ts
-    if num_threads is None and _is_f64(query, _IN_FLAGS) and _is_f64(keys, _IN_FLAGS):
+    cdef int tn = _fast_type(query, keys, None) if num_threads is None else -1
+    if tn >= 0:
         q = <cnp.ndarray>query
         K = <cnp.ndarray>keys
         if cnp.PyArray_NDIM(q) == 1 and cnp.PyArray_NDIM(K) == 2:
             d = <size_t>cnp.PyArray_DIMS(q)[0]
             T = <size_t>cnp.PyArray_DIMS(K)[0]
-            if <size_t>cnp.PyArray_DIMS(K)[1] == d:
-                if out is None:
-                    dim = <cnp.npy_intp>T
-                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
-                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
-                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == T):
-                    res = <cnp.ndarray>out
-                else:
-                    return _dot_score_general(query, keys, scale, out, num_threads)
+            res = _fast_out(out, <cnp.npy_intp>T, tn) if cnp.PyArray_DIMS(K)[1] == d else None
+            if res is not None:
                 ts = _release_gil(T * d >= NOGIL_WORK)
-                rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, scale, _dptr(res))
+                if tn == cnp.NPY_DOUBLE:
+                    rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, scale, _dptr(<cnp.ndarray>res))
+                else:
+                    rc = ak.dot_scores_f32(_fptr(q), _fptr(K), T, d, <float>scale,
+                                           _fptr(<cnp.ndarray>res))
                 _reacquire_gil(ts)
                 if rc != 0:
                     _raise_status(rc)
@@ -368,14 +397,14 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     cdef cnp.npy_intp n, total
     cdef int rc
     cdef PyThreadState *ts
-    if (num_threads is None and type(axis) is int and _is_f64(x, _IN_FLAGS)
-            and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1):
+    cdef int tn = _fast_type(x, x, None) if num_threads is None and type(axis) is int else -1
+    if tn >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1:
         a = <cnp.ndarray>x
         if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
             if out is None:
                 res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
-                                                     cnp.NPY_DOUBLE, 0)
-            elif (_is_f64(out, _OUT_FLAGS)
+                                                     tn, 0)
+            elif (_is_type(out, tn, _OUT_FLAGS)
                   and cnp.PyArray_NDIM(<cnp.ndarray>out) == cnp.PyArray_NDIM(a)
                   and cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, a)):
                 res = <cnp.ndarray>out    # the C call refuses a partial overlap
@@ -386,7 +415,9 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
             if total == 0:
                 return res
             ts = _release_gil(total >= NOGIL_WORK)
-            if total == n:
+            if tn == cnp.NPY_FLOAT:
+                rc = ak.softmax_rows_f32(_fptr(a), <size_t>(total // n), <size_t>n, _fptr(res), 0)
+            elif total == n:
                 rc = ak.softmax(_dptr(a), <size_t>n, _dptr(res))
             else:
                 rc = ak.softmax_rows(_dptr(a), <size_t>(total // n), <size_t>n, _dptr(res), 0)
@@ -487,14 +518,14 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
     cdef cnp.npy_intp n, total
     cdef int rc
     cdef PyThreadState *ts
-    if (num_threads is None and type(axis) is int and _is_f64(x, _IN_FLAGS)
-            and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1):
+    cdef int tn = _fast_type(x, x, None) if num_threads is None and type(axis) is int else -1
+    if tn >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1:
         a = <cnp.ndarray>x
         if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
             if out is None:
                 res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
-                                                     cnp.NPY_DOUBLE, 0)
-            elif (_is_f64(out, _OUT_FLAGS)
+                                                     tn, 0)
+            elif (_is_type(out, tn, _OUT_FLAGS)
                   and cnp.PyArray_NDIM(<cnp.ndarray>out) == cnp.PyArray_NDIM(a)
                   and cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, a)):
                 res = <cnp.ndarray>out    # the C call refuses a partial overlap
@@ -505,7 +536,11 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
             if total == 0:
                 return res
             ts = _release_gil(total >= NOGIL_WORK)
-            rc = ak.log_softmax_rows(_dptr(a), <size_t>(total // n), <size_t>n, _dptr(res), 0)
+            if tn == cnp.NPY_FLOAT:
+                rc = ak.log_softmax_rows_f32(_fptr(a), <size_t>(total // n), <size_t>n,
+                                             _fptr(res), 0)
+            else:
+                rc = ak.log_softmax_rows(_dptr(a), <size_t>(total // n), <size_t>n, _dptr(res), 0)
             _reacquire_gil(ts)
             if rc != 0:
                 _raise_status(rc)
@@ -551,28 +586,24 @@ def context(weights, values, *, out=None, num_threads=None):
     >>> print(attnx.context(w, annotations).round(8))
     [ 3.88079708  4.0728263  45.26423912]
     """
-    cdef cnp.ndarray w, V, res
+    cdef cnp.ndarray w, V
     cdef size_t T, dv
-    cdef cnp.npy_intp dim
     cdef int rc
     cdef PyThreadState *ts
-    if num_threads is None and _is_f64(weights, _IN_FLAGS) and _is_f64(values, _IN_FLAGS):
+    cdef int tn = _fast_type(weights, values, None) if num_threads is None else -1
+    if tn >= 0:
         w = <cnp.ndarray>weights
         V = <cnp.ndarray>values
         if cnp.PyArray_NDIM(w) == 1 and cnp.PyArray_NDIM(V) == 2:
             T = <size_t>cnp.PyArray_DIMS(w)[0]
             dv = <size_t>cnp.PyArray_DIMS(V)[1]
-            if <size_t>cnp.PyArray_DIMS(V)[0] == T:
-                if out is None:
-                    dim = <cnp.npy_intp>dv
-                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
-                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
-                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
-                    res = <cnp.ndarray>out
-                else:
-                    return _context_general(weights, values, out, num_threads)
+            res = _fast_out(out, <cnp.npy_intp>dv, tn) if cnp.PyArray_DIMS(V)[0] == T else None
+            if res is not None:
                 ts = _release_gil(T * dv >= NOGIL_WORK)
-                rc = ak.context(_dptr(w), _dptr(V), T, dv, _dptr(res))
+                if tn == cnp.NPY_DOUBLE:
+                    rc = ak.context(_dptr(w), _dptr(V), T, dv, _dptr(<cnp.ndarray>res))
+                else:
+                    rc = ak.context_f32(_fptr(w), _fptr(V), T, dv, _fptr(<cnp.ndarray>res))
                 _reacquire_gil(ts)
                 if rc != 0:
                     _raise_status(rc)
@@ -711,16 +742,16 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     >>> attnx.attend(Q, K, V, scale=8 ** -0.5, causal=True).shape
     (2, 4, 5, 8)
     """
-    cdef cnp.ndarray q, K, V, res
+    cdef cnp.ndarray q, K, V
     cdef size_t T, d, dv
-    cdef cnp.npy_intp dim
     cdef int rc
     cdef PyThreadState *ts
+    cdef int tn = -1
     if (mask is None and not causal and not return_weights and num_threads is None
             and (score is _DOT or score == "dot") and W is None and W_q is None
-            and v is None and keys_proj is None and W_k is None
-            and _is_f64(query, _IN_FLAGS) and _is_f64(keys, _IN_FLAGS)
-            and (values is None or _is_f64(values, _IN_FLAGS))):
+            and v is None and keys_proj is None and W_k is None):
+        tn = _fast_type(query, keys, values)
+    if tn >= 0:
         q = <cnp.ndarray>query
         K = <cnp.ndarray>keys
         V = K if values is None else <cnp.ndarray>values
@@ -728,20 +759,18 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
             d = <size_t>cnp.PyArray_DIMS(q)[0]
             T = <size_t>cnp.PyArray_DIMS(K)[0]
             dv = <size_t>cnp.PyArray_DIMS(V)[1]
+            res = None
             if (<size_t>cnp.PyArray_DIMS(K)[1] == d and <size_t>cnp.PyArray_DIMS(V)[0] == T
                     and T > 0 and T * (d + dv) < SERIAL_WORK):
-                if out is None:
-                    dim = <cnp.npy_intp>dv
-                    res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
-                elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
-                      and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
-                    res = <cnp.ndarray>out
-                else:
-                    return _attend_general(query, keys, values, scale, mask, causal,
-                                           return_weights, out, num_threads)
+                res = _fast_out(out, <cnp.npy_intp>dv, tn)
+            if res is not None:
                 ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
-                rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, scale, NULL,
-                               _dptr(res), NULL)
+                if tn == cnp.NPY_DOUBLE:
+                    rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, scale, NULL,
+                                   _dptr(<cnp.ndarray>res), NULL)
+                else:
+                    rc = ak.attend_f32(_fptr(q), _fptr(K), _fptr(V), T, d, dv, <float>scale,
+                                       NULL, _fptr(<cnp.ndarray>res), NULL)
                 _reacquire_gil(ts)
                 if rc != 0:
                     _raise_status(rc)   # ERR_OVERLAP: out shares memory with an input
@@ -1225,16 +1254,34 @@ cdef class KVCache:
                num_threads=None):
         """Attention of `query` (d,) or (..., Lq, d) over the rows held: as
         `attnx.attend(query, cache.keys, cache.values, ...)`."""
-        cdef cnp.ndarray q, res
-        cdef cnp.npy_intp dim
+        cdef cnp.ndarray q
         cdef int rc
         cdef size_t T = <size_t>self.length, d = <size_t>self.d, dv = <size_t>self.dv
         cdef PyThreadState *ts
-        if self._f32:
-            if self.length == 0:
-                raise ValueError("the cache holds no keys: attend needs at least one key (T = 0)")
-            query = _as_real(query, "query", _FLOAT32)
-            return attend(query, self.keys, None if self.shared else self.values, scale=scale,
+        cdef int tn = cnp.NPY_FLOAT if self._f32 else cnp.NPY_DOUBLE
+        if self._f32 and not _is_type(query, tn, _IN_FLAGS):
+            query = _as_real(query, "query", _FLOAT32)    # the cache's type decides
+        res = None
+        if (not return_weights and num_threads is None and _is_type(query, tn, _IN_FLAGS)
+                and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1
+                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
+                and T > 0 and T * (d + dv) < SERIAL_WORK):
+            res = _fast_out(out, <cnp.npy_intp>dv, tn)
+        if res is not None:
+            q = <cnp.ndarray>query
+            ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
+            if self._f32:
+                rc = ak.attend_f32(_fptr(q), _fptr(<cnp.ndarray>self._K),
+                                   _fptr(<cnp.ndarray>self._V), T, d, dv, <float>scale, NULL,
+                                   _fptr(<cnp.ndarray>res), NULL)
+            else:
+                rc = ak.attend(_dptr(q), _dptr(<cnp.ndarray>self._K), _dptr(<cnp.ndarray>self._V),
+                               T, d, dv, scale, NULL, _dptr(<cnp.ndarray>res), NULL)
+            _reacquire_gil(ts)
+            if rc != 0:
+                _raise_status(rc)
+            return res
+        return attend(query, self.keys, None if self.shared else self.values, scale=scale,
                           out=out, return_weights=return_weights, num_threads=num_threads)
         if (not return_weights and num_threads is None and _is_f64(query, _IN_FLAGS)
                 and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1

@@ -267,7 +267,38 @@ def run(quick=False, threads=None):
         if torch is not None:
             torch.set_num_threads(1)
 
-        # 6. a 1000-step decoding loop: append a key and a value, attend
+        # 6. float32: the same kernels with twice the lanes, against NumPy and
+        # PyTorch in float32
+        T = 1024
+        q32, K32, V32 = (rng.standard_normal(s).astype(np.float32)
+                         for s in ((d,), (T, d), (T, d)))
+        o32 = np.empty(d, np.float32)
+        fns = {"attnx": lambda: _core.attend(q32, K32, V32, out=o32),
+               "numpy stable pipeline": lambda: numpy_stable(q32, K32, V32)}
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(a)[None] for a in (q32[None], K32, V32))
+            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+        table.add(f"float32 cache: T={T}, d=dv={d}", compare(fns, rounds, min_time))
+        x32 = rng.standard_normal(1_000_000).astype(np.float32) * 10
+        y32 = np.empty_like(x32)
+        fns = {"attnx": lambda: _core.softmax(x32, out=y32),
+               "numpy stable softmax": lambda: numpy_softmax(x32)}
+        if torch is not None:
+            tx32 = torch.from_numpy(x32)
+            fns["torch softmax"] = lambda: torch.softmax(tx32, 0)
+        table.add("float32 softmax: n=1000000", compare(fns, rounds, min_time))
+        Q32, Kb32, Vb32 = (a.astype(np.float32) for a in (Q, Kb, Vb))
+        ob32 = np.empty(Q32.shape, np.float32)
+        fns = {"attnx": lambda: _core.attend(Q32, Kb32, Vb32, scale=scale, out=ob32,
+                                             num_threads=1)}
+        if torch is not None:
+            tQ32, tK32, tV32 = (torch.from_numpy(a) for a in (Q32, Kb32, Vb32))
+            fns["torch sdpa (float32)"] = lambda: \
+                torch.nn.functional.scaled_dot_product_attention(tQ32, tK32, tV32)
+        table.add(f"float32 batched: B={B} H={H} L={L}, 1 thread",
+                  compare(fns, max(3, rounds // 3), min_time))
+
+        # 7. a 1000-step decoding loop: append a key and a value, attend
         steps = 300 if quick else 1000
         ks, vs, qs = (rng.standard_normal((steps, d)) for _ in range(3))
         ctx = np.empty(d)
@@ -299,7 +330,7 @@ def run(quick=False, threads=None):
         table.add(f"decoding loop: {steps} steps, d=dv={d}",
                   compare(fns, max(3, rounds // 3), min_time), base="attnx KVCache")
 
-        # 7. threads on the long single query (flash-decoding split)
+        # 8. threads on the long single query (flash-decoding split)
         q, K, V, out = long_case
         res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
                       max(3, rounds // 3), min_time)

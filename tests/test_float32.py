@@ -135,3 +135,17 @@ def test_against_torch_float32():
     want = torch.nn.functional.scaled_dot_product_attention(*t, is_causal=True).numpy()
     got = attnx.attend(Q, K, V, scale=64 ** -0.5, causal=True)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+def test_fast_paths_refuse_aliasing_and_match_the_general_path():
+    q, K, V = r32(8), r32(20, 8), r32(20, 4)
+    with pytest.raises(ValueError, match="memory"):
+        attnx.attend(q, K, out=K[0])
+    with pytest.raises(ValueError, match="memory"):
+        attnx.softmax(K[0, :6], out=K[0, 2:8])
+    fast = attnx.attend(q, K, V)                                   # fast path
+    general = attnx.attend(q, K, V, num_threads=1)                 # general path
+    np.testing.assert_array_equal(fast, general)
+    np.testing.assert_array_equal(attnx.softmax(K), attnx.softmax(K, num_threads=1))
+    np.testing.assert_array_equal(attnx.context(fast[:4], V[:4]),
+                                  attnx.context(fast[:4], V[:4], num_threads=1))
