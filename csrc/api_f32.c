@@ -50,18 +50,6 @@ static void fill(float *y, size_t n, float v)
 
 /* ---------------------------------------------------------------- kernels */
 
-/* ctx = acc / l, or zeros when nothing was attended, or NaN when poisoned. */
-static void online_finish(const attnx_online *st, float *acc, size_t dv)
-{
-    if (st->l != st->l) {
-        fill(acc, dv, NAN);
-    } else if (st->m == -INFINITY) {
-        fill(acc, dv, 0.0f);
-    } else {
-        double l = st->l;
-        for (size_t j = 0; j < dv; j++) acc[j] = (float)((double)acc[j] / l);
-    }
-}
 
 static void attend_fused(const attnx_kernels_f32 *kt, const float *q, const float *K,
                          const float *V, size_t T, size_t d, size_t dv, float scale,
@@ -70,7 +58,7 @@ static void attend_fused(const attnx_kernels_f32 *kt, const float *q, const floa
     attnx_online st = {-INFINITY, 0.0};
     fill(ctx, dv, 0.0f);
     kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
-    online_finish(&st, ctx, dv);
+    attnx_online_finish_f32(st.m, st.l, ctx, dv);
 }
 
 /* Scores of the keys the mask lets through, in runs of consecutive keys, so

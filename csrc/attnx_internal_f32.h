@@ -235,4 +235,20 @@ static inline double attnx_log_pos_f64(double s)
     return (double)e * ATTNX_LN2_HI + ((double)e * ATTNX_LN2_LO + lf);
 }
 
+/* ctx = acc / l for one query's online-softmax state (m, l): the quotient
+ * taken in double and rounded once to float, zeros when nothing was
+ * attended (m == -inf), NaN when poisoned (l is NaN). The one definition
+ * api_f32.c and every level's attend_rows use, so the fused single-query
+ * path and the batched path agree to the bit. */
+static inline void attnx_online_finish_f32(double m, double l, float *c, size_t dv)
+{
+    if (l != l) {
+        for (size_t j = 0; j < dv; j++) c[j] = (float)l;        /* NaN */
+    } else if (m == -(double)INFINITY) {
+        for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
+    } else {
+        for (size_t j = 0; j < dv; j++) c[j] = (float)((double)c[j] / l);
+    }
+}
+
 #endif /* ATTNX_INTERNAL_F32_H */

@@ -695,22 +695,6 @@ AX_INLINE void pv_tile(const float *P, const unsigned char *kidx, int nk, const 
     default: CALL(6); break;  \
     }
 
-/* ctx = acc / l, zeros when nothing was attended, NaN when poisoned
- * (api_f32.c's online_finish). */
-static void finish_row(double m, double l, float *c, size_t dv)
-{
-    if (l != l) {
-        for (size_t j = 0; j < dv; j++) c[j] = NAN;
-    } else if (m == NEG_INF) {
-        for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
-    } else {
-        const float lf = (float)l;
-        const __m256 lv = _mm256_set1_ps(lf);
-        size_t j = 0;
-        for (; j + 8 <= dv; j += 8) _mm256_storeu_ps(c + j, _mm256_div_ps(_mm256_loadu_ps(c + j), lv));
-        for (; j < dv; j++) c[j] /= lf;
-    }
-}
 
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
 static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, const float *V, size_t T, size_t d,
@@ -813,7 +797,7 @@ static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, con
             }
         }
     }
-    for (size_t r = 0; r < nr; r++) finish_row(m[r], l[r], ctx + r * dv, dv);
+    for (size_t r = 0; r < nr; r++) attnx_online_finish_f32(m[r], l[r], ctx + r * dv, dv);
 }
 
 static void attend_rows_f32_avx2(const float *Q, size_t nq, size_t q0, const float *K, const float *V, size_t T,
@@ -833,7 +817,7 @@ static void attend_rows_f32_avx2(const float *Q, size_t nq, size_t q0, const flo
             for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
             online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
                         &st, c, pf);
-            finish_row(st.m, st.l, c, dv);
+            attnx_online_finish_f32(st.m, st.l, c, dv);
         }
         return;
     }

@@ -898,19 +898,6 @@ AX_INLINE void pv_tile(const float *P, const unsigned char *kidx, int nk, const 
     default: CALL(8); break;        \
     }
 
-/* ctx = acc / l, zeros when nothing was attended, NaN when poisoned
- * (api_f32.c's online_finish). */
-static void finish_row(double m, double l, float *c, size_t dv)
-{
-    const __m512 lv = _mm512_set1_ps((float)l), qnan = _mm512_set1_ps(NAN);
-    for (size_t j = 0; j < dv; j += 16) {
-        __mmask16 k = dv - j >= 16 ? (__mmask16)0xFFFF : tail16(dv - j);
-        __m512 v = l != l ? qnan
-                 : m == NEG_INF ? _mm512_setzero_ps()
-                 : _mm512_div_ps(_mm512_maskz_loadu_ps(k, c + j), lv);
-        _mm512_mask_storeu_ps(c + j, k, v);
-    }
-}
 
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
 static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, const float *V, size_t T,
@@ -1018,7 +1005,7 @@ static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, con
             }
         }
     }
-    for (size_t r = 0; r < nr; r++) finish_row(m[r], l[r], ctx + r * dv, dv);
+    for (size_t r = 0; r < nr; r++) attnx_online_finish_f32(m[r], l[r], ctx + r * dv, dv);
 }
 
 static void attend_rows_f32_avx512(const float *Q, size_t nq, size_t q0, const float *K, const float *V,
@@ -1040,7 +1027,7 @@ static void attend_rows_f32_avx512(const float *Q, size_t nq, size_t q0, const f
             for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
             online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
                         &st, c, pf);
-            finish_row(st.m, st.l, c, dv);
+            attnx_online_finish_f32(st.m, st.l, c, dv);
         }
         return;
     }

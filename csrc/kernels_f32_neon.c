@@ -598,21 +598,6 @@ static inline void pv_tile(const float *P, const unsigned char *kidx, int nk, co
     default: CALL(8); break;  \
     }
 
-/* ctx = acc / l, zeros when nothing was attended, NaN when poisoned
- * (api_f32.c's online_finish). */
-static void finish_row(double m, double l, float *c, size_t dv)
-{
-    if (l != l) {
-        fill_f(c, dv, NAN);
-    } else if (m == -INFINITY) {
-        fill_f(c, dv, 0.0f);
-    } else {
-        const float lf = (float)l;
-        size_t j = 0;
-        for (; j + 4 <= dv; j += 4) vst1q_f32(c + j, vdivq_f32(vld1q_f32(c + j), vdupq_n_f32(lf)));
-        for (; j < dv; j++) c[j] /= lf;
-    }
-}
 
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T): key blocks of
  * 8 packed transposed, register-blocked 8x8 score and P.V tiles, the
@@ -728,7 +713,7 @@ static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, con
             }
         }
     }
-    for (size_t r = 0; r < nr; r++) finish_row(m[r], l[r], ctx + r * dv, dv);
+    for (size_t r = 0; r < nr; r++) attnx_online_finish_f32(m[r], l[r], ctx + r * dv, dv);
 }
 
 static void attend_rows_f32_neon(const float *Q, size_t nq, size_t q0, const float *K, const float *V, size_t T,
@@ -747,7 +732,7 @@ static void attend_rows_f32_neon(const float *Q, size_t nq, size_t q0, const flo
             fill_f(c, dv, 0.0f);
             attend_online_f32_neon(Q + r * d, K, V, lim, d, dv, scale,
                                    mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL, &st, c);
-            finish_row(st.m, st.l, c, dv);
+            attnx_online_finish_f32(st.m, st.l, c, dv);
         }
         return;
     }
