@@ -85,11 +85,12 @@ def get_include() -> str:
 
 
 def _check_simd_env() -> None:
-    wanted = _os.environ.get("ATTNX_SIMD", "").strip()
-    if wanted and wanted != simd_level():
+    # the C side matches ATTNX_SIMD exactly (no stripping); "best" is the default
+    wanted = _os.environ.get("ATTNX_SIMD", "")
+    if wanted and wanted != "best" and wanted != simd_level():
         _warnings.warn(
-            f"ATTNX_SIMD={wanted!r} is not available here (this CPU and build offer "
-            f"{', '.join(simd_available())}); using {simd_level()!r}",
+            f"ATTNX_SIMD={wanted!r} is not one of the levels this CPU and build offer "
+            f"({', '.join(simd_available())}); using {simd_level()!r}",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -2,8 +2,9 @@
 # cython: embedsignature=True, embedsignature.format=python
 """NumPy API of attnx: dot_score, softmax, context, attend.
 
-Each function first tries a fast path (float64, C-contiguous, aligned inputs
-of the plain shapes; no Python-level validation layers), and otherwise takes
+Each function first tries a fast path (float64 or float32, C-contiguous,
+aligned inputs of the plain shapes; no Python-level validation layers), and
+otherwise takes
 the general path: convert array_likes once, check shapes with messages that
 name both shapes, broadcast the leading dimensions as numpy.matmul does (with
 zero strides, never copies), and call the batched C entry point.
@@ -57,7 +58,7 @@ cdef inline void _reacquire_gil(PyThreadState *ts) noexcept:
         PyEval_RestoreThread(ts)
 
 
-cdef inline bint _is_type(object a, int typenum, int flags):
+cdef inline bint _is_type(object a, int typenum, int flags) noexcept:
     """a is a native-endian ndarray of `typenum` with all of `flags`."""
     if not cnp.PyArray_Check(a):
         return False
@@ -67,11 +68,17 @@ cdef inline bint _is_type(object a, int typenum, int flags):
             and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
-cdef inline bint _is_f64(object a, int flags):
+cdef inline void *_data(object a) noexcept:
+    """The data pointer of an ndarray, taken while the GIL is held: code
+    between _release_gil and _reacquire_gil must touch no Python object."""
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint _is_f64(object a, int flags) noexcept:
     return _is_type(a, cnp.NPY_DOUBLE, flags)
 
 
-cdef inline int _fast_type(object a, object b, object c):
+cdef inline int _fast_type(object a, object b, object c) noexcept:
     """NPY_DOUBLE or NPY_FLOAT when every argument (c may be None) is an
     aligned, C-contiguous, native array of that one float type, else -1:
     the condition for a fast path."""
@@ -99,11 +106,11 @@ cdef inline object _fast_out(object out, cnp.npy_intp n, int tn):
     return None
 
 
-cdef inline double *_dptr(cnp.ndarray a):
+cdef inline double *_dptr(cnp.ndarray a) noexcept:
     return <double *>cnp.PyArray_DATA(a)
 
 
-cdef inline float *_fptr(cnp.ndarray a):
+cdef inline float *_fptr(cnp.ndarray a) noexcept:
     return <float *>cnp.PyArray_DATA(a)
 
 
@@ -161,7 +168,7 @@ cdef int _raise_status(int rc) except -1:
     raise ValueError(msg)
 
 
-cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     """Byte ranges of a and b overlap (for contiguous arrays: they share memory)."""
     cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
     cdef uintptr_t b0 = <uintptr_t>cnp.PyArray_DATA(b)
@@ -249,7 +256,7 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
         Factor applied to every dot product. ``1.0`` is Luong's dot score;
         ``1/sqrt(d)`` gives scaled dot-product attention.
     out : ndarray, optional
-        C-contiguous, writeable float64 array of exactly the result's shape;
+        C-contiguous, writeable array of exactly the result's shape and dtype;
         filled and returned, with no allocation. Must not share memory with
         the inputs.
     num_threads : int, optional
@@ -258,7 +265,9 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
     Returns
     -------
     scores : ndarray, shape (..., T) or (..., Lq, T)
-        float64. Real integer, bool or float inputs are converted to float64.
+        float32 when NumPy would compute the inputs in float32 (float32 or
+        float16 arrays), else float64; bool, integer and other float inputs
+        are converted once.
 
     Raises
     ------
@@ -331,13 +340,18 @@ def _dot_score_general(query, keys, double scale, out, num_threads):
     _fill_strides(q, 1 if single else 2, isz, batch, qs)
     _fill_strides(K, 2, isz, batch, ks)
     cdef int rc
+    cdef bint f32 = dt is _FLOAT32
+    cdef void *qp = _data(q)
+    cdef void *kp = _data(K)
+    cdef void *rp = _data(res)
+    cdef size_t cLq = Lq, cT = T, cd = d
     cdef PyThreadState *ts = _release_gil(res.size * d >= NOGIL_WORK)
-    if dt is _FLOAT32:
-        rc = ak.dot_scores_batch_f32(_fptr(<cnp.ndarray>q), _fptr(<cnp.ndarray>K), nb, bshape,
-                                     qs, ks, Lq, T, d, <float>scale, _fptr(<cnp.ndarray>res), nt)
+    if f32:
+        rc = ak.dot_scores_batch_f32(<float *>qp, <float *>kp, nb, bshape, qs, ks, cLq, cT, cd,
+                                     <float>scale, <float *>rp, nt)
     else:
-        rc = ak.dot_scores_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K), nb, bshape, qs,
-                                 ks, Lq, T, d, scale, _dptr(<cnp.ndarray>res), nt)
+        rc = ak.dot_scores_batch(<double *>qp, <double *>kp, nb, bshape, qs, ks, cLq, cT, cd,
+                                 scale, <double *>rp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -357,7 +371,8 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
         Axis or axes to normalise over (jointly), as in
         `scipy.special.softmax`; None means all elements. Default: the last.
     out : ndarray, optional
-        C-contiguous, writeable float64 array of x's shape. It may be `x`
+        C-contiguous, writeable array of x's shape and of the result's dtype.
+        It may be `x`
         itself (in place), but must not otherwise share memory with it.
     num_threads : int, optional
         Threads for many rows (default: the OpenMP default).
@@ -365,7 +380,8 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     Returns
     -------
     ndarray
-        float64, same shape as x (a numpy scalar for 0-d input with
+        Same shape as x; float32 for float32/float16 input, else float64 (a
+        numpy scalar for 0-d input with
         ``axis=None``).
 
     Notes
@@ -456,15 +472,18 @@ def _softmax_general(x, axis, out, num_threads, bint log=False):
         dst = src
     cdef size_t rows = <size_t>(a.size // n)
     cdef int rc
+    cdef bint f32 = dt is _FLOAT32
+    cdef void *sp = _data(src)
+    cdef void *dp = _data(dst)
     cdef PyThreadState *ts = _release_gil(rows * n >= NOGIL_WORK)
-    if dt is _FLOAT32 and log:
-        rc = ak.log_softmax_rows_f32(_fptr(<cnp.ndarray>src), rows, n, _fptr(<cnp.ndarray>dst), nt)
-    elif dt is _FLOAT32:
-        rc = ak.softmax_rows_f32(_fptr(<cnp.ndarray>src), rows, n, _fptr(<cnp.ndarray>dst), nt)
+    if f32 and log:
+        rc = ak.log_softmax_rows_f32(<float *>sp, rows, n, <float *>dp, nt)
+    elif f32:
+        rc = ak.softmax_rows_f32(<float *>sp, rows, n, <float *>dp, nt)
     elif log:
-        rc = ak.log_softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
+        rc = ak.log_softmax_rows(<double *>sp, rows, n, <double *>dp, nt)
     else:
-        rc = ak.softmax_rows(_dptr(<cnp.ndarray>src), rows, n, _dptr(<cnp.ndarray>dst), nt)
+        rc = ak.softmax_rows(<double *>sp, rows, n, <double *>dp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -486,14 +505,15 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
         Axis or axes to normalise over, as in `scipy.special.log_softmax`;
         None means all elements. Default: the last.
     out : ndarray, optional
-        C-contiguous, writeable float64 array of x's shape; may be `x` itself.
+        C-contiguous, writeable array of x's shape and of the result's dtype;
+        may be `x` itself.
     num_threads : int, optional
         Threads for many rows (default: the OpenMP default).
 
     Returns
     -------
     ndarray
-        float64, same shape as x.
+        Same shape as x; float32 for float32/float16 input, else float64.
 
     Notes
     -----
@@ -561,15 +581,16 @@ def context(weights, values, *, out=None, num_threads=None):
         Value rows. The leading dimensions of `weights` (all but the last)
         broadcast against those of `values` (all but the last two).
     out : ndarray, optional
-        C-contiguous, writeable float64 array of exactly the result's shape;
-        must not share memory with the inputs.
+        C-contiguous, writeable array of exactly the result's shape and
+        dtype; must not share memory with the inputs.
     num_threads : int, optional
         Threads for batched input (default: the OpenMP default).
 
     Returns
     -------
     ndarray, shape (..., dv)
-        float64. With ``T == 0`` the context is zeros.
+        float32 for float32 inputs, else float64. With ``T == 0`` the context
+        is zeros.
 
     Notes
     -----
@@ -636,13 +657,18 @@ def _context_general(weights, values, out, num_threads):
     _fill_strides(w, 1, isz, batch, ws)
     _fill_strides(V, 2, isz, batch, vs)
     cdef int rc
+    cdef bint f32 = dt is _FLOAT32
+    cdef void *wp = _data(w)
+    cdef void *vp = _data(V)
+    cdef void *rp = _data(res)
+    cdef size_t cT = T, cdv = dv
     cdef PyThreadState *ts = _release_gil(res.size * T >= NOGIL_WORK)
-    if dt is _FLOAT32:
-        rc = ak.context_batch_f32(_fptr(<cnp.ndarray>w), _fptr(<cnp.ndarray>V), nb, bshape, ws,
-                                  vs, 1, T, dv, _fptr(<cnp.ndarray>res), nt)
+    if f32:
+        rc = ak.context_batch_f32(<float *>wp, <float *>vp, nb, bshape, ws, vs, 1, cT, cdv,
+                                  <float *>rp, nt)
     else:
-        rc = ak.context_batch(_dptr(<cnp.ndarray>w), _dptr(<cnp.ndarray>V), nb, bshape, ws, vs,
-                              1, T, dv, _dptr(<cnp.ndarray>res), nt)
+        rc = ak.context_batch(<double *>wp, <double *>vp, nb, bshape, ws, vs, 1, cT, cdv,
+                              <double *>rp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -680,7 +706,7 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     return_weights : bool, optional
         Also return the attention weights.
     out : ndarray or tuple, optional
-        Array for the context (C-contiguous, writeable float64 of exactly its
+        Array for the context (C-contiguous, writeable, of exactly its dtype and
         shape; filled and returned with no allocation). With
         `return_weights`, a pair ``(context_out, weights_out)``, either of
         which may be None. Must not share memory with the inputs.
@@ -719,8 +745,9 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     (online softmax); with it, weights are computed, normalised, then reduced.
     NaN in a query or its keys makes that query's output NaN; ``-inf`` scores
     get weight 0; scores up to +-1e308 never overflow. A key whose weight is
-    exactly 0 does not contribute (its value row is not read). float32 input
-    is computed in float64 and the result is float64.
+    exactly 0 does not contribute (its value row is not read). float32
+    inputs (all float32, or float32 with float16 or small integers, as NumPy
+    would promote) run the float32 kernels and give float32 results.
 
     Examples
     --------
@@ -833,22 +860,30 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
             Lq, T = (1 if single else s.shape[-2]), s.shape[-1]
             allowed = np.tril(np.ones((Lq, T), dtype=bool))
             s = np.where(allowed[0] if single else allowed, s, -np.inf)
-    w = softmax(s)
-    w[np.isneginf(s).all(axis=-1)] = 0.0        # nothing to attend to: zeros, not NaN
-    ctx_out, w_out = (out if isinstance(out, tuple) else (out, None)) if return_weights \
-        else (out, None)
-    if return_weights and out is not None and not isinstance(out, tuple) \
-            and not cnp.PyArray_Check(out):
+    # every output is checked (shape, dtype, memory shared with any input)
+    # before anything is written
+    if not return_weights:
+        ctx_out, w_out = out, None
+    elif out is None or cnp.PyArray_Check(out):
+        ctx_out, w_out = out, None
+    elif isinstance(out, tuple) and len(out) == 2:
+        ctx_out, w_out = out
+    else:
         raise ValueError("with return_weights=True, out must be an array for the context "
                          "or a pair (context_out, weights_out)")
-    ctx = context(w, V if single else V[..., None, :, :], out=ctx_out, num_threads=num_threads)
+    inputs = [a for a in (np.asarray(query), K, V, Kp, np.asarray(W_q), np.asarray(v))
+              if a.dtype.kind in "biuf"]
+    ctx_shape = s.shape[:-1] + (V.shape[-1],)
+    ctx = _result(ctx_out, ctx_shape, inputs)
+    if return_weights:
+        w_res = _result(w_out, s.shape, inputs + [ctx])
+    w = softmax(s)
+    w[np.isneginf(s).all(axis=-1)] = 0.0        # nothing to attend to: zeros, not NaN
+    context(w, V if single else V[..., None, :, :], out=ctx, num_threads=num_threads)
     if not return_weights:
         return ctx
-    if w_out is not None:
-        w_out = _result(w_out, w.shape, [ctx])
-        w_out[...] = w
-        w = w_out
-    return ctx, w
+    w_res[...] = w
+    return ctx, w_res
 
 
 def _attend_general(query, keys, values, double scale, mask, bint causal,
@@ -922,19 +957,26 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     _fill_strides(q, 1 if single else 2, isz, batch, qs)
     _fill_strides(K, 2, isz, batch, ks)
     _fill_strides(V, 2, isz, batch, vs)
-    cdef double *wptr = NULL if w is None or dt is _FLOAT32 else _dptr(<cnp.ndarray>w)
-    cdef float *wptr32 = NULL if w is None or dt is _FLOAT64 else _fptr(<cnp.ndarray>w)
+    cdef bint f32 = dt is _FLOAT32
+    cdef void *qp = _data(q)
+    cdef void *kp = _data(K)
+    cdef void *vp = _data(V)
+    cdef void *cp = _data(ctx)
+    cdef void *wp = NULL if w is None else _data(w)
+    cdef size_t cLq = Lq, cT = T, cd = d, cdv = dv
     cdef int rc
-    cdef PyThreadState *ts = _release_gil((ctx.size // max(dv, 1)) * T * (d + dv) >= NOGIL_WORK)
-    if dt is _FLOAT32:
-        rc = ak.attend_batch_f32(_fptr(<cnp.ndarray>q), _fptr(<cnp.ndarray>K),
-                                 _fptr(<cnp.ndarray>V), nb, bshape, qs, ks, vs, Lq, T, d, dv,
-                                 <float>scale, mptr, ms, mrow, causal, _fptr(<cnp.ndarray>ctx),
-                                 wptr32, nt)
+    rows = 1
+    for i in range(nb):
+        rows *= batch[i]
+    cdef PyThreadState *ts = _release_gil(rows * Lq * T * (d + dv + 1) >= NOGIL_WORK)
+    if f32:
+        rc = ak.attend_batch_f32(<float *>qp, <float *>kp, <float *>vp, nb, bshape, qs, ks, vs,
+                                 cLq, cT, cd, cdv, <float>scale, mptr, ms, mrow, causal,
+                                 <float *>cp, <float *>wp, nt)
     else:
-        rc = ak.attend_batch(_dptr(<cnp.ndarray>q), _dptr(<cnp.ndarray>K),
-                             _dptr(<cnp.ndarray>V), nb, bshape, qs, ks, vs, Lq, T, d, dv,
-                             scale, mptr, ms, mrow, causal, _dptr(<cnp.ndarray>ctx), wptr, nt)
+        rc = ak.attend_batch(<double *>qp, <double *>kp, <double *>vp, nb, bshape, qs, ks, vs,
+                             cLq, cT, cd, cdv, scale, mptr, ms, mrow, causal, <double *>cp,
+                             <double *>wp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -1036,8 +1078,10 @@ def additive_score(query, keys_proj, W_q, v, *, out=None, num_threads=None):
     Notes
     -----
     One fused pass over ``keys_proj`` per query: the tanh (attnx's own,
-    vectorised, within 2 ulp) and the dot with `v` never materialise the
-    (T, h) intermediate.
+    vectorised, 0.62 ulp measured) and the dot with `v` never materialise
+    the (T, h) intermediate. Additive scores are computed in float64 for
+    every input type (there is no float32 tanh kernel), and so is
+    ``attend(score="additive")``.
 
     Examples
     --------
@@ -1079,10 +1123,13 @@ def additive_score(query, keys_proj, W_q, v, *, out=None, num_threads=None):
     _fill_strides(A, 1 if single else 2, 8, batch, as_)
     _fill_strides(Kp, 2, 8, batch, ks)
     cdef int rc
+    cdef double *ap = <double *>_data(A)
+    cdef double *kpp = <double *>_data(Kp)
+    cdef double *vp = <double *>_data(vv)
+    cdef double *rp = <double *>_data(res)
+    cdef size_t cLq = Lq, cT = T, ch = h
     cdef PyThreadState *ts = _release_gil(res.size * h >= NOGIL_WORK)
-    rc = ak.additive_scores_batch(_dptr(<cnp.ndarray>A), _dptr(<cnp.ndarray>Kp),
-                                  _dptr(<cnp.ndarray>vv), nb, bshape, as_, ks, Lq, T, h,
-                                  _dptr(<cnp.ndarray>res), nt)
+    rc = ak.additive_scores_batch(ap, kpp, vp, nb, bshape, as_, ks, cLq, cT, ch, rp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -1254,7 +1301,7 @@ cdef class KVCache:
                num_threads=None):
         """Attention of `query` (d,) or (..., Lq, d) over the rows held: as
         `attnx.attend(query, cache.keys, cache.values, ...)`."""
-        cdef cnp.ndarray q
+        cdef cnp.ndarray q, Kb, Vb, rb
         cdef int rc
         cdef size_t T = <size_t>self.length, d = <size_t>self.d, dv = <size_t>self.dv
         cdef PyThreadState *ts
@@ -1268,38 +1315,20 @@ cdef class KVCache:
                 and T > 0 and T * (d + dv) < SERIAL_WORK):
             res = _fast_out(out, <cnp.npy_intp>dv, tn)
         if res is not None:
+            # local references keep these buffers alive through the call even
+            # if another thread grows the cache (append/reserve replace
+            # self._K and self._V) while the GIL is released
             q = <cnp.ndarray>query
+            Kb = <cnp.ndarray>self._K
+            Vb = <cnp.ndarray>self._V
+            rb = <cnp.ndarray>res
             ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
-            if self._f32:
-                rc = ak.attend_f32(_fptr(q), _fptr(<cnp.ndarray>self._K),
-                                   _fptr(<cnp.ndarray>self._V), T, d, dv, <float>scale, NULL,
-                                   _fptr(<cnp.ndarray>res), NULL)
+            if tn == cnp.NPY_FLOAT:
+                rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, <float>scale, NULL,
+                                   _fptr(rb), NULL)
             else:
-                rc = ak.attend(_dptr(q), _dptr(<cnp.ndarray>self._K), _dptr(<cnp.ndarray>self._V),
-                               T, d, dv, scale, NULL, _dptr(<cnp.ndarray>res), NULL)
-            _reacquire_gil(ts)
-            if rc != 0:
-                _raise_status(rc)
-            return res
-        return attend(query, self.keys, None if self.shared else self.values, scale=scale,
-                          out=out, return_weights=return_weights, num_threads=num_threads)
-        if (not return_weights and num_threads is None and _is_f64(query, _IN_FLAGS)
-                and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1
-                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
-                and T > 0 and T * (d + dv) < SERIAL_WORK):
-            q = <cnp.ndarray>query
-            if out is None:
-                dim = <cnp.npy_intp>dv
-                res = <cnp.ndarray>cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
-            elif (_is_f64(out, _OUT_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>out) == 1
-                  and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == dv):
-                res = <cnp.ndarray>out
-            else:
-                return attend(query, self.keys, None if self.shared else self.values,
-                              scale=scale, out=out)
-            ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
-            rc = ak.attend(_dptr(q), _dptr(<cnp.ndarray>self._K), _dptr(<cnp.ndarray>self._V),
-                           T, d, dv, scale, NULL, _dptr(res), NULL)
+                rc = ak.attend(_dptr(q), _dptr(Kb), _dptr(Vb), T, d, dv, scale, NULL, _dptr(rb),
+                               NULL)
             _reacquire_gil(ts)
             if rc != 0:
                 _raise_status(rc)

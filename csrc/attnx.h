@@ -116,8 +116,8 @@ int attnx_exp(const double *x, size_t n, double *y);
 /* threadpoolctl), 1 = serial, n = at most n threads. Without OpenMP support */
 /* in the build every call is serial.                                        */
 /* Errors, besides those of the single-query forms: ARG (nbatch >            */
-/* ATTNX_MAX_BATCH_DIMS, num_threads < 0, NULL strides with nbatch > 0),     */
-/* NOMEM.                                                                    */
+/* ATTNX_MAX_BATCH_DIMS, num_threads < 0), NULL (also NULL batch_shape or    */
+/* strides with nbatch > 0), OVERLAP (an output on an input's span), NOMEM.  */
 /* ------------------------------------------------------------------------ */
 
 /* scores[b, i, t] = scale * dot(Q[b, i], K[b, t]).

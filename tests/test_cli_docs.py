@@ -15,8 +15,9 @@ from attnx import demo
 
 pytestmark = pytest.mark.simd_independent
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = [attnx.attend, attnx.softmax, attnx.context, attnx.dot_score, attnx.get_include, attnx.KVCache,
-          attnx.simd_level]
+PUBLIC = [attnx.attend, attnx.softmax, attnx.log_softmax, attnx.context, attnx.dot_score,
+          attnx.general_score, attnx.additive_score, attnx.project_keys, attnx.get_include,
+          attnx.KVCache, attnx.simd_level]
 
 
 def run_module(*args, env=None):
@@ -162,3 +163,11 @@ def test_readme_demo_command_from_the_repository_root():
                        timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert "[3.88079708, 4.07282630, 45.26423912]" in p.stdout
+
+
+def test_env_var_best_is_the_default_and_does_not_warn():
+    code = "import attnx; print(attnx.simd_level())"
+    p = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                       text=True, env={**os.environ, "ATTNX_SIMD": "best"}, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == attnx.simd_available()[0]

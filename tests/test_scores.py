@@ -135,3 +135,28 @@ def test_tanh_accuracy():
     specials = kernels._tanh(np.array([np.inf, -np.inf, np.nan, -0.0]), np.empty(4))
     assert specials[0] == 1.0 and specials[1] == -1.0 and np.isnan(specials[2])
     assert specials[3] == 0.0 and np.signbit(specials[3])
+
+
+def test_attend_additive_out_is_checked_before_anything_is_written():
+    Q, K, V = rng.standard_normal((3, 6)), rng.standard_normal((8, 4)), rng.standard_normal((8, 5))
+    W_q, W_k, v = rng.standard_normal((7, 6)), rng.standard_normal((7, 4)), rng.standard_normal(7)
+    Kp = attnx.project_keys(K, W_k)
+    kw = dict(score="additive", W_q=W_q, v=v, keys_proj=Kp, return_weights=True)
+    co = np.full((3, 5), 7.0)
+    with pytest.raises(ValueError):
+        attnx.attend(Q, K, V, out=(co, np.empty(5)), **kw)          # weights out unfit
+    assert (co == 7.0).all()                                          # context untouched
+    before = Kp.copy()
+    with pytest.raises(ValueError, match="memory"):
+        attnx.attend(Q, K, V, out=(None, Kp.reshape(-1)[:24].reshape(3, 8)), **kw)  # on keys_proj
+    np.testing.assert_array_equal(Kp, before)
+    with pytest.raises(ValueError, match="pair"):
+        attnx.attend(Q, K, V, out=(None, None, None), **kw)
+    ctx, w = attnx.attend(Q, K, V, out=(co, None), **kw)
+    assert ctx is co and w.shape == (3, 8)
+
+
+def test_additive_computes_in_float64():
+    q, Kp = rng.standard_normal(3).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    W_q, v = np.ones((2, 3), np.float32), np.ones(2, np.float32)
+    assert attnx.additive_score(q, Kp, W_q, v).dtype == np.float64

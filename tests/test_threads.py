@@ -30,6 +30,11 @@ W = frozen(attnx.softmax(rng.standard_normal(700)))
 LONG_K = frozen(rng.standard_normal((40_000, 8)))
 LONG_V = frozen(rng.standard_normal((40_000, 8)))
 LONG_Q = frozen(rng.standard_normal(8))
+W_GEN = frozen(rng.standard_normal((64, 64)))
+W_Q, V_ADD = frozen(rng.standard_normal((16, 64))), frozen(rng.standard_normal(16))
+KP = frozen(attnx.project_keys(K, rng.standard_normal((16, 64))))
+CACHE = attnx.KVCache(64, 32, capacity=700)
+CACHE.extend(K, V)
 
 
 def work(outs):
@@ -41,13 +46,18 @@ def work(outs):
     attnx.context(W, V, out=outs["c"])
     attnx.dot_score(Qb, Kb, out=outs["s"])
     attnx.attend(LONG_Q, LONG_K, LONG_V, out=outs["long"])     # split across OpenMP threads
+    attnx.log_softmax(X, out=outs["lsm"])
+    attnx.general_score(q, K, W_GEN, out=outs["gen"])
+    attnx.additive_score(q, KP, W_Q, V_ADD, out=outs["add"])
+    CACHE.attend(q, out=outs["cache"])
     return outs
 
 
 def new_outs():
     return {"ctx": np.empty(32), "bctx": np.empty((2, 4, 20, 16)), "bw": np.empty((2, 4, 20, 50)),
             "sm": np.empty((40, 300)), "sm0": np.empty((40, 300)), "c": np.empty(32),
-            "s": np.empty((2, 4, 20, 50)), "long": np.empty(8)}
+            "s": np.empty((2, 4, 20, 50)), "long": np.empty(8), "lsm": np.empty((40, 300)),
+            "gen": np.empty(700), "add": np.empty(700), "cache": np.empty(32)}
 
 
 def test_concurrent_calls_are_bit_identical_to_serial():
@@ -91,3 +101,68 @@ def test_keyboard_interrupt_during_a_long_call():
                        cwd="/")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["interrupted", "usable"]
+
+
+@pytest.mark.simd_independent
+def test_the_gil_is_released_during_long_calls():
+    """While a worker thread runs long attend calls, the main thread keeps
+    executing Python. Were the GIL held through a call, the main thread would
+    stall for the whole call; the test compares its longest stall with the
+    calls' own duration in the same run (a ratio, not a time limit)."""
+    import threading
+    import time
+    q = rng.standard_normal(64)
+    K = rng.standard_normal((1 << 19, 64))
+    durations, done = [], threading.Event()
+
+    def worker():
+        for _ in range(5):
+            t0 = time.perf_counter()
+            attnx.attend(q, K, num_threads=1)
+            durations.append(time.perf_counter() - t0)
+        done.set()
+
+    t = threading.Thread(target=worker)
+    last = time.perf_counter()
+    worst = 0.0
+    t.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        worst = max(worst, now - last)
+        last = now
+    t.join()
+    call = min(durations)
+    assert worst < 0.5 * call, f"main thread stalled {worst * 1e3:.1f} ms during {call * 1e3:.1f} ms calls"
+
+
+@pytest.mark.simd_independent
+def test_kvcache_growing_while_another_thread_attends():
+    """reserve/append reallocate the cache's buffers; an attend running at
+    that moment must keep reading the buffers it started with, never freed
+    memory (a subprocess, so a crash fails this test instead of pytest)."""
+    code = textwrap.dedent("""
+        import threading, numpy as np, attnx
+        rng = np.random.default_rng(0)
+        cache = attnx.KVCache(16, 16, capacity=8000)
+        cache.extend(rng.standard_normal((8000, 16)), rng.standard_normal((8000, 16)))
+        q, out = rng.standard_normal(16), np.empty(16)
+        want = attnx.attend(q, cache.keys, cache.values)
+        stop = threading.Event()
+        def grow():
+            for _ in range(12):
+                cache.reserve(2 * cache.capacity)
+            stop.set()
+        t = threading.Thread(target=grow)
+        t.start()
+        n = 0
+        while not stop.is_set() or n < 50:
+            cache.attend(q, out=out)
+            assert np.array_equal(out, want)
+            n += 1
+        t.join()
+        print("ok", n)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       cwd="/")
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert p.stdout.startswith("ok")
