@@ -58,14 +58,16 @@ for py in "${pythons[@]}"; do
   pids[$v]=$!
 done
 
-status=0
-for py in "${pythons[@]}"; do
-  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# Repair, install and test each wheel; two Pythons at a time (a test run is
+# mostly one core), each into its own log, printed in order afterwards.
+check_one() {
+  local py=$1 v=$2
   echo "--- CPython $v ($py)"
-  wait "${pids[$v]}" || { tail -40 "$WORK/build-$v.log"; status=1; continue; }
+  ls "$WORK"/dist-$v/*.whl >/dev/null 2>&1 || { tail -40 "$WORK/build-$v.log"; return 1; }
+  local raw whl
   raw=$(ls "$WORK"/dist-$v/*.whl)
   "$WORK/tools/bin/auditwheel" repair -w "$WORK/wheelhouse-$v" "$raw" >"$WORK/repair-$v.log" 2>&1 \
-    || { cat "$WORK/repair-$v.log"; status=1; continue; }
+    || { cat "$WORK/repair-$v.log"; return 1; }
   whl=$(ls "$WORK"/wheelhouse-$v/*.whl)
   echo "wheel: $(basename "$whl")"
   "$WORK/tools/bin/auditwheel" show "$whl" | sed -n '1,/^$/p' | tr '\n' ' ' | sed 's/  */ /g'; echo
@@ -73,8 +75,30 @@ for py in "${pythons[@]}"; do
   "$py" -m venv "$WORK/test-$v"
   "$WORK/test-$v/bin/pip" install -q "$whl[test]" 2>&1 | grep -v WARNING || true
   (cd "$WORK" && "$WORK/test-$v/bin/python" -m attnx info)
-  # the tests the sdist ships, run on the installed wheel (importlib mode)
-  (cd "$WORK/src" && ATTNX_LEAK_CALLS=${ATTNX_LEAK_CALLS:-200000} \
-     "$WORK/test-$v/bin/pytest" -q -p no:cacheprovider ${WHEEL_PYTEST_ARGS:-}) || status=1
+  # the tests the sdist ships, run on the installed wheel (importlib mode),
+  # from a copy of the unpacked sdist of its own (runs happen side by side)
+  cp -r "$WORK/src" "$WORK/src-$v"
+  (cd "$WORK/src-$v" && ATTNX_LEAK_CALLS=${ATTNX_LEAK_CALLS:-200000} \
+     "$WORK/test-$v/bin/pytest" -q -p no:cacheprovider ${WHEEL_PYTEST_ARGS:-})
+}
+
+for py in "${pythons[@]}"; do
+  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  wait "${pids[$v]}" || true      # the build (its log says how it ended)
+done
+running=0
+for py in "${pythons[@]}"; do
+  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [ "$running" -ge 2 ]; then wait -n || true; running=$((running - 1)); fi
+  # the exit status goes to a file: no rc file means the check failed
+  ( check_one "$py" "$v"; echo $? >"$WORK/rc-$v" ) >"$WORK/check-$v.log" 2>&1 &
+  running=$((running + 1))
+done
+wait || true
+status=0
+for py in "${pythons[@]}"; do
+  v=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  cat "$WORK/check-$v.log"
+  [ "$(cat "$WORK/rc-$v" 2>/dev/null)" = 0 ] || { echo "--- CPython $v: FAILED"; status=1; }
 done
 exit $status
