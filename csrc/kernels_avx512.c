@@ -682,56 +682,6 @@ AX_INLINE void online_run(const double *q, const double *K, const double *V, siz
     }
 }
 
-static void online_any(const double *q, const double *K, const double *V, size_t T, size_t d,
-                       size_t dv, double scale, const unsigned char *mask, attnx_online *st,
-                       double *acc, int pf)
-{
-    double m = st->m, l = st->l;
-    online_run(q, K, V, T, d, dv, scale, mask, &m, &l, acc, dv, 0, 0, 0, pf);
-    st->m = m;
-    st->l = l;
-}
-
-static void online_aligned(const double *q, const double *K, const double *V, size_t T, size_t d,
-                           size_t dv, double scale, const unsigned char *mask, attnx_online *st,
-                           double *acc, int pf)
-{
-    double qbuf[AL_MAX + 16], abuf[AL_MAX + 16];
-    double *qs = (double *)(uintptr_t)(((uintptr_t)qbuf + 63) & ~(uintptr_t)63);
-    double *as = (double *)(uintptr_t)(((uintptr_t)abuf + 63) & ~(uintptr_t)63);
-    const unsigned km = (unsigned)((uintptr_t)K >> 3) & 7u, vm = (unsigned)((uintptr_t)V >> 3) & 7u;
-    for (size_t j = 0; j < d + 8; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0.0;
-    for (size_t j = 0; j < dv + 8; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0.0;
-    double m = st->m, l = st->l;
-    online_run(qs, K, V, T, d, dv, scale, mask, &m, &l, as, dv + 8, 1, km, vm, pf);
-    for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
-    st->m = m;
-    st->l = l;
-}
-
-/* pf: prefetch K and V ahead (see PF_MIN_BYTES). */
-static void online_fold(const double *q, const double *K, const double *V, size_t T, size_t d,
-                        size_t dv, double scale, const unsigned char *mask, attnx_online *st,
-                        double *acc, int pf)
-{
-    if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
-    /* misaligned rows of a multiple of 8 doubles: the aligned-load variant */
-    const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
-    if ((kv & 63) && (kv & 7) == 0 && d % 8 == 0 && dv % 8 == 0 && d && dv && d <= AL_MAX &&
-        dv <= AL_MAX)
-        online_aligned(q, K, V, T, d, dv, scale, mask, st, acc, pf);
-    else
-        online_any(q, K, V, T, d, dv, scale, mask, st, acc, pf);
-}
-
-static void attend_online_f64_avx512(const double *q, const double *K, const double *V, size_t T,
-                                     size_t d, size_t dv, double scale, const unsigned char *mask,
-                                     attnx_online *st, double *acc)
-{
-    online_fold(q, K, V, T, d, dv, scale, mask, st, acc,
-                T * (d + dv) * sizeof(double) > PF_MIN_BYTES);
-}
-
 /* ------------------------------------------------- attend_rows (flash) */
 
 #define RQ 64          /* queries per sub-chunk: its ctx rows stay in L1/L2 */
@@ -979,40 +929,12 @@ static void rows_chunk(const double *Q, size_t nr, size_t qa, const double *K, c
     for (size_t r = 0; r < nr; r++) finish_row(m[r], l[r], ctx + r * dv, dv);
 }
 
-static void attend_rows_f64_avx512(const double *Q, size_t nq, size_t q0, const double *K,
-                                   const double *V, size_t T, size_t d, size_t dv,
-                                   double scale, const unsigned char *mask,
-                                   ptrdiff_t mask_row_stride, int causal, double *ctx)
-{
-    double kt_stack[(KT_STACK + 8) * KB];     /* pack_kt rounds d up to 8 */
-    double *Kt = kt_stack;
-    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (double *)malloc((d + 8) * KB * sizeof(double));
-    if (nq < FEW_QUERIES || !Kt) {
-        /* one fused pass per query (also the fallback without memory).
-         * A batched call walks through the K and V of many heads, each read
-         * once: they come from DRAM unless the whole batch fits in cache,
-         * so prefetch from 64 KB up (2x faster for a decoder step over 64
-         * heads of T = 512 at 32 MB; costs ~15% when it does fit). */
-        const int pf = T * (d + dv) * sizeof(double) > PF_BATCH_BYTES;
-        for (size_t r = 0; r < nq; r++) {
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
-            attnx_online st = {NEG_INF, 0.0};
-            double *c = ctx + r * dv;
-            for (size_t j = 0; j < dv; j++) c[j] = 0.0;
-            online_fold(Q + r * d, K, V, lim, d, dv, scale,
-                        mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL, &st, c, pf);
-            finish_row(st.m, st.l, c, dv);
-        }
-        return;
-    }
-    for (size_t r0 = 0; r0 < nq; r0 += RQ) {
-        size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
-        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
-                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal,
-                   ctx + r0 * dv, Kt);
-    }
-    if (Kt != kt_stack) free(Kt);
-}
+#define KF_T double
+#define KF_W 8
+#define KF_SFX f64_avx512
+#define KF_ALIGNED 1
+#define KF_FINISH finish_row
+#include "kernels_fold.h"
 
 const attnx_kernels attnx_kernels_avx512 = {
     "avx512",

@@ -527,14 +527,14 @@ AX_INLINE int block_softmax(__m256 s, double *m, double *l, float *acc, size_t d
 }
 
 /* The fold over keys [0, T) for one query. */
-static void online_fold(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv,
-                        float scale, const unsigned char *mask, attnx_online *st, float *acc, int pf)
+AX_INLINE void online_run(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv,
+                          float scale, const unsigned char *mask, double *m, double *l, float *acc, size_t nacc,
+                          int al, unsigned km, unsigned vm, int pf)
 {
     const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(NEG_INF);
-    double m = st->m, l = st->l;
+    (void)al, (void)km, (void)vm;           /* no aligned-load variant here */
     float p[8];
     const float *v[8];
-    if (l != l || T == 0) return;           /* poisoned: the result is NaN anyway */
     unsigned live = block_live(mask, 0, T < 8 ? T : 8), live_next = 0;
     __m256 s = live ? block_scores(q, K, 0, d, sc, live) : ninf, s_next = ninf;
     for (size_t t0 = 0; t0 < T; t0 += 8) {
@@ -545,7 +545,7 @@ static void online_fold(const float *q, const float *K, const float *V, size_t T
         }
         if (pf && t0 + 8 + PF_KEYS <= T) prefetch_block(K, V, t0 + PF_KEYS, d, dv);
         if (live) {
-            int nz = block_softmax(s, &m, &l, acc, dv, p);
+            int nz = block_softmax(s, m, l, acc, nacc, p);
             if (nz < 0) break;
             if (nz == 0xFF || (nz && dv <= ZERO_ROW)) {
                 /* p == 0 rows are not read: a row of zeros stands in */
@@ -561,15 +561,6 @@ static void online_fold(const float *q, const float *K, const float *V, size_t T
         s = s_next;
         live = live_next;
     }
-    st->m = m;
-    st->l = l;
-}
-
-static void attend_online_f32_avx2(const float *q, const float *K, const float *V, size_t T, size_t d,
-                                   size_t dv, float scale, const unsigned char *mask, attnx_online *st,
-                                   float *acc)
-{
-    online_fold(q, K, V, T, d, dv, scale, mask, st, acc, T * (d + dv) * sizeof(float) > PF_MIN_BYTES);
 }
 
 /* ------------------------------------------------- attend_rows (flash) */
@@ -695,7 +686,6 @@ AX_INLINE void pv_tile(const float *P, const unsigned char *kidx, int nk, const 
     default: CALL(6); break;  \
     }
 
-
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
 static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, const float *V, size_t T, size_t d,
                        size_t dv, float scale, const unsigned char *mask, ptrdiff_t mask_row_stride, int causal,
@@ -800,35 +790,12 @@ static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, con
     for (size_t r = 0; r < nr; r++) attnx_online_finish_f32(m[r], l[r], ctx + r * dv, dv);
 }
 
-static void attend_rows_f32_avx2(const float *Q, size_t nq, size_t q0, const float *K, const float *V, size_t T,
-                                 size_t d, size_t dv, float scale, const unsigned char *mask,
-                                 ptrdiff_t mask_row_stride, int causal, float *ctx)
-{
-    float kt_stack[(KT_STACK + 8) * KB];      /* pack_kt rounds d up to 8 */
-    float *Kt = kt_stack;
-    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (float *)malloc((d + 8) * KB * sizeof(float));
-    if (nq < FEW_QUERIES || !Kt) {
-        /* one fused pass per query (also the fallback without memory) */
-        const int pf = T * (d + dv) * sizeof(float) > PF_BATCH_BYTES;
-        for (size_t r = 0; r < nq; r++) {
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
-            attnx_online st = {NEG_INF, 0.0};
-            float *c = ctx + r * dv;
-            for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
-            online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
-                        &st, c, pf);
-            attnx_online_finish_f32(st.m, st.l, c, dv);
-        }
-        return;
-    }
-    for (size_t r0 = 0; r0 < nq; r0 += RQ) {
-        size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
-        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
-                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal, ctx + r0 * dv,
-                   Kt);
-    }
-    if (Kt != kt_stack) free(Kt);
-}
+#define KF_T float
+#define KF_W 8
+#define KF_SFX f32_avx2
+#define KF_ALIGNED 0
+#define KF_FINISH attnx_online_finish_f32
+#include "kernels_fold.h"
 
 const attnx_kernels_f32 attnx_kernels_f32_avx2 = {
     "avx2",

@@ -718,51 +718,6 @@ AX_INLINE void online_run(const float *q, const float *K, const float *V, size_t
     }
 }
 
-static void online_any(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv,
-                       float scale, const unsigned char *mask, attnx_online *st, float *acc, int pf)
-{
-    double m = st->m, l = st->l;
-    online_run(q, K, V, T, d, dv, scale, mask, &m, &l, acc, dv, 0, 0, 0, pf);
-    st->m = m;
-    st->l = l;
-}
-
-static void online_aligned(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv,
-                           float scale, const unsigned char *mask, attnx_online *st, float *acc, int pf)
-{
-    float qbuf[AL_MAX + 32], abuf[AL_MAX + 32];
-    float *qs = (float *)(uintptr_t)(((uintptr_t)qbuf + 63) & ~(uintptr_t)63);
-    float *as = (float *)(uintptr_t)(((uintptr_t)abuf + 63) & ~(uintptr_t)63);
-    const unsigned km = (unsigned)((uintptr_t)K >> 2) & 15u, vm = (unsigned)((uintptr_t)V >> 2) & 15u;
-    for (size_t j = 0; j < d + 16; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0.0f;
-    for (size_t j = 0; j < dv + 16; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0.0f;
-    double m = st->m, l = st->l;
-    online_run(qs, K, V, T, d, dv, scale, mask, &m, &l, as, dv + 16, 1, km, vm, pf);
-    for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
-    st->m = m;
-    st->l = l;
-}
-
-/* The fold over keys [0, T) for one query; pf: prefetch K and V ahead. */
-static void online_fold(const float *q, const float *K, const float *V, size_t T, size_t d, size_t dv,
-                        float scale, const unsigned char *mask, attnx_online *st, float *acc, int pf)
-{
-    if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
-    /* misaligned rows of a multiple of 16 floats: the aligned-load variant */
-    const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
-    if ((kv & 63) && (kv & 3) == 0 && d % 16 == 0 && dv % 16 == 0 && d && dv && d <= AL_MAX && dv <= AL_MAX)
-        online_aligned(q, K, V, T, d, dv, scale, mask, st, acc, pf);
-    else
-        online_any(q, K, V, T, d, dv, scale, mask, st, acc, pf);
-}
-
-static void attend_online_f32_avx512(const float *q, const float *K, const float *V, size_t T, size_t d,
-                                     size_t dv, float scale, const unsigned char *mask, attnx_online *st,
-                                     float *acc)
-{
-    online_fold(q, K, V, T, d, dv, scale, mask, st, acc, T * (d + dv) * sizeof(float) > PF_MIN_BYTES);
-}
-
 /* ------------------------------------------------- attend_rows (flash) */
 
 #define RQ 64          /* queries per sub-chunk: its ctx rows stay in L1/L2 */
@@ -898,7 +853,6 @@ AX_INLINE void pv_tile(const float *P, const unsigned char *kidx, int nk, const 
     default: CALL(8); break;        \
     }
 
-
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
 static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, const float *V, size_t T,
                        size_t d, size_t dv, float scale, const unsigned char *mask,
@@ -1008,37 +962,12 @@ static void rows_chunk(const float *Q, size_t nr, size_t qa, const float *K, con
     for (size_t r = 0; r < nr; r++) attnx_online_finish_f32(m[r], l[r], ctx + r * dv, dv);
 }
 
-static void attend_rows_f32_avx512(const float *Q, size_t nq, size_t q0, const float *K, const float *V,
-                                   size_t T, size_t d, size_t dv, float scale, const unsigned char *mask,
-                                   ptrdiff_t mask_row_stride, int causal, float *ctx)
-{
-    float kt_stack[(KT_STACK + 16) * KB];     /* pack_kt rounds d up to 16 */
-    float *Kt = kt_stack;
-    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (float *)malloc((d + 16) * KB * sizeof(float));
-    if (nq < FEW_QUERIES || !Kt) {
-        /* one fused pass per query (also the fallback without memory); a
-         * batch walks through the K and V of many heads, each read once:
-         * prefetch from 64 KB up, as the float64 kernels */
-        const int pf = T * (d + dv) * sizeof(float) > PF_BATCH_BYTES;
-        for (size_t r = 0; r < nq; r++) {
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
-            attnx_online st = {NEG_INF, 0.0};
-            float *c = ctx + r * dv;
-            for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
-            online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
-                        &st, c, pf);
-            attnx_online_finish_f32(st.m, st.l, c, dv);
-        }
-        return;
-    }
-    for (size_t r0 = 0; r0 < nq; r0 += RQ) {
-        size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
-        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
-                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal, ctx + r0 * dv,
-                   Kt);
-    }
-    if (Kt != kt_stack) free(Kt);
-}
+#define KF_T float
+#define KF_W 16
+#define KF_SFX f32_avx512
+#define KF_ALIGNED 1
+#define KF_FINISH attnx_online_finish_f32
+#include "kernels_fold.h"
 
 const attnx_kernels_f32 attnx_kernels_f32_avx512 = {
     "avx512",
