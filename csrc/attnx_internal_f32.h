@@ -40,8 +40,9 @@ typedef struct attnx_kernels_f32 {
      * row is all -inf; y is then NaN), else 0. n >= 1. */
     int (*softmax)(const float *x, size_t n, float *y);
 
-    /* y = (x - max) - log(sum exp(x - max)), y may be x; NaN, +inf and all
-     * -inf rows give NaN. n >= 1. */
+    /* y = (x - max) - log(sum exp(x - max)), y may be x. scipy's rules
+     * for non-finite input: a NaN or an all -inf row gives NaN; a +inf gives
+     * NaN there and -inf elsewhere (attnx_log_softmax_inf_f32). n >= 1. */
     void (*log_softmax)(const float *x, size_t n, float *y);
 
     /* ctx[j] = sum_{t: w[t] != 0} w[t] * V[t, j]. */
@@ -233,6 +234,36 @@ static inline double attnx_log_pos_f64(double s)
     double lf = 2.0 * u * p;
     /* e * ln2 in two parts: e * ATTNX_LN2_HI is exact (|e| < 2^11) */
     return (double)e * ATTNX_LN2_HI + ((double)e * ATTNX_LN2_LO + lf);
+}
+
+/* log(1 + r) for r >= 0, from an accurate log: s = 1 + r rounds, and
+ * log(s) * (r / (s - 1)) cancels that rounding (Goldberg's trick). */
+static inline double attnx_log1p_f64(double r)
+{
+    double s = 1.0 + r;
+    return s == 1.0 ? r : attnx_log_pos_f64(s) * (r / (s - 1.0));
+}
+
+/* log S for log-softmax, S = sum exp(x_i - m) formed by a kernel (double
+ * sum of float exps) with m the row max: every entry equal to m adds
+ * exactly 1. When S < 1 + 2^-20 only one does, and the rest, R, is what
+ * log S = log1p(R) consists of; but S kept R only to S's absolute
+ * precision (a dominant score: R = 4e-18 vanishes in 1 + R). Then R is
+ * summed again without the max entry, by the same kernel's exp_sum
+ * (sum_rest), and log1p taken from it. */
+#define ATTNX_LOG1P_SWITCH 0x1p-20
+
+static inline size_t attnx_index_of_f32(const float *x, size_t n, float m)
+{
+    size_t i = 0;
+    while (i < n && x[i] != m) i++;
+    return i;
+}
+
+/* scipy's log_softmax of a row whose max is +inf (and holds no NaN). */
+static inline void attnx_log_softmax_inf_f32(const float *x, size_t n, float *y)
+{
+    for (size_t i = 0; i < n; i++) y[i] = x[i] == INFINITY ? NAN : -INFINITY;
 }
 
 /* ctx = acc / l for one query's online-softmax state (m, l): the quotient

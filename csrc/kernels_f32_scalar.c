@@ -125,17 +125,34 @@ static int softmax_f32_scalar(const float *x, size_t n, float *y)
     return 0;
 }
 
+static double exp_sum(const float *x, size_t n, float m)
+{
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += attnx_expf_diff_scalar(x[i], m);
+    return sum;
+}
+
+/* log sum exp(x - m), m the row max: see ATTNX_LOG1P_SWITCH. */
+static double log_sum(const float *x, size_t n, float m)
+{
+    double s = exp_sum(x, n, m);
+    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
+    size_t i = attnx_index_of_f32(x, n, m);
+    return attnx_log1p_f64(exp_sum(x, i, m) + exp_sum(x + i + 1, n - i - 1, m));
+}
+
 static void log_softmax_f32_scalar(const float *x, size_t n, float *y)
 {
     float m = row_max(x, n);
-    if (m != m || m == -INFINITY || m == INFINITY) {
+    if (m != m || m == -INFINITY) {
         for (size_t i = 0; i < n; i++) y[i] = NAN;
         return;
     }
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) sum += attnx_expf_diff_scalar(x[i], m);
-    /* sum >= 1: the max contributes exp(0) = 1 exactly */
-    const double ls = attnx_log_pos_f64(sum), md = m;
+    if (m == INFINITY) {
+        attnx_log_softmax_inf_f32(x, n, y);
+        return;
+    }
+    const double ls = log_sum(x, n, m), md = m;
     for (size_t i = 0; i < n; i++) y[i] = (float)(((double)x[i] - md) - ls);
 }
 

@@ -50,6 +50,39 @@ def test_log_softmax_accuracy():
     np.testing.assert_allclose(got, want, rtol=2 * EPS32, atol=2 * EPS32)
 
 
+@pytest.mark.parametrize("gap", [20, 25, 30, 35, 40, 60, 85])
+@pytest.mark.parametrize("n", [2, 17, 1000])
+def test_log_softmax_of_a_dominant_score_keeps_its_tiny_value(gap, n):
+    """The dominant entry's log-softmax is -log1p(R), R = sum of the others'
+    exp(x - max): as small as 1e-37 and still a normal float32. Forming
+    log(1 + R) would round it to 0. Reference: float64 log1p, each entry
+    within 2 ulp of float32, relatively, tiny ones too."""
+    x = np.full(n, -gap, F32)
+    x[n // 2] = 0
+    x[::3] -= F32(0.5)
+    x[n // 2] = 0
+    got = attnx.log_softmax(x)
+    xd = x.astype(np.float64)
+    rest = np.exp(np.delete(xd, n // 2)).sum()
+    want = xd - np.log1p(rest)
+    assert got[n // 2] < 0
+    np.testing.assert_allclose(got, want, rtol=2 * EPS32, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [F32, np.float16])
+def test_log_softmax_non_finite_rules_match_scipy_and_float64(dtype):
+    scipy_special = pytest.importorskip("scipy.special")
+    rows = np.array([[1.0, np.inf, -np.inf, 0.0], [np.inf, 2.0, np.inf, -1.0],
+                     [-np.inf, -np.inf, -np.inf, -np.inf], [0.0, np.nan, 1.0, 2.0],
+                     [3.0, -np.inf, 3.0, -np.inf]])
+    x = rows.astype(dtype)
+    want = scipy_special.log_softmax(rows, axis=-1)
+    got = attnx.log_softmax(x, axis=-1)
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
+    np.testing.assert_array_equal(attnx.log_softmax(x.T, axis=0), want.T.astype(got.dtype))
+    np.testing.assert_array_equal(attnx.log_softmax(rows, axis=-1), want)
+
+
 @pytest.mark.parametrize("T", ref.SIZES)
 @pytest.mark.parametrize("d", (1, 7, 16, 33, 64))
 def test_attend_against_float64(T, d):

@@ -128,13 +128,25 @@ static void log_softmax_ref(const float *x, size_t n, double *y)
         nan |= isnan(x[i]);
         if (x[i] > m) m = x[i];
     }
-    if (nan || m == -INFINITY || m == INFINITY) {
+    if (nan || m == -INFINITY) {
         for (size_t i = 0; i < n; i++) y[i] = NAN;
         return;
     }
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += exp((double)x[i] - m);
-    double ls = log(s);
+    if (m == INFINITY) {            /* scipy: NaN at +inf, -inf elsewhere */
+        for (size_t i = 0; i < n; i++) y[i] = x[i] == INFINITY ? NAN : -INFINITY;
+        return;
+    }
+    /* log S, S = c + R: c entries at the max add exactly 1 each; with c == 1
+     * log S = log1p(R), which log(1 + R) would round away for tiny R */
+    double r = 0.0;
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] == m)
+            c++;
+        else
+            r += exp((double)x[i] - m);
+    }
+    double ls = c == 1 ? log1p(r) : log((double)c + r);
     for (size_t i = 0; i < n; i++) y[i] = ((double)x[i] - m) - ls;
 }
 
@@ -415,7 +427,8 @@ static void test_softmax_specials(void)
     attnx_softmax_f32(withinf, 3, y);
     CHECK(isnan(y[0]) && isnan(y[1]) && isnan(y[2]), "+inf gives NaN");
     attnx_log_softmax_rows_f32(withinf, 1, 3, y, 1);
-    CHECK(isnan(y[0]) && isnan(y[1]) && isnan(y[2]), "log: +inf gives NaN");
+    CHECK(y[0] == -INFINITY && isnan(y[1]) && y[2] == -INFINITY,
+          "log: +inf gives NaN there, -inf elsewhere (as scipy and float64)");
     float big[4] = {FLT_MAX, -FLT_MAX, FLT_MAX, 0};
     attnx_softmax_f32(big, 4, y);
     CHECK(y[0] == 0.5f && y[1] == 0.0f && y[2] == 0.5f && y[3] == 0.0f, "+-FLT_MAX never overflow: %g %g %g %g",
@@ -447,6 +460,14 @@ static void test_softmax_specials(void)
     log_softmax_ref(dom, 2, ly);
     CHECK(rel_err(y[0], ly[0]) <= 3 * U24 && rel_err(y[1], ly[1]) <= 3 * U24, "log(1 + e^-20): %.9g vs %.9g",
           y[0], ly[0]);
+    /* dominant by far more: 1 + e^-gap is 1 in double, log1p keeps it */
+    for (int gap = 25; gap <= 85; gap += 6) {
+        float far2[3] = {-(float)gap, 0.0f, -(float)gap - 0.5f};
+        attnx_log_softmax_rows_f32(far2, 1, 3, y, 1);
+        log_softmax_ref(far2, 3, ly);
+        CHECK(ly[1] < 0.0 && rel_err(y[1], ly[1]) <= 3 * U24 && rel_err(y[0], ly[0]) <= 3 * U24,
+              "log-softmax of a dominant score, gap %d: %.9g vs %.9g", gap, y[1], ly[1]);
+    }
     /* subnormal weights: not flushed */
     float sub[2] = {0.0f, -95.0f};
     attnx_softmax_f32(sub, 2, y);
