@@ -10,6 +10,7 @@ name both shapes, broadcast the leading dimensions as numpy.matmul does (with
 zero strides, never copies), and call the batched C entry point.
 """
 
+cimport cython
 cimport numpy as cnp
 from cpython.pystate cimport PyThreadState
 from libc.stdint cimport uintptr_t
@@ -22,9 +23,9 @@ import operator
 import numpy as np
 
 try:
-    from numpy.lib.array_utils import normalize_axis_tuple
-except ImportError:  # NumPy < 2.0
-    from numpy.core.numeric import normalize_axis_tuple
+    from numpy.exceptions import AxisError
+except ImportError:  # NumPy < 1.25
+    from numpy import AxisError
 
 cnp.import_array()
 
@@ -207,10 +208,32 @@ cdef object _result(object out, tuple shape, list inputs, object dtype=_FLOAT64)
 cdef int _threads(object num_threads) except -1:
     if num_threads is None:
         return 0
+    if isinstance(num_threads, (bool, np.bool_)):
+        raise TypeError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     n = operator.index(num_threads)
     if n < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    return n
+    return min(n, 1 << 30)     # more than there are: as many as there are
+
+
+def _axes(axis, Py_ssize_t ndim):
+    """axis (None, an integer or a tuple of integers) as a tuple of axes in
+    [0, ndim), with NumPy's errors: TypeError for anything else (a list, a
+    float, a bool), AxisError out of range, ValueError for a repeat."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = axis if type(axis) is tuple else (axis,)
+    res = []
+    for a in items:
+        if isinstance(a, (bool, np.bool_)):
+            raise TypeError(f"axis must be an integer, a tuple of integers or None, got {axis!r}")
+        i = operator.index(a)
+        if not -ndim <= i < ndim:
+            raise AxisError(i, ndim)
+        res.append(i + ndim if i < 0 else i)
+    if len(set(res)) != len(res):
+        raise ValueError(f"duplicate value in 'axis': {axis!r}")
+    return tuple(res)
 
 
 cdef tuple _broadcast_batch(list operands):
@@ -416,7 +439,7 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     cdef int tn = _fast_type(x, x, None) if num_threads is None and type(axis) is int else -1
     if tn >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1:
         a = <cnp.ndarray>x
-        if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
+        if axis == -1 or axis == cnp.PyArray_NDIM(a) - 1:
             if out is None:
                 res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
                                                      tn, 0)
@@ -448,7 +471,7 @@ def _softmax_general(x, axis, out, num_threads, bint log=False):
     dt = _work_dtype((x,))
     a = _as_real(x, "x", dt)
     cdef Py_ssize_t nd = a.ndim
-    axes = tuple(range(nd)) if axis is None else normalize_axis_tuple(axis, nd)
+    axes = _axes(axis, nd)
     cdef int nt = _threads(num_threads)
     # out may be x itself (in place: the same memory and layout) but must not
     # otherwise share memory with it; a converted copy of x shares nothing.
@@ -541,7 +564,7 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
     cdef int tn = _fast_type(x, x, None) if num_threads is None and type(axis) is int else -1
     if tn >= 0 and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 1:
         a = <cnp.ndarray>x
-        if <int>axis == -1 or <int>axis == cnp.PyArray_NDIM(a) - 1:
+        if axis == -1 or axis == cnp.PyArray_NDIM(a) - 1:
             if out is None:
                 res = <cnp.ndarray>cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
                                                      tn, 0)
@@ -824,7 +847,7 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
             raise ValueError("score='general' needs W, shape (dq, dk)")
         if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
             raise ValueError("score='general' takes W only")
-        return _attend_general(_general_query(query, W), keys, values, scale, mask, causal,
+        return _attend_general(_general_query(query, W, keys), keys, values, scale, mask, causal,
                                return_weights, out, num_threads)
     if score != "additive":
         raise ValueError(f"score must be 'dot', 'general' or 'additive', got {score!r}")
@@ -1014,11 +1037,13 @@ def general_score(query, keys, W, *, double scale=1.0, out=None, num_threads=Non
     >>> print(attnx.general_score(q, keys, W))     # q @ W @ k for each key
     [3. 0.]
     """
-    u = _general_query(query, W)
+    u = _general_query(query, W, keys)
     return dot_score(u, keys, scale=scale, out=out, num_threads=num_threads)
 
 
-cdef object _general_query(object query, object W):
+cdef object _general_query(object query, object W, object keys):
+    """W^T query, once the shapes of query, W and keys are known to fit (the
+    errors name the arrays the caller passed, not this product)."""
     dt = _work_dtype((query, W))
     q = _as_real(query, "query", dt)
     Wm = _as_real(W, "W", dt)
@@ -1027,6 +1052,10 @@ cdef object _general_query(object query, object W):
     if q.ndim < 1 or q.shape[-1] != Wm.shape[0]:
         raise ValueError(f"query has shape {q.shape} but W has shape {Wm.shape}: "
                          f"the query's last dimension must be W's first")
+    kshape = keys.shape if cnp.PyArray_Check(keys) else np.shape(keys)
+    if len(kshape) < 2 or kshape[-1] != Wm.shape[1]:
+        raise ValueError(f"keys has shape {kshape} but W has shape {Wm.shape} (query {q.shape}): "
+                         f"expected keys (..., T, dk) with dk = W's last dimension")
     return np.ascontiguousarray(q @ Wm)
 
 
@@ -1180,6 +1209,11 @@ cdef class KVCache:
     cdef bint _f32
     cdef object _K
     cdef object _V
+    # held by every change of the rows (append, extend, reserve, clear), so
+    # that writers from several threads neither lose rows nor interleave
+    # them; readers (attend, keys) take a consistent snapshot without it:
+    # rows below `length` are complete before `length` moves past them.
+    cdef cython.pymutex _lock
 
     def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64, dtype=np.float64):
         if d < 0 or capacity < 0:
@@ -1237,10 +1271,15 @@ cdef class KVCache:
 
     def reserve(self, Py_ssize_t n):
         """Make room for at least n rows in total."""
-        self._reserve(n)
+        with self._lock:
+            self._reserve(n)
 
     def append(self, k, v=None):
         """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
+        with self._lock:
+            self._append(k, v)
+
+    cdef int _append(self, k, v) except -1:
         # fast path: float64 rows of the right length and room for them
         if (not self._f32 and self.length < self.capacity and _is_f64(k, _IN_FLAGS)
                 and cnp.PyArray_NDIM(<cnp.ndarray>k) == 1
@@ -1255,7 +1294,7 @@ cdef class KVCache:
                 memcpy(_dptr(<cnp.ndarray>self._V) + self.length * self.dv,
                        _dptr(<cnp.ndarray>v), self.dv * sizeof(double))
             self.length += 1
-            return
+            return 0
         if self.shared and v is not None:
             raise ValueError("this cache's values are its keys (dv=None): append(k) only")
         if not self.shared and v is None:
@@ -1273,9 +1312,14 @@ cdef class KVCache:
         if not self.shared:
             self._V[self.length] = v
         self.length += 1
+        return 0
 
     def extend(self, keys, values=None):
         """Add many rows: keys (n, d) and, unless shared, values (n, dv)."""
+        with self._lock:
+            self._extend(keys, values)
+
+    cdef int _extend(self, keys, values) except -1:
         K = _as_real(keys, "keys", self.dtype)
         if K.ndim != 2 or K.shape[1] != self.d:
             raise ValueError(f"keys has shape {K.shape}, expected (n, {self.d})")
@@ -1292,10 +1336,12 @@ cdef class KVCache:
         if not self.shared:
             self._V[self.length:self.length + n] = V
         self.length += n
+        return 0
 
     def clear(self):
         """Forget every row (the capacity stays)."""
-        self.length = 0
+        with self._lock:
+            self.length = 0
 
     def attend(self, query, *, double scale=1.0, out=None, return_weights=False,
                num_threads=None):

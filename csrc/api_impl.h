@@ -201,6 +201,7 @@ int AX_API(dot_scores_batch)(const AX_T *Q, const AX_T *K,
                   attnx_overlaps_batched(scores, rows * T * sizeof(AX_T), K, sizeof(AX_T), nbatch,
                                    batch_shape, k_strides, T * d * sizeof(AX_T))))
         return ATTNX_ERR_OVERLAP;
+    if (rows == 0 || T == 0) return ATTNX_OK;   /* nothing to write */
     const AX_KERNELS *kt = AX_KERNELS_GET();
     int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (d + 1));
     long long nrows = (long long)rows, i;
@@ -264,6 +265,7 @@ int AX_API(context_batch)(const AX_T *W, const AX_T *V,
                   attnx_overlaps_batched(ctx, rows * dv * sizeof(AX_T), V, sizeof(AX_T), nbatch,
                                    batch_shape, v_strides, T * dv * sizeof(AX_T))))
         return ATTNX_ERR_OVERLAP;
+    if (rows == 0 || dv == 0) return ATTNX_OK;  /* nothing to write */
     const AX_KERNELS *kt = AX_KERNELS_GET();
     int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
     long long nrows = (long long)rows, i;
@@ -356,7 +358,7 @@ int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
     if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(rows, T, &tmp) ||
         !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (rows == 0) return ATTNX_OK;
+    if (rows == 0 || (dv == 0 && !weights)) return ATTNX_OK;   /* nothing to write */
     {
         const size_t cb = rows * dv * sizeof(AX_T), wb = weights ? rows * T * sizeof(AX_T) : 0;
         const size_t qi = Lq * d * sizeof(AX_T), ki = T * d * sizeof(AX_T), vi = T * dv * sizeof(AX_T);

@@ -69,3 +69,72 @@ def test_zero_dim_and_scalars():
     with pytest.raises(ValueError):
         attnx.context(0.5, np.ones((1, 2)))
     assert attnx.softmax(np.float64(7.0), axis=None) == 1.0
+
+
+@pytest.mark.parametrize("axis", [True, np.True_, [0, 1], [1], 1.0, "0", (0, 1.5), (True,)])
+def test_softmax_axis_types_numpy_refuses_are_refused(axis):
+    """axis is None, an integer or a tuple of integers, as in NumPy's
+    reductions and scipy.special.softmax: NumPy raises TypeError for each of
+    these, and so does attnx, at every entry point taking axis."""
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError):
+        np.max(x, axis=axis)
+    for f in (attnx.softmax, attnx.log_softmax):
+        with pytest.raises(TypeError):
+            f(x, axis=axis)
+
+
+@pytest.mark.parametrize("axis", [2, -3, 2**31, -2**31 - 1, 2**70, (0, 5)])
+def test_softmax_axis_out_of_range_is_an_axis_error_however_large(axis):
+    x = np.ones((2, 3))
+    for f in (attnx.softmax, attnx.log_softmax):
+        with pytest.raises(np.exceptions.AxisError):
+            f(x, axis=axis)
+
+
+def test_softmax_repeated_axis_and_integer_likes():
+    x = np.arange(6.0).reshape(2, 3)
+    with pytest.raises(ValueError, match="duplicate"):
+        attnx.softmax(x, axis=(1, -1))
+    want = attnx.softmax(x, axis=0)
+    for ax in (np.int64(0), np.int8(0), np.uint64(0), (np.int32(0),), -2):
+        np.testing.assert_array_equal(attnx.softmax(x, axis=ax), want)
+
+
+@pytest.mark.parametrize("n", [2**31, 2**40, 10**30])
+def test_more_threads_than_exist_is_as_many_as_exist(n):
+    q, K = np.ones(3), np.arange(12.0).reshape(4, 3)
+    want = attnx.attend(q, K, num_threads=1)
+    np.testing.assert_array_equal(attnx.attend(q, K, num_threads=n), want)
+    np.testing.assert_array_equal(attnx.softmax(K, num_threads=n), attnx.softmax(K))
+
+
+@pytest.mark.parametrize("n", [True, False, 1.0, "2"])
+def test_num_threads_that_is_not_an_integer_is_a_type_error(n):
+    with pytest.raises(TypeError):
+        attnx.attend(np.ones(3), np.ones((4, 3)), num_threads=n)
+
+
+def test_general_score_shape_errors_name_the_arrays_passed():
+    q, K, W = np.ones(2), np.ones((4, 5)), np.ones((2, 3))
+    for call in (lambda: attnx.general_score(q, K, W),
+                 lambda: attnx.attend(np.ones((6, 2)), K, score="general", W=W)):
+        with pytest.raises(ValueError) as e:
+            call()
+        msg = str(e.value)
+        assert "(4, 5)" in msg and "(2, 3)" in msg
+        assert "(3,)" not in msg and "(6, 3)" not in msg      # not the internal q @ W
+
+
+def test_an_empty_result_returns_at_once_whatever_the_row_count():
+    """(2^40, 0) contexts hold nothing: no loop over 2^40 rows. The call
+    would otherwise run for hours; a subprocess with a timeout tells."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, attnx\n"
+            "print(attnx.attend(np.empty((2**40, 0)), np.empty((3, 0))).shape)\n"
+            "print(attnx.attend(np.empty((2, 2**40, 0)), np.empty((3, 0)), np.empty((3, 0))).shape)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:2] == [f"({2**40}, 0)", f"(2, {2**40}, 0)"]

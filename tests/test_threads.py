@@ -201,3 +201,42 @@ def test_kvcache_growing_while_another_thread_attends():
                        cwd="/")
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     assert p.stdout.startswith("ok")
+
+
+@pytest.mark.simd_independent
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kvcache_several_writers_lose_and_mix_nothing(dtype):
+    """Four threads append (fast path, converted lists, one-row extends) to
+    one cache that starts with room for one row, so it reallocates while
+    others write. Every row is a key k with value 2k: a lost, doubled or
+    interleaved row shows up as a wrong count or a row where v != 2k."""
+    import threading
+    cache = attnx.KVCache(8, 8, capacity=1, dtype=dtype)
+    n_threads, n_rows = 4, 3000
+
+    def writer(seed):
+        g = np.random.default_rng(seed)
+        for i in range(n_rows):
+            k = g.standard_normal(8).astype(dtype)
+            if i % 3 == 0:
+                cache.append(k.tolist(), (2 * k).tolist())
+            elif i % 3 == 1:
+                cache.extend(k[None], 2 * k[None])
+            else:
+                cache.append(k, 2 * k)
+            if i % 500 == 0:
+                cache.reserve(len(cache) + 64)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == n_threads * n_rows
+    np.testing.assert_array_equal(cache.values, 2 * cache.keys)
+    # each thread's rows, in its own order, are all there
+    got = {tuple(r) for r in cache.keys.tolist()}
+    for s in range(n_threads):
+        g = np.random.default_rng(s)
+        want = {tuple(g.standard_normal(8).astype(dtype).tolist()) for _ in range(n_rows)}
+        assert want <= got
