@@ -5,9 +5,23 @@ from numpy.typing import ArrayLike, NDArray
 from typing_extensions import disjoint_base
 
 _F64 = NDArray[np.float64]
+_F32 = NDArray[np.float32]
+# float32 or float16 arrays compute and return float32 (NumPy's promotion);
+# anything else float64. The float32 overloads come first.
+_Lo = NDArray[np.float32] | NDArray[np.float16]
 _Axis = int | tuple[int, ...] | None
 _Score = Literal["dot", "general", "additive"]
 
+@overload
+def dot_score(
+    query: _Lo,
+    keys: _Lo,
+    *,
+    scale: float = 1.0,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
 def dot_score(
     query: ArrayLike,
     keys: ArrayLike,
@@ -16,6 +30,15 @@ def dot_score(
     out: _F64 | None = None,
     num_threads: int | None = None,
 ) -> _F64: ...
+@overload
+def softmax(
+    x: _Lo,
+    axis: _Axis = -1,
+    *,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
 def softmax(
     x: ArrayLike,
     axis: _Axis = -1,
@@ -23,6 +46,15 @@ def softmax(
     out: _F64 | None = None,
     num_threads: int | None = None,
 ) -> _F64: ...
+@overload
+def log_softmax(
+    x: _Lo,
+    axis: _Axis = -1,
+    *,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
 def log_softmax(
     x: ArrayLike,
     axis: _Axis = -1,
@@ -30,6 +62,15 @@ def log_softmax(
     out: _F64 | None = None,
     num_threads: int | None = None,
 ) -> _F64: ...
+@overload
+def context(
+    weights: _Lo,
+    values: _Lo,
+    *,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
 def context(
     weights: ArrayLike,
     values: ArrayLike,
@@ -37,6 +78,44 @@ def context(
     out: _F64 | None = None,
     num_threads: int | None = None,
 ) -> _F64: ...
+@overload
+def attend(
+    query: _Lo,
+    keys: _Lo,
+    values: _Lo | None = None,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    return_weights: Literal[False] = False,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
+) -> _F32: ...
+@overload
+def attend(
+    query: _Lo,
+    keys: _Lo,
+    values: _Lo | None = None,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    return_weights: Literal[True],
+    out: _F32 | tuple[_F32 | None, _F32 | None] | None = None,
+    num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
+) -> tuple[_F32, _F32]: ...
 @overload
 def attend(
     query: ArrayLike,
@@ -75,6 +154,17 @@ def attend(
     keys_proj: ArrayLike | None = None,
     W_k: ArrayLike | None = None,
 ) -> tuple[_F64, _F64]: ...
+@overload
+def general_score(
+    query: _Lo,
+    keys: _Lo,
+    W: _Lo,
+    *,
+    scale: float = 1.0,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
 def general_score(
     query: ArrayLike,
     keys: ArrayLike,

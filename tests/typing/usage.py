@@ -29,3 +29,21 @@ def tour() -> str:
     include: str = attnx.get_include()
     level: str = attnx.simd_level()
     return f"{c.sum() + w2.sum() + with_weights(q, keys)} {include} {level} {attnx.__version__}"
+
+
+def float32_tour(q: NDArray[np.float32], keys: NDArray[np.float32],
+                 out: NDArray[np.float32]) -> NDArray[np.float32]:
+    """float32 inputs give float32 results (the float32 overloads)."""
+    s: NDArray[np.float32] = attnx.dot_score(q, keys)
+    w: NDArray[np.float32] = attnx.softmax(s)
+    lw: NDArray[np.float32] = attnx.log_softmax(s, axis=None)
+    c: NDArray[np.float32] = attnx.context(w, keys)
+    ctx, w2 = attnx.attend(q, keys, keys, return_weights=True)
+    both: NDArray[np.float32] = ctx + c + w2.sum() + lw.sum()
+    h = np.ones(3, dtype=np.float16)
+    half: NDArray[np.float32] = attnx.softmax(h)
+    mixed: NDArray[np.float64] = attnx.softmax(q.astype(np.float64))
+    g: NDArray[np.float32] = attnx.general_score(q, keys, np.eye(3, dtype=np.float32))
+    r: NDArray[np.float32] = attnx.attend(q, keys, out=out)
+    assert both.size + half.size + mixed.size + g.size > 0
+    return r
