@@ -13,7 +13,7 @@ _Axis = int | tuple[int, ...] | None
 _Score = Literal["dot", "general", "additive"]
 
 @overload
-def dot_score(
+def dot_score(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,
     keys: _Lo,
     *,
@@ -31,7 +31,7 @@ def dot_score(
     num_threads: int | None = None,
 ) -> _F64: ...
 @overload
-def softmax(
+def softmax(  # type: ignore[overload-overlap, unused-ignore]
     x: _Lo,
     axis: _Axis = -1,
     *,
@@ -47,7 +47,7 @@ def softmax(
     num_threads: int | None = None,
 ) -> _F64: ...
 @overload
-def log_softmax(
+def log_softmax(  # type: ignore[overload-overlap, unused-ignore]
     x: _Lo,
     axis: _Axis = -1,
     *,
@@ -63,7 +63,7 @@ def log_softmax(
     num_threads: int | None = None,
 ) -> _F64: ...
 @overload
-def context(
+def context(  # type: ignore[overload-overlap, unused-ignore]
     weights: _Lo,
     values: _Lo,
     *,
@@ -79,7 +79,7 @@ def context(
     num_threads: int | None = None,
 ) -> _F64: ...
 @overload
-def attend(
+def attend(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,
     keys: _Lo,
     values: _Lo | None = None,
@@ -98,7 +98,7 @@ def attend(
     W_k: ArrayLike | None = None,
 ) -> _F32: ...
 @overload
-def attend(
+def attend(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,
     keys: _Lo,
     values: _Lo | None = None,
@@ -155,7 +155,7 @@ def attend(
     W_k: ArrayLike | None = None,
 ) -> tuple[_F64, _F64]: ...
 @overload
-def general_score(
+def general_score(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,
     keys: _Lo,
     W: _Lo,

@@ -103,38 +103,61 @@ def test_keyboard_interrupt_during_a_long_call():
     assert p.stdout.split() == ["interrupted", "usable"]
 
 
-def _long_calls():
-    """Calls of a few milliseconds each, one per entry point that releases the GIL."""
+def _long_call(name):
+    """One call, of a few milliseconds at least, of an entry point that
+    releases the GIL: long enough that a waiting thread is woken and takes
+    the GIL while the call runs, even on a loaded machine."""
     g = np.random.default_rng(21)
-    q = g.standard_normal(64)
-    K, V = g.standard_normal((1 << 15, 64)), g.standard_normal((1 << 15, 16))
-    row = g.standard_normal(1 << 19)
-    w = attnx.softmax(g.standard_normal(1 << 15))
-    Qb, Kb = g.standard_normal((2, 2, 64, 64)), g.standard_normal((2, 2, 1024, 64))
-    K32, q32 = K.astype(np.float32), q.astype(np.float32)
-    cache = attnx.KVCache(64, 16)
-    cache.extend(K, V)
-    W = g.standard_normal((64, 64))
-    W_q, v = g.standard_normal((32, 64)), g.standard_normal(32)
-    keys_proj = attnx.project_keys(K, g.standard_normal((32, 64)))
-    return {
-        "attend": lambda: attnx.attend(q, K, V, num_threads=1),
-        "attend_weights": lambda: attnx.attend(q, K, V, return_weights=True, num_threads=1),
-        "attend_float32": lambda: attnx.attend(q32, K32, num_threads=1),
-        "attend_batched": lambda: attnx.attend(Qb, Kb, num_threads=1),
-        "attend_general": lambda: attnx.attend(q, K, V, score="general", W=W, num_threads=1),
-        "attend_additive": lambda: attnx.attend(q, K, V, score="additive", W_q=W_q, v=v,
-                                                keys_proj=keys_proj, num_threads=1),
-        "dot_score": lambda: attnx.dot_score(q, K),
-        "softmax": lambda: attnx.softmax(row),
-        "log_softmax": lambda: attnx.log_softmax(row),
-        "context": lambda: attnx.context(w, V),
-        "kvcache_attend": lambda: cache.attend(q, num_threads=1),
-    }
+    T, d, dv = 1 << 18, 64, 16
+    q = g.random(d)
+
+    def kv():
+        return g.random((T, d)), g.random((T, dv))
+
+    if name in ("attend", "attend_weights", "attend_general", "attend_additive", "kvcache_attend"):
+        K, V = kv()
+        if name == "attend":
+            return lambda: attnx.attend(q, K, V, num_threads=1)
+        if name == "attend_weights":
+            return lambda: attnx.attend(q, K, V, return_weights=True, num_threads=1)
+        if name == "attend_general":
+            W = g.random((d, d))
+            return lambda: attnx.attend(q, K, V, score="general", W=W, num_threads=1)
+        if name == "attend_additive":
+            W_q, v = g.random((32, d)), g.random(32)
+            keys_proj = attnx.project_keys(K, g.random((32, d)))
+            return lambda: attnx.attend(q, K, V, score="additive", W_q=W_q, v=v,
+                                        keys_proj=keys_proj, num_threads=1)
+        cache = attnx.KVCache(d, dv, capacity=T)
+        cache.extend(K, V)
+        return lambda: cache.attend(q, num_threads=1)
+    if name == "attend_float32":
+        K32, q32 = g.random((2 * T, d), dtype=np.float32), q.astype(np.float32)
+        return lambda: attnx.attend(q32, K32, num_threads=1)
+    if name == "attend_batched":          # compute-bound: 2^28 multiply-adds
+        Qb, Kb = g.random((1, 1, 512, d)), g.random((1, 1, 4096, d))
+        return lambda: attnx.attend(Qb, Kb, num_threads=1)
+    # the fast paths (default num_threads): twice the data for two threads
+    if name == "dot_score":
+        K = g.random((2 * T, d))
+        return lambda: attnx.dot_score(q, K)
+    if name in ("softmax", "log_softmax"):
+        row = g.random(1 << 23)
+        f = getattr(attnx, name)
+        return lambda: f(row)
+    if name == "context":
+        w, V = attnx.softmax(g.random(2 * T)), g.random((2 * T, d))
+        return lambda: attnx.context(w, V)
+    raise KeyError(name)
+
+
+LONG_CALLS = ["attend", "attend_weights", "attend_float32", "attend_batched", "attend_general",
+              "attend_additive", "dot_score", "softmax", "log_softmax", "context",
+              "kvcache_attend"]
 
 
 @pytest.mark.simd_independent
-@pytest.mark.parametrize("name", sorted(_long_calls()))
+@pytest.mark.parametrize("name", LONG_CALLS)
 def test_the_gil_is_released_during_long_calls(name):
     """Deterministic, no clock involved. With the interpreter's switch interval
     raised far beyond the test's length, CPython never forces a thread switch:
@@ -143,7 +166,7 @@ def test_the_gil_is_released_during_long_calls(name):
     Were the GIL held through the calls, the main thread could run only after
     the worker had finished all of them; released, it runs during the first."""
     import threading
-    call = _long_calls()[name]
+    call = _long_call(name)
     call()  # warm: first-call allocations and dispatch outside the measurement
     rounds = 50
     started, main_ran = threading.Event(), threading.Event()
