@@ -24,8 +24,10 @@ import numpy as np
 
 try:
     from numpy.exceptions import AxisError
-except ImportError:  # NumPy < 1.25
+    from numpy.lib.array_utils import normalize_axis_tuple
+except ImportError:  # NumPy < 2.0
     from numpy import AxisError
+    from numpy.core.numeric import normalize_axis_tuple
 
 cnp.import_array()
 
@@ -218,22 +220,18 @@ cdef int _threads(object num_threads) except -1:
 
 def _axes(axis, Py_ssize_t ndim):
     """axis (None, an integer or a tuple of integers) as a tuple of axes in
-    [0, ndim), with NumPy's errors: TypeError for anything else (a list, a
-    float, a bool), AxisError out of range, ValueError for a repeat."""
+    [0, ndim): NumPy's normalize_axis_tuple, with the types NumPy's
+    reductions refuse (a bool, a list) refused too, and an integer too large
+    for a C long an AxisError like any other out-of-range axis."""
     if axis is None:
         return tuple(range(ndim))
-    items = axis if type(axis) is tuple else (axis,)
-    res = []
-    for a in items:
-        if isinstance(a, (bool, np.bool_)):
+    for a in (axis if type(axis) is tuple else (axis,)):
+        if isinstance(a, (bool, np.bool_)) or not hasattr(a, "__index__"):
             raise TypeError(f"axis must be an integer, a tuple of integers or None, got {axis!r}")
-        i = operator.index(a)
-        if not -ndim <= i < ndim:
-            raise AxisError(i, ndim)
-        res.append(i + ndim if i < 0 else i)
-    if len(set(res)) != len(res):
-        raise ValueError(f"duplicate value in 'axis': {axis!r}")
-    return tuple(res)
+    try:
+        return normalize_axis_tuple(axis, ndim)
+    except OverflowError:
+        raise AxisError(f"axis {axis!r} is out of bounds for array of dimension {ndim}") from None
 
 
 cdef tuple _broadcast_batch(list operands):

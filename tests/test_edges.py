@@ -94,7 +94,7 @@ def test_softmax_axis_out_of_range_is_an_axis_error_however_large(axis):
 
 def test_softmax_repeated_axis_and_integer_likes():
     x = np.arange(6.0).reshape(2, 3)
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(ValueError, match="repeated axis|duplicate"):
         attnx.softmax(x, axis=(1, -1))
     want = attnx.softmax(x, axis=0)
     for ax in (np.int64(0), np.int8(0), np.uint64(0), (np.int32(0),), -2):
