@@ -244,20 +244,23 @@ static inline double attnx_log1p_f64(double r)
     return s == 1.0 ? r : attnx_log_pos_f64(s) * (r / (s - 1.0));
 }
 
-/* log S for log-softmax, S = sum exp(x_i - m) formed by a kernel (double
- * sum of float exps) with m the row max: every entry equal to m adds
- * exactly 1. When S < 1 + 2^-20 only one does, and the rest, R, is what
- * log S = log1p(R) consists of; but S kept R only to S's absolute
+/* log S for log-softmax, S = sum_i exp(x_i - m) with m the row max, from a
+ * kernel's exp_sum (a double sum of float exps): every entry equal to m
+ * adds exactly 1. When S < 1 + 2^-20 only one does, and the rest, R, is
+ * what log S = log1p(R) consists of; but S kept R only to S's absolute
  * precision (a dominant score: R = 4e-18 vanishes in 1 + R). Then R is
- * summed again without the max entry, by the same kernel's exp_sum
- * (sum_rest), and log1p taken from it. */
+ * summed again without the max entry and log1p taken from it. */
 #define ATTNX_LOG1P_SWITCH 0x1p-20
 
-static inline size_t attnx_index_of_f32(const float *x, size_t n, float m)
+typedef double (*attnx_exp_sum_f32)(const float *x, size_t n, float m);
+
+static inline double attnx_log_sum_f32(const float *x, size_t n, float m, attnx_exp_sum_f32 sum)
 {
+    double s = sum(x, n, m);
+    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
     size_t i = 0;
     while (i < n && x[i] != m) i++;
-    return i;
+    return attnx_log1p_f64(sum(x, i, m) + sum(x + i + 1, n - i - 1, m));
 }
 
 /* scipy's log_softmax of a row whose max is +inf (and holds no NaN). */

@@ -300,14 +300,8 @@ static int softmax_f32_avx2(const float *x, size_t n, float *y)
     return 0;
 }
 
-/* log sum exp(x - m), m the row max: see ATTNX_LOG1P_SWITCH. */
-static double log_sum(const float *x, size_t n, float m)
-{
-    double s = exp_sum(x, n, m, NULL, 0);
-    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
-    size_t i = attnx_index_of_f32(x, n, m);
-    return attnx_log1p_f64(exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0));
-}
+/* exp_sum with the signature attnx_log_sum_f32 takes. */
+static double sum_exps(const float *x, size_t n, float m) { return exp_sum(x, n, m, NULL, 0); }
 
 static void log_softmax_f32_avx2(const float *x, size_t n, float *y)
 {
@@ -320,7 +314,7 @@ static void log_softmax_f32_avx2(const float *x, size_t n, float *y)
         attnx_log_softmax_inf_f32(x, n, y);
         return;
     }
-    const __m256d ls = _mm256_set1_pd(log_sum(x, n, mx));
+    const __m256d ls = _mm256_set1_pd(attnx_log_sum_f32(x, n, mx, sum_exps));
     const __m256d md = _mm256_set1_pd(mx);
     for (size_t i = 0; i < n; i += 8) {
         __m256i k = tail8(n - i >= 8 ? 8 : n - i);

@@ -331,14 +331,8 @@ AX_INLINE __m512 log_sub16(__m512 x, __m512d md, __m512d ls)
     return join8(_mm512_cvtpd_ps(a), _mm512_cvtpd_ps(b));
 }
 
-/* log sum exp(x - m), m the row max: see ATTNX_LOG1P_SWITCH. */
-static double log_sum(const float *x, size_t n, float m)
-{
-    double s = exp_sum(x, n, m, NULL, 0);
-    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
-    size_t i = attnx_index_of_f32(x, n, m);
-    return attnx_log1p_f64(exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0));
-}
+/* exp_sum with the signature attnx_log_sum_f32 takes. */
+static double sum_exps(const float *x, size_t n, float m) { return exp_sum(x, n, m, NULL, 0); }
 
 static void log_softmax_f32_avx512(const float *x, size_t n, float *y)
 {
@@ -351,7 +345,7 @@ static void log_softmax_f32_avx512(const float *x, size_t n, float *y)
         attnx_log_softmax_inf_f32(x, n, y);
         return;
     }
-    const __m512d ls = _mm512_set1_pd(log_sum(x, n, mx));
+    const __m512d ls = _mm512_set1_pd(attnx_log_sum_f32(x, n, mx, sum_exps));
     const __m512d md = _mm512_set1_pd(mx);
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : tail16(n - i);

@@ -294,14 +294,8 @@ static inline float32x4_t log_sub4(float32x4_t v, float64x2_t md, float64x2_t ls
     return vcvt_high_f32_f64(vcvt_f32_f64(a), b);
 }
 
-/* log sum exp(x - m), m the row max: see ATTNX_LOG1P_SWITCH. */
-static double log_sum(const float *x, size_t n, float m)
-{
-    double s = exp_sum(x, n, m, NULL);
-    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
-    size_t i = attnx_index_of_f32(x, n, m);
-    return attnx_log1p_f64(exp_sum(x, i, m, NULL) + exp_sum(x + i + 1, n - i - 1, m, NULL));
-}
+/* exp_sum with the signature attnx_log_sum_f32 takes. */
+static double sum_exps(const float *x, size_t n, float m) { return exp_sum(x, n, m, NULL); }
 
 static void log_softmax_f32_neon(const float *x, size_t n, float *y)
 {
@@ -314,7 +308,7 @@ static void log_softmax_f32_neon(const float *x, size_t n, float *y)
         attnx_log_softmax_inf_f32(x, n, y);
         return;
     }
-    const float64x2_t ls = vdupq_n_f64(log_sum(x, n, m));
+    const float64x2_t ls = vdupq_n_f64(attnx_log_sum_f32(x, n, m, sum_exps));
     const float64x2_t md = vdupq_n_f64(m);
     size_t i = 0;
     for (; i + 4 <= n; i += 4) vst1q_f32(y + i, log_sub4(vld1q_f32(x + i), md, ls));
@@ -610,7 +604,6 @@ static inline void pv_tile(const float *P, const unsigned char *kidx, int nk, co
     case 7: CALL(7); break;   \
     default: CALL(8); break;  \
     }
-
 
 /* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T): key blocks of
  * 8 packed transposed, register-blocked 8x8 score and P.V tiles, the

@@ -132,15 +132,6 @@ static double exp_sum(const float *x, size_t n, float m)
     return sum;
 }
 
-/* log sum exp(x - m), m the row max: see ATTNX_LOG1P_SWITCH. */
-static double log_sum(const float *x, size_t n, float m)
-{
-    double s = exp_sum(x, n, m);
-    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
-    size_t i = attnx_index_of_f32(x, n, m);
-    return attnx_log1p_f64(exp_sum(x, i, m) + exp_sum(x + i + 1, n - i - 1, m));
-}
-
 static void log_softmax_f32_scalar(const float *x, size_t n, float *y)
 {
     float m = row_max(x, n);
@@ -152,7 +143,7 @@ static void log_softmax_f32_scalar(const float *x, size_t n, float *y)
         attnx_log_softmax_inf_f32(x, n, y);
         return;
     }
-    const double ls = log_sum(x, n, m), md = m;
+    const double ls = attnx_log_sum_f32(x, n, m, exp_sum), md = m;
     for (size_t i = 0; i < n; i++) y[i] = (float)(((double)x[i] - md) - ls);
 }
 
