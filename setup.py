@@ -8,17 +8,15 @@ API) reaches them through attnx.kernels' C-level exports.
 
 Environment:
   ATTNX_NO_SIMD=1   portable kernels only (any C99 compiler)
-  ATTNX_OPENMP=0    build without OpenMP (every call serial)
+  ATTNX_THREADS=0   build without threads (every call serial)
 """
 import concurrent.futures
 import glob
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import sysconfig
-import tempfile
 
 import numpy as np
 from Cython.Build import cythonize
@@ -86,29 +84,21 @@ class BuildExt(build_ext):
     def _kind(self):
         return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
 
-    def _openmp_flags(self):
-        """(compile, link) flags for OpenMP, or ([], []) when the compiler
-        has none (Apple clang) or ATTNX_OPENMP=0."""
-        if not _env_flag("ATTNX_OPENMP", "1"):
-            return [], []
+    def _thread_flags(self):
+        """(compile, link) flags for the thread pool (csrc/threads.c): POSIX
+        threads, or OpenMP on MSVC (Windows has no fork, so libgomp's fork
+        hang cannot happen there); ATTNX_THREADS=0 builds every call serial."""
+        if not _env_flag("ATTNX_THREADS", "1"):
+            return ["-DATTNX_NO_THREADS"] if self._kind() != "msvc" else ["/DATTNX_NO_THREADS"], []
         if self._kind() == "msvc":
             return ["/openmp"], []
-        flags = ["-fopenmp"]
-        # the probe links with the user's CFLAGS/LDFLAGS too: flags such as
-        # -fsanitize or -flto must reach the link or the probe fails falsely
-        env = shlex.split(os.environ.get("CFLAGS", "")) + shlex.split(os.environ.get("LDFLAGS", ""))
-        with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "omp_probe.c")
-            with open(src, "w") as f:
-                f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
-            try:
-                objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-                self.compiler.link_executable(objs, "omp_probe", output_dir=tmp,
-                                              extra_postargs=flags + env)
-            except Exception:
-                print("attnx: the compiler has no OpenMP; building without threads")
-                return [], []
-        return flags, flags
+        return ["-pthread"], ["-pthread"]
+
+    @staticmethod
+    def _threads_name(cflags):
+        if any("ATTNX_NO_THREADS" in f for f in cflags):
+            return "none"
+        return "openmp" if "/openmp" in cflags else "pthreads"
 
     def _compiler_version(self):
         if self._kind() == "msvc":
@@ -120,7 +110,7 @@ class BuildExt(build_ext):
         except Exception:
             return cc
 
-    def _core_objects(self, omp_cflags):
+    def _core_objects(self, thread_cflags):
         kind = self._kind()
         arch = target_arch()
         no_simd = _env_flag("ATTNX_NO_SIMD", "0")
@@ -132,7 +122,7 @@ class BuildExt(build_ext):
         gen = os.path.join(self.build_temp, "attnx_generated")
         self.mkpath(gen)
         info = (f"{sys.platform} {arch}; compiler: {self._compiler_version()}; "
-                f"flags: {' '.join(base)}; openmp: {'yes' if omp_cflags else 'no'}; "
+                f"flags: {' '.join(base)}; threads: {self._threads_name(thread_cflags)}; "
                 f"simd: {'portable only' if no_simd else 'dispatched'}")
         with open(os.path.join(gen, "attnx_build_info.h"), "w") as f:
             f.write("#define ATTNX_BUILD_INFO " + '"' + info.replace('\\', '/').replace('"', "'") + '"\n')
@@ -142,8 +132,8 @@ class BuildExt(build_ext):
             if isa and no_simd:
                 continue       # with ATTNX_NO_SIMD they would compile to nothing
             extra = list(base)
-            if name.startswith("api"):
-                extra += omp_cflags
+            if name.startswith("api") or name == "threads.c":
+                extra += thread_cflags
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
             defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else [])
@@ -163,9 +153,9 @@ class BuildExt(build_ext):
 
     def build_extension(self, ext):
         if ext.name == "attnx.kernels":
-            omp_c, omp_l = self._openmp_flags()
-            ext.extra_objects = list(ext.extra_objects or []) + self._core_objects(omp_c)
-            ext.extra_link_args = list(ext.extra_link_args or []) + omp_l
+            thr_c, thr_l = self._thread_flags()
+            ext.extra_objects = list(ext.extra_objects or []) + self._core_objects(thr_c)
+            ext.extra_link_args = list(ext.extra_link_args or []) + thr_l
         super().build_extension(ext)
 
 

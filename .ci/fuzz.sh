@@ -64,11 +64,12 @@ if ! probe; then
 fi
 
 # ---- build: the core as the Makefile builds it (per-file ISA flags), with
-# coverage instrumentation; without OpenMP, so that every run of an input is
-# deterministic (the threaded paths are covered by .ci/sanitize.sh)
+# coverage instrumentation; without threads (-DATTNX_NO_THREADS), so that
+# every run of an input is deterministic (the threaded paths are covered by
+# .ci/sanitize.sh)
 say "building with $("$cc" --version | head -1)"
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cflags="-std=c99 -ffp-contract=off -g -O2 $san"
+cflags="-std=c99 -ffp-contract=off -g -O2 -DATTNX_NO_THREADS $san"
 # The sources as csrc/Makefile takes them: every .c but example.c, and a
 # *_avx2.c / *_avx512.c file gets that level's ISA flags (x86-64 only).
 # FUZZ_NO_SIMD=1: the portable kernels alone, as setup.py's ATTNX_NO_SIMD.

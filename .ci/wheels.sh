@@ -6,9 +6,10 @@
 # it. Exits non-zero on any failure.
 #
 # The tag follows the newest glibc symbol the extension and what it grafts
-# use: attnx has its own exp (no exp@GLIBC_2.29), but OpenMP's libgomp (and
-# any pthread use) built against this host's glibc 2.36 pulls GLIBC_2.34. The
-# wheels users get come from cibuildwheel's manylinux_2_28 image instead.
+# use: attnx has its own exp (no exp@GLIBC_2.29) and its own thread pool (no
+# libgomp to graft), but pthread_create built against this host's glibc 2.36
+# is pthread_create@GLIBC_2.34. The wheels users get come from cibuildwheel's
+# manylinux_2_28 image instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -14,7 +14,7 @@ def _info(args):
           f" force lower with ATTNX_SIMD=scalar|avx2|avx512)")
     print(f"  build:      {attnx.build_info()}")
     nt = attnx.max_threads()
-    print(f"  threads:    {nt if nt else 'none (built without OpenMP)'}")
+    print(f"  threads:    {nt}")
     print(f"  python:     {platform.python_implementation()} {platform.python_version()}"
           f" on {platform.machine()} ({platform.system()})")
     print(f"  numpy:      {np.__version__}")

@@ -145,7 +145,7 @@ cdef object _as_real(object x, str name, object dtype):
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
                         f"got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=dtype, order="C")
+    return _narrowed(arr, name, dtype)
 
 
 cdef object _as_f64(object x, str name):
@@ -157,7 +157,22 @@ cdef object _as_f64(object x, str name):
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
                         f"got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=np.float64, order="C")
+    return _narrowed(arr, name, _FLOAT64)
+
+
+cdef object _narrowed(object arr, str name, object dtype):
+    """arr converted to dtype, C-contiguous. A wider float (long double) is
+    rounded to dtype, as NumPy's casts do, but a finite value beyond dtype's
+    range is an error: it would become inf and the result NaN, silently."""
+    res = np.asarray(arr, dtype=dtype, order="C")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > res.dtype.itemsize and res.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            lost = np.isinf(res) & np.isfinite(arr)
+        if lost.any():
+            raise ValueError(
+                f"{name} holds {arr.dtype} values beyond the range of {res.dtype} "
+                f"(e.g. {arr[lost].flat[0]!r}), which attnx computes in; scale them first")
+    return res
 
 
 cdef int _raise_status(int rc) except -1:
@@ -281,7 +296,7 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
         filled and returned, with no allocation. Must not share memory with
         the inputs.
     num_threads : int, optional
-        Threads for batched input (default: the OpenMP default).
+        Threads for batched input (default: `attnx.max_threads()`).
 
     Returns
     -------
@@ -320,7 +335,7 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
             T = <size_t>cnp.PyArray_DIMS(K)[0]
             res = _fast_out(out, <cnp.npy_intp>T, tn) if cnp.PyArray_DIMS(K)[1] == d else None
             if res is not None:
-                ts = _release_gil(T * d >= NOGIL_WORK)
+                ts = _release_gil(T * (d + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
                     rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, scale, _dptr(<cnp.ndarray>res))
                 else:
@@ -366,7 +381,7 @@ def _dot_score_general(query, keys, double scale, out, num_threads):
     cdef void *kp = _data(K)
     cdef void *rp = _data(res)
     cdef size_t cLq = Lq, cT = T, cd = d
-    cdef PyThreadState *ts = _release_gil(res.size * d >= NOGIL_WORK)
+    cdef PyThreadState *ts = _release_gil(res.size * (d + 1) >= NOGIL_WORK)
     if f32:
         rc = ak.dot_scores_batch_f32(<float *>qp, <float *>kp, nb, bshape, qs, ks, cLq, cT, cd,
                                      <float>scale, <float *>rp, nt)
@@ -396,7 +411,7 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
         It may be `x`
         itself (in place), but must not otherwise share memory with it.
     num_threads : int, optional
-        Threads for many rows (default: the OpenMP default).
+        Threads for many rows (default: `attnx.max_threads()`).
 
     Returns
     -------
@@ -529,7 +544,7 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
         C-contiguous, writeable array of x's shape and of the result's dtype;
         may be `x` itself.
     num_threads : int, optional
-        Threads for many rows (default: the OpenMP default).
+        Threads for many rows (default: `attnx.max_threads()`).
 
     Returns
     -------
@@ -605,7 +620,7 @@ def context(weights, values, *, out=None, num_threads=None):
         C-contiguous, writeable array of exactly the result's shape and
         dtype; must not share memory with the inputs.
     num_threads : int, optional
-        Threads for batched input (default: the OpenMP default).
+        Threads for batched input (default: `attnx.max_threads()`).
 
     Returns
     -------
@@ -641,7 +656,7 @@ def context(weights, values, *, out=None, num_threads=None):
             dv = <size_t>cnp.PyArray_DIMS(V)[1]
             res = _fast_out(out, <cnp.npy_intp>dv, tn) if cnp.PyArray_DIMS(V)[0] == T else None
             if res is not None:
-                ts = _release_gil(T * dv >= NOGIL_WORK)
+                ts = _release_gil(T * (dv + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
                     rc = ak.context(_dptr(w), _dptr(V), T, dv, _dptr(<cnp.ndarray>res))
                 else:
@@ -683,7 +698,7 @@ def _context_general(weights, values, out, num_threads):
     cdef void *vp = _data(V)
     cdef void *rp = _data(res)
     cdef size_t cT = T, cdv = dv
-    cdef PyThreadState *ts = _release_gil(res.size * T >= NOGIL_WORK)
+    cdef PyThreadState *ts = _release_gil((res.size + 1) * T >= NOGIL_WORK)
     if f32:
         rc = ak.context_batch_f32(<float *>wp, <float *>vp, nb, bshape, ws, vs, 1, cT, cdv,
                                   <float *>rp, nt)
@@ -734,7 +749,7 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     num_threads : int, optional
         Threads for batched queries, or for one query over a long sequence
         (the keys are split across threads and the partial softmax states
-        merged). Default: the OpenMP default, which threadpoolctl can limit.
+        merged). Default: `attnx.max_threads()`.
     score : {"dot", "general", "additive"}, optional
         The score function (Luong et al. 2015; Bahdanau et al. 2015):
         ``"dot"`` (default) ``q . k``; ``"general"`` ``q^T W k`` (pass `W`,
@@ -812,7 +827,7 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
                     and T > 0 and T * (d + dv) < SERIAL_WORK):
                 res = _fast_out(out, <cnp.npy_intp>dv, tn)
             if res is not None:
-                ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
+                ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
                     rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, scale, NULL,
                                    _dptr(<cnp.ndarray>res), NULL)
@@ -1207,29 +1222,39 @@ cdef class KVCache:
     cdef bint _f32
     cdef object _K
     cdef object _V
-    # held by every change of the rows (append, extend, reserve, clear), so
-    # that writers from several threads neither lose rows nor interleave
-    # them; readers (attend, keys) take a consistent snapshot without it:
-    # rows below `length` are complete before `length` moves past them.
+    cdef object _Kro     # read-only views of _K and _V (for keys/values)
+    cdef object _Vro
+    # Held by every change of the state (append, extend, reserve, clear, a
+    # re-__init__) and by readers while they take a snapshot of it (buffers,
+    # length, widths), never while converting input (an __array__ may call
+    # back into the cache) nor during a computation. The buffers are never
+    # written below `length`: a change that would (clear, re-__init__)
+    # installs new ones, so an attend that released the GIL keeps reading
+    # the rows it started with.
     cdef cython.pymutex _lock
 
     def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64, dtype=np.float64):
+        # validate and allocate first: a failure leaves the cache as it was
         if d < 0 or capacity < 0:
             raise ValueError(f"d and capacity must be >= 0, got d={d}, capacity={capacity}")
-        self.shared = dv is None
-        self.d = d
-        self.dv = d if dv is None else operator.index(dv)
-        if self.dv < 0:
+        cdef bint shared = dv is None
+        cdef Py_ssize_t ndv = d if shared else operator.index(dv)
+        if ndv < 0:
             raise ValueError(f"dv must be >= 0, got {dv}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype != _FLOAT64 and self.dtype != _FLOAT32:
-            raise TypeError(f"dtype must be float64 or float32, got {self.dtype}")
-        self.dtype = _FLOAT32 if self.dtype == _FLOAT32 else _FLOAT64
-        self._f32 = self.dtype is _FLOAT32
-        self.length = 0
-        self.capacity = capacity
-        self._K = np.empty((capacity, d), dtype=self.dtype)
-        self._V = self._K if self.shared else np.empty((capacity, self.dv), dtype=self.dtype)
+        dt = np.dtype(dtype)
+        if dt != _FLOAT64 and dt != _FLOAT32:
+            raise TypeError(f"dtype must be float64 or float32, got {dt}")
+        dt = _FLOAT32 if dt == _FLOAT32 else _FLOAT64
+        K = np.empty((capacity, d), dtype=dt)
+        V = K if shared else np.empty((capacity, ndv), dtype=dt)
+        with self._lock:
+            self.shared = shared
+            self.d = d
+            self.dv = ndv
+            self.dtype = dt
+            self._f32 = dt is _FLOAT32
+            self.length = 0
+            self._install(K, V)
 
     def __len__(self):
         return self.length
@@ -1238,22 +1263,30 @@ cdef class KVCache:
         return (f"KVCache(d={self.d}, dv={None if self.shared else self.dv}, "
                 f"length={self.length}, capacity={self.capacity}, dtype={self.dtype})")
 
+    cdef void _install(self, K, V) noexcept:
+        """Make K and V the buffers (under the lock)."""
+        self._K = K
+        self._V = V
+        self.capacity = (<cnp.ndarray>K).shape[0]
+        # views over a read-only memoryview: no one can set them writeable
+        self._Kro = np.asarray(memoryview(K).toreadonly())
+        self._Vro = self._Kro if V is K else np.asarray(memoryview(V).toreadonly())
+
     @property
     def keys(self):
         """The keys held, a read-only (length, d) view."""
-        v = self._K[:self.length]
-        v.flags.writeable = False
-        return v
+        with self._lock:
+            return self._Kro[:self.length]
 
     @property
     def values(self):
         """The values held, a read-only (length, dv) view."""
-        v = self._V[:self.length]
-        v.flags.writeable = False
-        return v
+        with self._lock:
+            return self._Vro[:self.length]
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
-        """Room for n rows, doubling the capacity when it must grow."""
+        """Room for n rows, doubling the capacity when it must grow (under the
+        lock; allocates, but calls no user code)."""
         if n <= self.capacity:
             return 0
         cdef Py_ssize_t cap = max(n, 2 * self.capacity, 16)
@@ -1264,7 +1297,7 @@ cdef class KVCache:
         else:
             V = np.empty((cap, self.dv), dtype=self.dtype)
             V[:self.length] = self._V[:self.length]
-        self._K, self._V, self.capacity = K, V, cap
+        self._install(K, V)
         return 0
 
     def reserve(self, Py_ssize_t n):
@@ -1272,20 +1305,36 @@ cdef class KVCache:
         with self._lock:
             self._reserve(n)
 
-    def append(self, k, v=None):
-        """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
-        with self._lock:
-            self._append(k, v)
-
-    cdef int _append(self, k, v) except -1:
-        # fast path: float64 rows of the right length and room for them
-        if (not self._f32 and self.length < self.capacity and _is_f64(k, _IN_FLAGS)
+    cdef bint _fast_row(self, k, v) noexcept:
+        """k (and v) are float64 rows this cache can copy as they are."""
+        return (not self._f32 and _is_f64(k, _IN_FLAGS)
                 and cnp.PyArray_NDIM(<cnp.ndarray>k) == 1
                 and cnp.PyArray_DIMS(<cnp.ndarray>k)[0] == self.d
                 and ((self.shared and v is None) or (
                     not self.shared and _is_f64(v, _IN_FLAGS)
                     and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
-                    and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == self.dv))):
+                    and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == self.dv)))
+
+    def append(self, k, v=None):
+        """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
+        if not self._fast_row(k, v):
+            # convert outside the lock: an array-like's __array__ may append
+            # to this very cache
+            if self.shared and v is not None:
+                raise ValueError("this cache's values are its keys (dv=None): append(k) only")
+            if not self.shared and v is None:
+                raise ValueError("append(k, v) needs a value row: this cache has dv="
+                                 f"{self.dv}")
+            k = _as_real(k, "k", self.dtype)
+            if not self.shared:
+                v = _as_real(v, "v", self.dtype)
+        with self._lock:
+            self._append(k, v)
+
+    cdef int _append(self, k, v) except -1:
+        """Under the lock; k and v converted (the cache may have been
+        re-initialised since: checked again here)."""
+        if self._fast_row(k, v) and self.length < self.capacity:
             memcpy(_dptr(<cnp.ndarray>self._K) + self.length * self.d,
                    _dptr(<cnp.ndarray>k), self.d * sizeof(double))
             if not self.shared:
@@ -1293,18 +1342,12 @@ cdef class KVCache:
                        _dptr(<cnp.ndarray>v), self.dv * sizeof(double))
             self.length += 1
             return 0
-        if self.shared and v is not None:
-            raise ValueError("this cache's values are its keys (dv=None): append(k) only")
-        if not self.shared and v is None:
-            raise ValueError("append(k, v) needs a value row: this cache has dv="
-                             f"{self.dv}")
-        k = _as_real(k, "k", self.dtype)
-        if k.shape != (self.d,):
+        if self.shared != (v is None):
+            raise ValueError("the cache was re-initialised while appending: values do not match")
+        if k.dtype != self.dtype or k.shape != (self.d,):
             raise ValueError(f"k has shape {k.shape}, expected ({self.d},)")
-        if not self.shared:
-            v = _as_real(v, "v", self.dtype)
-            if v.shape != (self.dv,):
-                raise ValueError(f"v has shape {v.shape}, expected ({self.dv},)")
+        if not self.shared and (v.dtype != self.dtype or v.shape != (self.dv,)):
+            raise ValueError(f"v has shape {v.shape}, expected ({self.dv},)")
         self._reserve(self.length + 1)
         self._K[self.length] = k
         if not self.shared:
@@ -1314,18 +1357,20 @@ cdef class KVCache:
 
     def extend(self, keys, values=None):
         """Add many rows: keys (n, d) and, unless shared, values (n, dv)."""
-        with self._lock:
-            self._extend(keys, values)
-
-    cdef int _extend(self, keys, values) except -1:
-        K = _as_real(keys, "keys", self.dtype)
-        if K.ndim != 2 or K.shape[1] != self.d:
-            raise ValueError(f"keys has shape {K.shape}, expected (n, {self.d})")
         if self.shared != (values is None):
             raise ValueError("values must be given exactly when the cache was made with dv")
+        K = _as_real(keys, "keys", self.dtype)      # outside the lock, as in append
+        V = None if values is None else _as_real(values, "values", self.dtype)
+        with self._lock:
+            self._extend(K, V)
+
+    cdef int _extend(self, K, V) except -1:
+        if K.dtype != self.dtype or K.ndim != 2 or K.shape[1] != self.d:
+            raise ValueError(f"keys has shape {K.shape}, expected (n, {self.d})")
+        if self.shared != (V is None):
+            raise ValueError("values must be given exactly when the cache was made with dv")
         if not self.shared:
-            V = _as_real(values, "values", self.dtype)
-            if V.shape != (K.shape[0], self.dv):
+            if V.dtype != self.dtype or V.shape != (K.shape[0], self.dv):
                 raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
                                  f"expected ({K.shape[0]}, {self.dv})")
         n = K.shape[0]
@@ -1337,9 +1382,19 @@ cdef class KVCache:
         return 0
 
     def clear(self):
-        """Forget every row (the capacity stays)."""
+        """Forget every row (the capacity stays). An attend running in another
+        thread keeps reading the rows it started with: the cache moves to new
+        buffers rather than overwriting those."""
+        K = np.empty((self.capacity, self.d), dtype=self.dtype)
+        V = K if self.shared else np.empty((self.capacity, self.dv), dtype=self.dtype)
         with self._lock:
+            if K.shape[1] != self.d or V.shape[1] != self.dv or (V is K) != self.shared \
+                    or K.dtype != self.dtype:
+                # re-initialised meanwhile: allocate for what it is now
+                K = np.empty((self.capacity, self.d), dtype=self.dtype)
+                V = K if self.shared else np.empty((self.capacity, self.dv), dtype=self.dtype)
             self.length = 0
+            self._install(K, V)
 
     def attend(self, query, *, double scale=1.0, out=None, return_weights=False,
                num_threads=None):
@@ -1347,26 +1402,36 @@ cdef class KVCache:
         `attnx.attend(query, cache.keys, cache.values, ...)`."""
         cdef cnp.ndarray q, Kb, Vb, rb
         cdef int rc
-        cdef size_t T = <size_t>self.length, d = <size_t>self.d, dv = <size_t>self.dv
+        cdef size_t T, d, dv
         cdef PyThreadState *ts
-        cdef int tn = cnp.NPY_FLOAT if self._f32 else cnp.NPY_DOUBLE
-        if self._f32 and not _is_type(query, tn, _IN_FLAGS):
+        cdef bint f32 = self._f32
+        cdef int tn = cnp.NPY_FLOAT if f32 else cnp.NPY_DOUBLE
+        if f32 and not _is_type(query, tn, _IN_FLAGS):
             query = _as_real(query, "query", _FLOAT32)    # the cache's type decides
         res = None
-        if (not return_weights and num_threads is None and _is_type(query, tn, _IN_FLAGS)
-                and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1
-                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
-                and T > 0 and T * (d + dv) < SERIAL_WORK):
-            res = _fast_out(out, <cnp.npy_intp>dv, tn)
-        if res is not None:
-            # local references keep these buffers alive through the call even
-            # if another thread grows the cache (append/reserve replace
-            # self._K and self._V) while the GIL is released
-            q = <cnp.ndarray>query
+        if not return_weights and num_threads is None and _is_type(query, tn, _IN_FLAGS) \
+                and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1:
+            res = _fast_out(out, <cnp.npy_intp>self.dv, tn)
+        # One snapshot of the state, under the lock: buffers, rows and widths
+        # of the same generation. The local references keep the buffers alive
+        # through the call whatever other threads do to the cache meanwhile
+        # (grow, clear and re-__init__ install new buffers).
+        with self._lock:
             Kb = <cnp.ndarray>self._K
             Vb = <cnp.ndarray>self._V
+            T = <size_t>self.length
+            d = <size_t>self.d
+            dv = <size_t>self.dv
+            same = self._f32 == f32
+            Kro = self._Kro
+            Vro = self._Vro
+        if (res is not None and same
+                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
+                and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>res)[0] == dv
+                and T > 0 and T * (d + dv) < SERIAL_WORK):
+            q = <cnp.ndarray>query
             rb = <cnp.ndarray>res
-            ts = _release_gil(T * (d + dv) >= NOGIL_WORK)
+            ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
             if tn == cnp.NPY_FLOAT:
                 rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, <float>scale, NULL,
                                    _fptr(rb), NULL)
@@ -1377,5 +1442,6 @@ cdef class KVCache:
             if rc != 0:
                 _raise_status(rc)
             return res
-        return attend(query, self.keys, None if self.shared else self.values, scale=scale,
-                      out=out, return_weights=return_weights, num_threads=num_threads)
+        Ks = Kro[:T]
+        return attend(query, Ks, Ks if Vro is Kro else Vro[:T], scale=scale, out=out, return_weights=return_weights,
+                      num_threads=num_threads)

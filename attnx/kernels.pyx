@@ -235,18 +235,22 @@ def simd_available():
 
 
 def build_info():
-    """Compiler, flags and OpenMP of the build, as one line."""
+    """Compiler, flags and threads of the build, as one line."""
     return attnx_build_info().decode()
 
 
 def max_threads():
-    """Threads a call with ``num_threads=None`` may use (0 without OpenMP)."""
+    """Threads a call with ``num_threads=None`` may use: the CPUs this process
+    may run on (its affinity mask), or fewer when ``ATTNX_NUM_THREADS`` (or
+    ``OMP_NUM_THREADS``) says so; 1 in a build without threads."""
     return attnx_max_threads()
 
 
-def _set_simd_level(str name):
+def _set_simd_level(str name not None):
     """Switch the kernel set for the whole process (for tests only: not safe
     while other threads are inside attnx). ``name`` is a level or "best"."""
+    if "\0" in name:
+        raise ValueError(f"cannot select SIMD level {name!r}: it holds a NUL character")
     cdef bytes b = name.encode()
     cdef int rc = attnx_set_simd_level(b)
     if rc != 0:

@@ -5,10 +5,6 @@
 #include <math.h>
 #include <stddef.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "attnx_api_util.h"
 
 /* The Python build writes the compiler and flags into a generated header. */
@@ -36,14 +32,7 @@ const char *attnx_strerror(int status)
 
 const char *attnx_build_info(void) { return ATTNX_BUILD_INFO; }
 
-int attnx_max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 0;
-#endif
-}
+int attnx_max_threads(void) { return attnx_default_threads(); }
 
 /* ctx = acc / l, or zeros when nothing was attended, or NaN when poisoned. */
 static void online_finish(double m, double l, double *acc, size_t dv)

@@ -8,10 +8,6 @@
  */
 #include <stdint.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "attnx_api_util.h"
 #include "attnx_internal_additive.h"
 
@@ -79,6 +75,34 @@ int attnx_additive_scores(const double *a, const double *Kp, const double *v,
 
 /* ----------------------------------------------------------------- batch */
 
+typedef struct {
+    const attnx_additive_kernels *kt;
+    const double *A, *Kp, *v;
+    size_t nbatch;
+    const size_t *batch_shape;
+    const ptrdiff_t *a_strides, *kp_strides;
+    size_t rows, Lq, T, h, group, chunk, nchunks;
+    double *scores;
+} additive_job;
+
+/* Work items [it0, it1): item it is key chunk it % nchunks of query-row
+ * group it / nchunks. */
+static void additive_items(void *p, size_t it0, size_t it1)
+{
+    const additive_job *j = (const additive_job *)p;
+    for (size_t it = it0; it < it1; it++) {
+        size_t g = it / j->nchunks, t0 = (it % j->nchunks) * j->chunk;
+        size_t nk = j->T - t0 < j->chunk ? j->T - t0 : j->chunk;
+        size_t r1 = (g + 1) * j->group < j->rows ? (g + 1) * j->group : j->rows;
+        for (size_t row = g * j->group; row < r1; row++) {
+            size_t b = row / j->Lq, i = row % j->Lq;
+            const double *ab = j->A + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->a_strides, b) : 0);
+            const double *kb = j->Kp + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->kp_strides, b) : 0);
+            j->kt->scores(ab + i * j->h, kb + t0 * j->h, j->v, nk, j->h, j->scores + row * j->T + t0);
+        }
+    }
+}
+
 int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
                                 size_t nbatch, const size_t *batch_shape,
                                 const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
@@ -129,18 +153,8 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
         group = rows;
     }
     const size_t nchunks = (T + chunk - 1) / chunk, ngroups = (rows + group - 1) / group;
-    long long nitems = (long long)(ngroups * nchunks), it;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
-    for (it = 0; it < nitems; it++) {
-        size_t g = (size_t)it / nchunks, t0 = ((size_t)it % nchunks) * chunk;
-        size_t nk = T - t0 < chunk ? T - t0 : chunk;
-        size_t r1 = (g + 1) * group < rows ? (g + 1) * group : rows;
-        for (size_t row = g * group; row < r1; row++) {
-            size_t b = row / Lq, i = row % Lq;
-            const double *ab = A + (nbatch ? attnx_batch_offset(nbatch, batch_shape, a_strides, b) : 0);
-            const double *kb = Kp + (nbatch ? attnx_batch_offset(nbatch, batch_shape, kp_strides, b) : 0);
-            kt->scores(ab + i * h, kb + t0 * h, v, nk, h, scores + row * T + t0);
-        }
-    }
+    additive_job job = {kt, A, Kp, v, nbatch, batch_shape, a_strides, kp_strides,
+                        rows, Lq, T, h, group, chunk, nchunks, scores};
+    attnx_parallel_for(nt, ngroups * nchunks, additive_items, &job);
     return ATTNX_OK;
 }

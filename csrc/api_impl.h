@@ -22,10 +22,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "attnx_api_util.h"
 
 /* A single query is split across threads (flash-decoding) from this many
@@ -48,16 +44,6 @@ static void fill(AX_T *y, size_t n, AX_T v)
 
 /* ---------------------------------------------------------------- kernels */
 
-static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
-                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                         const unsigned char *mask, AX_T *ctx)
-{
-    attnx_online st = {-INFINITY, 0.0};
-    fill(ctx, dv, 0);
-    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
-    AX_FINISH(st.m, st.l, ctx, dv);
-}
-
 /* Scores of the keys the mask lets through, in runs of consecutive keys, so
  * that masked rows are never read; masked scores are -inf. */
 static void masked_scores(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
@@ -79,6 +65,95 @@ static void masked_scores(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
         kt->dot_scores(q, K + t * d, u - t, d, scale, s + t);
         t = u;
     }
+}
+
+/* 1 when some c[j] is inf or NaN. */
+static int nonfinite(const AX_T *c, size_t n)
+{
+    for (size_t j = 0; j < n; j++)
+        if (!(c[j] - c[j] == 0)) return 1;
+    return 0;
+}
+
+#define SAFE_BLOCK 64
+
+/* The rare-case path behind every fused attend whose context comes out inf
+ * or NaN. The fused kernels keep an unnormalised accumulator (it overflows
+ * where sum_t exp(s_t - m) |V[t]| does, though the context itself is
+ * representable) and read a value row with the weight it has at the time
+ * (inf * a later rescale of exactly 0 is NaN, though the key's final weight
+ * is 0). Here the weights are final before any value row is read: pass 1
+ * finds m and l, pass 2 adds w_t V[t] for each weight w_t = exp(s_t - m) / l
+ * (rounded to AX_T) that is not 0, in double. So a weight of exactly 0 never
+ * reads its row, and the sum stays within max |V[t]|: finite inputs whose
+ * context is representable give a finite context. Scores are recomputed in
+ * blocks on the stack; only the dv double accumulators are allocated
+ * (without memory: accumulated in ctx). Costs about two fused passes. */
+static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
+                        size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
+                        AX_T *ctx)
+{
+    AX_T s[SAFE_BLOCK];
+    double m = -INFINITY, l = 0.0;
+    for (size_t t0 = 0; t0 < T; t0 += SAFE_BLOCK) {
+        size_t nb = T - t0 < SAFE_BLOCK ? T - t0 : SAFE_BLOCK;
+        masked_scores(kt, q, K + t0 * d, nb, d, scale, mask ? mask + t0 : NULL, s);
+        for (size_t t = 0; t < nb; t++) {
+            double x = (double)s[t];
+            if (x != x || x == INFINITY) {     /* NaN in, NaN out (as the fused pass) */
+                fill(ctx, dv, (AX_T)NAN);
+                return;
+            }
+            if (x == -INFINITY) continue;
+            if (x > m) {
+                l = l * attnx_exp_diff_scalar(m, x) + 1.0;
+                m = x;
+            } else {
+                l += attnx_exp_diff_scalar(x, m);
+            }
+        }
+    }
+    if (m == -INFINITY) {                      /* nothing attended */
+        fill(ctx, dv, 0);
+        return;
+    }
+    double *acc = (double *)malloc((dv ? dv : 1) * sizeof(double));
+    for (size_t j = 0; j < dv; j++) {
+        if (acc) acc[j] = 0.0;
+        else ctx[j] = 0;
+    }
+    for (size_t t0 = 0; t0 < T; t0 += SAFE_BLOCK) {
+        size_t nb = T - t0 < SAFE_BLOCK ? T - t0 : SAFE_BLOCK;
+        masked_scores(kt, q, K + t0 * d, nb, d, scale, mask ? mask + t0 : NULL, s);
+        for (size_t t = 0; t < nb; t++) {
+            if ((double)s[t] == -INFINITY) continue;
+            /* the weight as the two-pass path returns it, in AX_T: a key
+             * whose weight rounds to 0 there is not read here either */
+            const AX_T wt = (AX_T)(attnx_exp_diff_scalar((double)s[t], m) / l);
+            if (wt == 0) continue;
+            const double w = (double)wt;
+            const AX_T *v = V + (t0 + t) * dv;
+            for (size_t j = 0; j < dv; j++) {
+                if (acc) acc[j] += w * (double)v[j];
+                else ctx[j] += (AX_T)(w * (double)v[j]);
+            }
+        }
+    }
+    if (acc) {
+        for (size_t j = 0; j < dv; j++) ctx[j] = (AX_T)acc[j];
+        free(acc);
+    }
+}
+
+static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
+                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
+                         const unsigned char *mask, AX_T *ctx)
+{
+    attnx_online st = {-INFINITY, 0.0};
+    fill(ctx, dv, 0);
+    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
+    AX_FINISH(st.m, st.l, ctx, dv);
+    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
 }
 
 /* Weights then context; w has room for T entries. */
@@ -107,6 +182,12 @@ static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, size_t q
 {
     if (!w && kt->attend_rows) {
         kt->attend_rows(Q, nq, q0, K, V, T, d, dv, scale, mask, mask_row_stride, causal, ctx);
+        for (size_t r = 0; r < nq; r++) {
+            if (!nonfinite(ctx + r * dv, dv)) continue;
+            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+            attend_safe(kt, Q + r * d, K, V, lim, d, dv, scale,
+                        mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL, ctx + r * dv);
+        }
         return;
     }
     for (size_t r = 0; r < nq; r++) {
@@ -114,7 +195,10 @@ static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, size_t q
         const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
         if (w) {
             attend_two_pass(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv, w + r * T);
-            fill(w + r * T + lim, T - lim, 0);
+            /* causally excluded keys weigh 0, or NaN in a NaN row: the
+             * rule of masked keys */
+            AX_T w0 = w[r * T];
+            fill(w + r * T + lim, T - lim, w0 != w0 ? w0 : (AX_T)0);
         } else {
             attend_fused(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv);
         }
@@ -172,6 +256,7 @@ int AX_API(attend)(const AX_T *q, const AX_T *K, const AX_T *V,
         (overlaps(weights, T, q, qb) || overlaps(weights, T, K, Kb) || overlaps(weights, T, V, Vb) ||
          overlaps(weights, T, ctx, dv * sizeof(AX_T)) || (mask && overlaps(weights, T, mask, T))))
         return ATTNX_ERR_OVERLAP;
+    if (dv == 0 && !weights) return ATTNX_OK;   /* nothing to write: no O(T) walk */
     const AX_KERNELS *kt = AX_KERNELS_GET();
     if (weights)
         attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, weights);
@@ -181,6 +266,28 @@ int AX_API(attend)(const AX_T *q, const AX_T *K, const AX_T *V,
 }
 
 /* ----------------------------------------------------------------- batches */
+
+typedef struct {
+    const AX_KERNELS *kt;
+    const AX_T *Q, *K;
+    size_t nbatch;
+    const size_t *batch_shape;
+    const ptrdiff_t *q_strides, *k_strides;
+    size_t Lq, T, d;
+    AX_T scale;
+    AX_T *scores;
+} scores_job;
+
+static void scores_rows(void *p, size_t i0, size_t i1)
+{
+    const scores_job *j = (const scores_job *)p;
+    for (size_t i = i0; i < i1; i++) {
+        size_t b = i / j->Lq, r = i % j->Lq;
+        const AX_T *qb = j->Q + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->q_strides, b) : 0);
+        const AX_T *kb = j->K + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->k_strides, b) : 0);
+        j->kt->dot_scores(qb + r * j->d, kb, j->T, j->d, j->scale, j->scores + i * j->T);
+    }
+}
 
 int AX_API(dot_scores_batch)(const AX_T *Q, const AX_T *K,
                            size_t nbatch, const size_t *batch_shape,
@@ -202,23 +309,30 @@ int AX_API(dot_scores_batch)(const AX_T *Q, const AX_T *K,
                                    batch_shape, k_strides, T * d * sizeof(AX_T))))
         return ATTNX_ERR_OVERLAP;
     if (rows == 0 || T == 0) return ATTNX_OK;   /* nothing to write */
-    const AX_KERNELS *kt = AX_KERNELS_GET();
-    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (d + 1));
-    long long nrows = (long long)rows, i;
-    (void)nt; /* unused without OpenMP */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i = 0; i < nrows; i++) {
-        size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const AX_T *qb = Q + (nbatch ? attnx_batch_offset(nbatch, batch_shape, q_strides, b) : 0);
-        const AX_T *kb = K + (nbatch ? attnx_batch_offset(nbatch, batch_shape, k_strides, b) : 0);
-        kt->dot_scores(qb + r * d, kb, T, d, scale, scores + (size_t)i * T);
-    }
+    scores_job job = {AX_KERNELS_GET(), Q, K, nbatch, batch_shape, q_strides, k_strides,
+                      Lq, T, d, scale, scores};
+    attnx_parallel_for(attnx_pick_threads(num_threads, rows, (double)rows * T * (d + 1)), rows,
+                       scores_rows, &job);
     return ATTNX_OK;
 }
 
 /* The row function f (softmax or log-softmax through the table kt) over each
  * row of a rows x n matrix, the rows split across threads. */
 typedef void (*ax_row_fn)(const AX_KERNELS *kt, const AX_T *x, size_t n, AX_T *y);
+
+typedef struct {
+    const AX_KERNELS *kt;
+    const AX_T *x;
+    size_t n;
+    AX_T *y;
+    ax_row_fn f;
+} rows_job;
+
+static void rows_range(void *p, size_t i0, size_t i1)
+{
+    const rows_job *j = (const rows_job *)p;
+    for (size_t i = i0; i < i1; i++) j->f(j->kt, j->x + i * j->n, j->n, j->y + i * j->n);
+}
 
 static int rows_apply(const AX_T *x, size_t rows, size_t n, AX_T *y, int num_threads, ax_row_fn f)
 {
@@ -228,12 +342,9 @@ static int rows_apply(const AX_T *x, size_t rows, size_t n, AX_T *y, int num_thr
     if (!elems(rows, n, &total)) return ATTNX_ERR_OVERFLOW;
     if (x != y && overlaps(y, total, x, total * sizeof(AX_T))) return ATTNX_ERR_OVERLAP;
     if (n == 0) return ATTNX_OK;
-    const AX_KERNELS *kt = AX_KERNELS_GET();
-    int nt = attnx_pick_threads(num_threads, rows, (double)total * 8);
-    long long nr = (long long)rows, i;
-    (void)nt; /* unused without OpenMP */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i = 0; i < nr; i++) f(kt, x + (size_t)i * n, n, y + (size_t)i * n);
+    rows_job job = {AX_KERNELS_GET(), x, n, y, f};
+    attnx_parallel_for(attnx_pick_threads(num_threads, rows, (double)total * 8), rows,
+                       rows_range, &job);
     return ATTNX_OK;
 }
 
@@ -245,6 +356,27 @@ static void softmax_row(const AX_KERNELS *kt, const AX_T *x, size_t n, AX_T *y)
 int AX_API(softmax_rows)(const AX_T *x, size_t rows, size_t n, AX_T *y, int num_threads)
 {
     return rows_apply(x, rows, n, y, num_threads, softmax_row);
+}
+
+typedef struct {
+    const AX_KERNELS *kt;
+    const AX_T *W, *V;
+    size_t nbatch;
+    const size_t *batch_shape;
+    const ptrdiff_t *w_strides, *v_strides;
+    size_t Lq, T, dv;
+    AX_T *ctx;
+} context_job;
+
+static void context_rows(void *p, size_t i0, size_t i1)
+{
+    const context_job *j = (const context_job *)p;
+    for (size_t i = i0; i < i1; i++) {
+        size_t b = i / j->Lq, r = i % j->Lq;
+        const AX_T *wb = j->W + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->w_strides, b) : 0);
+        const AX_T *vb = j->V + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->v_strides, b) : 0);
+        j->kt->context(wb + r * j->T, vb, j->T, j->dv, j->ctx + i * j->dv);
+    }
 }
 
 int AX_API(context_batch)(const AX_T *W, const AX_T *V,
@@ -266,18 +398,37 @@ int AX_API(context_batch)(const AX_T *W, const AX_T *V,
                                    batch_shape, v_strides, T * dv * sizeof(AX_T))))
         return ATTNX_ERR_OVERLAP;
     if (rows == 0 || dv == 0) return ATTNX_OK;  /* nothing to write */
-    const AX_KERNELS *kt = AX_KERNELS_GET();
-    int nt = attnx_pick_threads(num_threads, rows, (double)rows * T * (dv + 1));
-    long long nrows = (long long)rows, i;
-    (void)nt; /* unused without OpenMP */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i = 0; i < nrows; i++) {
-        size_t b = (size_t)i / Lq, r = (size_t)i % Lq;
-        const AX_T *wb = W + (nbatch ? attnx_batch_offset(nbatch, batch_shape, w_strides, b) : 0);
-        const AX_T *vb = V + (nbatch ? attnx_batch_offset(nbatch, batch_shape, v_strides, b) : 0);
-        kt->context(wb + r * T, vb, T, dv, ctx + (size_t)i * dv);
-    }
+    context_job job = {AX_KERNELS_GET(), W, V, nbatch, batch_shape, w_strides, v_strides,
+                       Lq, T, dv, ctx};
+    attnx_parallel_for(attnx_pick_threads(num_threads, rows, (double)rows * T * (dv + 1)), rows,
+                       context_rows, &job);
     return ATTNX_OK;
+}
+
+typedef struct {
+    const AX_KERNELS *kt;
+    const AX_T *q, *K, *V;
+    size_t T, d, dv, chunk;
+    AX_T scale;
+    const unsigned char *mask;
+    AX_T *acc;
+    attnx_online *st;
+} split_job;
+
+/* Fold chunks [p0, p1) of keys into their own states. */
+static void split_parts(void *ptr, size_t p0, size_t p1)
+{
+    const split_job *j = (const split_job *)ptr;
+    for (size_t p = p0; p < p1; p++) {
+        size_t t0 = p * j->chunk, t1 = t0 + j->chunk < j->T ? t0 + j->chunk : j->T;
+        AX_T *a = j->acc + p * j->dv;
+        j->st[p].m = -INFINITY;
+        j->st[p].l = 0.0;
+        fill(a, j->dv, 0);
+        if (t0 < t1)
+            j->kt->attend_online(j->q, j->K + t0 * j->d, j->V + t0 * j->dv, t1 - t0, j->d, j->dv,
+                                 j->scale, j->mask ? j->mask + t0 : NULL, &j->st[p], a);
+    }
 }
 
 /* One query over a long key sequence, split into nt chunks folded in
@@ -297,18 +448,9 @@ static int attend_split(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
         free(st);
         return ATTNX_ERR_NOMEM;
     }
+    split_job job = {kt, q, K, V, T, d, dv, chunk, scale, mask, acc, st};
+    attnx_parallel_for(nt, (size_t)nt, split_parts, &job);
     long long p;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (p = 0; p < nt; p++) {
-        size_t t0 = (size_t)p * chunk, t1 = t0 + chunk < T ? t0 + chunk : T;
-        AX_T *a = acc + (size_t)p * dv;
-        st[p].m = -INFINITY;
-        st[p].l = 0.0;
-        fill(a, dv, 0);
-        if (t0 < t1)
-            kt->attend_online(q, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
-                              mask ? mask + t0 : NULL, &st[p], a);
-    }
     attnx_online tot = {-INFINITY, 0.0};
     for (p = 0; p < nt; p++) {
         if (st[p].l != st[p].l) tot.l = NAN;
@@ -335,7 +477,48 @@ static int attend_split(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
     free(acc);
     free(sum);
     free(st);
+    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
     return ATTNX_OK;
+}
+
+typedef struct {
+    const AX_KERNELS *kt;
+    const AX_T *Q, *K, *V;
+    size_t nbatch;
+    const size_t *batch_shape;
+    const ptrdiff_t *q_strides, *k_strides, *v_strides;
+    const unsigned char *mask;
+    const ptrdiff_t *mask_strides;
+    ptrdiff_t mask_row_stride;
+    size_t Lq, T, d, dv;
+    AX_T scale;
+    int causal;
+    AX_T *ctx, *weights;
+    size_t chunk, nchunks;
+} batch_job;
+
+/* Work items [it0, it1): item it is chunk it % nchunks of the query rows of
+ * batch item it / nchunks. */
+static void batch_items(void *ptr, size_t it0, size_t it1)
+{
+    const batch_job *j = (const batch_job *)ptr;
+    for (size_t it = it0; it < it1; it++) {
+        size_t b = it / j->nchunks, i0 = (it % j->nchunks) * j->chunk;
+        size_t nq = j->Lq - i0 < j->chunk ? j->Lq - i0 : j->chunk;
+        const AX_T *qb = j->Q, *kb = j->K, *vb = j->V;
+        const unsigned char *mb = j->mask;
+        if (j->nbatch) {
+            qb += attnx_batch_offset(j->nbatch, j->batch_shape, j->q_strides, b);
+            kb += attnx_batch_offset(j->nbatch, j->batch_shape, j->k_strides, b);
+            vb += attnx_batch_offset(j->nbatch, j->batch_shape, j->v_strides, b);
+            if (mb) mb += attnx_batch_offset(j->nbatch, j->batch_shape, j->mask_strides, b);
+        }
+        if (mb) mb += (ptrdiff_t)i0 * j->mask_row_stride;
+        size_t row = b * j->Lq + i0;
+        attend_rows(j->kt, qb + i0 * j->d, nq, i0, kb, vb, j->T, j->d, j->dv, j->scale, mb,
+                    j->mask_row_stride, j->causal, j->ctx + row * j->dv,
+                    j->weights ? j->weights + row * j->T : NULL);
+    }
 }
 
 int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
@@ -391,23 +574,9 @@ int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
     size_t chunk = Lq;
     while (chunk > 8 && count * ((Lq + chunk - 1) / chunk) < 4 * (size_t)nt) chunk = (chunk + 1) / 2;
     size_t nchunks = (Lq + chunk - 1) / chunk;
-    long long nitems = (long long)(count * nchunks), it;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
-    for (it = 0; it < nitems; it++) {
-        size_t b = (size_t)it / nchunks, i0 = ((size_t)it % nchunks) * chunk;
-        size_t nq = Lq - i0 < chunk ? Lq - i0 : chunk;
-        const AX_T *qb = Q, *kb = K, *vb = V;
-        const unsigned char *mb = mask;
-        if (nbatch) {
-            qb += attnx_batch_offset(nbatch, batch_shape, q_strides, b);
-            kb += attnx_batch_offset(nbatch, batch_shape, k_strides, b);
-            vb += attnx_batch_offset(nbatch, batch_shape, v_strides, b);
-            if (mb) mb += attnx_batch_offset(nbatch, batch_shape, mask_strides, b);
-        }
-        if (mb) mb += (ptrdiff_t)i0 * mask_row_stride;
-        size_t row = b * Lq + i0;
-        attend_rows(kt, qb + i0 * d, nq, i0, kb, vb, T, d, dv, scale, mb, mask_row_stride,
-                    causal, ctx + row * dv, weights ? weights + row * T : NULL);
-    }
+    batch_job job = {kt, Q, K, V, nbatch, batch_shape, q_strides, k_strides, v_strides,
+                     mask, mask_strides, mask_row_stride, Lq, T, d, dv, scale, causal,
+                     ctx, weights, chunk, nchunks};
+    attnx_parallel_for(nt, count * nchunks, batch_items, &job);
     return ATTNX_OK;
 }

@@ -113,6 +113,19 @@ int attnx_log_softmax(const double *x, size_t n, double *y)
     return attnx_log_softmax_rows(x, 1, n, y, 1);
 }
 
+typedef struct {
+    const attnx_kernels *kt;
+    const double *x;
+    size_t n;
+    double *y;
+} log_softmax_job;
+
+static void log_softmax_range(void *p, size_t i0, size_t i1)
+{
+    const log_softmax_job *j = (const log_softmax_job *)p;
+    for (size_t i = i0; i < i1; i++) log_softmax_row(j->kt, j->x + i * j->n, j->n, j->y + i * j->n);
+}
+
 int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y, int num_threads)
 {
     if (!x || !y) return ATTNX_ERR_NULL;
@@ -122,11 +135,8 @@ int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y, in
     if (x != y && attnx_overlap(y, total * sizeof(double), x, total * sizeof(double)))
         return ATTNX_ERR_OVERLAP;
     if (n == 0) return ATTNX_OK;
-    const attnx_kernels *kt = attnx_kernels_get();
-    long long nr = (long long)rows, i;
-    int nt = attnx_pick_threads(num_threads, rows, (double)total * 8);
-    (void)nt; /* unused without OpenMP */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (i = 0; i < nr; i++) log_softmax_row(kt, x + (size_t)i * n, n, y + (size_t)i * n);
+    log_softmax_job job = {attnx_kernels_get(), x, n, y};
+    attnx_parallel_for(attnx_pick_threads(num_threads, rows, (double)total * 8), rows,
+                       log_softmax_range, &job);
     return ATTNX_OK;
 }

@@ -112,9 +112,9 @@ int attnx_exp(const double *x, size_t n, double *y);
 /* consecutive matrices (0 broadcasts it). Inside one batch item every       */
 /* operand is a contiguous row-major matrix; outputs are contiguous over the */
 /* whole batch, in C order. nbatch == 0 means a single item (the strides may */
-/* then be NULL). num_threads: 0 = the OpenMP default (OMP_NUM_THREADS,      */
-/* threadpoolctl), 1 = serial, n = at most n threads. Without OpenMP support */
-/* in the build every call is serial.                                        */
+/* then be NULL). num_threads: 0 = attnx_max_threads(), 1 = serial, n = at  */
+/* most n threads, and never more than the CPUs of the process's affinity    */
+/* mask. The threads are attnx's own pool: safe in a child of fork().        */
 /* Errors, besides those of the single-query forms: ARG (nbatch >            */
 /* ATTNX_MAX_BATCH_DIMS, num_threads < 0), NULL (also NULL batch_shape or    */
 /* strides with nbatch > 0), OVERLAP (an output on an input's span), NOMEM.  */
@@ -178,11 +178,12 @@ int attnx_set_simd_level(const char *name);
  * e.g. "avx512 avx2 scalar". */
 const char *attnx_simd_available(void);
 
-/* Nonzero when the library was built with OpenMP; then the largest thread
- * count a num_threads == 0 call would use. 0 without OpenMP. */
+/* The largest thread count a num_threads == 0 call would use: the CPUs this
+ * process may run on (its affinity mask), or fewer by ATTNX_NUM_THREADS or
+ * OMP_NUM_THREADS; 1 in a build without threads. */
 int attnx_max_threads(void);
 
-/* Compiler, flags and OpenMP of this build, as one human-readable line. */
+/* Compiler, flags and threads of this build, as one human-readable line. */
 const char *attnx_build_info(void);
 
 /* ------------------------------------------------------------------------ */

@@ -10,11 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "attnx_internal.h"
+#include "attnx_threads.h"
 
 /* Below this many multiply-adds a call stays on one thread: waking a team
  * costs a few microseconds. */
@@ -71,22 +68,19 @@ static inline int attnx_overlaps_batched(const void *p, size_t nbytes, const voi
     return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
 }
 
-/* Threads for a call: the request (0 = the OpenMP default), capped by the
- * number of independent items and by the amount of work. */
+/* Threads for a call: the request (0 = attnx_default_threads()), capped by
+ * the CPUs this process may use, by the number of independent items and by
+ * the amount of work. Asks the OS nothing for a call too small to split. */
 static inline int attnx_pick_threads(int requested, size_t items, double work)
 {
-#ifdef _OPENMP
-    int nt = requested == 0 ? omp_get_max_threads() : requested;
     double by_work = work / ATTNX_MIN_WORK_PER_THREAD;
-    if (by_work < nt) nt = by_work < 1.0 ? 1 : (int)by_work;
-    if ((size_t)nt > items) nt = items ? (int)items : 1;
+    if (requested == 1 || items < 2 || by_work < 2.0) return 1;
+    int nt = requested == 0 ? attnx_default_threads() : requested;
+    int cpus = attnx_cpu_count();
+    if (nt > cpus) nt = cpus;
+    if (by_work < nt) nt = (int)by_work;
+    if ((size_t)nt > items) nt = (int)items;
     return nt < 1 ? 1 : nt;
-#else
-    (void)requested;
-    (void)items;
-    (void)work;
-    return 1;
-#endif
 }
 
 #endif /* ATTNX_API_UTIL_H */

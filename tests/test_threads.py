@@ -45,7 +45,7 @@ def work(outs):
     attnx.softmax(X, axis=0, out=outs["sm0"])
     attnx.context(W, V, out=outs["c"])
     attnx.dot_score(Qb, Kb, out=outs["s"])
-    attnx.attend(LONG_Q, LONG_K, LONG_V, out=outs["long"])     # split across OpenMP threads
+    attnx.attend(LONG_Q, LONG_K, LONG_V, out=outs["long"])     # split across the pool's threads
     attnx.log_softmax(X, out=outs["lsm"])
     attnx.general_score(q, K, W_GEN, out=outs["gen"])
     attnx.additive_score(q, KP, W_Q, V_ADD, out=outs["add"])
@@ -145,6 +145,9 @@ def _long_call(name):
         row = g.random(1 << 23)
         f = getattr(attnx, name)
         return lambda: f(row)
+    if name == "dot_score_zero_width":    # 0 bytes per key, still a loop over T
+        q0, K0 = np.zeros(0), np.zeros((1 << 24, 0))
+        return lambda: attnx.dot_score(q0, K0)
     if name == "context":
         w, V = attnx.softmax(g.random(2 * T)), g.random((2 * T, d))
         return lambda: attnx.context(w, V)
@@ -153,7 +156,7 @@ def _long_call(name):
 
 LONG_CALLS = ["attend", "attend_weights", "attend_float32", "attend_batched", "attend_general",
               "attend_additive", "dot_score", "softmax", "log_softmax", "context",
-              "kvcache_attend"]
+              "kvcache_attend", "dot_score_zero_width"]
 
 
 @pytest.mark.simd_independent

@@ -17,12 +17,12 @@
  * -DFUZZ_STANDALONE: main() then runs every file named on the command line.
  *     make -C csrc BUILD=/tmp/fz SANITIZE=1 /tmp/fz/libattnx.a
  *     gcc -std=c99 -g -fsanitize=address,undefined -DFUZZ_STANDALONE -Icsrc \
- *         csrc/fuzz/fuzz_attnx.c /tmp/fz/libattnx.a -lm -fopenmp -o /tmp/fz/replay
+ *         csrc/fuzz/fuzz_attnx.c /tmp/fz/libattnx.a -lm -pthread -o /tmp/fz/replay
  *     /tmp/fz/replay csrc/fuzz/corpus/seed-* csrc/fuzz/corpus/bug-*
  *
  * Out of reach by design: the flash-decoding split of one long query
- * (T >= 4096 and OpenMP; .ci/fuzz.sh builds without OpenMP so that runs
- * are deterministic); .ci/sanitize.sh's pytest run covers it.
+ * (T >= 4096 and threads; .ci/fuzz.sh builds with -DATTNX_NO_THREADS so
+ * that runs are deterministic); .ci/sanitize.sh's pytest run covers it.
  *
  * One input drives one operation, chosen by its first byte, at every SIMD
  * level (attnx_set_simd_level), scalar first as the reference:

@@ -6,7 +6,7 @@
  * shared). Not built by the Makefile (its bench target builds bench_core);
  * by hand, after `make -C csrc BUILD=/tmp/b`:
  *
- *   cc -O2 -fopenmp -Icsrc csrc/tests/bench_f32.c /tmp/b/libattnx.a -lm -o /tmp/b/bench_f32
+ *   cc -O2 -pthread -Icsrc csrc/tests/bench_f32.c /tmp/b/libattnx.a -lm -o /tmp/b/bench_f32
  *   /tmp/b/bench_f32 [mid long rows softmax parts]
  *
  * Regimes: mid (attend T=1024, d=dv=64, fused and with weights), long
