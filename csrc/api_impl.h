@@ -67,95 +67,6 @@ static void masked_scores(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
     }
 }
 
-/* 1 when some c[j] is inf or NaN. */
-static int nonfinite(const AX_T *c, size_t n)
-{
-    for (size_t j = 0; j < n; j++)
-        if (!(c[j] - c[j] == 0)) return 1;
-    return 0;
-}
-
-#define SAFE_BLOCK 64
-
-/* The rare-case path behind every fused attend whose context comes out inf
- * or NaN. The fused kernels keep an unnormalised accumulator (it overflows
- * where sum_t exp(s_t - m) |V[t]| does, though the context itself is
- * representable) and read a value row with the weight it has at the time
- * (inf * a later rescale of exactly 0 is NaN, though the key's final weight
- * is 0). Here the weights are final before any value row is read: pass 1
- * finds m and l, pass 2 adds w_t V[t] for each weight w_t = exp(s_t - m) / l
- * (rounded to AX_T) that is not 0, in double. So a weight of exactly 0 never
- * reads its row, and the sum stays within max |V[t]|: finite inputs whose
- * context is representable give a finite context. Scores are recomputed in
- * blocks on the stack; only the dv double accumulators are allocated
- * (without memory: accumulated in ctx). Costs about two fused passes. */
-static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
-                        size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
-                        AX_T *ctx)
-{
-    AX_T s[SAFE_BLOCK];
-    double m = -INFINITY, l = 0.0;
-    for (size_t t0 = 0; t0 < T; t0 += SAFE_BLOCK) {
-        size_t nb = T - t0 < SAFE_BLOCK ? T - t0 : SAFE_BLOCK;
-        masked_scores(kt, q, K + t0 * d, nb, d, scale, mask ? mask + t0 : NULL, s);
-        for (size_t t = 0; t < nb; t++) {
-            double x = (double)s[t];
-            if (x != x || x == INFINITY) {     /* NaN in, NaN out (as the fused pass) */
-                fill(ctx, dv, (AX_T)NAN);
-                return;
-            }
-            if (x == -INFINITY) continue;
-            if (x > m) {
-                l = l * attnx_exp_diff_scalar(m, x) + 1.0;
-                m = x;
-            } else {
-                l += attnx_exp_diff_scalar(x, m);
-            }
-        }
-    }
-    if (m == -INFINITY) {                      /* nothing attended */
-        fill(ctx, dv, 0);
-        return;
-    }
-    double *acc = (double *)malloc((dv ? dv : 1) * sizeof(double));
-    for (size_t j = 0; j < dv; j++) {
-        if (acc) acc[j] = 0.0;
-        else ctx[j] = 0;
-    }
-    for (size_t t0 = 0; t0 < T; t0 += SAFE_BLOCK) {
-        size_t nb = T - t0 < SAFE_BLOCK ? T - t0 : SAFE_BLOCK;
-        masked_scores(kt, q, K + t0 * d, nb, d, scale, mask ? mask + t0 : NULL, s);
-        for (size_t t = 0; t < nb; t++) {
-            if ((double)s[t] == -INFINITY) continue;
-            /* the weight as the two-pass path returns it, in AX_T: a key
-             * whose weight rounds to 0 there is not read here either */
-            const AX_T wt = (AX_T)(attnx_exp_diff_scalar((double)s[t], m) / l);
-            if (wt == 0) continue;
-            const double w = (double)wt;
-            const AX_T *v = V + (t0 + t) * dv;
-            for (size_t j = 0; j < dv; j++) {
-                if (acc) acc[j] += w * (double)v[j];
-                else ctx[j] += (AX_T)(w * (double)v[j]);
-            }
-        }
-    }
-    if (acc) {
-        for (size_t j = 0; j < dv; j++) ctx[j] = (AX_T)acc[j];
-        free(acc);
-    }
-}
-
-static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
-                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                         const unsigned char *mask, AX_T *ctx)
-{
-    attnx_online st = {-INFINITY, 0.0};
-    fill(ctx, dv, 0);
-    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
-    AX_FINISH(st.m, st.l, ctx, dv);
-    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
-}
-
 /* Weights then context; w has room for T entries. */
 static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                             const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
@@ -172,6 +83,46 @@ static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
         return;                        /* rows stay unread */
     }
     kt->context(w, V, T, dv, ctx);
+}
+
+/* 1 when some c[j] is inf or NaN. */
+static int nonfinite(const AX_T *c, size_t n)
+{
+    for (size_t j = 0; j < n; j++)
+        if (!(c[j] - c[j] == 0)) return 1;
+    return 0;
+}
+
+/* The rare-case path behind every fused attend whose context comes out inf
+ * or NaN. The fused kernels keep an unnormalised accumulator (it overflows
+ * where sum_t exp(s_t - m) |V[t]| does, though the context itself is
+ * representable) and read a value row with the weight it has at the time
+ * (inf * a later rescale of exactly 0 is NaN, though the key's final weight
+ * is 0). The two-pass path has neither problem: its weights are final and
+ * normalised before any value row is read, and a weight of exactly 0 never
+ * reads its row. So the context is recomputed by it, bit for bit what
+ * return_weights gives, with the weights in a scratch buffer of T (the
+ * one allocation of the single-query path, in this rare case only; should
+ * even that fail, the fused result stands). */
+static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
+                        size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
+                        AX_T *ctx)
+{
+    AX_T *w = (AX_T *)malloc(T * sizeof(AX_T));
+    if (!w) return;
+    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+    free(w);
+}
+
+static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
+                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
+                         const unsigned char *mask, AX_T *ctx)
+{
+    attnx_online st = {-INFINITY, 0.0};
+    fill(ctx, dv, 0);
+    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
+    AX_FINISH(st.m, st.l, ctx, dv);
+    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
 }
 
 /* Queries [q0, q0 + nq) of one batch item: Q, ctx, w and mask point at row q0. */

@@ -75,6 +75,8 @@
  *     relative to sum |a|*|b| of the terms (cancellation-proof), weights
  *     within a bound that grows with the scores' own rounding error; the
  *     fused pass agrees with the two-pass one, batched with single calls;
+ *   - on any input, a context the two-pass path computes finite is finite
+ *     from the fused pass too;
  *   - exp agrees across levels within 2 ulp everywhere; in-place results
  *     equal out-of-place ones bit for bit.
  */
@@ -882,6 +884,12 @@ static void op_attend(reader *r, header *h)
         if (L == 0) row_tol_init(&rt, &a, T, d, dv, scale, live, w2);
         /* same level: fused agrees with two-pass; then both with scalar */
         compare_row(&rt, T, dv, ctx, NULL, c2, w2, "fused vs two-pass");
+        /* on any input: the fused pass never makes inf or NaN of a context
+         * the two-pass one computes finite (a value row of weight exactly 0
+         * is not read; the unnormalised sum may not overflow) */
+        for (size_t j = 0; j < dv; j++)
+            if (isfinite(c2[j]) && !isfinite(ctx[j]))
+                fail("fused context[%zu] = %g where the two-pass one is %.17g", j, ctx[j], c2[j]);
         if (L == 0) {
             ref_ctx = c2;
             ref_w = w2;

@@ -110,6 +110,17 @@ seed("attend-long-misaligned", header("attend", 0, T=300, d=16, dv=8, mis_a=0xff
                                       scale=SCALE_RSQRT, unit_exp=-4))
 seed("attend-wide-d-dv", header("attend", WEIGHTS | WIDE, T=40, d=136, dv=264, unit_exp=-5))
 seed("attend-empty", header("attend", WEIGHTS, T=0, d=3, dv=2))
+# a value row of final weight exactly 0, read early by the fused pass (inf * 0)
+ZW_K = [0, -1e300, -1e300, -1e300, 400, -1e300, -1e300, -1e300, 800]
+seed("attend-zero-weight-inf-value", header("attend", WEIGHTS, T=9, d=1, dv=1)
+     + vals([1]) + vals(ZW_K) + vals([inf] + [1] * 8))
+seed("attend-batch-zero-weight-nan-value-tiled", header("attend_batch", 0, T=9, d=1, dv=1, Lq=6)
+     + vals([1] * 6) + vals(ZW_K) + vals([nan] + [1] * 8))
+# finite values whose unnormalised sum overflows: the context is 1e308
+seed("attend-overflow-finite-context", header("attend", WEIGHTS, T=2, d=1, dv=1)
+     + vals([0]) + vals([0, 0]) + vals([1e308, 1e308]))
+seed("attend-batch-overflow-finite-context-tiled", header("attend_batch", CAUSAL, T=8, d=1, dv=2, Lq=8)
+     + vals([0] * 8) + vals([0] * 8) + vals([1e308, -1e308] * 8))
 
 # ---- invalid arguments and overlapping outputs
 for i, what in enumerate(["q", "K", "V", "ctx"]):
