@@ -35,6 +35,18 @@ cdef extern from "Python.h":
     PyThreadState *PyEval_SaveThread() nogil
     void PyEval_RestoreThread(PyThreadState *) nogil
 
+cdef extern from *:
+    """
+    #if defined(Py_GIL_DISABLED)
+    #define ATTNX_FREE_THREADED 1
+    #else
+    #define ATTNX_FREE_THREADED 0
+    #endif
+    """
+    # With the GIL, a run of attribute reads that calls no Python code is
+    # atomic; without it (3.13t+), such a snapshot needs a lock.
+    const bint ATTNX_FREE_THREADED
+
 cdef enum:
     # Multiply-adds above which a call releases the GIL (releasing and
     # re-taking it costs about 100 ns, the whole of a tiny call).
@@ -1412,19 +1424,21 @@ cdef class KVCache:
         if not return_weights and num_threads is None and _is_type(query, tn, _IN_FLAGS) \
                 and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1:
             res = _fast_out(out, <cnp.npy_intp>self.dv, tn)
-        # One snapshot of the state, under the lock: buffers, rows and widths
+        # One snapshot of the state: buffers, rows and widths
         # of the same generation. The local references keep the buffers alive
         # through the call whatever other threads do to the cache meanwhile
         # (grow, clear and re-__init__ install new buffers).
-        with self._lock:
-            Kb = <cnp.ndarray>self._K
-            Vb = <cnp.ndarray>self._V
-            T = <size_t>self.length
-            d = <size_t>self.d
-            dv = <size_t>self.dv
-            same = self._f32 == f32
-            Kro = self._Kro
-            Vro = self._Vro
+        # (With the GIL the reads below call no Python code: atomic as they are.)
+        if ATTNX_FREE_THREADED:
+            self._lock.acquire()
+        Kb = <cnp.ndarray>self._K
+        Vb = <cnp.ndarray>self._V
+        T = <size_t>self.length
+        d = <size_t>self.d
+        dv = <size_t>self.dv
+        cdef bint same = self._f32 == f32
+        if ATTNX_FREE_THREADED:
+            self._lock.release()
         if (res is not None and same
                 and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
                 and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>res)[0] == dv
@@ -1442,6 +1456,8 @@ cdef class KVCache:
             if rc != 0:
                 _raise_status(rc)
             return res
-        Ks = Kro[:T]
-        return attend(query, Ks, Ks if Vro is Kro else Vro[:T], scale=scale, out=out, return_weights=return_weights,
+        # (the general path: read-only views of the snapshot's rows)
+        Ks = np.asarray(memoryview(Kb).toreadonly())[:T]
+        Vs = Ks if Vb is Kb else np.asarray(memoryview(Vb).toreadonly())[:T]
+        return attend(query, Ks, Vs, scale=scale, out=out, return_weights=return_weights,
                       num_threads=num_threads)

@@ -144,10 +144,12 @@ def test_the_thread_environment_variable_limits_the_default():
 # --- 4 and 5. weights of exactly 0, and overflow with a finite context ------
 
 def _zero_weight_case(dtype):
-    K = np.full((9, 1), -1e300)
-    K[0], K[4], K[8] = 0.0, 400.0, 800.0
+    # the filler keys are finite in dtype (an -inf score is skipped unread)
+    f64 = dtype == np.float64
+    K = np.full((9, 1), -1e300 if f64 else -1e30)
+    K[0], K[4], K[8] = (0.0, 400.0, 800.0) if f64 else (0.0, 60.0, 120.0)
     V = np.ones((9, 1))
-    V[0] = np.inf      # its final weight is exp(-800) = 0: never read
+    V[0] = np.inf      # its final weight, exp(-800) (float32: exp(-120)), is 0: never read
     with np.errstate(over="ignore"):
         return K.astype(dtype), V.astype(dtype)
 
