@@ -112,6 +112,9 @@ def test_num_threads_is_capped_at_the_cpus_of_the_affinity_mask():
 
 
 @pytest.mark.simd_independent
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer does not support RLIMIT_AS (its shadow memory "
+                           "and allocator need the address space the limit takes away)")
 def test_a_thread_that_cannot_be_created_is_not_fatal():
     """Under an address-space limit, a pool worker's stack may not fit: the
     call then runs on fewer threads (libgomp aborted the process)."""
