@@ -43,12 +43,13 @@ except ImportError:
 
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
 from ._core import (KVCache, additive_score, attend, context, dot_score, general_score,
-                    log_softmax, project_keys, softmax)
+                    log_softmax, merge_attention, project_keys, softmax)
 
 __all__ = [
     "__version__",
     "KVCache",
     "attend",
+    "merge_attention",
     "context",
     "dot_score",
     "general_score",

@@ -1,4 +1,5 @@
-from typing import Literal, overload
+from collections.abc import Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -96,6 +97,9 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     v: ArrayLike | None = None,
     keys_proj: ArrayLike | None = None,
     W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
 ) -> _F32: ...
 @overload
 def attend(  # type: ignore[overload-overlap, unused-ignore]
@@ -115,6 +119,9 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     v: ArrayLike | None = None,
     keys_proj: ArrayLike | None = None,
     W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
 ) -> tuple[_F32, _F32]: ...
 @overload
 def attend(
@@ -134,6 +141,9 @@ def attend(
     v: ArrayLike | None = None,
     keys_proj: ArrayLike | None = None,
     W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
 ) -> _F64: ...
 @overload
 def attend(
@@ -153,7 +163,38 @@ def attend(
     v: ArrayLike | None = None,
     keys_proj: ArrayLike | None = None,
     W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
 ) -> tuple[_F64, _F64]: ...
+@overload
+def attend(
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike | None = None,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    return_weights: bool = False,
+    out: NDArray[Any] | tuple[NDArray[Any] | None, ...] | None = None,
+    num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
+    return_lse: Literal[True],
+    key_offset: int = 0,
+    query_offset: int = 0,
+) -> tuple[NDArray[Any], ...]: ...
+def merge_attention(
+    outs: ArrayLike | Sequence[ArrayLike],
+    lses: ArrayLike | Sequence[ArrayLike],
+    *,
+    out: NDArray[Any] | tuple[NDArray[Any] | None, NDArray[Any] | None] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any]]: ...
 @overload
 def general_score(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,

@@ -14,10 +14,11 @@ cimport cython
 cimport numpy as cnp
 from cpython.pystate cimport PyThreadState
 from libc.stdint cimport uintptr_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cimport attnx.kernels as ak
 
+import inspect
 import operator
 
 import numpy as np
@@ -54,6 +55,11 @@ cdef enum:
     # Above this a single query goes through the batched entry point, which
     # may split the keys across threads.
     SERIAL_WORK = 1 << 18
+    # From this many keys the batched entry point splits a few query rows
+    # into fixed partitions (csrc/attnx.h, split-K): the fast paths, which
+    # call the unsplit single-query kernel, stay below it so that every
+    # path gives the same bits.
+    SPLIT_MIN_KEYS = 8192
 
 cdef int _IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef int _OUT_FLAGS = _IN_FLAGS | cnp.NPY_ARRAY_WRITEABLE
@@ -726,8 +732,7 @@ def _context_general(weights, values, out, num_threads):
 # --- attend ---------------------------------------------------------------------
 
 def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal=False,
-           bint return_weights=False, out=None, num_threads=None, score="dot", W=None,
-           W_q=None, v=None, keys_proj=None, W_k=None):
+           bint return_weights=False, out=None, num_threads=None, **options):
     """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
 
     Parameters
@@ -756,8 +761,24 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     out : ndarray or tuple, optional
         Array for the context (C-contiguous, writeable, of exactly its dtype and
         shape; filled and returned with no allocation). With
-        `return_weights`, a pair ``(context_out, weights_out)``, either of
-        which may be None. Must not share memory with the inputs.
+        `return_weights` or `return_lse`, a tuple with one entry per result
+        (``(context_out, weights_out)``, ``(context_out, lse_out)`` or all
+        three), any of which may be None. Must not share memory with the
+        inputs.
+    return_lse : bool, optional
+        Also return each query row's logsumexp: the natural log of the sum
+        of ``exp(score)`` over the keys it attends (its scores scaled and
+        masked), shape (...) for a 1-D query, else (..., Lq); ``-inf`` for a
+        query that attends nothing. `merge_attention` combines results over
+        disjoint key chunks with it.
+    key_offset, query_offset : int, optional
+        Positions of the first key and the first query (default 0): query
+        row i sits at ``query_offset + i`` and key t at ``key_offset + t``,
+        and `causal` lets a query see the keys at or before its position. A
+        chunk of keys attended with its own `key_offset` then masks exactly
+        as it would inside the whole sequence, and ``query_offset = T - Lq``
+        aligns a block of queries with the end of the keys (a decoder's
+        cache). A query that sees no key gets zeros (and ``lse = -inf``).
     num_threads : int, optional
         Threads for batched queries, or for one query over a long sequence
         (the keys are split across threads and the partial softmax states
@@ -816,15 +837,26 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     >>> Q, K, V = rng.standard_normal((3, 2, 4, 5, 8))   # (batch, heads, L, d)
     >>> attnx.attend(Q, K, V, scale=8 ** -0.5, causal=True).shape
     (2, 4, 5, 8)
+
+    Two chunks of keys, each attended on its own, merge into the whole:
+
+    >>> a = attnx.attend(Q, K[..., :3, :], V[..., :3, :], causal=True, return_lse=True)
+    >>> b = attnx.attend(Q, K[..., 3:, :], V[..., 3:, :], causal=True, return_lse=True,
+    ...                  key_offset=3)
+    >>> ctx, lse = attnx.merge_attention([a[0], b[0]], [a[1], b[1]])
+    >>> np.allclose(ctx, attnx.attend(Q, K, V, causal=True), rtol=1e-14, atol=1e-14)
+    True
     """
     cdef cnp.ndarray q, K, V
     cdef size_t T, d, dv
     cdef int rc
     cdef PyThreadState *ts
     cdef int tn = -1
-    if (mask is None and not causal and not return_weights and num_threads is None
-            and (score is _DOT or score == "dot") and W is None and W_q is None
-            and v is None and keys_proj is None and W_k is None):
+    # The rarer options (the score functions, return_lse, the offsets) come
+    # through **options: each named keyword-only parameter costs every call
+    # a few ns of argument parsing, which is most of a tiny call.
+    if mask is None and not causal and not return_weights and num_threads is None \
+            and not options:
         tn = _fast_type(query, keys, values)
     if tn >= 0:
         q = <cnp.ndarray>query
@@ -836,7 +868,7 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
             dv = <size_t>cnp.PyArray_DIMS(V)[1]
             res = None
             if (<size_t>cnp.PyArray_DIMS(K)[1] == d and <size_t>cnp.PyArray_DIMS(V)[0] == T
-                    and T > 0 and T * (d + dv) < SERIAL_WORK):
+                    and T > 0 and T < SPLIT_MIN_KEYS and T * (d + dv) < SERIAL_WORK):
                 res = _fast_out(out, <cnp.npy_intp>dv, tn)
             if res is not None:
                 ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
@@ -850,7 +882,21 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
                 if rc != 0:
                     _raise_status(rc)   # ERR_OVERLAP: out shares memory with an input
                 return res
+    score = options.pop("score", _DOT)
+    W = options.pop("W", None)
+    W_q = options.pop("W_q", None)
+    v = options.pop("v", None)
+    keys_proj = options.pop("keys_proj", None)
+    W_k = options.pop("W_k", None)
+    cdef bint return_lse = options.pop("return_lse", False)
+    cdef ptrdiff_t koff = _offset(options.pop("key_offset", 0), "key_offset")
+    cdef ptrdiff_t qoff = _offset(options.pop("query_offset", 0), "query_offset")
+    if options:
+        raise TypeError(f"attend() got an unexpected keyword argument {next(iter(options))!r}")
     if not (score is _DOT or score == "dot"):
+        if return_lse or koff or qoff:
+            raise ValueError("return_lse, key_offset and query_offset work with the dot "
+                             "score (score='dot' or 'general')")
         return _attend_scored(query, keys, values, scale, mask, causal, return_weights, out,
                               num_threads, score, W, W_q, v, keys_proj, W_k)
     if W is not None or W_q is not None or v is not None or keys_proj is not None \
@@ -858,10 +904,39 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
         raise ValueError("W, W_q, v, keys_proj and W_k belong to score='general' or "
                          "score='additive'; the default score is 'dot'")
     return _attend_general(query, keys, values, scale, mask, causal, return_weights, out,
-                           num_threads)
+                           num_threads, return_lse, qoff, koff)
+
+
+cdef ptrdiff_t _offset(object x, str name) except? -1:
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {x!r}")
+    try:
+        n = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
+    if not -(1 << 62) <= n < (1 << 62):
+        raise ValueError(f"{name} must be within +-2**62, got {n}")
+    return n
 
 
 _DOT = "dot"
+
+# attend's full signature, for inspect and IDEs (its rarer keywords arrive
+# through **options)
+def _attend_signature():
+    P = inspect.Parameter
+    pos = [P(n, P.POSITIONAL_OR_KEYWORD, default=d) if d is not P.empty
+           else P(n, P.POSITIONAL_OR_KEYWORD)
+           for n, d in (("query", P.empty), ("keys", P.empty), ("values", None))]
+    kw = [P(n, P.KEYWORD_ONLY, default=d) for n, d in (
+        ("scale", 1.0), ("mask", None), ("causal", False), ("return_weights", False),
+        ("out", None), ("num_threads", None), ("score", "dot"), ("W", None), ("W_q", None),
+        ("v", None), ("keys_proj", None), ("W_k", None), ("return_lse", False),
+        ("key_offset", 0), ("query_offset", 0))]
+    return inspect.Signature(pos + kw)
+
+
+attend.__signature__ = _attend_signature()
 
 
 def _attend_scored(query, keys, values, double scale, mask, bint causal, bint return_weights,
@@ -873,7 +948,7 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
         if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
             raise ValueError("score='general' takes W only")
         return _attend_general(_general_query(query, W, keys), keys, values, scale, mask, causal,
-                               return_weights, out, num_threads)
+                               return_weights, out, num_threads, False, 0, 0)
     if score != "additive":
         raise ValueError(f"score must be 'dot', 'general' or 'additive', got {score!r}")
     if W is not None:
@@ -935,7 +1010,8 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
 
 
 def _attend_general(query, keys, values, double scale, mask, bint causal,
-                    bint return_weights, out, num_threads):
+                    bint return_weights, out, num_threads, bint return_lse=False,
+                    ptrdiff_t query_offset=0, ptrdiff_t key_offset=0):
     dt = _work_dtype((query, keys, values))
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
@@ -985,17 +1061,24 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
         _fill_strides(m, 1 if single else 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
     ins = [q, K, V, m]
-    w = None
-    if return_weights:
+    w = lse = None
+    cdef int nres = 1 + return_weights + return_lse
+    if nres > 1:
         if out is None:
-            out = (None, None)
+            out = (None,) * nres
         elif cnp.PyArray_Check(out):
-            out = (out, None)
-        elif not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError("with return_weights=True, out must be an array for the context "
-                             "or a pair (context_out, weights_out)")
+            out = (out,) + (None,) * (nres - 1)
+        elif not (isinstance(out, tuple) and len(out) == nres):
+            names = ", ".join(["context_out"] + ["weights_out"] * return_weights
+                              + ["lse_out"] * return_lse)
+            raise ValueError(f"with return_weights={bool(return_weights)} and "
+                             f"return_lse={bool(return_lse)}, out must be an array for the "
+                             f"context or a tuple ({names})")
         ctx = _result(out[0], ctx_shape, ins, dt)
-        w = _result(out[1], scores_shape, ins + [ctx], dt)
+        if return_weights:
+            w = _result(out[1], scores_shape, ins + [ctx], dt)
+        if return_lse:
+            lse = _result(out[nres - 1], scores_shape[:-1], ins + [ctx, w], dt)
     else:
         ctx = _result(out, ctx_shape, ins, dt)
     cdef int nt = _threads(num_threads)
@@ -1013,24 +1096,154 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     cdef void *wp = NULL if w is None else _data(w)
     cdef size_t cLq = Lq, cT = T, cd = d, cdv = dv
     cdef int rc
+    cdef ak.attnx_attention_params p
+    memset(&p, 0, sizeof(p))
+    p.size = sizeof(p)
+    p.query, p.keys, p.values = qp, kp, vp
+    p.nbatch, p.batch_shape = nb, bshape
+    p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
+    p.Lq, p.T, p.d, p.dv = cLq, cT, cd, cdv
+    p.scale = scale
+    p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
+    p.causal = causal
+    p.query_offset, p.key_offset = query_offset, key_offset
+    p.out, p.weights = cp, wp
+    p.lse = NULL if lse is None else _data(lse)
+    p.num_threads = nt
     rows = 1
     for i in range(nb):
         rows *= batch[i]
     cdef PyThreadState *ts = _release_gil(rows * Lq * T * (d + dv + 1) >= NOGIL_WORK)
-    if f32:
-        rc = ak.attend_batch_f32(<float *>qp, <float *>kp, <float *>vp, nb, bshape, qs, ks, vs,
-                                 cLq, cT, cd, cdv, <float>scale, mptr, ms, mrow, causal,
-                                 <float *>cp, <float *>wp, nt)
-    else:
-        rc = ak.attend_batch(<double *>qp, <double *>kp, <double *>vp, nb, bshape, qs, ks, vs,
-                             cLq, cT, cd, cdv, scale, mptr, ms, mrow, causal, <double *>cp,
-                             <double *>wp, nt)
+    rc = ak.attention_f32(&p) if f32 else ak.attention(&p)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
-    if return_weights:
-        return ctx, w
-    return ctx
+    res = (ctx,) + ((w,) if return_weights else ()) + ((lse,) if return_lse else ())
+    return res if nres > 1 else ctx
+
+
+# --- merging partial results ----------------------------------------------------
+
+def merge_attention(outs, lses, *, out=None):
+    """Combine attention results computed over disjoint sets of keys.
+
+    Given P partial results ``(out_p, lse_p)`` from ``attend(...,
+    return_lse=True)`` over P chunks of the keys, returns what attention over
+    all the keys gives: ``lse = log(sum_p exp(lse_p))`` and ``out = sum_p
+    exp(lse_p - lse) * out_p``. Computed max-first in float64 in the order
+    p = 0, 1, ..., so nothing overflows and the result is the same bits every
+    time. This is the reduction of split-K decoding, of `attnx.dask` and of
+    ring attention.
+
+    Parameters
+    ----------
+    outs : array_like, shape (P, ..., dv), or a sequence of P arrays (..., dv)
+        The partial contexts.
+    lses : array_like, shape (P, ...), or a sequence of P arrays (...)
+        Their logsumexps. Leading dimensions of ``outs[p]`` without its last
+        and of ``lses[p]`` broadcast together.
+    out : ndarray or tuple, optional
+        An array for the merged context, or a pair ``(out, lse_out)``, either
+        of which may be None.
+
+    Returns
+    -------
+    out : ndarray, shape (..., dv)
+    lse : ndarray, shape (...)
+        float32 when every partial is float32, else float64.
+
+    Notes
+    -----
+    A partial with ``lse = -inf`` (every key of its chunk masked) weighs
+    nothing, and its context is not read; when all are ``-inf`` the result is
+    zeros and ``-inf``, as attention over nothing. A NaN in any ``lse_p``
+    makes that row NaN; a NaN in an ``out_p`` of non-zero weight reaches the
+    merged context as arithmetic does.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> rng = np.random.default_rng(0)
+    >>> q, K, V = rng.standard_normal(4), rng.standard_normal((10, 4)), rng.standard_normal((10, 3))
+    >>> parts = [attnx.attend(q, K[i:i + 5], V[i:i + 5], return_lse=True) for i in (0, 5)]
+    >>> ctx, lse = attnx.merge_attention([o for o, _ in parts], [l for _, l in parts])
+    >>> np.allclose(ctx, attnx.attend(q, K, V), rtol=1e-14)
+    True
+    """
+    if isinstance(outs, (list, tuple)):
+        if not isinstance(lses, (list, tuple)):
+            raise TypeError("outs is a sequence, so lses must be one too")
+        if len(outs) != len(lses):
+            raise ValueError(f"outs holds {len(outs)} partial results but lses holds "
+                             f"{len(lses)}: one lse per partial result")
+        if len(outs) == 0:
+            raise ValueError("merge_attention needs at least one partial result (P = 0)")
+        dt = _work_dtype(tuple(outs) + tuple(lses))
+        O = [_as_real(o, f"outs[{i}]", dt) for i, o in enumerate(outs)]
+        Ls = [_as_real(x, f"lses[{i}]", dt) for i, x in enumerate(lses)]
+        for i, o in enumerate(O):
+            if o.ndim < 1:
+                raise ValueError(f"outs[{i}] has shape {o.shape}: expected (..., dv)")
+        try:
+            shape = np.broadcast_shapes(*[o.shape[:-1] for o in O], *[x.shape for x in Ls])
+        except ValueError:
+            raise ValueError("the partial results do not broadcast together: outs shapes "
+                             f"{[o.shape for o in O]}, lses shapes {[x.shape for x in Ls]}") from None
+        dvs = {o.shape[-1] for o in O}
+        if len(dvs) != 1:
+            raise ValueError(f"outs have different last dimensions (dv): {[o.shape for o in O]}")
+        dv = dvs.pop()
+        Oa = np.empty((len(O),) + shape + (dv,), dt)
+        La = np.empty((len(O),) + shape, dt)
+        for i in range(len(O)):
+            Oa[i] = O[i]
+            La[i] = Ls[i]
+    else:
+        dt = _work_dtype((outs, lses))
+        Oa = _as_real(outs, "outs", dt)
+        La = _as_real(lses, "lses", dt)
+        if Oa.ndim < 2:
+            raise ValueError(f"outs has shape {Oa.shape}: expected (P, ..., dv)")
+        if La.ndim < 1 or La.shape[0] != Oa.shape[0]:
+            raise ValueError(f"outs has shape {Oa.shape} but lses has shape {La.shape}: "
+                             f"both start with the number of partial results P")
+        if Oa.shape[0] == 0:
+            raise ValueError("merge_attention needs at least one partial result (P = 0)")
+        try:
+            shape = np.broadcast_shapes(Oa.shape[1:-1], La.shape[1:])
+        except ValueError:
+            raise ValueError(f"outs has shape {Oa.shape} and lses has shape {La.shape}: "
+                             f"{Oa.shape[1:-1]} and {La.shape[1:]} do not broadcast") from None
+        dv = Oa.shape[-1]
+        Oa = np.ascontiguousarray(np.broadcast_to(Oa, (Oa.shape[0],) + shape + (dv,)))
+        La = np.ascontiguousarray(np.broadcast_to(La, (La.shape[0],) + shape))
+    if out is None:
+        out = (None, None)
+    elif cnp.PyArray_Check(out):
+        out = (out, None)
+    elif not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError("out must be an array for the merged context or a pair (out, lse_out)")
+    ins = [Oa, La]
+    res = _result(out[0], shape + (dv,), ins, dt)
+    lse = _result(out[1], shape, ins + [res], dt)
+    cdef size_t P = Oa.shape[0], rows = La[0].size, cdv = dv
+    cdef void *op = _data(Oa)
+    cdef void *lp = _data(La)
+    cdef void *rp = _data(res)
+    cdef void *sp = _data(lse)
+    cdef bint f32 = dt is _FLOAT32
+    cdef int rc
+    cdef PyThreadState *ts = _release_gil(P * rows * (cdv + 1) >= NOGIL_WORK)
+    if f32:
+        rc = ak.merge_attention_f32(P, rows, cdv, <float *>op, <float *>lp, <float *>rp,
+                                    <float *>sp)
+    else:
+        rc = ak.merge_attention(P, rows, cdv, <double *>op, <double *>lp, <double *>rp,
+                                <double *>sp)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return res, lse
 
 
 # --- score functions (Luong's general, Bahdanau's additive) --------------------
@@ -1442,7 +1655,7 @@ cdef class KVCache:
         if (res is not None and same
                 and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>query)[0] == d
                 and <size_t>cnp.PyArray_DIMS(<cnp.ndarray>res)[0] == dv
-                and T > 0 and T * (d + dv) < SERIAL_WORK):
+                and T > 0 and T < SPLIT_MIN_KEYS and T * (d + dv) < SERIAL_WORK):
             q = <cnp.ndarray>query
             rb = <cnp.ndarray>res
             ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)

@@ -92,3 +92,66 @@ cdef int attend_batch_f32(const float *Q, const float *K, const float *V, size_t
                           const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal,
                           float *ctx, float *weights, int num_threads) noexcept nogil
 cdef int log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil
+
+# --- attnx_attention's options (csrc/attnx.h, API version 3) -----------------
+# The C definition, guarded, so that a downstream module needs no include path;
+# tests/test_c_api.py checks it against attnx.h.
+cdef extern from *:
+    """
+    #ifndef ATTNX_ATTENTION_PARAMS_DEFINED
+    #define ATTNX_ATTENTION_PARAMS_DEFINED
+    #include <stddef.h>
+        typedef struct attnx_attention_params {
+            size_t size;
+            const void *query;
+            const void *keys;
+            const void *values;
+            size_t nbatch;
+            const size_t *batch_shape;
+            const ptrdiff_t *query_strides, *key_strides, *value_strides;
+            size_t Lq, T, d, dv;
+            double scale;
+            const unsigned char *mask;
+            const ptrdiff_t *mask_strides;
+            ptrdiff_t mask_row_stride;
+            int causal;
+            ptrdiff_t query_offset, key_offset;
+            void *out;
+            void *weights;
+            void *lse;
+            int num_threads;
+        } attnx_attention_params;
+    #endif
+    """
+    ctypedef struct attnx_attention_params:
+        size_t size
+        const void *query
+        const void *keys
+        const void *values
+        size_t nbatch
+        const size_t *batch_shape
+        const ptrdiff_t *query_strides
+        const ptrdiff_t *key_strides
+        const ptrdiff_t *value_strides
+        size_t Lq
+        size_t T
+        size_t d
+        size_t dv
+        double scale
+        const unsigned char *mask
+        const ptrdiff_t *mask_strides
+        ptrdiff_t mask_row_stride
+        int causal
+        ptrdiff_t query_offset
+        ptrdiff_t key_offset
+        void *out
+        void *weights
+        void *lse
+        int num_threads
+
+cdef int attention(const attnx_attention_params *params) noexcept nogil
+cdef int attention_f32(const attnx_attention_params *params) noexcept nogil
+cdef int merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
+                         const double *lses, double *out, double *lse) noexcept nogil
+cdef int merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
+                             const float *lses, float *out, float *lse) noexcept nogil

@@ -73,6 +73,12 @@ cdef extern from "attnx.h" nogil:
                                const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal,
                                float *ctx, float *weights, int num_threads)
     int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads)
+    int attnx_attention(const attnx_attention_params *params)
+    int attnx_attention_f32(const attnx_attention_params *params)
+    int attnx_merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
+                              const double *lses, double *out, double *lse)
+    int attnx_merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
+                                  const float *lses, float *out, float *lse)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -196,6 +202,20 @@ cdef int attend_batch_f32(const float *Q, const float *K, const float *V, size_t
 
 cdef int log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y, int num_threads) noexcept nogil:
     return attnx_log_softmax_rows_f32(x, rows, n, y, num_threads)
+
+cdef int attention(const attnx_attention_params *params) noexcept nogil:
+    return attnx_attention(params)
+
+cdef int attention_f32(const attnx_attention_params *params) noexcept nogil:
+    return attnx_attention_f32(params)
+
+cdef int merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
+                         const double *lses, double *out, double *lse) noexcept nogil:
+    return attnx_merge_attention(P, rows, dv, outs, lses, out, lse)
+
+cdef int merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
+                             const float *lses, float *out, float *lse) noexcept nogil:
+    return attnx_merge_attention_f32(P, rows, dv, outs, lses, out, lse)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)

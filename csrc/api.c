@@ -34,23 +34,10 @@ const char *attnx_build_info(void) { return ATTNX_BUILD_INFO; }
 
 int attnx_max_threads(void) { return attnx_default_threads(); }
 
-/* ctx = acc / l, or zeros when nothing was attended, or NaN when poisoned. */
-static void online_finish(double m, double l, double *acc, size_t dv)
-{
-    if (l != l) {
-        for (size_t j = 0; j < dv; j++) acc[j] = NAN;
-    } else if (m == -INFINITY) {
-        for (size_t j = 0; j < dv; j++) acc[j] = 0.0;
-    } else {
-        for (size_t j = 0; j < dv; j++) acc[j] /= l;
-    }
-}
-
 #define AX_T double
 #define AX_KERNELS attnx_kernels
 #define AX_KERNELS_GET attnx_kernels_get
 #define AX_API(name) attnx_##name
-#define AX_FINISH online_finish
 #include "api_impl.h"
 
 int attnx_exp(const double *x, size_t n, double *y)

@@ -27,7 +27,6 @@ const attnx_kernels_f32 *attnx_kernels_f32_get(void)
 #define AX_KERNELS attnx_kernels_f32
 #define AX_KERNELS_GET attnx_kernels_f32_get
 #define AX_API(name) attnx_##name##_f32
-#define AX_FINISH attnx_online_finish_f32
 #include "api_impl.h"
 
 static void log_softmax_row(const attnx_kernels_f32 *kt, const float *x, size_t n, float *y)

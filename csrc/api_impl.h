@@ -9,13 +9,11 @@
  *   AX_KERNELS               its kernel table type
  *   AX_KERNELS_GET()         the active table of that type
  *   AX_API(name)             the public name: attnx_name, attnx_name_f32
- *   AX_FINISH(m, l, c, dv)   c = c / l in place; zeros when m == -inf
- *                            (nothing attended), NaN when l is NaN
  *
  * Internal: not installed, included once per translation unit.
  */
-#if !defined(AX_T) || !defined(AX_KERNELS) || !defined(AX_API) || !defined(AX_FINISH)
-#error "api_impl.h: define AX_T, AX_KERNELS, AX_KERNELS_GET, AX_API and AX_FINISH first"
+#if !defined(AX_T) || !defined(AX_KERNELS) || !defined(AX_API)
+#error "api_impl.h: define AX_T, AX_KERNELS, AX_KERNELS_GET and AX_API first"
 #endif
 
 #include <math.h>     /* INFINITY, NAN: macros only, no libm call */
@@ -25,10 +23,6 @@
 
 #include "attnx_api_util.h"
 
-/* A single query is split across threads (flash-decoding) from this many
- * keys; below ATTNX_MIN_WORK_PER_THREAD multiply-adds a call stays on one
- * thread (attnx_pick_threads). */
-#define MIN_SPLIT_KEYS 4096
 
 /* r = a * b as a count of elements whose byte size fits in size_t. */
 static int elems(size_t a, size_t b, size_t *r) { return attnx_elems(a, b, sizeof(AX_T), r); }
@@ -86,25 +80,55 @@ static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
     kt->context(w, V, T, dv, ctx);
 }
 
-/* 1 when some c[j] is inf or NaN: its exponent field is all ones, so adding
+/* Whether some c[j] is inf or NaN: its exponent field is all ones, so adding
  * one to that field carries into the sign bit. Integer ops with no branch,
- * which the compiler vectorises: it runs after every fused call. */
-static int nonfinite(const AX_T *c, size_t n)
+ * which the compiler vectorises, in the loop that writes c[j] = EXPR (EXPR
+ * may read c[j]); the flag goes to FLAG. */
+#define NF_LOOP(U, EXP, ONE, c, n, EXPR, FLAG)                  \
+    do {                                                        \
+        U acc_ = 0;                                             \
+        for (size_t j = 0; j < (n); j++) {                      \
+            U u_;                                               \
+            c[j] = (EXPR);                                      \
+            memcpy(&u_, &c[j], sizeof u_);                      \
+            acc_ |= (U)((u_ & (EXP)) + (ONE));                  \
+        }                                                       \
+        FLAG = (int)(acc_ >> (8 * sizeof(U) - 1));              \
+    } while (0)
+#define NF_CHECKED(c, n, EXPR, FLAG)                                                        \
+    do {                                                                                    \
+        if (sizeof(AX_T) == 8)                                                              \
+            NF_LOOP(uint64_t, 0x7ff0000000000000ull, 0x0010000000000000ull, c, n, EXPR, FLAG); \
+        else                                                                                \
+            NF_LOOP(uint32_t, 0x7f800000u, 0x00800000u, c, n, EXPR, FLAG);                  \
+    } while (0)
+
+/* 1 when some c[j] is inf or NaN. */
+static int nonfinite(AX_T *c, size_t n)
 {
-#define NF_CHECK(U, EXP, ONE)                                   \
-    U acc = 0;                                                  \
-    for (size_t j = 0; j < n; j++) {                            \
-        U u;                                                    \
-        memcpy(&u, &c[j], sizeof u);                            \
-        acc |= (U)((u & (EXP)) + (ONE));                        \
-    }                                                           \
-    return (int)(acc >> (8 * sizeof(U) - 1));
-    if (sizeof(AX_T) == 8) {
-        NF_CHECK(uint64_t, 0x7ff0000000000000ull, 0x0010000000000000ull)
-    } else {
-        NF_CHECK(uint32_t, 0x7f800000u, 0x00800000u)
+    int bad;
+    NF_CHECKED(c, n, c[j], bad);
+    return bad;
+}
+
+/* The online softmax's finish (c = c / l; zeros when m == -inf, nothing
+ * attended; NaN when l is), and whether
+ * the context needs attend_safe: some entry is inf or NaN though l is not
+ * (a NaN l is a NaN score: NaN is the answer). Checked in the division's own
+ * loop, which it does not slow down: it runs after every fused call. */
+static int finish_checked(double m, double l, AX_T *c, size_t dv)
+{
+    int bad;
+    if (l != l) {
+        fill(c, dv, (AX_T)NAN);
+        return 0;
     }
-#undef NF_CHECK
+    if (m == -INFINITY) {
+        fill(c, dv, 0);
+        return 0;
+    }
+    NF_CHECKED(c, dv, (AX_T)((double)c[j] / l), bad);
+    return bad;
 }
 
 /* The rare-case path behind every fused attend whose context comes out inf
@@ -128,44 +152,103 @@ static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, cons
     free(w);
 }
 
+/* The natural-log logsumexp of a row's scores from its online state:
+ * m + log(l); -inf when nothing was attended, NaN when poisoned. */
+static AX_T state_lse(double m, double l)
+{
+    if (l != l) return (AX_T)NAN;
+    if (m == -INFINITY) return (AX_T)-INFINITY;
+    return (AX_T)(m + attnx_log_f64(l));
+}
+
+/* One query, fused; its logsumexp into *lse unless lse is NULL. */
 static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                          const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                         const unsigned char *mask, AX_T *ctx)
+                         const unsigned char *mask, AX_T *ctx, AX_T *lse)
 {
     attnx_online st = {-INFINITY, 0.0};
     fill(ctx, dv, 0);
     kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
-    AX_FINISH(st.m, st.l, ctx, dv);
-    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
+    if (finish_checked(st.m, st.l, ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
+    if (lse) *lse = state_lse(st.m, st.l);
 }
 
-/* Queries [q0, q0 + nq) of one batch item: Q, ctx, w and mask point at row q0. */
+/* attend_two_pass and the logsumexp of the row, which the weights give
+ * exactly enough: at the largest score s_j = m, w_j = 1 / l (within the
+ * softmax's 4 ulp), so lse = m - log(w_j). */
+static void attend_two_pass_lse(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
+                                const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
+                                const unsigned char *mask, AX_T *ctx, AX_T *w, AX_T *lse)
+{
+    if (!lse) {
+        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+        return;
+    }
+    masked_scores(kt, q, K, T, d, scale, mask, w);
+    size_t jmax = 0;
+    for (size_t t = 1; t < T; t++)
+        if (w[t] > w[jmax] || w[jmax] != w[jmax]) jmax = t;
+    const double m = (double)w[jmax];
+    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+    if (w[0] != w[0]) *lse = (AX_T)NAN;
+    else if (m == -INFINITY) *lse = (AX_T)-INFINITY;
+    else *lse = (AX_T)(m - attnx_log_f64((double)w[jmax]));
+}
+
+/* Keys a query row sees under causality: query row i (at position
+ * query_offset + i) sees keys t with key_offset + t <= query_offset + i, that
+ * is t < i + 1 + diag with diag = query_offset - key_offset; all T without
+ * causality. May be 0. */
+static size_t causal_lim(int causal, ptrdiff_t diag, size_t i, size_t T)
+{
+    if (!causal) return T;
+    ptrdiff_t lim = (ptrdiff_t)i + 1 + diag;
+    return lim <= 0 ? 0 : (size_t)lim < T ? (size_t)lim : T;
+}
+
+/* Queries [q0, q0 + nq) of one batch item: Q, ctx, w, lse and mask point at
+ * row q0. With neither weights nor lse, the SIMD level's tiled kernel takes
+ * the rows it can (those that see at least one key); the kernel reports no
+ * logsumexp, so with lse every row is folded on its own. */
 static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, size_t q0,
                         const AX_T *K, const AX_T *V, size_t T, size_t d, size_t dv,
                         AX_T scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                        int causal, AX_T *ctx, AX_T *w)
+                        int causal, ptrdiff_t diag, AX_T *ctx, AX_T *w, AX_T *lse)
 {
-    if (!w && kt->attend_rows) {
-        kt->attend_rows(Q, nq, q0, K, V, T, d, dv, scale, mask, mask_row_stride, causal, ctx);
-        for (size_t r = 0; r < nq; r++) {
+    size_t r = 0;
+    /* rows before the first key (a negative diag): nothing to attend */
+    while (r < nq && causal_lim(causal, diag, q0 + r, T) == 0) {
+        fill(ctx + r * dv, dv, 0);
+        if (w) fill(w + r * T, T, 0);
+        if (lse) lse[r] = (AX_T)-INFINITY;
+        r++;
+    }
+    if (!w && !lse && kt->attend_rows && r < nq) {
+        /* the kernel's causal rule is t <= its q0 + row: shift by diag */
+        const size_t kq0 = causal ? (size_t)((ptrdiff_t)(q0 + r) + diag) : q0 + r;
+        const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
+        kt->attend_rows(Q + r * d, nq - r, kq0, K, V, T, d, dv, scale, mr, mask_row_stride,
+                        causal, ctx + r * dv);
+        for (; r < nq; r++) {
             if (!nonfinite(ctx + r * dv, dv)) continue;
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
-            attend_safe(kt, Q + r * d, K, V, lim, d, dv, scale,
+            attend_safe(kt, Q + r * d, K, V, causal_lim(causal, diag, q0 + r, T), d, dv, scale,
                         mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL, ctx + r * dv);
         }
         return;
     }
-    for (size_t r = 0; r < nq; r++) {
-        size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+    for (; r < nq; r++) {
+        size_t lim = causal_lim(causal, diag, q0 + r, T);
         const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
         if (w) {
-            attend_two_pass(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv, w + r * T);
+            attend_two_pass_lse(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv,
+                                w + r * T, lse ? lse + r : NULL);
             /* causally excluded keys weigh 0, or NaN in a NaN row: the
              * rule of masked keys */
             AX_T w0 = w[r * T];
             fill(w + r * T + lim, T - lim, w0 != w0 ? w0 : (AX_T)0);
         } else {
-            attend_fused(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv);
+            attend_fused(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv,
+                         lse ? lse + r : NULL);
         }
     }
 }
@@ -226,7 +309,7 @@ int AX_API(attend)(const AX_T *q, const AX_T *K, const AX_T *V,
     if (weights)
         attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, weights);
     else
-        attend_fused(kt, q, K, V, T, d, dv, scale, mask, ctx);
+        attend_fused(kt, q, K, V, T, d, dv, scale, mask, ctx, NULL);
     return ATTNX_OK;
 }
 
@@ -370,82 +453,9 @@ int AX_API(context_batch)(const AX_T *W, const AX_T *V,
     return ATTNX_OK;
 }
 
-typedef struct {
-    const AX_KERNELS *kt;
-    const AX_T *q, *K, *V;
-    size_t T, d, dv, chunk;
-    AX_T scale;
-    const unsigned char *mask;
-    AX_T *acc;
-    attnx_online *st;
-} split_job;
+/* ------------------------------------------------- attention, in general */
 
-/* Fold chunks [p0, p1) of keys into their own states. */
-static void split_parts(void *ptr, size_t p0, size_t p1)
-{
-    const split_job *j = (const split_job *)ptr;
-    for (size_t p = p0; p < p1; p++) {
-        size_t t0 = p * j->chunk, t1 = t0 + j->chunk < j->T ? t0 + j->chunk : j->T;
-        AX_T *a = j->acc + p * j->dv;
-        j->st[p].m = -INFINITY;
-        j->st[p].l = 0.0;
-        fill(a, j->dv, 0);
-        if (t0 < t1)
-            j->kt->attend_online(j->q, j->K + t0 * j->d, j->V + t0 * j->dv, t1 - t0, j->d, j->dv,
-                                 j->scale, j->mask ? j->mask + t0 : NULL, &j->st[p], a);
-    }
-}
-
-/* One query over a long key sequence, split into nt chunks folded in
- * parallel, then merged in double: each chunk's (m, l, acc) is rescaled to
- * the global max. Allocates nt * dv elements, nt states and dv doubles. */
-static int attend_split(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
-                        const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                        const unsigned char *mask, AX_T *ctx, int nt)
-{
-    size_t chunk = (T + (size_t)nt - 1) / (size_t)nt;
-    AX_T *acc = (AX_T *)malloc((size_t)nt * (dv ? dv : 1) * sizeof(AX_T));
-    double *sum = (double *)malloc((dv ? dv : 1) * sizeof(double));
-    attnx_online *st = (attnx_online *)malloc((size_t)nt * sizeof(attnx_online));
-    if (!acc || !sum || !st) {
-        free(acc);
-        free(sum);
-        free(st);
-        return ATTNX_ERR_NOMEM;
-    }
-    split_job job = {kt, q, K, V, T, d, dv, chunk, scale, mask, acc, st};
-    attnx_parallel_for(nt, (size_t)nt, split_parts, &job);
-    long long p;
-    attnx_online tot = {-INFINITY, 0.0};
-    for (p = 0; p < nt; p++) {
-        if (st[p].l != st[p].l) tot.l = NAN;
-        if (st[p].m > tot.m) tot.m = st[p].m;
-    }
-    for (size_t j = 0; j < dv; j++) sum[j] = 0.0;
-    if (tot.m != -INFINITY && tot.l == tot.l) {
-        for (p = 0; p < nt; p++) {
-            if (st[p].m == -INFINITY) continue;
-            double c = attnx_exp_diff_scalar(st[p].m, tot.m);
-            if (c == 0.0) continue;
-            tot.l += st[p].l * c;
-            const AX_T *a = acc + (size_t)p * dv;
-            for (size_t j = 0; j < dv; j++) sum[j] += (double)a[j] * c;
-        }
-    }
-    if (tot.l != tot.l) {
-        fill(ctx, dv, (AX_T)NAN);
-    } else if (tot.m == -INFINITY) {
-        fill(ctx, dv, 0);
-    } else {
-        for (size_t j = 0; j < dv; j++) ctx[j] = (AX_T)(sum[j] / tot.l);
-    }
-    free(acc);
-    free(sum);
-    free(st);
-    if (nonfinite(ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
-    return ATTNX_OK;
-}
-
+/* Every argument of an attention call, validated. */
 typedef struct {
     const AX_KERNELS *kt;
     const AX_T *Q, *K, *V;
@@ -458,32 +468,214 @@ typedef struct {
     size_t Lq, T, d, dv;
     AX_T scale;
     int causal;
-    AX_T *ctx, *weights;
-    size_t chunk, nchunks;
-} batch_job;
+    ptrdiff_t diag;           /* query_offset - key_offset */
+    AX_T *ctx, *weights, *lse;
+    size_t count, rows;       /* batch items, and count * Lq */
+} attn_args;
 
-/* Work items [it0, it1): item it is chunk it % nchunks of the query rows of
- * batch item it / nchunks. */
-static void batch_items(void *ptr, size_t it0, size_t it1)
+/* Operands of batch item b. */
+static void item_ptrs(const attn_args *a, size_t b, const AX_T **q, const AX_T **k,
+                      const AX_T **v, const unsigned char **m)
 {
-    const batch_job *j = (const batch_job *)ptr;
+    *q = a->Q;
+    *k = a->K;
+    *v = a->V;
+    *m = a->mask;
+    if (a->nbatch) {
+        *q += attnx_batch_offset(a->nbatch, a->batch_shape, a->q_strides, b);
+        *k += attnx_batch_offset(a->nbatch, a->batch_shape, a->k_strides, b);
+        *v += attnx_batch_offset(a->nbatch, a->batch_shape, a->v_strides, b);
+        if (*m) *m += attnx_batch_offset(a->nbatch, a->batch_shape, a->mask_strides, b);
+    }
+}
+
+/* -- split-K: few query rows over many keys.
+ * Each row's keys are cut into partitions of SPLIT_KEYS (the last shorter),
+ * a cut that depends on T alone. Each partition folds into its own state
+ * (m, l, acc); the states merge in a fixed pairwise tree over the partition
+ * index (1 into 0, 3 into 2, ..., then 2 into 0, ...). Threads only choose
+ * who computes which partition, so the bits are those of a serial run at
+ * any thread count. */
+#define SPLIT_KEYS 4096
+#define SPLIT_MIN_KEYS (2 * SPLIT_KEYS)
+#define SPLIT_MAX_ROWS 4
+
+typedef struct {
+    const attn_args *a;
+    size_t nparts;
+    attnx_online *st;         /* rows * nparts */
+    AX_T *acc;                /* rows * nparts * dv */
+} split_job;
+
+static void split_parts(void *ptr, size_t i0, size_t i1)
+{
+    const split_job *j = (const split_job *)ptr;
+    const attn_args *a = j->a;
+    for (size_t i = i0; i < i1; i++) {
+        size_t row = i / j->nparts, p = i % j->nparts;
+        size_t b = row / a->Lq, r = row % a->Lq;
+        const AX_T *q, *k, *v;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        size_t lim = causal_lim(a->causal, a->diag, r, a->T);
+        size_t t0 = p * SPLIT_KEYS, t1 = t0 + SPLIT_KEYS < lim ? t0 + SPLIT_KEYS : lim;
+        attnx_online *st = j->st + i;
+        AX_T *acc = j->acc + i * a->dv;
+        st->m = -INFINITY;
+        st->l = 0.0;
+        fill(acc, a->dv, 0);
+        if (t0 < t1)
+            a->kt->attend_online(q + r * a->d, k + t0 * a->d, v + t0 * a->dv, t1 - t0, a->d,
+                                 a->dv, a->scale,
+                                 m ? m + (ptrdiff_t)r * a->mask_row_stride + t0 : NULL, st, acc);
+    }
+}
+
+/* Merge state (sb, accb) into (sa, acca), in double. */
+static void merge_state(attnx_online *sa, double *acca, const attnx_online *sb,
+                        const double *accb, size_t dv)
+{
+    if (sb->l != sb->l) sa->l = NAN;
+    if (sa->l != sa->l || sb->m == -INFINITY) return;
+    if (sa->m == -INFINITY) {
+        *sa = *sb;
+        for (size_t j = 0; j < dv; j++) acca[j] = accb[j];
+        return;
+    }
+    double m = sa->m > sb->m ? sa->m : sb->m;
+    double ca = attnx_exp_diff_scalar(sa->m, m), cb = attnx_exp_diff_scalar(sb->m, m);
+    sa->m = m;
+    sa->l = sa->l * ca + sb->l * cb;
+    for (size_t j = 0; j < dv; j++) acca[j] = acca[j] * ca + accb[j] * cb;
+}
+
+static int attend_split(const attn_args *a, int nt)
+{
+    const size_t dv = a->dv, nparts = (a->T + SPLIT_KEYS - 1) / SPLIT_KEYS;
+    const size_t n = a->rows * nparts;
+    attnx_online *st = (attnx_online *)malloc(n * sizeof(attnx_online));
+    AX_T *acc = (AX_T *)malloc(n * (dv ? dv : 1) * sizeof(AX_T));
+    double *sum = (double *)malloc(nparts * (dv ? dv : 1) * sizeof(double));
+    if (!st || !acc || !sum) {
+        free(st);
+        free(acc);
+        free(sum);
+        return ATTNX_ERR_NOMEM;
+    }
+    split_job job = {a, nparts, st, acc};
+    attnx_parallel_for(nt, n, split_parts, &job);
+    for (size_t row = 0; row < a->rows; row++) {
+        attnx_online *s = st + row * nparts;
+        const AX_T *ac = acc + row * nparts * dv;
+        for (size_t i = 0; i < nparts * dv; i++) sum[i] = (double)ac[i];
+        for (size_t w = 1; w < nparts; w *= 2)
+            for (size_t p = 0; p + w < nparts; p += 2 * w)
+                merge_state(&s[p], sum + p * dv, &s[p + w], sum + (p + w) * dv, dv);
+        AX_T *c = a->ctx + row * dv;
+        if (s->l != s->l) fill(c, dv, (AX_T)NAN);
+        else if (s->m == -INFINITY) fill(c, dv, 0);
+        else for (size_t j = 0; j < dv; j++) c[j] = (AX_T)(sum[j] / s->l);
+        const AX_T *q, *k, *v;
+        const unsigned char *m;
+        size_t r = row % a->Lq;
+        item_ptrs(a, row / a->Lq, &q, &k, &v, &m);
+        if (nonfinite(c, dv))
+            attend_safe(a->kt, q + r * a->d, k, v, causal_lim(a->causal, a->diag, r, a->T), a->d,
+                        dv, a->scale, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, c);
+        if (a->lse) a->lse[row] = state_lse(s->m, s->l);
+    }
+    free(st);
+    free(acc);
+    free(sum);
+    return ATTNX_OK;
+}
+
+/* -- everything else: work items of (batch item, chunk of query rows) */
+typedef struct {
+    const attn_args *a;
+    size_t chunk, nchunks;
+} rows_job_t;
+
+/* Items [it0, it1): item it is chunk it % nchunks of the query rows of
+ * batch item it / nchunks. */
+static void attn_items(void *ptr, size_t it0, size_t it1)
+{
+    const rows_job_t *j = (const rows_job_t *)ptr;
+    const attn_args *a = j->a;
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / j->nchunks, i0 = (it % j->nchunks) * j->chunk;
-        size_t nq = j->Lq - i0 < j->chunk ? j->Lq - i0 : j->chunk;
-        const AX_T *qb = j->Q, *kb = j->K, *vb = j->V;
-        const unsigned char *mb = j->mask;
-        if (j->nbatch) {
-            qb += attnx_batch_offset(j->nbatch, j->batch_shape, j->q_strides, b);
-            kb += attnx_batch_offset(j->nbatch, j->batch_shape, j->k_strides, b);
-            vb += attnx_batch_offset(j->nbatch, j->batch_shape, j->v_strides, b);
-            if (mb) mb += attnx_batch_offset(j->nbatch, j->batch_shape, j->mask_strides, b);
-        }
-        if (mb) mb += (ptrdiff_t)i0 * j->mask_row_stride;
-        size_t row = b * j->Lq + i0;
-        attend_rows(j->kt, qb + i0 * j->d, nq, i0, kb, vb, j->T, j->d, j->dv, j->scale, mb,
-                    j->mask_row_stride, j->causal, j->ctx + row * j->dv,
-                    j->weights ? j->weights + row * j->T : NULL);
+        size_t nq = a->Lq - i0 < j->chunk ? a->Lq - i0 : j->chunk;
+        const AX_T *qb, *kb, *vb;
+        const unsigned char *mb;
+        item_ptrs(a, b, &qb, &kb, &vb, &mb);
+        if (mb) mb += (ptrdiff_t)i0 * a->mask_row_stride;
+        size_t row = b * a->Lq + i0;
+        attend_rows(a->kt, qb + i0 * a->d, nq, i0, kb, vb, a->T, a->d, a->dv, a->scale, mb,
+                    a->mask_row_stride, a->causal, a->diag, a->ctx + row * a->dv,
+                    a->weights ? a->weights + row * a->T : NULL, a->lse ? a->lse + row : NULL);
     }
+}
+
+/* Validate, then run. Results depend on the arguments alone, never on the
+ * thread count: the split and the chunking of query rows are fixed by the
+ * shapes. */
+static int attention(attn_args *a, int num_threads)
+{
+    size_t tmp;
+    int rc;
+    if (!a->Q || !a->K || !a->V || !a->ctx) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = attnx_batch_count(a->nbatch, a->batch_shape, &a->count)) != ATTNX_OK) return rc;
+    if (a->nbatch && (!a->q_strides || !a->k_strides || !a->v_strides ||
+                      (a->mask && !a->mask_strides)))
+        return ATTNX_ERR_NULL;
+    const size_t Lq = a->Lq, T = a->T, d = a->d, dv = a->dv;
+    if (T == 0) return ATTNX_ERR_EMPTY;
+    if (!elems(a->count, Lq, &a->rows) || !elems(a->rows, dv, &tmp) || !elems(a->rows, T, &tmp) ||
+        !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    const size_t rows = a->rows;
+    if (rows == 0 || (dv == 0 && !a->weights && !a->lse)) return ATTNX_OK;   /* nothing to write */
+    {
+        const size_t nbatch = a->nbatch, *bs = a->batch_shape;
+        const size_t cb = rows * dv * sizeof(AX_T), wb = a->weights ? rows * T * sizeof(AX_T) : 0;
+        const size_t lb = a->lse ? rows * sizeof(AX_T) : 0;
+        const size_t qi = Lq * d * sizeof(AX_T), ki = T * d * sizeof(AX_T), vi = T * dv * sizeof(AX_T);
+        /* a mask item: Lq rows of T bytes, mask_row_stride apart */
+        const ptrdiff_t mrs = a->mask_row_stride;
+        uintptr_t mrow = mrs < 0 ? 0 - (uintptr_t)mrs : (uintptr_t)mrs;
+        size_t mi = (Lq - 1) * mrow + T;
+        const void *m0 = mrs < 0 ? (const void *)((uintptr_t)a->mask - (Lq - 1) * mrow) : a->mask;
+        void *outs[3] = {a->ctx, a->weights, a->lse};
+        const size_t ob[3] = {cb, wb, lb};
+        for (int o = 0; o < 3; o++) {
+            if (!outs[o]) continue;
+            if (attnx_overlaps_batched(outs[o], ob[o], a->Q, sizeof(AX_T), nbatch, bs, a->q_strides, qi) ||
+                attnx_overlaps_batched(outs[o], ob[o], a->K, sizeof(AX_T), nbatch, bs, a->k_strides, ki) ||
+                attnx_overlaps_batched(outs[o], ob[o], a->V, sizeof(AX_T), nbatch, bs, a->v_strides, vi) ||
+                (a->mask && attnx_overlaps_batched(outs[o], ob[o], m0, 1, nbatch, bs, a->mask_strides, mi)))
+                return ATTNX_ERR_OVERLAP;
+            for (int o2 = 0; o2 < o; o2++)
+                if (outs[o2] && attnx_overlap(outs[o], ob[o], outs[o2], ob[o2])) return ATTNX_ERR_OVERLAP;
+        }
+    }
+    a->kt = AX_KERNELS_GET();
+    const double work = (double)rows * (double)T * (double)(d + dv + 1);
+
+    if (rows <= SPLIT_MAX_ROWS && !a->weights && T >= SPLIT_MIN_KEYS) {
+        size_t nparts = (T + SPLIT_KEYS - 1) / SPLIT_KEYS;
+        return attend_split(a, attnx_pick_threads(num_threads, rows * nparts, work));
+    }
+
+    /* Work items: (batch item, chunk of query rows). Chunks halve (not below
+     * 8 rows) until there are at least 8 items, whatever the thread count: a
+     * row's bits may depend on the rows beside it in the tiled kernel. */
+    size_t chunk = Lq;
+    while (chunk > 8 && a->count * ((Lq + chunk - 1) / chunk) < 8) chunk = (chunk + 1) / 2;
+    rows_job_t job = {a, chunk, (Lq + chunk - 1) / chunk};
+    attnx_parallel_for(attnx_pick_threads(num_threads, a->count * job.nchunks, work),
+                       a->count * job.nchunks, attn_items, &job);
+    return ATTNX_OK;
 }
 
 int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
@@ -495,53 +687,97 @@ int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
                        ptrdiff_t mask_row_stride, int causal,
                        AX_T *ctx, AX_T *weights, int num_threads)
 {
-    size_t count, rows, tmp;
-    int rc;
-    if (!Q || !K || !V || !ctx) return ATTNX_ERR_NULL;
-    if (num_threads < 0) return ATTNX_ERR_ARG;
-    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
-    if (nbatch && (!q_strides || !k_strides || !v_strides || (mask && !mask_strides)))
-        return ATTNX_ERR_NULL;
-    if (T == 0) return ATTNX_ERR_EMPTY;
-    if (!elems(count, Lq, &rows) || !elems(rows, dv, &tmp) || !elems(rows, T, &tmp) ||
-        !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
+    attn_args a = {NULL, Q, K, V, nbatch, batch_shape, q_strides, k_strides, v_strides,
+                   mask, mask_strides, mask_row_stride, Lq, T, d, dv, scale, causal != 0, 0,
+                   ctx, weights, NULL, 0, 0};
+    return attention(&a, num_threads);
+}
+
+int AX_API(attention)(const attnx_attention_params *params)
+{
+    attnx_attention_params p;
+    if (!params) return ATTNX_ERR_NULL;
+    /* a caller built against an older header passes a shorter struct: the
+     * fields it does not know are 0 */
+    if (params->size < ATTNX_ATTENTION_PARAMS_V1_SIZE) return ATTNX_ERR_ARG;
+    memset(&p, 0, sizeof p);
+    memcpy(&p, params, params->size < sizeof p ? params->size : sizeof p);
+    if (p.causal < 0 || p.causal > 1) return ATTNX_ERR_ARG;
+    if (p.key_offset < 0 ? p.query_offset > PTRDIFF_MAX + p.key_offset
+                         : p.query_offset < PTRDIFF_MIN + p.key_offset)
+        return ATTNX_ERR_OVERFLOW;              /* query_offset - key_offset would */
+    const ptrdiff_t diag = p.query_offset - p.key_offset;
+    attn_args a = {NULL, (const AX_T *)p.query, (const AX_T *)p.keys, (const AX_T *)p.values,
+                   p.nbatch, p.batch_shape, p.query_strides, p.key_strides, p.value_strides,
+                   p.mask, p.mask_strides, p.mask_row_stride, p.Lq, p.T, p.d, p.dv,
+                   (AX_T)p.scale, p.causal, diag, (AX_T *)p.out, (AX_T *)p.weights,
+                   (AX_T *)p.lse, 0, 0};
+    return attention(&a, p.num_threads);
+}
+
+/* ----------------------------------------------------------------- merging */
+
+/* Partial results over disjoint key sets, merged max-first in double, in the
+ * order p = 0, 1, ...: with M the largest lse_p and S = sum_p exp(lse_p - M),
+ * lse = M + log(S) and out = sum_p (exp(lse_p - M) / S) out_p. A partial with
+ * lse_p = -inf weighs nothing and its out_p is not read; all -inf: zeros
+ * and -inf. A NaN lse_p makes the row NaN. */
+int AX_API(merge_attention)(size_t P, size_t rows, size_t dv, const AX_T *outs,
+                          const AX_T *lses, AX_T *out, AX_T *lse)
+{
+    size_t n, tmp;
+    if (!outs || !lses || !out || !lse) return ATTNX_ERR_NULL;
+    if (P == 0) return ATTNX_ERR_EMPTY;
+    if (!elems(rows, dv, &n) || !elems(P, n, &tmp) || !elems(P, rows, &tmp))
         return ATTNX_ERR_OVERFLOW;
-    if (rows == 0 || (dv == 0 && !weights)) return ATTNX_OK;   /* nothing to write */
-    {
-        const size_t cb = rows * dv * sizeof(AX_T), wb = weights ? rows * T * sizeof(AX_T) : 0;
-        const size_t qi = Lq * d * sizeof(AX_T), ki = T * d * sizeof(AX_T), vi = T * dv * sizeof(AX_T);
-        /* a mask item: Lq rows of T bytes, mask_row_stride apart */
-        uintptr_t mrow = mask_row_stride < 0 ? 0 - (uintptr_t)mask_row_stride : (uintptr_t)mask_row_stride;
-        size_t mi = (Lq - 1) * mrow + T;
-        const void *m0 = mask_row_stride < 0 ? (const void *)((uintptr_t)mask - (Lq - 1) * mrow) : mask;
-        if (attnx_overlaps_batched(ctx, cb, Q, sizeof(AX_T), nbatch, batch_shape, q_strides, qi) ||
-            attnx_overlaps_batched(ctx, cb, K, sizeof(AX_T), nbatch, batch_shape, k_strides, ki) ||
-            attnx_overlaps_batched(ctx, cb, V, sizeof(AX_T), nbatch, batch_shape, v_strides, vi) ||
-            (mask && attnx_overlaps_batched(ctx, cb, m0, 1, nbatch, batch_shape, mask_strides, mi)) ||
-            attnx_overlap(weights, wb, ctx, cb) ||
-            attnx_overlaps_batched(weights, wb, Q, sizeof(AX_T), nbatch, batch_shape, q_strides, qi) ||
-            attnx_overlaps_batched(weights, wb, K, sizeof(AX_T), nbatch, batch_shape, k_strides, ki) ||
-            attnx_overlaps_batched(weights, wb, V, sizeof(AX_T), nbatch, batch_shape, v_strides, vi) ||
-            (mask && attnx_overlaps_batched(weights, wb, m0, 1, nbatch, batch_shape, mask_strides, mi)))
-            return ATTNX_ERR_OVERLAP;
+    if (overlaps(out, n, outs, P * n * sizeof(AX_T)) || overlaps(out, n, lses, P * rows * sizeof(AX_T)) ||
+        overlaps(lse, rows, outs, P * n * sizeof(AX_T)) ||
+        overlaps(lse, rows, lses, P * rows * sizeof(AX_T)) || overlaps(lse, rows, out, n * sizeof(AX_T)))
+        return ATTNX_ERR_OVERLAP;
+    for (size_t r = 0; r < rows; r++) {
+        double M = -INFINITY;
+        int nan = 0;
+        for (size_t p = 0; p < P; p++) {
+            double x = (double)lses[p * rows + r];
+            if (x != x) nan = 1;
+            else if (x > M) M = x;
+        }
+        AX_T *o = out + r * dv;
+        if (nan || M == INFINITY) {
+            fill(o, dv, (AX_T)NAN);
+            lse[r] = (AX_T)NAN;
+            continue;
+        }
+        if (M == -INFINITY) {
+            fill(o, dv, 0);
+            lse[r] = (AX_T)-INFINITY;
+            continue;
+        }
+        double S = 0.0;
+        for (size_t p = 0; p < P; p++) {
+            double x = (double)lses[p * rows + r];
+            if (x != -INFINITY) S += attnx_exp_diff_scalar(x, M);
+        }
+        const double L = M + attnx_log_f64(S);
+        lse[r] = (AX_T)L;
+        /* out in double, accumulated in o when AX_T is double; a small
+         * stack block otherwise */
+        for (size_t j0 = 0; j0 < dv; j0 += 64) {
+            double acc[64];
+            size_t nj = dv - j0 < 64 ? dv - j0 : 64;
+            for (size_t j = 0; j < nj; j++) acc[j] = 0.0;
+            for (size_t p = 0; p < P; p++) {
+                double x = (double)lses[p * rows + r];
+                if (x == -INFINITY) continue;
+                /* exp(lse_p - M) / S rather than exp(lse_p - lse): lse rounds
+                 * M + log(S), which loses log(S) when |M| is huge */
+                double c = attnx_exp_diff_scalar(x, M) / S;
+                if (c == 0.0) continue;
+                const AX_T *op = outs + (p * rows + r) * dv + j0;
+                for (size_t j = 0; j < nj; j++) acc[j] += c * (double)op[j];
+            }
+            for (size_t j = 0; j < nj; j++) o[j0 + j] = (AX_T)acc[j];
+        }
     }
-    const AX_KERNELS *kt = AX_KERNELS_GET();
-    double work = (double)rows * (double)T * (double)(d + dv + 1);
-
-    if (rows == 1 && !weights && !causal && num_threads != 1 && T >= MIN_SPLIT_KEYS) {
-        int nt = attnx_pick_threads(num_threads, T / (MIN_SPLIT_KEYS / 2), work);
-        if (nt > 1) return attend_split(kt, Q, K, V, T, d, dv, scale, mask, ctx, nt);
-    }
-
-    /* Work items: (batch item, chunk of query rows); chunks shrink until
-     * there are a few items per thread. */
-    int nt = attnx_pick_threads(num_threads, rows, work);
-    size_t chunk = Lq;
-    while (chunk > 8 && count * ((Lq + chunk - 1) / chunk) < 4 * (size_t)nt) chunk = (chunk + 1) / 2;
-    size_t nchunks = (Lq + chunk - 1) / chunk;
-    batch_job job = {kt, Q, K, V, nbatch, batch_shape, q_strides, k_strides, v_strides,
-                     mask, mask_strides, mask_row_stride, Lq, T, d, dv, scale, causal,
-                     ctx, weights, chunk, nchunks};
-    attnx_parallel_for(nt, count * nchunks, batch_items, &job);
     return ATTNX_OK;
 }

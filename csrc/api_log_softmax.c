@@ -27,6 +27,9 @@
  * f is exact (Sterbenz), so the error is a few roundings of the small
  * correction term and the final add: about 1 ulp. */
 static double log_kernel(double f, int k);
+static double log_scalar(double x);
+
+double attnx_log_f64(double x) { return log_scalar(x); }
 
 static double log_scalar(double x)
 {

@@ -37,6 +37,11 @@ static const attnx_api_table table = {
     attnx_context_batch_f32,
     attnx_attend_batch_f32,
     attnx_log_softmax_rows_f32,
+    /* version 3 */
+    attnx_attention,
+    attnx_attention_f32,
+    attnx_merge_attention,
+    attnx_merge_attention_f32,
 };
 
 const attnx_api_table *attnx_api(void) { return &table; }

@@ -40,8 +40,9 @@ extern "C" {
 
 /* Version of this C API: the number of additions to the function table
  * (attnx_api_table below). 1: the float64 kernels; 2: log-softmax, tanh and
- * additive scores, the float32 family. */
-#define ATTNX_API_VERSION 2
+ * additive scores, the float32 family; 3: attnx_attention (one entry point
+ * with every option, logsumexp, position offsets) and attnx_merge_attention. */
+#define ATTNX_API_VERSION 3
 
 /* Status codes. Every function returns one; attnx_strerror() names it. */
 enum attnx_status {
@@ -57,6 +58,37 @@ enum attnx_status {
 
 /* Largest number of leading (batch) dimensions the batched functions take. */
 #define ATTNX_MAX_BATCH_DIMS 32
+
+/* The options of attnx_attention (API version 3; see its comment below). */
+/* (The same definition, guarded, is in attnx/kernels.pxd for Cython users,
+ * who need no include path: tests/test_c_api.py checks the two agree.) */
+#ifndef ATTNX_ATTENTION_PARAMS_DEFINED
+#define ATTNX_ATTENTION_PARAMS_DEFINED
+typedef struct attnx_attention_params {
+    size_t size;                       /* sizeof(attnx_attention_params) */
+    const void *query;                 /* (..., Lq, d) */
+    const void *keys;                  /* (..., T, d) */
+    const void *values;                /* (..., T, dv) */
+    size_t nbatch;                     /* leading dimensions, as attend_batch */
+    const size_t *batch_shape;
+    const ptrdiff_t *query_strides, *key_strides, *value_strides;
+    size_t Lq, T, d, dv;
+    double scale;
+    const unsigned char *mask;         /* NULL: none; else as attend_batch */
+    const ptrdiff_t *mask_strides;
+    ptrdiff_t mask_row_stride;
+    int causal;                        /* 0 or 1 */
+    ptrdiff_t query_offset, key_offset;
+    void *out;                         /* (..., Lq, dv), required */
+    void *weights;                     /* (..., Lq, T) or NULL */
+    void *lse;                         /* (..., Lq) or NULL */
+    int num_threads;                   /* 0: attnx_max_threads() */
+} attnx_attention_params;
+#endif
+
+/* The smallest size attnx_attention accepts: every field up to num_threads
+ * (version 3's struct). */
+#define ATTNX_ATTENTION_PARAMS_V1_SIZE sizeof(attnx_attention_params)
 
 /* attnx_capi.h includes this header for its types only: there the function
  * names are macros into the capsule table. */
@@ -259,6 +291,50 @@ int attnx_attend_batch_f32(const float *Q, const float *K, const float *V,
 int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y,
                                int num_threads);
 
+/* ------------------------------------------------------------------------ */
+/* Attention with every option, and merging (API version 3)                 */
+/* ------------------------------------------------------------------------ */
+/* attnx_attention(&p) computes what attnx_attend_batch does, with the      */
+/* options in one struct that grows only at its end: set p.size to          */
+/* sizeof(attnx_attention_params) (zero the struct first); fields beyond a  */
+/* caller's size read as 0. query/keys/values/out/weights/lse point at      */
+/* double for attnx_attention and at float for attnx_attention_f32.         */
+/*                                                                          */
+/* Positions: query row i sits at query_offset + i, key t at key_offset + t.*/
+/* causal = 1: a query sees the keys at or before its position (offsets 0:  */
+/* torch's is_causal; query_offset = T - Lq: aligned at the lower right, as */
+/* a decoder with a cache needs). A query that sees no key gets zeros and   */
+/* lse = -inf. lse (NULL: not wanted) receives each row's natural-log       */
+/* logsumexp of its scaled, masked scores: -inf when nothing is attended,   */
+/* NaN for a NaN row; attnx_merge_attention combines such results.          */
+/*                                                                          */
+/* Determinism: results depend on the arguments, never on num_threads. Up   */
+/* to 4 query rows with T >= 8192 keys (and no weights) are split into      */
+/* partitions of 4096 keys merged in a fixed pairwise tree (split-K); the   */
+/* bits then differ in rounding from the single-query attnx_attend, which   */
+/* never splits. The same holds for attnx_attend_batch.                     */
+/* Errors: as attnx_attend_batch; ARG for a NULL-free params with size too  */
+/* small or causal not 0 or 1; OVERFLOW when query_offset - key_offset      */
+/* does; NOMEM when the split cannot allocate its scratch.                  */
+
+
+
+int attnx_attention(const attnx_attention_params *params);
+int attnx_attention_f32(const attnx_attention_params *params);
+
+/* Merge P partial attention results over disjoint key sets, each of `rows`
+ * rows: outs (P, rows, dv) and lses (P, rows) contiguous, into out (rows,
+ * dv) and lse (rows). Max-first in double, in the order p = 0..P-1, so
+ * nothing overflows and the bits are fixed: lse = logsumexp_p lse_p, out =
+ * sum_p exp(lse_p - lse) out_p. A partial with lse_p = -inf (all masked)
+ * weighs nothing and its out_p is not read; all -inf gives zeros and -inf;
+ * a NaN lse_p gives a NaN row. Errors: NULL, EMPTY (P == 0), OVERFLOW,
+ * OVERLAP (an output on an input or on the other output). */
+int attnx_merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
+                          const double *lses, double *out, double *lse);
+int attnx_merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
+                              const float *lses, float *out, float *lse);
+
 /* The table of every function above, for attnx_capi.h (the capsule
  * attnx._C_API holds this pointer) and for programs that load attnx with
  * dlopen. Never NULL; static storage. */
@@ -324,6 +400,11 @@ typedef struct attnx_api_table {
     int (*context_batch_f32)(const float *W, const float *V, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *w_strides, const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t dv, float *ctx, int num_threads);
     int (*attend_batch_f32)(const float *Q, const float *K, const float *V, size_t nbatch, const size_t *batch_shape, const ptrdiff_t *q_strides, const ptrdiff_t *k_strides, const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t d, size_t dv, float scale, const unsigned char *mask, const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride, int causal, float *ctx, float *weights, int num_threads);
     int (*log_softmax_rows_f32)(const float *x, size_t rows, size_t n, float *y, int num_threads);
+    /* version 3 */
+    int (*attention)(const attnx_attention_params *params);
+    int (*attention_f32)(const attnx_attention_params *params);
+    int (*merge_attention)(size_t P, size_t rows, size_t dv, const double *outs, const double *lses, double *out, double *lse);
+    int (*merge_attention_f32)(size_t P, size_t rows, size_t dv, const float *outs, const float *lses, float *out, float *lse);
     /* append new members here, and bump ATTNX_API_VERSION */
 } attnx_api_table;
 

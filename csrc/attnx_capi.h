@@ -86,5 +86,10 @@ static int import_attnx(void)
 #define attnx_context_batch_f32 (attnx_capi_table->context_batch_f32)
 #define attnx_attend_batch_f32 (attnx_capi_table->attend_batch_f32)
 #define attnx_log_softmax_rows_f32 (attnx_capi_table->log_softmax_rows_f32)
+/* version 3 */
+#define attnx_attention (attnx_capi_table->attention)
+#define attnx_attention_f32 (attnx_capi_table->attention_f32)
+#define attnx_merge_attention (attnx_capi_table->merge_attention)
+#define attnx_merge_attention_f32 (attnx_capi_table->merge_attention_f32)
 
 #endif /* ATTNX_CAPI_H */

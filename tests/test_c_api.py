@@ -117,6 +117,38 @@ def test_capsule_table_matches_header():
         assert f"#define attnx_{name} (attnx_capi_table->{name})" in capi, name
 
 
+def _c_struct(text):
+    """The fields of attnx_attention_params in a C text, comments and
+    layout dropped: [(type, name), ...]."""
+    body = re.search(r"typedef struct attnx_attention_params \{(.*?)\} attnx_attention_params;",
+                     text, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    fields = []
+    for decl in filter(None, (" ".join(d.split()) for d in body.split(";"))):
+        base, names = re.match(r"((?:const )?(?:unsigned )?\w+)\s+(.*)", decl).groups()
+        for n in names.split(","):
+            n = n.strip()
+            fields.append((base + " " + "*" * n.count("*"), n.strip("* ")))
+    return fields
+
+
+def test_attention_params_agree_in_header_and_pxd():
+    """The struct is written in attnx.h and, for Cython users who have no
+    include path, in kernels.pxd (C text and Cython fields): all three the
+    same fields in the same order."""
+    header = _c_struct(_src("csrc", "attnx.h"))
+    pxd = open(os.path.join(PKG, "kernels.pxd")).read()
+    assert _c_struct(pxd) == header
+    block = re.search(r"ctypedef struct attnx_attention_params:\n((?:        .*\n)+)", pxd).group(1)
+    cy = []
+    for line in block.splitlines():
+        decl = " ".join(line.split())
+        base, name = re.match(r"((?:const )?(?:unsigned )?\w+)\s+(.*)", decl).groups()
+        cy.append((base + " " + "*" * name.count("*"), name.strip("* ")))
+    assert cy == header
+    assert [n for _, n in header][:2] == ["size", "query"]
+
+
 def test_capsule():
     cap = attnx._C_API
     assert _GetName(cap) == b"attnx._C_API"
