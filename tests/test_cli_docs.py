@@ -74,14 +74,48 @@ def test_demo_numbers():
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-14)
 
 
+PLOTS = {   # name: (min width, min height) in pixels at >= 150 dpi
+    "decoder_state": (400, 600), "annotations": (1000, 600),
+    "weighted_annotations": (1000, 600), "context": (400, 600),
+    "overview": (1800, 800), "decoder_alignment": (900, 900),
+}
+
+
 def test_demo_plots(tmp_path):
     pytest.importorskip("matplotlib")
+    from PIL import Image             # matplotlib depends on Pillow
     p = run_module("demo", "--plot", str(tmp_path))
     assert p.returncode == 0, p.stderr
-    for name in ("decoder_state", "annotations", "weighted_annotations", "context",
-                 "decoder_alignment"):
+    for name, (min_w, min_h) in PLOTS.items():
         f = tmp_path / f"{name}.png"
         assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert str(f) in p.stdout, name
+        with Image.open(f) as im:
+            assert im.info.get("dpi", (0, 0))[0] >= 150, (name, im.info.get("dpi"))
+            w, h = im.size
+            assert w >= min_w and h >= min_h, (name, im.size)
+            px = np.asarray(im.convert("RGB"), dtype=np.int32)
+        # a picture, not a blank page: many colours, mostly not background
+        colours = np.unique(px.reshape(-1, 3) @ np.array([1 << 16, 1 << 8, 1]))
+        assert colours.size > 50, (name, colours.size)
+        inked = (px.sum(axis=2) < 3 * 235).mean()
+        assert inked > 0.2, (name, inked)
+        # heatmap colours (viridis: dark purple to yellow) cover a good share
+        assert px.std() > 40, (name, px.std())
+
+
+def test_plot_colour_scales_are_shared_where_compared():
+    pytest.importorskip("matplotlib")
+    from attnx import plotting
+    r = demo.compute()
+    panels = {name: k for name, _, _, k, *_ in plotting._panels(r)}
+    assert panels["annotations"] == panels["weighted_annotations"] == panels["context"]
+    q_norm, shared = plotting._norms(r)
+    # one scale spans every value drawn with it
+    for key in ("annotations", "weighted", "context"):
+        assert shared.vmin <= r[key].min() and r[key].max() <= shared.vmax
+    assert shared.vmax == r["annotations"].max()
+    assert q_norm.vmax == r["query"].max()
 
 
 def test_info():
