@@ -118,6 +118,95 @@ def test_plot_colour_scales_are_shared_where_compared():
     assert q_norm.vmax == r["query"].max()
 
 
+def test_demo_plot_without_matplotlib_says_what_to_install():
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from attnx.__main__ import main; sys.exit(main(['demo', '--plot', 'unused']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, cwd="/")
+    assert p.returncode == 2
+    assert p.stdout == ""                      # checked before the demo runs
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install" in lines[0] and "matplotlib" in lines[0], p.stderr
+
+
+def test_version_and_help():
+    for args in (["--version"],):
+        p = run_module(*args)
+        assert p.returncode == 0 and p.stdout.strip() == f"attnx {attnx.__version__}", p
+    p = run_module()
+    assert p.returncode == 0, p.stderr
+    assert "usage:" in p.stdout and "demo" in p.stdout and "bench" in p.stdout
+    assert "float32" in p.stdout               # not "float64" alone
+
+
+def test_console_script():
+    exe = os.path.join(os.path.dirname(sys.executable), "attnx")
+    if not os.path.exists(exe):
+        pytest.skip("the attnx console script is not installed beside this Python")
+    p = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == f"attnx {attnx.__version__}"
+    p = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("usage: attnx"), p.stdout + p.stderr
+
+
+def test_descriptions_name_both_dtypes():
+    from importlib.metadata import metadata
+    assert "float32" in metadata("attnx")["Summary"]
+    doc = attnx.__doc__
+    assert "float32" in doc
+    for name in attnx.__all__:
+        if name != "__version__":
+            assert name in doc, f"the package docstring does not mention {name}"
+
+
+def run_bench(*args, block=()):
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in block)
+            + f"from attnx.__main__ import main; sys.exit(main({list(args)!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, cwd="/")
+
+
+def test_bench_runs_without_threadpoolctl():
+    p = run_bench("bench", "--quick", "--only", "tiny", block=("threadpoolctl", "torch"))
+    assert p.returncode == 0, p.stderr
+    assert "skipped: threadpoolctl is not installed" in p.stdout
+    assert 'pip install "attnx[bench]"' in p.stdout
+
+
+def test_bench_prints_one_table():
+    p = run_bench("bench", "--quick", "--only", "tiny,cache", block=("torch",))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert out.count("time per call") == 1          # one table, not text then markdown
+    assert "|---" not in out
+    assert "floor" not in "".join(l.split("  ")[1] for l in out.splitlines()
+                                  if l.startswith("  ") and "  " in l.strip())
+    p = run_bench("bench", "--quick", "--only", "tiny", "--markdown", block=("torch",))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("| case |") == 1 and p.stdout.count("time per call") == 1
+    p = run_bench("bench", "--only", "nonsense")
+    assert p.returncode == 2 and "unknown bench rows" in p.stderr
+
+
+def test_bench_table_floors_are_notes_and_columns_align():
+    from attnx import bench
+    t = bench.Table()
+    t.add("a case with a rather long label, longer than any other", {
+        "attnx": 1e-6, "numpy stable pipeline": 2e-6}, note=bench._floor_note(1e-6, 2e-6, 8e-7, 1e6))
+    t.add("short", {"attnx KVCache": 3e-3, "a competitor with a long name too": 9e-3},
+          base="attnx KVCache")
+    names = [r[1] for r in t.rows]
+    assert not any("floor" in n for n in names)           # a bound, not a competitor
+    assert "read floor" in t.rows[0][4] and "NumPy / floor = 2.50x" in t.rows[0][4]
+    lines = t.text().splitlines()
+    # the time column's right edge is the same on every line
+    ends = {line.index(t_) + len(t_) for line, t_ in zip(lines[2:], [r[2] for r in t.rows])}
+    assert len(ends) == 1, t.text()
+    starts = {line.index(r[1]) for line, r in zip(lines[2:], t.rows)}
+    assert len(starts) == 1, t.text()
+    assert "| case |" in t.markdown() and t.markdown().count("\n") == len(t.rows) + 1
+
+
 def test_info():
     p = run_module("info")
     assert p.returncode == 0, p.stderr
