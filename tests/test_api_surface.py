@@ -153,3 +153,31 @@ def test_longdouble_is_computed_in_float64():
     np.testing.assert_array_equal(ctx, want_ctx)
     np.testing.assert_array_equal(w, want_w)
     assert attnx.softmax(Kl).dtype == np.float64
+
+
+def test_longdouble_is_documented():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    docs = [os.path.join(root, "README.md"), os.path.join(root, "docs", "failure-model.md")]
+    if not all(os.path.exists(p) for p in docs):
+        pytest.skip("not a source checkout")
+    for path in docs:
+        text = open(path).read()
+        assert "longdouble" in text and "float64" in text, path
+
+
+def test_softmax_default_axis_differs_from_scipy_and_the_docs_say_so():
+    scipy_special = pytest.importorskip("scipy.special")
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(attnx.softmax(x), scipy_special.softmax(x, axis=-1), rtol=1e-15)
+    np.testing.assert_allclose(attnx.softmax(x, axis=None), scipy_special.softmax(x), rtol=1e-15)
+    assert not np.allclose(attnx.softmax(x), scipy_special.softmax(x))   # the defaults differ
+    for f in (attnx.softmax, attnx.log_softmax):
+        doc = " ".join(f.__doc__.split())
+        assert "default is None" in doc and "(-1)" in doc, f.__name__
+    import os
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if os.path.exists(readme):
+        text = " ".join(open(readme).read().split())
+        assert "Default axis -1, not SciPy's None" in text
+        assert "`scipy.special.softmax(x)` defaults to `axis=None`" in text

@@ -244,6 +244,91 @@ def _readme_commands():
     return text, blocks
 
 
+def _readme_blocks():
+    if not os.path.exists(os.path.join(ROOT, "README.md")):
+        pytest.skip("not a source checkout")
+    return re.findall(r"^```(\w*)\n(.*?)^```", open(os.path.join(ROOT, "README.md")).read(),
+                      re.S | re.M)
+
+
+def test_readme_has_only_code_blocks_the_suite_runs():
+    """Every fenced block is run by a test here: sh (the two commands, by CI,
+    checked below), python, cython and c (built and run below)."""
+    langs = [lang for lang, _ in _readme_blocks()]
+    assert set(langs) <= {"sh", "python", "cython", "c"}, langs
+    assert langs.count("cython") == 1 and langs.count("c") == 1 and langs.count("sh") == 1
+
+
+def _build(tmp_path, name, source, pyx):
+    pytest.importorskip("setuptools")
+    (tmp_path / (name + (".pyx" if pyx else ".c"))).write_text(source)
+    (tmp_path / "setup.py").write_text(
+        "import attnx, numpy as np\n"
+        "from setuptools import Extension, setup\n"
+        + ("from Cython.Build import cythonize\n" if pyx else "")
+        + f"ext = Extension({name!r}, [{name + ('.pyx' if pyx else '.c')!r}], "
+          "include_dirs=[attnx.get_include(), np.get_include()])\n"
+        + ("setup(name='readme', ext_modules=cythonize([ext], compiler_directives="
+           "{'language_level': 3}))\n" if pyx else "setup(name='readme', ext_modules=[ext])\n"))
+    p = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_readme_cython_block_builds_and_runs(tmp_path):
+    pytest.importorskip("Cython")
+    (src,) = [b for lang, b in _readme_blocks() if lang == "cython"]
+    _build(tmp_path, "beams", src, pyx=True)
+    p = subprocess.run([sys.executable, "-c", """
+import numpy as np, attnx, beams
+rng = np.random.default_rng(3)
+Q, K, V = rng.standard_normal((5, 8)), rng.standard_normal((11, 8)), rng.standard_normal((11, 3))
+np.testing.assert_allclose(beams.attend_beams(Q, K, V), [attnx.attend(q, K, V) for q in Q],
+                           rtol=1e-15, atol=1e-15)
+# shapes that do not fit are refused before any kernel reads past an array
+for bad in ((Q, K, V[:-1]), (Q[:, :-1], K, V)):
+    try:
+        beams.attend_beams(*bad)
+    except ValueError as e:
+        print("refused:", e)
+# no keys: an exception, never a crash
+try:
+    beams.attend_beams(Q, K[:0], V[:0])
+except (ValueError, IndexError):
+    print("refused")
+"""], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("refused") == 3, p.stdout
+
+
+def test_readme_c_block_builds_and_runs(tmp_path):
+    (src,) = [b for lang, b in _readme_blocks() if lang == "c"]
+    _build(tmp_path, "mymod", src, pyx=False)
+    p = subprocess.run([sys.executable, "-c", """
+import numpy as np, attnx, mymod
+q = np.array([5.0, 1.0, 20.0])
+K = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+np.testing.assert_array_equal(mymod.worked_example(), attnx.attend(q, K))
+print("ok")
+"""], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+
+
+def test_readme_times_name_a_cpu():
+    """A time quoted in the README (ns, us, ms, s) sits in a section that
+    names the CPU it was measured on, or points to the per-CPU tables."""
+    if not os.path.exists(os.path.join(ROOT, "README.md")):
+        pytest.skip("not a source checkout")
+    text = open(os.path.join(ROOT, "README.md")).read()
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    for section in re.split(r"^## ", text, flags=re.M):
+        for para in re.split(r"\n\s*\n", section):
+            if re.search(r"\b\d+(\.\d+)?\s?(ns|us|µs|ms)\b", para):
+                # the paragraph itself, or (a table) its section's opening
+                where = para if not para.lstrip().startswith("|") else section
+                assert re.search(r"EPYC|Xeon|Core i|Ryzen|Apple M|RESULTS\.md", where), para
+
+
 def test_readme_starts_with_the_two_commands_ci_runs():
     if not os.path.exists(os.path.join(ROOT, ".ci", "run")):
         pytest.skip("not a git checkout (an sdist has no .ci/)")
