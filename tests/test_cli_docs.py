@@ -329,13 +329,32 @@ def test_readme_times_name_a_cpu():
                 assert re.search(r"EPYC|Xeon|Core i|Ryzen|Apple M|RESULTS\.md", where), para
 
 
+def test_test_group_and_extra_agree():
+    """pyproject's [dependency-groups] test (the README's command 2) and the
+    test extra (wheel tests) list the same packages."""
+    path = os.path.join(ROOT, "pyproject.toml")
+    if not os.path.exists(path):
+        pytest.skip("not a source checkout")
+    try:
+        import tomllib
+    except ImportError:
+        pytest.skip("tomllib needs Python 3.11")
+    with open(path, "rb") as f:
+        py = tomllib.load(f)
+    assert py["dependency-groups"]["test"] == py["project"]["optional-dependencies"]["test"]
+    assert "threadpoolctl" not in " ".join(py["project"]["dependencies"])
+
+
 def test_readme_starts_with_the_two_commands_ci_runs():
     if not os.path.exists(os.path.join(ROOT, ".ci", "run")):
         pytest.skip("not a git checkout (an sdist has no .ci/)")
     text, blocks = _readme_commands()
     first = blocks[0]
     assert "python -m attnx demo" in first
-    assert ".[test]" in first and "pytest" in first
+    assert "--group test" in first and "pytest" in first
+    # command 2 installs the test tools only: attnx is not built again
+    second = [ln for ln in first.strip().splitlines() if "pytest" in ln][0]
+    assert "pip install ." not in second and ".[" not in second
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     for line in first.strip().splitlines():
         line = line.strip()
