@@ -17,12 +17,14 @@ import platform
 import subprocess
 import sys
 import sysconfig
+import time
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
+from setuptools.modified import newer_group
 
 CSRC = "csrc"
 # Every .c in csrc but the example program; a file named *_<isa>.c holds the
@@ -76,10 +78,10 @@ class BuildPy(build_py):
 
 
 class BuildExt(build_ext):
-    def finalize_options(self):
-        super().finalize_options()
-        if not self.parallel:       # the two extensions compile side by side
-            self.parallel = os.cpu_count() or 1
+    """Compile every C file of both extensions (the C core and the two
+    Cython-generated modules) in one pool, one compiler per core, longest
+    first, printing a line per file; then link. `pip install -v .` shows the
+    lines (pip hides a build's output without -v)."""
 
     def _kind(self):
         return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
@@ -110,7 +112,9 @@ class BuildExt(build_ext):
         except Exception:
             return cc
 
-    def _core_objects(self, thread_cflags):
+    def _core_jobs(self, thread_cflags):
+        """(source, macros, include dirs, extra flags, depends) for every C
+        file of the core."""
         kind = self._kind()
         arch = target_arch()
         no_simd = _env_flag("ATTNX_NO_SIMD", "0")
@@ -137,26 +141,65 @@ class BuildExt(build_ext):
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
             defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else [])
-            jobs.append((name, defs, extra))
+            jobs.append((os.path.join(CSRC, name), defs, [CSRC, gen], extra, []))
+        return jobs
+
+    @staticmethod
+    def _cost(src):
+        """Rough compile time, for longest-first scheduling: the Cython
+        modules are by far the slowest, then the vector kernels."""
+        name = os.path.basename(src)
+        if not src.startswith(CSRC):
+            return 3
+        return 2 if source_isa(name) and name.startswith("kernels_") else 1
+
+    def build_extensions(self):
+        self.check_extensions_list(self.extensions)
+        todo = [ext for ext in self.extensions
+                if self.force or newer_group(sorted(ext.sources) + ext.depends,
+                                             self.get_ext_fullpath(ext.name), "newer")]
+        jobs = []           # (extension name, source, macros, include dirs, flags, depends)
+        for ext in todo:
+            if ext.name == "attnx.kernels":
+                thr_c, thr_l = self._thread_flags()
+                ext.extra_link_args = list(ext.extra_link_args or []) + thr_l
+                jobs += [("core",) + job for job in self._core_jobs(thr_c)]
+            macros = ext.define_macros[:] + [(u,) for u in ext.undef_macros]
+            jobs += [(ext.name, src, macros, ext.include_dirs, ext.extra_compile_args or [],
+                      ext.depends) for src in sorted(ext.sources)]
+        jobs.sort(key=lambda j: -self._cost(j[1]))
+        objects = {}
+        workers = max(1, self.parallel if isinstance(self.parallel, int) and self.parallel > 1
+                      else os.cpu_count() or 1)
+        print(f"attnx: compiling {len(jobs)} C files, {workers} at a time", flush=True)
+        t0 = time.monotonic()
 
         def compile_one(job):
-            name, defs, extra = job
-            return self.compiler.compile([os.path.join(CSRC, name)], output_dir=self.build_temp,
-                                         macros=defs, include_dirs=[CSRC, gen],
-                                         extra_postargs=extra, debug=self.debug)
+            owner, src, macros, incs, extra, depends = job
+            t = time.monotonic()
+            objs = self.compiler.compile([src], output_dir=self.build_temp, macros=macros,
+                                         include_dirs=incs, debug=self.debug,
+                                         extra_postargs=extra, depends=depends)
+            return owner, src, objs, time.monotonic() - t
 
-        # one compiler process per core: the kernel files are the slow part
-        # of every build (CI builds five times)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            objects = [o for objs in pool.map(compile_one, jobs) for o in objs]
-        return objects
-
-    def build_extension(self, ext):
-        if ext.name == "attnx.kernels":
-            thr_c, thr_l = self._thread_flags()
-            ext.extra_objects = list(ext.extra_objects or []) + self._core_objects(thr_c)
-            ext.extra_link_args = list(ext.extra_link_args or []) + thr_l
-        super().build_extension(ext)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(compile_one, job) for job in jobs]
+            for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                owner, src, objs, dt = fut.result()
+                objects.setdefault(owner, []).extend(objs)
+                print(f"attnx: [{i:{len(str(len(jobs)))}d}/{len(jobs)}] {src} ({dt:.1f} s, "
+                      f"{time.monotonic() - t0:.0f} s elapsed)", flush=True)
+        for ext in todo:
+            if ext.name == "attnx.kernels":
+                ext.extra_objects = list(ext.extra_objects or []) + objects.get("core", [])
+            # setuptools links; its compile step returns the objects built above
+            compile_fn = self.compiler.compile
+            self.compiler.compile = lambda sources, *a, _o=objects.get(ext.name, []), **k: list(_o)
+            try:
+                self.build_extension(ext)
+            finally:
+                self.compiler.compile = compile_fn
+        print(f"attnx: built in {time.monotonic() - t0:.0f} s", flush=True)
 
 
 directives = {"language_level": 3}

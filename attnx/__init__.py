@@ -1,4 +1,6 @@
-"""attnx: fast, numerically stable dot-product attention on float64.
+"""attnx: fast, numerically stable dot-product attention for NumPy, in
+float64 and float32 (float32 and float16 inputs compute in float32, every
+other real input in float64).
 
     >>> import numpy as np, attnx
     >>> q = np.array([5., 1., 20.])
@@ -6,8 +8,25 @@
     >>> print(attnx.attend(q, annotations).round(8))
     [ 3.88079708  4.0728263  45.26423912]
 
-Functions: dot_score, softmax, context, attend (NumPy API); simd_level and
-get_include (for C and Cython users, with attnx.kernels and attnx_capi.h).
+NumPy API:
+    attend          fused attention, softmax(scale * keys @ query) @ values
+    merge_attention combine attention over disjoint chunks of keys (return_lse)
+    dot_score       the scores, scale * keys @ query
+    general_score   Luong's general score, query^T W key
+    additive_score  Bahdanau's additive score, v^T tanh(W_q query + keys_proj)
+    project_keys    keys_proj = keys @ W_k.T, once per sequence
+    softmax         stable softmax (default axis -1, unlike SciPy's None)
+    log_softmax     its logarithm, accurate where softmax underflows
+    context         weighted sum of value rows
+    KVCache         a decoding loop's keys and values, appended in place
+
+Build and machine:
+    simd_level, simd_available   kernels in use / on offer (ATTNX_SIMD forces one)
+    max_threads, build_info      threads a call may use; compiler and flags
+    get_include                  headers for C extensions (attnx_capi.h);
+                                 Cython: cimport attnx.kernels
+
+Command line: python -m attnx (or attnx) demo | info | bench, --version.
 """
 import os as _os
 import warnings as _warnings

@@ -1,5 +1,7 @@
-"""Command line: ``python -m attnx demo | info | bench``."""
+"""Command line: ``python -m attnx demo | info | bench`` (or the ``attnx``
+console script, the same program)."""
 import argparse
+import os
 import platform
 import sys
 
@@ -23,6 +25,14 @@ def _info(args):
 
 
 def _demo(args):
+    if args.plot is not None:
+        # check before the demo runs, not after it: one line, exit 2
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("attnx demo --plot needs matplotlib: pip install \"attnx[plot]\" "
+                  "(or pip install matplotlib)", file=sys.stderr)
+            return 2
     from . import demo
     demo.run(plot_dir=args.plot)
     return 0
@@ -33,10 +43,15 @@ def _bench(args):
     return bench.main(args)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m attnx",
-                                description="attnx: dot-product attention on float64")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _parser(prog):
+    from ._version import __version__
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="attnx: fast, numerically stable dot-product attention in float64 and "
+                    "float32 (float32 and float16 inputs compute in float32, everything else "
+                    "in float64).")
+    p.add_argument("--version", action="version", version=f"attnx {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="{demo,info,bench}")
     d = sub.add_parser("demo", help="walk through the worked example step by step")
     d.add_argument("--plot", metavar="DIR", help="also write the tutorial's heatmaps as PNGs "
                    "into DIR (needs matplotlib: pip install \"attnx[plot]\")")
@@ -46,8 +61,29 @@ def main(argv=None):
     b = sub.add_parser("bench", help="benchmark attnx against NumPy, SciPy and PyTorch")
     b.add_argument("--quick", action="store_true", help="fewer, smaller runs (under a minute)")
     b.add_argument("--threads", type=int, default=None, help="thread count for the threaded rows")
+    b.add_argument("--markdown", action="store_true",
+                   help="print the table as Markdown instead of aligned text")
+    b.add_argument("--only", metavar="ROWS", default=None,
+                   help="comma-separated rows to run, of: " + ", ".join(_bench_rows()))
     b.set_defaults(func=_bench)
+    return p
+
+
+def _bench_rows():
+    from .bench import ROWS
+    return ROWS
+
+
+def main(argv=None, prog=None):
+    if prog is None:
+        # `attnx ...` (the console script) or `python -m attnx ...`
+        name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+        prog = "attnx" if name == "attnx" else "python -m attnx"
+    p = _parser(prog)
     args = p.parse_args(argv)
+    if args.cmd is None:            # no command: the help, not an error
+        p.print_help()
+        return 0
     return args.func(args)
 
 

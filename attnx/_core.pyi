@@ -1,5 +1,5 @@
 from collections.abc import Sequence
-from typing import Any, Literal, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -168,6 +168,50 @@ def attend(
     query_offset: int = 0,
 ) -> tuple[_F64, _F64]: ...
 @overload
+def attend(  # type: ignore[overload-overlap, unused-ignore]
+    query: _Lo,
+    keys: _Lo,
+    values: _Lo | None = None,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    return_weights: bool,
+    out: _F32 | tuple[_F32 | None, _F32 | None] | None = None,
+    num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
+) -> _F32 | tuple[_F32, _F32]: ...
+@overload
+def attend(
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike | None = None,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    return_weights: bool,
+    out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
+    num_threads: int | None = None,
+    score: _Score = "dot",
+    W: ArrayLike | None = None,
+    W_q: ArrayLike | None = None,
+    v: ArrayLike | None = None,
+    keys_proj: ArrayLike | None = None,
+    W_k: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
+) -> _F64 | tuple[_F64, _F64]: ...
+@overload
 def attend(
     query: ArrayLike,
     keys: ArrayLike,
@@ -226,43 +270,69 @@ def additive_score(
     num_threads: int | None = None,
 ) -> _F64: ...
 
+# a KVCache stores and computes in one dtype, chosen by dtype= (float64 by
+# default): KVCache[np.float32] types its keys, values and results as float32
+_S = TypeVar("_S", np.float64, np.float32)
+_F32Spec = type[np.float32] | np.dtype[np.float32] | Literal["float32", "f4", "<f4", "single"]
+_F64Spec = type[np.float64] | type[float] | np.dtype[np.float64] | Literal[
+    "float64", "f8", "<f8", "double", "float"]
+
 @disjoint_base
-class KVCache:
+class KVCache(Generic[_S]):
     d: int
     dv: int
     length: int
     capacity: int
     shared: bool
-    dtype: np.dtype[np.float64] | np.dtype[np.float32]
+    dtype: np.dtype[_S]
+    @overload
     def __init__(
-        self, d: int, dv: int | None = None, *, capacity: int = 64, dtype: type | np.dtype = ...
+        self: KVCache[np.float64], d: int, dv: int | None = None, *, capacity: int = 64,
+        dtype: _F64Spec = ...,
     ) -> None: ...
+    @overload
+    def __init__(
+        self: KVCache[np.float32], d: int, dv: int | None = None, *, capacity: int = 64,
+        dtype: _F32Spec,
+    ) -> None: ...
+    def __class_getitem__(cls, item: Any) -> Any: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
     def __len__(self) -> int: ...
     @property
-    def keys(self) -> _F64: ...
+    def keys(self) -> NDArray[_S]: ...
     @property
-    def values(self) -> _F64: ...
+    def values(self) -> NDArray[_S]: ...
     def reserve(self, n: int) -> None: ...
     def append(self, k: ArrayLike, v: ArrayLike | None = None) -> None: ...
     def extend(self, keys: ArrayLike, values: ArrayLike | None = None) -> None: ...
     def clear(self) -> None: ...
     @overload
-    def attend(
+    def attend(  # type: ignore[overload-overlap, unused-ignore]
         self,
         query: ArrayLike,
         *,
         scale: float = 1.0,
-        out: _F64 | None = None,
+        out: NDArray[_S] | None = None,
         return_weights: Literal[False] = False,
         num_threads: int | None = None,
-    ) -> _F64: ...
+    ) -> NDArray[_S]: ...
+    @overload
+    def attend(  # type: ignore[overload-overlap, unused-ignore]
+        self,
+        query: ArrayLike,
+        *,
+        scale: float = 1.0,
+        out: NDArray[_S] | tuple[NDArray[_S] | None, NDArray[_S] | None] | None = None,
+        return_weights: Literal[True],
+        num_threads: int | None = None,
+    ) -> tuple[NDArray[_S], NDArray[_S]]: ...
     @overload
     def attend(
         self,
         query: ArrayLike,
         *,
         scale: float = 1.0,
-        out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
-        return_weights: Literal[True],
+        out: NDArray[_S] | tuple[NDArray[_S] | None, NDArray[_S] | None] | None = None,
+        return_weights: bool,
         num_threads: int | None = None,
-    ) -> tuple[_F64, _F64]: ...
+    ) -> NDArray[_S] | tuple[NDArray[_S], NDArray[_S]]: ...

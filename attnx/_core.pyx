@@ -19,7 +19,9 @@ from libc.string cimport memcpy, memset
 cimport attnx.kernels as ak
 
 import inspect
+import numbers
 import operator
+import types
 
 import numpy as np
 
@@ -155,11 +157,21 @@ cdef object _work_dtype(tuple inputs):
     return _FLOAT32 if r.kind == "f" and r.itemsize <= 4 else _FLOAT64
 
 
+cdef object _asarray(object x, str name):
+    """np.asarray(x), with an error that names the argument when x is not a
+    rectangular array (a ragged nested list, say)."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:
+        raise ValueError(f"{name} is not a rectangular array of numbers "
+                         f"(a ragged nested list?): {e}") from None
+
+
 cdef object _as_real(object x, str name, object dtype):
     """x as a C-contiguous array of `dtype` (float32 or float64)."""
     if dtype is _FLOAT64:
         return _as_f64(x, name)
-    arr = x if cnp.PyArray_Check(x) else np.asarray(x)
+    arr = x if cnp.PyArray_Check(x) else _asarray(x, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
                         f"got dtype {arr.dtype}")
@@ -171,7 +183,7 @@ cdef object _as_f64(object x, str name):
     else one converted copy. Real numbers only (bool, int, uint, float)."""
     if _is_f64(x, _IN_FLAGS):
         return x
-    arr = x if cnp.PyArray_Check(x) else np.asarray(x)
+    arr = x if cnp.PyArray_Check(x) else _asarray(x, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), "
                         f"got dtype {arr.dtype}")
@@ -191,6 +203,23 @@ cdef object _narrowed(object arr, str name, object dtype):
                 f"{name} holds {arr.dtype} values beyond the range of {res.dtype} "
                 f"(e.g. {arr[lost].flat[0]!r}), which attnx computes in; scale them first")
     return res
+
+
+cdef double _as_scale(object scale) except? -1.0:
+    """`scale` as a C double, or a TypeError that names it (Cython's own
+    conversion says only "must be real number, not str")."""
+    if type(scale) is float:
+        return <double>scale
+    if cnp.PyArray_Check(scale):
+        arr = <object>scale
+        if arr.ndim == 0 and arr.dtype.kind in "biuf":
+            return float(arr)
+        raise TypeError(f"scale must be a real number (one float), got an array of shape "
+                        f"{arr.shape} and dtype {arr.dtype}")
+    if isinstance(scale, numbers.Real):
+        return float(scale)
+    raise TypeError(f"scale must be a real number (one float), got "
+                    f"{type(scale).__name__} {scale!r}")
 
 
 cdef int _raise_status(int rc) except -1:
@@ -296,7 +325,7 @@ cdef int _fill_strides(object a, int core, Py_ssize_t itemsize, tuple batch,
 
 # --- dot_score ------------------------------------------------------------------
 
-def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
+def dot_score(query, keys, *, scale=1.0, out=None, num_threads=None):
     """Dot-product attention scores, ``scale * keys @ query``.
 
     Parameters
@@ -344,6 +373,7 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
     cdef size_t T, d
     cdef int rc
     cdef PyThreadState *ts
+    cdef double sc = _as_scale(scale)
     cdef int tn = _fast_type(query, keys, None) if num_threads is None else -1
     if tn >= 0:
         q = <cnp.ndarray>query
@@ -355,15 +385,15 @@ def dot_score(query, keys, *, double scale=1.0, out=None, num_threads=None):
             if res is not None:
                 ts = _release_gil(T * (d + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
-                    rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, scale, _dptr(<cnp.ndarray>res))
+                    rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, sc, _dptr(<cnp.ndarray>res))
                 else:
-                    rc = ak.dot_scores_f32(_fptr(q), _fptr(K), T, d, <float>scale,
+                    rc = ak.dot_scores_f32(_fptr(q), _fptr(K), T, d, <float>sc,
                                            _fptr(<cnp.ndarray>res))
                 _reacquire_gil(ts)
                 if rc != 0:
                     _raise_status(rc)
                 return res
-    return _dot_score_general(query, keys, scale, out, num_threads)
+    return _dot_score_general(query, keys, sc, out, num_threads)
 
 
 def _dot_score_general(query, keys, double scale, out, num_threads):
@@ -422,8 +452,11 @@ def softmax(x, axis=-1, *, out=None, num_threads=None):
     x : array_like
         Real input of any shape.
     axis : int, tuple of ints or None, optional
-        Axis or axes to normalise over (jointly), as in
-        `scipy.special.softmax`; None means all elements. Default: the last.
+        Axis or axes to normalise over (jointly); None means all elements.
+        The default is the last axis (-1), as for attention weights, which
+        differs from `scipy.special.softmax`, whose default is None: on 2-D
+        input ``softmax(x)`` normalises each row, SciPy's ``softmax(x)`` the
+        whole array. Pass the axis explicitly when porting SciPy code.
     out : ndarray, optional
         C-contiguous, writeable array of x's shape and of the result's dtype.
         It may be `x`
@@ -556,8 +589,9 @@ def log_softmax(x, axis=-1, *, out=None, num_threads=None):
     x : array_like
         Real input of any shape.
     axis : int, tuple of ints or None, optional
-        Axis or axes to normalise over, as in `scipy.special.log_softmax`;
-        None means all elements. Default: the last.
+        Axis or axes to normalise over; None means all elements. The default
+        is the last axis (-1), unlike `scipy.special.log_softmax`, whose
+        default is None (the whole array).
     out : ndarray, optional
         C-contiguous, writeable array of x's shape and of the result's dtype;
         may be `x` itself.
@@ -731,7 +765,7 @@ def _context_general(weights, values, out, num_threads):
 
 # --- attend ---------------------------------------------------------------------
 
-def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal=False,
+def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
            bint return_weights=False, out=None, num_threads=None, **options):
     """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
 
@@ -755,7 +789,9 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
         context and weights of zeros, never NaN.
     causal : bool, optional
         Query row i attends keys ``t <= i`` only (top-left aligned, as
-        PyTorch's ``is_causal``); combined with `mask` by AND.
+        PyTorch's ``is_causal``); combined with `mask` by AND. Needs query
+        rows, shape (..., Lq, d): with a single (d,) query it is a
+        ValueError, since top-left alignment would let it see key 0 only.
     return_weights : bool, optional
         Also return the attention weights.
     out : ndarray or tuple, optional
@@ -851,6 +887,7 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
     cdef size_t T, d, dv
     cdef int rc
     cdef PyThreadState *ts
+    cdef double sc = _as_scale(scale)
     cdef int tn = -1
     # The rarer options (the score functions, return_lse, the offsets) come
     # through **options: each named keyword-only parameter costs every call
@@ -873,10 +910,10 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
             if res is not None:
                 ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
-                    rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, scale, NULL,
+                    rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, sc, NULL,
                                    _dptr(<cnp.ndarray>res), NULL)
                 else:
-                    rc = ak.attend_f32(_fptr(q), _fptr(K), _fptr(V), T, d, dv, <float>scale,
+                    rc = ak.attend_f32(_fptr(q), _fptr(K), _fptr(V), T, d, dv, <float>sc,
                                        NULL, _fptr(<cnp.ndarray>res), NULL)
                 _reacquire_gil(ts)
                 if rc != 0:
@@ -897,13 +934,13 @@ def attend(query, keys, values=None, *, double scale=1.0, mask=None, bint causal
         if return_lse or koff or qoff:
             raise ValueError("return_lse, key_offset and query_offset work with the dot "
                              "score (score='dot' or 'general')")
-        return _attend_scored(query, keys, values, scale, mask, causal, return_weights, out,
+        return _attend_scored(query, keys, values, sc, mask, causal, return_weights, out,
                               num_threads, score, W, W_q, v, keys_proj, W_k)
     if W is not None or W_q is not None or v is not None or keys_proj is not None \
             or W_k is not None:
         raise ValueError("W, W_q, v, keys_proj and W_k belong to score='general' or "
                          "score='additive'; the default score is 'dot'")
-    return _attend_general(query, keys, values, scale, mask, causal, return_weights, out,
+    return _attend_general(query, keys, values, sc, mask, causal, return_weights, out,
                            num_threads, return_lse, qoff, koff)
 
 
@@ -917,6 +954,15 @@ cdef ptrdiff_t _offset(object x, str name) except? -1:
     if not -(1 << 62) <= n < (1 << 62):
         raise ValueError(f"{name} must be within +-2**62, got {n}")
     return n
+
+
+_CAUSAL_SINGLE = (
+    "causal=True with a single query of shape (d,) and no offsets: causal masks are "
+    "top-left aligned (query row i sees keys t <= i), so a lone query at position 0 "
+    "would attend to key 0 only. For a decoding step, where the query is the newest "
+    "position and every key is in its past, leave causal=False, or say where the query "
+    "sits: query_offset=T - 1 (and for query rows that end at the last key, "
+    "query_offset=T - Lq)")
 
 
 _DOT = "dot"
@@ -968,6 +1014,8 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
         raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
     s = additive_score(query, Kp, W_q, v, num_threads=num_threads)
     single = s.ndim == 1 or np.ndim(query) == 1
+    if causal and single:
+        raise ValueError(_CAUSAL_SINGLE)
     with np.errstate(invalid="ignore"):
         if mask is not None:
             m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
@@ -1031,6 +1079,8 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     if K.shape[-2] == 0:
         raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
     single = q.ndim == 1
+    if causal and single and query_offset == 0 and key_offset == 0:
+        raise ValueError(_CAUSAL_SINGLE)
     d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
     Lq = 1 if single else q.shape[-2]
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
@@ -1248,7 +1298,7 @@ def merge_attention(outs, lses, *, out=None):
 
 # --- score functions (Luong's general, Bahdanau's additive) --------------------
 
-def general_score(query, keys, W, *, double scale=1.0, out=None, num_threads=None):
+def general_score(query, keys, W, *, scale=1.0, out=None, num_threads=None):
     """Luong's "general" score, ``scale * query^T W key`` for every key.
 
     Computed as a dot product of ``W^T query`` with each key (one small
@@ -1275,8 +1325,9 @@ def general_score(query, keys, W, *, double scale=1.0, out=None, num_threads=Non
     >>> print(attnx.general_score(q, keys, W))     # q @ W @ k for each key
     [3. 0.]
     """
+    cdef double sc = _as_scale(scale)
     u = _general_query(query, W, keys)
-    return dot_score(u, keys, scale=scale, out=out, num_threads=num_threads)
+    return dot_score(u, keys, scale=sc, out=out, num_threads=num_threads)
 
 
 cdef object _general_query(object query, object W, object keys):
@@ -1497,6 +1548,28 @@ cdef class KVCache:
         self._Kro = np.asarray(memoryview(K).toreadonly())
         self._Vro = self._Kro if V is K else np.asarray(memoryview(V).toreadonly())
 
+    # inspect.signature(KVCache): a cdef class has no introspectable __init__
+    __signature__ = inspect.Signature([
+        inspect.Parameter("d", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("dv", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("capacity", inspect.Parameter.KEYWORD_ONLY, default=64),
+        inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=np.float64),
+    ])
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        """``KVCache[np.float32]``: the stubs make KVCache generic over its
+        dtype; at run time the subscript is only an annotation."""
+        return types.GenericAlias(cls, item)
+
+    def __reduce__(self):
+        """Pickle the rows held (not the spare capacity)."""
+        with self._lock:
+            K = np.array(self._K[:self.length])
+            V = None if self.shared else np.array(self._V[:self.length])
+        return (_kvcache_restore,
+                (self.d, None if self.shared else self.dv, self.dtype.name, K, V))
+
     @property
     def keys(self):
         """The keys held, a read-only (length, d) view."""
@@ -1621,7 +1694,7 @@ cdef class KVCache:
             self.length = 0
             self._install(K, V)
 
-    def attend(self, query, *, double scale=1.0, out=None, return_weights=False,
+    def attend(self, query, *, scale=1.0, out=None, return_weights=False,
                num_threads=None):
         """Attention of `query` (d,) or (..., Lq, d) over the rows held: as
         `attnx.attend(query, cache.keys, cache.values, ...)`."""
@@ -1631,6 +1704,7 @@ cdef class KVCache:
         cdef PyThreadState *ts
         cdef bint f32 = self._f32
         cdef int tn = cnp.NPY_FLOAT if f32 else cnp.NPY_DOUBLE
+        cdef double sc = _as_scale(scale)
         if f32 and not _is_type(query, tn, _IN_FLAGS):
             query = _as_real(query, "query", _FLOAT32)    # the cache's type decides
         res = None
@@ -1660,10 +1734,10 @@ cdef class KVCache:
             rb = <cnp.ndarray>res
             ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
             if tn == cnp.NPY_FLOAT:
-                rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, <float>scale, NULL,
+                rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, <float>sc, NULL,
                                    _fptr(rb), NULL)
             else:
-                rc = ak.attend(_dptr(q), _dptr(Kb), _dptr(Vb), T, d, dv, scale, NULL, _dptr(rb),
+                rc = ak.attend(_dptr(q), _dptr(Kb), _dptr(Vb), T, d, dv, sc, NULL, _dptr(rb),
                                NULL)
             _reacquire_gil(ts)
             if rc != 0:
@@ -1672,5 +1746,13 @@ cdef class KVCache:
         # (the general path: read-only views of the snapshot's rows)
         Ks = np.asarray(memoryview(Kb).toreadonly())[:T]
         Vs = Ks if Vb is Kb else np.asarray(memoryview(Vb).toreadonly())[:T]
-        return attend(query, Ks, Vs, scale=scale, out=out, return_weights=return_weights,
+        return attend(query, Ks, Vs, scale=sc, out=out, return_weights=return_weights,
                       num_threads=num_threads)
+
+
+def _kvcache_restore(d, dv, dtype, keys, values):
+    """Unpickle a KVCache (see KVCache.__reduce__)."""
+    cache = KVCache(d, dv, capacity=len(keys), dtype=dtype)
+    if len(keys):
+        cache.extend(keys, values)
+    return cache

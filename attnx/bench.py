@@ -3,16 +3,21 @@
 Every row times attnx and its competitors in the same process, interleaved
 round by round (so a noisy neighbour hits all of them alike), and reports the
 median time per call and the ratio competitor / attnx (> 1: attnx is faster).
-NumPy runs with single-threaded BLAS (threadpoolctl) unless a row says
-otherwise; which BLAS kernel it used is printed.
+NumPy runs with single-threaded BLAS (threadpoolctl, from ``attnx[bench]``)
+unless a row says otherwise, and which BLAS kernel it used is printed; without
+threadpoolctl the bench still runs and says what it could not do. A floor (a
+plain read of the same bytes) is a bound, not a competitor: it appears in the
+row's note. One table is printed, aligned text or (``--markdown``) Markdown.
 
 Competitors: the tutorial's pipeline (exp in long double, its workaround for
 the overflow), the best hand-written stable NumPy pipeline, SciPy's softmax,
 and PyTorch's scaled_dot_product_attention and softmax when torch imports.
 """
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -119,242 +124,316 @@ def read_bandwidth(nbytes, rounds):
     return best[name], name
 
 
-FLOOR = "read floor: K, V once (BLAS ddot)"
-
-
-def _floor_note(res, nbytes):
-    """attnx's bandwidth, as a share of the read floor's, and the ratio to NumPy
-    that the floor would reach: attnx's ceiling in this row."""
-    gbs, floor = nbytes / res["attnx"], nbytes / res[FLOOR]
-    return (f"{gbs / 1e9:.1f} GB/s = {100 * gbs / floor:.0f}% of the floor's {floor / 1e9:.1f} GB/s; "
-            f"at the floor NumPy's ratio would be {res['numpy stable pipeline'] / res[FLOOR]:.2f}x")
+def _floor_note(t_attnx, t_numpy, t_floor, nbytes):
+    """The read floor (BLAS ddot reading the same K and V once: no single-query
+    attention reads fewer bytes) as a note: attnx's share of it, and the
+    ratio to NumPy that the floor itself would reach, attnx's ceiling here."""
+    gbs, floor = nbytes / t_attnx, nbytes / t_floor
+    return (f"read floor (BLAS ddot over K, V once) {_fmt_time(t_floor)}: attnx at "
+            f"{100 * gbs / floor:.0f}% of its {floor / 1e9:.1f} GB/s; NumPy / floor = "
+            f"{t_numpy / t_floor:.2f}x")
 
 
 # --- the table ----------------------------------------------------------------
 
 class Table:
+    """Rows of (case, implementation, time, ratio, note), printed once at the
+    end, as aligned text or Markdown. The first implementation of a case is
+    the base of its ratios."""
+    HEAD = ("case", "implementation", "time per call", "its time / attnx's", "note")
+
     def __init__(self):
         self.rows = []
 
-    def add(self, case, times, base="attnx", extra=""):
+    def add(self, case, times, base="attnx", note=""):
         t0 = times[base]
-        for name, t in times.items():
+        order = [base] + [n for n in times if n != base]
+        for name in order:
+            t = times[name]
             ratio = "" if name == base else f"{t / t0:.2f}x"
-            self.rows.append((case, name, _fmt_time(t), ratio, extra if name == base else ""))
-            print(f"  {case:<34} {name:<28} {_fmt_time(t):>10} {ratio:>9}  {extra if name == base else ''}",
-                  flush=True)
-            case = ""
+            self.rows.append((case if name == base else "", name, _fmt_time(t), ratio,
+                              note if name == base else ""))
+        print(f"  {case}: attnx {_fmt_time(t0)}", file=sys.stderr, flush=True)
 
     def markdown(self):
-        out = ["| case | implementation | time per call | its time / attnx's | note |",
-               "|---|---|---:|---:|---|"]
-        out += [f"| {c} | {n} | {t} | {r} | {e} |" for c, n, t, r, e in self.rows]
+        out = ["| " + " | ".join(self.HEAD) + " |", "|---|---|---:|---:|---|"]
+        out += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(out)
+
+    def text(self):
+        """Aligned columns sized to their longest entry; the note, free text,
+        comes last."""
+        cols = list(zip(self.HEAD, *self.rows))
+        width = [max(len(x) for x in col) for col in cols[:4]]
+        right = (False, False, True, True)
+
+        def line(r):
+            cells = [c.rjust(w) if rt else c.ljust(w) for c, w, rt in zip(r[:4], width, right)]
+            return ("  ".join(cells) + ("  " + r[4] if r[4] else "")).rstrip()
+        out = [line(self.HEAD), "  ".join("-" * w for w in width)]
+        out += [line(r) for r in self.rows]
         return "\n".join(out)
 
 
 def machine():
+    """The CPU, named well enough to compare tables: model name, and on
+    Linux/x86 the family/model numbers and whether AVX-512 is there (cloud
+    VMs often report only "AMD EPYC" or "Intel Xeon Processor")."""
     cpu = platform.processor() or platform.machine()
+    extra = []
     try:
+        info = {}
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break                       # the first processor is enough
+                k, _, v = line.partition(":")
+                info[k.strip()] = v.strip()
+        cpu = info.get("model name", cpu)
+        if "cpu family" in info:
+            extra.append(f"family {info['cpu family']} model {info.get('model', '?')}")
+        flags = info.get("flags", "").split()
+        if flags:
+            extra.append("AVX-512" if "avx512f" in flags else
+                         "AVX2, no AVX-512" if "avx2" in flags else "no AVX2")
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    extra_s = f" ({'; '.join(extra)})" if extra else ""
+    return f"{cpu}{extra_s}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
-def run(quick=False, threads=None):
-    from threadpoolctl import threadpool_info, threadpool_limits
+ROWS = ("tiny", "cache", "long", "softmax", "batched", "float32", "loop", "threads")
 
+
+def _blas_control():
+    """(context manager limiting BLAS to one thread, description of NumPy's
+    BLAS, what was skipped or None): threadpoolctl when it is installed."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return (contextlib.nullcontext(), "not reported",
+                "threadpoolctl is not installed (pip install \"attnx[bench]\"): NumPy's BLAS "
+                "runs with its default thread count and its kernel is not reported")
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return threadpool_limits(1), ", ".join(blas) or "none found", None
+
+
+def run(quick=False, threads=None, only=None):
+    """Time the rows named in `only` (default: all of ROWS); return the Table."""
+    only = ROWS if only is None else tuple(only)
+    unknown = set(only) - set(ROWS)
+    if unknown:
+        raise ValueError(f"unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     rng = np.random.default_rng(0)
     rounds, min_time = (5, 0.02) if quick else (15, 0.05)
     nthreads = threads or max(2, min(os.cpu_count() or 1, 2))
     torch = _torch()
-    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')})"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+    limit_blas, blas, skipped = _blas_control()
     print(f"attnx {__version__}, kernels {kernels.simd_level()}, {kernels.build_info()}")
     print(f"machine: {machine()}")
-    print(f"numpy {np.__version__}, BLAS: {', '.join(blas) or 'none found'}; "
+    print(f"numpy {np.__version__}, BLAS: {blas}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    if torch is not None:
-        print(f"torch {torch.__version__}")
+    if skipped:
+        print(f"skipped: {skipped}")
+    print(f"torch {torch.__version__}" if torch is not None
+          else "torch not installed: its columns are left out")
     print(f"median of {rounds} interleaved rounds; ratio = competitor time / attnx time\n")
     table = Table()
+    d = 64
+    state = {}
 
-    with threadpool_limits(1):
+    with limit_blas:
         if torch is not None:
             torch.set_num_threads(1)
 
-        # 1. tiny: the worked example, attend with out=
-        q = np.array([5.0, 1.0, 20.0])
-        K = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
-        out = np.empty(3)
-        fns = {"attnx": lambda: _core.attend(q, K, K, out=out),
-               "numpy stable pipeline": lambda: numpy_stable(q, K, K),
-               "tutorial pipeline": lambda: tutorial(q, K, K)}
-        if torch is not None:
-            tq, tk = torch.from_numpy(q)[None, None], torch.from_numpy(K)[None]
-            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-                tq, tk, tk, scale=1.0)
-        table.add("tiny: T=4, d=3, out=", compare(fns, rounds, min_time))
-
-        # 2. cache-resident single query
-        T, d = 1024, 64
-        q, K, V = rng.standard_normal(d), rng.standard_normal((T, d)), rng.standard_normal((T, d))
-        out = np.empty(d)
-        fns = {"attnx": lambda: _core.attend(q, K, V, out=out),
-               "numpy stable pipeline": lambda: numpy_stable(q, K, V),
-               "tutorial pipeline": lambda: tutorial(q, K, V)}
-        if torch is not None:
-            tq, tk, tv = (torch.from_numpy(a)[None] for a in (q[None], K, V))
-            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
-        # the floor: one read of the same K and V by BLAS ddot (single-threaded,
-        # as everything here), timed in the same interleaved rounds. No
-        # single-query attention reads fewer bytes, so numpy / floor bounds the ratio.
-        Kf, Vf = K.ravel(), V.ravel()
-        fns[FLOOR] = lambda: np.dot(Kf, Vf)
-        res = compare(fns, rounds, min_time)
-        table.add(f"cache: T={T}, d=dv={d}", res, extra=_floor_note(res, 16 * T * d))
-        # values = keys: half the bytes (512 KB), which fit in L2
-        fns = {"attnx": lambda: _core.attend(q, K, out=out),
-               "numpy stable pipeline": lambda: numpy_stable(q, K, K),
-               FLOOR: lambda: np.dot(Kf, Kf)}
-        res = compare(fns, rounds, min_time)
-        table.add(f"cache: T={T}, d={d}, values=keys", res, extra=_floor_note(res, 8 * T * d))
-
-        # 3. long single query, DRAM-bound
-        T = 1 << (18 if quick else 20)
-        K = rng.standard_normal((T, d))
-        V = rng.standard_normal((T, d))
-        q = rng.standard_normal(d)
-        out = np.empty(d)
-        bw, probe = read_bandwidth(512 << 20 if not quick else 128 << 20, 5)
-        fns = {"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=1),
-               "numpy stable pipeline": lambda: numpy_stable(q, K, V)}
-        res = compare(fns, max(3, rounds // 3), min_time)
-        gbs = 16 * T * d / res["attnx"]
-        table.add(f"long: T=2^{T.bit_length() - 1}, d=dv={d}", res,
-                  extra=f"{gbs / 1e9:.1f} GB/s = {100 * gbs / bw:.0f}% of the {bw / 1e9:.1f} GB/s "
-                        f"single-thread read ({probe})")
-        long_1 = res["attnx"]
-        long_case = (q, K, V, out)
-
-        # 4. softmax
-        for n, other in ((1_000_000, "numpy stable softmax"), (1000, "scipy.special.softmax")):
-            x = rng.standard_normal(n) * 10
-            y = np.empty(n)
-            fns = {"attnx": lambda: _core.softmax(x, out=y),
-                   "numpy stable softmax": lambda: numpy_softmax(x)}
-            try:
-                import scipy.special
-                fns["scipy.special.softmax"] = lambda: scipy.special.softmax(x)
-            except ImportError:
-                pass
+        if "tiny" in only:
+            # the worked example, attend with out=
+            q = np.array([5.0, 1.0, 20.0])
+            K = np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+            out = np.empty(3)
+            fns = {"attnx": lambda: _core.attend(q, K, K, out=out),
+                   "numpy stable pipeline": lambda: numpy_stable(q, K, K),
+                   "tutorial pipeline": lambda: tutorial(q, K, K)}
             if torch is not None:
-                tx = torch.from_numpy(x)
-                fns["torch softmax"] = lambda: torch.softmax(tx, 0)
-            table.add(f"softmax: n={n}", compare(fns, rounds, min_time))
+                tq, tk = torch.from_numpy(q)[None, None], torch.from_numpy(K)[None]
+                fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                    tq, tk, tk, scale=1.0)
+            table.add("tiny: T=4, d=3, out=", compare(fns, rounds, min_time))
 
-        # 5. batched multi-query attention vs PyTorch, same thread count
-        B, H, L = (2, 4, 256) if quick else (8, 8, 512)
-        Q, Kb, Vb = (rng.standard_normal((B, H, L, d)) for _ in range(3))
-        ob = np.empty((B, H, L, d))
-        scale = d ** -0.5
-        for nt in (1, nthreads):
-            fns = {"attnx": lambda nt=nt: _core.attend(Q, Kb, Vb, scale=scale, out=ob,
-                                                       num_threads=nt)}
+        if "cache" in only:
+            # cache-resident single query
+            T = 1024
+            q, K, V = rng.standard_normal(d), rng.standard_normal((T, d)), rng.standard_normal((T, d))
+            out = np.empty(d)
+            Kf, Vf = K.ravel(), V.ravel()
+            fns = {"attnx": lambda: _core.attend(q, K, V, out=out),
+                   "numpy stable pipeline": lambda: numpy_stable(q, K, V),
+                   "tutorial pipeline": lambda: tutorial(q, K, V)}
             if torch is not None:
-                tQ, tK, tV = (torch.from_numpy(a) for a in (Q, Kb, Vb))
+                tq, tk, tv = (torch.from_numpy(a)[None] for a in (q[None], K, V))
+                fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+            # the floor, timed in the same interleaved rounds but reported as a
+            # note: one read of the same K and V by BLAS ddot
+            fns["floor"] = lambda: np.dot(Kf, Vf)
+            res = compare(fns, rounds, min_time)
+            floor = res.pop("floor")
+            table.add(f"cache: T={T}, d=dv={d}", res,
+                      note=_floor_note(res["attnx"], res["numpy stable pipeline"], floor,
+                                       16 * T * d))
+            # values = keys: half the bytes (512 KB)
+            fns = {"attnx": lambda: _core.attend(q, K, out=out),
+                   "numpy stable pipeline": lambda: numpy_stable(q, K, K),
+                   "floor": lambda: np.dot(Kf, Kf)}
+            res = compare(fns, rounds, min_time)
+            floor = res.pop("floor")
+            table.add(f"cache: T={T}, d={d}, values=keys", res,
+                      note=_floor_note(res["attnx"], res["numpy stable pipeline"], floor,
+                                       8 * T * d))
 
-                def sdpa(nt=nt):
-                    torch.set_num_threads(nt)
-                    return torch.nn.functional.scaled_dot_product_attention(tQ, tK, tV)
-                fns["torch sdpa (float64)"] = sdpa
+        if "long" in only or "threads" in only:
+            # long single query, DRAM-bound
+            T = 1 << (18 if quick else 20)
+            K = rng.standard_normal((T, d))
+            V = rng.standard_normal((T, d))
+            q = rng.standard_normal(d)
+            out = np.empty(d)
+            state["long"] = (q, K, V, out, T)
+        if "long" in only:
+            bw, probe = read_bandwidth(512 << 20 if not quick else 128 << 20, 5)
+            fns = {"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=1),
+                   "numpy stable pipeline": lambda: numpy_stable(q, K, V)}
             res = compare(fns, max(3, rounds // 3), min_time)
-            if nt == 1:
-                batched_1 = res["attnx"]
-                table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res)
-            else:
-                table.add(f"batched, {nt} threads", res,
-                          extra=f"{batched_1 / res['attnx']:.2f}x its 1-thread time")
-        if torch is not None:
-            torch.set_num_threads(1)
+            gbs = 16 * T * d / res["attnx"]
+            table.add(f"long: T=2^{T.bit_length() - 1}, d=dv={d}", res,
+                      note=f"{gbs / 1e9:.1f} GB/s = {100 * gbs / bw:.0f}% of the "
+                           f"{bw / 1e9:.1f} GB/s single-thread read ({probe})")
+            state["long_1"] = res["attnx"]
 
-        # 6. float32: the same kernels with twice the lanes, against NumPy and
-        # PyTorch in float32
-        T = 1024
-        q32, K32, V32 = (rng.standard_normal(s).astype(np.float32)
-                         for s in ((d,), (T, d), (T, d)))
-        o32 = np.empty(d, np.float32)
-        fns = {"attnx": lambda: _core.attend(q32, K32, V32, out=o32),
-               "numpy stable pipeline": lambda: numpy_stable(q32, K32, V32)}
-        if torch is not None:
-            tq, tk, tv = (torch.from_numpy(a)[None] for a in (q32[None], K32, V32))
-            fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
-        table.add(f"float32 cache: T={T}, d=dv={d}", compare(fns, rounds, min_time))
-        x32 = rng.standard_normal(1_000_000).astype(np.float32) * 10
-        y32 = np.empty_like(x32)
-        fns = {"attnx": lambda: _core.softmax(x32, out=y32),
-               "numpy stable softmax": lambda: numpy_softmax(x32)}
-        if torch is not None:
-            tx32 = torch.from_numpy(x32)
-            fns["torch softmax"] = lambda: torch.softmax(tx32, 0)
-        table.add("float32 softmax: n=1000000", compare(fns, rounds, min_time))
-        Q32, Kb32, Vb32 = (a.astype(np.float32) for a in (Q, Kb, Vb))
-        ob32 = np.empty(Q32.shape, np.float32)
-        fns = {"attnx": lambda: _core.attend(Q32, Kb32, Vb32, scale=scale, out=ob32,
-                                             num_threads=1)}
-        if torch is not None:
-            tQ32, tK32, tV32 = (torch.from_numpy(a) for a in (Q32, Kb32, Vb32))
-            fns["torch sdpa (float32)"] = lambda: \
-                torch.nn.functional.scaled_dot_product_attention(tQ32, tK32, tV32)
-        table.add(f"float32 batched: B={B} H={H} L={L}, 1 thread",
-                  compare(fns, max(3, rounds // 3), min_time))
+        if "softmax" in only:
+            for n in (1_000_000, 1000):
+                x = rng.standard_normal(n) * 10
+                y = np.empty(n)
+                fns = {"attnx": lambda: _core.softmax(x, out=y),
+                       "numpy stable softmax": lambda: numpy_softmax(x)}
+                try:
+                    import scipy.special
+                    fns["scipy.special.softmax"] = lambda: scipy.special.softmax(x)
+                except ImportError:
+                    pass
+                if torch is not None:
+                    tx = torch.from_numpy(x)
+                    fns["torch softmax"] = lambda: torch.softmax(tx, 0)
+                table.add(f"softmax: n={n}", compare(fns, rounds, min_time))
 
-        # 7. a 1000-step decoding loop: append a key and a value, attend
-        steps = 300 if quick else 1000
-        ks, vs, qs = (rng.standard_normal((steps, d)) for _ in range(3))
-        ctx = np.empty(d)
+        B, H, L = (2, 4, 256) if quick else (8, 8, 512)
+        scale = d ** -0.5
+        if "batched" in only or "float32" in only:
+            Q, Kb, Vb = (rng.standard_normal((B, H, L, d)) for _ in range(3))
+        if "batched" in only:
+            # batched multi-query attention vs PyTorch, same thread count
+            ob = np.empty((B, H, L, d))
+            for nt in (1, nthreads):
+                fns = {"attnx": lambda nt=nt: _core.attend(Q, Kb, Vb, scale=scale, out=ob,
+                                                           num_threads=nt)}
+                if torch is not None:
+                    tQ, tK, tV = (torch.from_numpy(a) for a in (Q, Kb, Vb))
 
-        def loop_attnx():
-            cache = KVCache(d, d, capacity=16)
-            for t in range(steps):
-                cache.append(ks[t], vs[t])
-                cache.attend(qs[t], out=ctx)
+                    def sdpa(nt=nt):
+                        torch.set_num_threads(nt)
+                        return torch.nn.functional.scaled_dot_product_attention(tQ, tK, tV)
+                    fns["torch sdpa (float64)"] = sdpa
+                res = compare(fns, max(3, rounds // 3), min_time)
+                if nt == 1:
+                    batched_1 = res["attnx"]
+                    table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res)
+                else:
+                    table.add(f"batched, {nt} threads", res,
+                              note=f"{batched_1 / res['attnx']:.2f}x its 1-thread time")
+            if torch is not None:
+                torch.set_num_threads(1)
 
-        def loop_numpy():
-            Kbuf, Vbuf = np.empty((steps, d)), np.empty((steps, d))
-            for t in range(steps):
-                Kbuf[t], Vbuf[t] = ks[t], vs[t]
-                numpy_stable(qs[t], Kbuf[:t + 1], Vbuf[:t + 1])
+        if "float32" in only:
+            # the same kernels with twice the lanes, against NumPy and PyTorch in float32
+            T = 1024
+            q32, K32, V32 = (rng.standard_normal(s).astype(np.float32)
+                             for s in ((d,), (T, d), (T, d)))
+            o32 = np.empty(d, np.float32)
+            fns = {"attnx": lambda: _core.attend(q32, K32, V32, out=o32),
+                   "numpy stable pipeline": lambda: numpy_stable(q32, K32, V32)}
+            if torch is not None:
+                tq, tk, tv = (torch.from_numpy(a)[None] for a in (q32[None], K32, V32))
+                fns["torch sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+            table.add(f"float32 cache: T={T}, d=dv={d}", compare(fns, rounds, min_time))
+            x32 = rng.standard_normal(1_000_000).astype(np.float32) * 10
+            y32 = np.empty_like(x32)
+            fns = {"attnx": lambda: _core.softmax(x32, out=y32),
+                   "numpy stable softmax": lambda: numpy_softmax(x32)}
+            if torch is not None:
+                tx32 = torch.from_numpy(x32)
+                fns["torch softmax"] = lambda: torch.softmax(tx32, 0)
+            table.add("float32 softmax: n=1000000", compare(fns, rounds, min_time))
+            Q32, Kb32, Vb32 = (a.astype(np.float32) for a in (Q, Kb, Vb))
+            ob32 = np.empty(Q32.shape, np.float32)
+            fns = {"attnx": lambda: _core.attend(Q32, Kb32, Vb32, scale=scale, out=ob32,
+                                                 num_threads=1)}
+            if torch is not None:
+                tQ32, tK32, tV32 = (torch.from_numpy(a) for a in (Q32, Kb32, Vb32))
+                fns["torch sdpa (float32)"] = lambda: \
+                    torch.nn.functional.scaled_dot_product_attention(tQ32, tK32, tV32)
+            table.add(f"float32 batched: B={B} H={H} L={L}, 1 thread",
+                      compare(fns, max(3, rounds // 3), min_time))
 
-        fns = {"attnx KVCache": loop_attnx, "numpy, preallocated": loop_numpy}
-        if torch is not None:
-            tks, tvs, tqs = (torch.from_numpy(a) for a in (ks, vs, qs))
+        if "loop" in only:
+            # a decoding loop: append a key and a value, attend
+            steps = 300 if quick else 1000
+            ks, vs, qs = (rng.standard_normal((steps, d)) for _ in range(3))
+            ctx = np.empty(d)
 
-            def loop_torch():
-                Kbuf, Vbuf = torch.empty((1, steps, d), dtype=torch.float64), \
-                    torch.empty((1, steps, d), dtype=torch.float64)
+            def loop_attnx():
+                cache = KVCache(d, d, capacity=16)
                 for t in range(steps):
-                    Kbuf[0, t], Vbuf[0, t] = tks[t], tvs[t]
-                    torch.nn.functional.scaled_dot_product_attention(
-                        tqs[t][None, None], Kbuf[:, :t + 1], Vbuf[:, :t + 1])
-            fns["torch sdpa, preallocated"] = loop_torch
-        table.add(f"decoding loop: {steps} steps, d=dv={d}",
-                  compare(fns, max(3, rounds // 3), min_time), base="attnx KVCache")
+                    cache.append(ks[t], vs[t])
+                    cache.attend(qs[t], out=ctx)
 
-        # 8. threads on the long single query (flash-decoding split)
-        q, K, V, out = long_case
-        res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
-                      max(3, rounds // 3), min_time)
-        table.add(f"long, {nthreads} threads", res,
-                  extra=f"{long_1 / res['attnx']:.2f}x its 1-thread time")
+            def loop_numpy():
+                Kbuf, Vbuf = np.empty((steps, d)), np.empty((steps, d))
+                for t in range(steps):
+                    Kbuf[t], Vbuf[t] = ks[t], vs[t]
+                    numpy_stable(qs[t], Kbuf[:t + 1], Vbuf[:t + 1])
+
+            fns = {"attnx KVCache": loop_attnx, "numpy, preallocated": loop_numpy}
+            if torch is not None:
+                tks, tvs, tqs = (torch.from_numpy(a) for a in (ks, vs, qs))
+
+                def loop_torch():
+                    Kbuf, Vbuf = torch.empty((1, steps, d), dtype=torch.float64), \
+                        torch.empty((1, steps, d), dtype=torch.float64)
+                    for t in range(steps):
+                        Kbuf[0, t], Vbuf[0, t] = tks[t], tvs[t]
+                        torch.nn.functional.scaled_dot_product_attention(
+                            tqs[t][None, None], Kbuf[:, :t + 1], Vbuf[:, :t + 1])
+                fns["torch sdpa, preallocated"] = loop_torch
+            table.add(f"decoding loop: {steps} steps, d=dv={d}",
+                      compare(fns, max(3, rounds // 3), min_time), base="attnx KVCache")
+
+        if "threads" in only:
+            # threads on the long single query (flash-decoding split)
+            q, K, V, out, T = state["long"]
+            res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
+                          max(3, rounds // 3), min_time)
+            note = (f"{state['long_1'] / res['attnx']:.2f}x its 1-thread time"
+                    if "long_1" in state else "")
+            table.add(f"long: T=2^{T.bit_length() - 1}, {nthreads} threads", res, note=note)
     return table
 
 
 def main(args):
-    table = run(quick=args.quick, threads=args.threads)
-    print("\n" + table.markdown())
+    only = None if not getattr(args, "only", None) else [r.strip() for r in args.only.split(",")]
+    try:
+        table = run(quick=args.quick, threads=args.threads, only=only)
+    except ValueError as e:
+        print(f"attnx bench: {e}", file=sys.stderr)
+        return 2
+    print(table.markdown() if getattr(args, "markdown", False) else table.text())
     return 0

@@ -148,8 +148,8 @@ def run(plot_dir=None, out=print):
     for line in story_decoder(w):
         out(line)
     if plot_dir is not None:
-        from .plotting import decoder_heatmap, heatmaps
-        paths = heatmaps(r, plot_dir) + [decoder_heatmap(w, plot_dir)]
+        from .plotting import decoder_heatmap, heatmaps, overview
+        paths = heatmaps(r, plot_dir) + [overview(r, plot_dir), decoder_heatmap(w, plot_dir)]
         out("")
         out(f"Wrote the tutorial's heatmaps to {plot_dir}:")
         for p in paths:

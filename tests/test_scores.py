@@ -95,13 +95,17 @@ def test_attend_additive(use_W_k):
     np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(ctx, want_w @ V, rtol=1e-12, atol=1e-12)
     assert (ctx[:, 1] == 0).all() and (w[:, 1] == 0).all()
-    # single query, causal (attends the first key only), out=
+    # single query attending the first key only, out=
     out = np.empty(5)
-    res = attnx.attend(Q[0, 0], K[0], V[0], score="additive", W_q=W_q, v=v, causal=True,
-                       out=out, **({"W_k": W_k} if use_W_k else
-                                   {"keys_proj": attnx.project_keys(K[0], W_k)}))
+    kw1 = {"W_k": W_k} if use_W_k else {"keys_proj": attnx.project_keys(K[0], W_k)}
+    first = np.arange(K.shape[1]) == 0
+    res = attnx.attend(Q[0, 0], K[0], V[0], score="additive", W_q=W_q, v=v, mask=first,
+                       out=out, **kw1)
     assert res is out
     np.testing.assert_allclose(out, V[0, 0], rtol=1e-15)
+    # causal=True with one (d,) query would see key 0 only: refused (issue 16)
+    with pytest.raises(ValueError, match="query_offset"):
+        attnx.attend(Q[0, 0], K[0], V[0], score="additive", W_q=W_q, v=v, causal=True, **kw1)
 
 
 def test_attend_score_argument_errors():

@@ -1,6 +1,7 @@
 """A typed user of attnx: `mypy --strict` must accept it (tests/test_typing.py)."""
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import assert_type
 
 import attnx
 
@@ -47,3 +48,37 @@ def float32_tour(q: NDArray[np.float32], keys: NDArray[np.float32],
     r: NDArray[np.float32] = attnx.attend(q, keys, out=out)
     assert both.size + half.size + mixed.size + g.size > 0
     return r
+
+
+def typed_pairs(q: NDArray[np.float64], keys: NDArray[np.float64],
+                q32: NDArray[np.float32], keys32: NDArray[np.float32], flag: bool) -> None:
+    """Results are typed by dtype: no Any for the weights of a typed call
+    (issue 16). An NDArray[Any] input (np.array of a literal list) matches
+    the float32 and the float64 overloads alike, and mypy types such a call Any."""
+    ctx, w = attnx.attend(q, keys, return_weights=True)
+    assert_type(ctx, NDArray[np.float64])
+    assert_type(w, NDArray[np.float64])
+    ctx32, w32 = attnx.attend(q32, keys32, return_weights=True)
+    assert_type(w32, NDArray[np.float32])
+    lw = attnx.attend([5.0, 1.0], [[1.0, 2.0]], return_weights=True)[1]
+    assert_type(lw, NDArray[np.float64])
+    # a return_weights known only at run time: either form
+    either = attnx.attend(q, keys, return_weights=flag)
+    assert_type(either, NDArray[np.float64] | tuple[NDArray[np.float64], NDArray[np.float64]])
+
+
+def generic_cache() -> None:
+    """KVCache is generic over its dtype, chosen by dtype= (issue 16)."""
+    c64 = attnx.KVCache(3)
+    assert_type(c64, attnx.KVCache[np.float64])
+    assert_type(c64.keys, NDArray[np.float64])
+    assert_type(c64.attend([5.0, 1.0, 20.0]), NDArray[np.float64])
+    c32 = attnx.KVCache(3, 2, dtype=np.float32)
+    assert_type(c32, attnx.KVCache[np.float32])
+    assert_type(c32.keys, NDArray[np.float32])
+    assert_type(c32.values, NDArray[np.float32])
+    assert_type(c32.attend(np.ones(3)), NDArray[np.float32])
+    ctx, w = c32.attend(np.ones(3), return_weights=True)
+    assert_type(w, NDArray[np.float32])
+    named: attnx.KVCache[np.float32] = attnx.KVCache(3, dtype="float32")
+    assert_type(named.dtype, np.dtype[np.float32])

@@ -1,0 +1,187 @@
+"""What a new user meets first at the API (issue 16): error messages that
+name the argument, causal=True with one query, pickling a KVCache,
+inspectable signatures, KVCache[dtype] and long double input."""
+import copy
+import inspect
+import pickle
+
+import numpy as np
+import pytest
+
+import attnx
+
+pytestmark = pytest.mark.simd_independent
+Q, K = np.array([5.0, 1.0, 20.0]), np.array([[3, 12, 45], [59, 2, 5], [1, 43, 5], [4, 3, 45.3]])
+
+
+# --- error messages name the argument -----------------------------------------
+
+SCALED = [
+    ("attend", lambda s: attnx.attend(Q, K, scale=s)),
+    ("attend, general path", lambda s: attnx.attend(Q[None], K, scale=s, mask=np.ones(4, bool))),
+    ("dot_score", lambda s: attnx.dot_score(Q, K, scale=s)),
+    ("general_score", lambda s: attnx.general_score(Q, K, np.eye(3), scale=s)),
+    ("KVCache.attend", lambda s: _cache().attend(Q, scale=s)),
+]
+
+
+def _cache():
+    c = attnx.KVCache(3)
+    c.extend(K)
+    return c
+
+
+@pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
+@pytest.mark.parametrize("bad,says", [("a", "got str 'a'"),
+                                      (np.array([1.0, 2.0]), "array of shape (2,)"),
+                                      (1j, "got complex"), (None, "got NoneType")])
+def test_bad_scale_names_scale(call, bad, says):
+    with pytest.raises(TypeError, match="scale must be a real number") as e:
+        call(bad)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
+def test_scale_accepts_real_numbers(call):
+    want = call(0.5)
+    for s in (np.float32(0.5), np.float64(0.5), np.array(0.5), 0.5):
+        np.testing.assert_array_equal(call(s), want)
+    np.testing.assert_array_equal(call(2), call(2.0))
+    np.testing.assert_array_equal(call(True), call(1.0))
+
+
+@pytest.mark.parametrize("which", ["query", "keys", "values"])
+def test_ragged_list_names_the_argument(which):
+    args = {"query": Q.tolist(), "keys": K.tolist(), "values": K.tolist()}
+    args[which] = [[1.0, 2.0, 3.0], [4.0, 5.0]]
+    with pytest.raises(ValueError, match=f"^{which} is not a rectangular array"):
+        attnx.attend(args["query"], args["keys"], args["values"])
+
+
+def test_ragged_list_names_the_argument_elsewhere():
+    with pytest.raises(ValueError, match="^x is not a rectangular array"):
+        attnx.softmax([[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match="^k is not a rectangular array"):
+        attnx.KVCache(2).append([[1.0, 2.0], [3.0]])
+
+
+# --- causal with a single query ----------------------------------------------
+
+@pytest.mark.parametrize("kw", [{}, {"return_weights": True}, {"values": K * 2},
+                                {"score": "general", "W": np.eye(3)}])
+def test_causal_with_one_query_is_refused(kw):
+    with pytest.raises(ValueError, match="key 0 only") as e:
+        attnx.attend(Q, K, causal=True, **kw)
+    assert "query_offset=T - 1" in str(e.value) and "causal=False" in str(e.value)
+
+
+def test_causal_with_query_rows_still_top_left():
+    # (1, d) rows are PyTorch's is_causal: row 0 sees key 0, by definition
+    ctx = attnx.attend(Q[None], K, causal=True)
+    np.testing.assert_allclose(ctx[0], K[0], rtol=1e-15)
+    # the message's recipe: a lone query at the last position sees every key,
+    # as does the lower-right mask
+    Lq, T = 1, len(K)
+    lower_right = np.tril(np.ones((Lq, T), bool), T - Lq)
+    want = attnx.attend(Q, K)
+    np.testing.assert_array_equal(attnx.attend(Q[None], K, mask=lower_right)[0], want)
+    np.testing.assert_array_equal(attnx.attend(Q, K, causal=True, query_offset=T - 1), want)
+    np.testing.assert_array_equal(attnx.attend(Q[None], K, causal=True, query_offset=T - Lq)[0],
+                                  want)
+
+
+# --- KVCache: pickle, generic, signature -------------------------------------
+
+@pytest.mark.parametrize("dv,dtype", [(None, np.float64), (2, np.float64), (2, np.float32)])
+def test_kvcache_pickles_its_rows(dv, dtype):
+    c = attnx.KVCache(3, dv, capacity=100, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        c.append(rng.standard_normal(3), None if dv is None else rng.standard_normal(dv))
+    for clone in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert len(clone) == 5 and clone.capacity == 5          # the filled part only
+        assert (clone.d, clone.dv, clone.shared, clone.dtype) == (c.d, c.dv, c.shared, c.dtype)
+        np.testing.assert_array_equal(clone.keys, c.keys)
+        np.testing.assert_array_equal(clone.values, c.values)
+        np.testing.assert_array_equal(clone.attend(np.ones(3)), c.attend(np.ones(3)))
+        clone.append(np.ones(3), None if dv is None else np.ones(dv))      # still usable
+        assert len(clone) == 6 and len(c) == 5
+    empty = pickle.loads(pickle.dumps(attnx.KVCache(4)))
+    assert len(empty) == 0 and empty.d == 4
+
+
+def test_kvcache_subscript_is_a_generic_alias():
+    alias = attnx.KVCache[np.float32]
+    assert alias.__origin__ is attnx.KVCache and alias.__args__ == (np.float32,)
+    c = alias(3, dtype=np.float32)
+    assert isinstance(c, attnx.KVCache) and c.dtype == np.float32
+
+
+def _public_callables():
+    out = []
+    for name in attnx.__all__:
+        obj = getattr(attnx, name)
+        if callable(obj):
+            out.append((name, obj))
+    for name, obj in vars(attnx.KVCache).items():
+        if not name.startswith("_") and callable(obj):
+            out.append((f"KVCache.{name}", getattr(attnx.KVCache, name)))
+    return out
+
+
+@pytest.mark.parametrize("name,obj", _public_callables(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_public_callable_has_a_signature(name, obj):
+    sig = inspect.signature(obj)        # raises ValueError where there is none
+    kinds = {p.kind for p in sig.parameters.values()}
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds, (name, sig)
+
+
+def test_kvcache_signature_matches_its_init():
+    sig = inspect.signature(attnx.KVCache)
+    assert list(sig.parameters) == ["d", "dv", "capacity", "dtype"]
+    assert sig.parameters["capacity"].kind is inspect.Parameter.KEYWORD_ONLY
+    # the signature is the truth: binding its defaults builds a cache
+    bound = sig.bind(4)
+    bound.apply_defaults()
+    c = attnx.KVCache(*bound.args, **bound.kwargs)
+    assert c.capacity == sig.parameters["capacity"].default and c.dtype == np.float64
+
+
+# --- long double: computed and returned in float64, documented ---------------
+
+def test_longdouble_is_computed_in_float64():
+    ql, Kl = Q.astype(np.longdouble), K.astype(np.longdouble)
+    ctx, w = attnx.attend(ql, Kl, return_weights=True)
+    assert ctx.dtype == np.float64 and w.dtype == np.float64
+    want_ctx, want_w = attnx.attend(Q, K, return_weights=True)
+    np.testing.assert_array_equal(ctx, want_ctx)
+    np.testing.assert_array_equal(w, want_w)
+    assert attnx.softmax(Kl).dtype == np.float64
+
+
+def test_longdouble_is_documented():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    docs = [os.path.join(root, "README.md"), os.path.join(root, "docs", "failure-model.md")]
+    if not all(os.path.exists(p) for p in docs):
+        pytest.skip("not a source checkout")
+    for path in docs:
+        text = open(path).read()
+        assert "longdouble" in text and "float64" in text, path
+
+
+def test_softmax_default_axis_differs_from_scipy_and_the_docs_say_so():
+    scipy_special = pytest.importorskip("scipy.special")
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(attnx.softmax(x), scipy_special.softmax(x, axis=-1), rtol=1e-15)
+    np.testing.assert_allclose(attnx.softmax(x, axis=None), scipy_special.softmax(x), rtol=1e-15)
+    assert not np.allclose(attnx.softmax(x), scipy_special.softmax(x))   # the defaults differ
+    for f in (attnx.softmax, attnx.log_softmax):
+        doc = " ".join(f.__doc__.split())
+        assert "default is None" in doc and "(-1)" in doc, f.__name__
+    import os
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if os.path.exists(readme):
+        text = " ".join(open(readme).read().split())
+        assert "Default axis -1, not SciPy's None" in text
+        assert "`scipy.special.softmax(x)` defaults to `axis=None`" in text
