@@ -422,9 +422,28 @@ def run(quick=False, threads=None, only=None):
             q, K, V, out, T = state["long"]
             res = compare({"attnx": lambda: _core.attend(q, K, V, out=out, num_threads=nthreads)},
                           max(3, rounds // 3), min_time)
+            # split-K: the same bits at any thread count
+            same = np.array_equal(_core.attend(q, K, V, num_threads=1),
+                                  _core.attend(q, K, V, num_threads=nthreads))
             note = (f"{state['long_1'] / res['attnx']:.2f}x its 1-thread time"
                     if "long_1" in state else "")
+            note += f"{'; ' if note else ''}bits {'equal to' if same else 'DIFFER from'} 1 thread"
             table.add(f"long: T=2^{T.bit_length() - 1}, {nthreads} threads", res, note=note)
+            # merging: the long query as 64 key chunks, each attended with
+            # return_lse, then merge_attention, against the one call
+            chunk = T // 64
+            parts = [_core.attend(q, K[a:a + chunk], V[a:a + chunk], return_lse=True,
+                                  num_threads=1) for a in range(0, T, chunk)]
+            outs, lses = np.stack([o for o, _ in parts]), np.stack([x for _, x in parts])
+            res = compare({"merge_attention of 64 partials": lambda: _core.merge_attention(outs, lses)},
+                          rounds, min_time)
+            if "long_1" in state:
+                share = res["merge_attention of 64 partials"] / state["long_1"]
+                note = f"{100 * share:.2f}% of the 1-thread attention time of the whole"
+            else:
+                note = ""
+            table.add(f"merge: 64 chunks of T=2^{T.bit_length() - 1}, dv={V.shape[1]}", res,
+                      base="merge_attention of 64 partials", note=note)
     return table
 
 
