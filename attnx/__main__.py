@@ -63,6 +63,9 @@ def _parser(prog):
     b.add_argument("--threads", type=int, default=None, help="thread count for the threaded rows")
     b.add_argument("--markdown", action="store_true",
                    help="print the table as Markdown instead of aligned text")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead: d in {32,64,80,128} x L in {64,512,4096} x dtype x causal, "
+                        "against torch sdpa")
     b.add_argument("--only", metavar="ROWS", default=None,
                    help="comma-separated rows to run, of: " + ", ".join(_bench_rows()))
     b.set_defaults(func=_bench)

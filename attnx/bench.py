@@ -202,7 +202,39 @@ def machine():
     return f"{cpu}{extra_s}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
-ROWS = ("tiny", "cache", "long", "softmax", "batched", "float32", "loop", "threads")
+ROWS = ("tiny", "cache", "long", "softmax", "gemm", "batched", "float32", "cliff", "loop",
+        "threads")
+
+
+def gemm_rate(n, dtype, rounds):
+    """Single-thread GFLOP/s of NumPy's BLAS multiplying two square n x n
+    matrices (2 n^3 flops): the reference rate of the batched rows, which do
+    two GEMMs' worth of work (4 L T d flops)."""
+    g = np.random.default_rng(1)
+    a, b = g.standard_normal((n, n)).astype(dtype), g.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
+    t = compare({"gemm": lambda: np.matmul(a, b, out=c)}, rounds, 0.2)["gemm"]
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def _rate_note(t, flops, gemm):
+    """GFLOP/s of a batched row and its share of the same-run GEMM rate."""
+    rate = flops / t / 1e9
+    return f"{rate:.1f} GFLOP/s = {100 * rate / gemm:.0f}% of the GEMM rate" if gemm else \
+        f"{rate:.1f} GFLOP/s"
+
+
+def cliff_scores(n, dtype, rng):
+    """Ordinary scores (N(0, 1)) and the same with 10% of them set to
+    max - 60 (float32) / max - 680 (float64): their exp is a normal number
+    whose products with a rounding correction are subnormal, the operands on
+    which Intel cores take a microcode assist."""
+    x = rng.standard_normal(n).astype(dtype)
+    gap = 60.0 if dtype == np.float32 else 680.0
+    y = x.copy()
+    idx = rng.choice(n, n // 10, replace=False)
+    y[idx] = x.max() - gap
+    return x, y
 
 
 def _blas_control():
@@ -328,6 +360,18 @@ def run(quick=False, threads=None, only=None):
 
         B, H, L = (2, 4, 256) if quick else (8, 8, 512)
         scale = d ** -0.5
+        gemm = {}
+        if "gemm" in only or "batched" in only or "float32" in only:
+            n = 1024 if quick else 2048
+            for dt, name in ((np.float64, "float64"), (np.float32, "float32")):
+                gemm[name] = gemm_rate(n, dt, max(3, rounds // 3))
+            if "gemm" in only:
+                table.add(f"GEMM reference: {n}x{n}, NumPy BLAS, 1 thread",
+                          {"numpy matmul": 2.0 * n ** 3 / gemm["float64"] / 1e9},
+                          base="numpy matmul",
+                          note=f"float64 {gemm['float64']:.1f} GFLOP/s, "
+                               f"float32 {gemm['float32']:.1f} GFLOP/s")
+        flops = 4.0 * B * H * L * L * d
         if "batched" in only or "float32" in only:
             Q, Kb, Vb = (rng.standard_normal((B, H, L, d)) for _ in range(3))
         if "batched" in only:
@@ -346,10 +390,22 @@ def run(quick=False, threads=None, only=None):
                 res = compare(fns, max(3, rounds // 3), min_time)
                 if nt == 1:
                     batched_1 = res["attnx"]
-                    table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res)
+                    table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res,
+                              note=_rate_note(res["attnx"], flops, gemm.get("float64")))
                 else:
                     table.add(f"batched, {nt} threads", res,
                               note=f"{batched_1 / res['attnx']:.2f}x its 1-thread time")
+            # causal: about half the tiles, against the full row above
+            fns = {"attnx": lambda: _core.attend(Q, Kb, Vb, scale=scale, causal=True, out=ob,
+                                                 num_threads=1)}
+            if torch is not None:
+                tQ, tK, tV = (torch.from_numpy(a) for a in (Q, Kb, Vb))
+                torch.set_num_threads(1)
+                fns["torch sdpa (float64)"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+                    tQ, tK, tV, is_causal=True)
+            res = compare(fns, max(3, rounds // 3), min_time)
+            table.add(f"batched causal: B={B} H={H} L={L} d={d}, 1 thread", res,
+                      note=f"{batched_1 / res['attnx']:.2f}x faster than full")
             if torch is not None:
                 torch.set_num_threads(1)
 
@@ -381,8 +437,39 @@ def run(quick=False, threads=None, only=None):
                 tQ32, tK32, tV32 = (torch.from_numpy(a) for a in (Q32, Kb32, Vb32))
                 fns["torch sdpa (float32)"] = lambda: \
                     torch.nn.functional.scaled_dot_product_attention(tQ32, tK32, tV32)
-            table.add(f"float32 batched: B={B} H={H} L={L}, 1 thread",
-                      compare(fns, max(3, rounds // 3), min_time))
+            res = compare(fns, max(3, rounds // 3), min_time)
+            table.add(f"float32 batched: B={B} H={H} L={L}, 1 thread", res,
+                      note=_rate_note(res["attnx"], flops, gemm.get("float32")))
+
+        if "cliff" in only:
+            # the same kernels on scores whose exp products go subnormal
+            n = 200_000 if quick else 1_000_000
+            for dt in (np.float32, np.float64):
+                x, y = cliff_scores(n, dt, rng)
+                out = np.empty_like(x)
+                for name, f in (("softmax", _core.softmax), ("log_softmax", _core.log_softmax)):
+                    res = compare({"attnx ordinary": lambda f=f: f(x, out=out),
+                                   "attnx cliff": lambda f=f: f(y, out=out)}, rounds, min_time)
+                    table.add(f"cliff: {name} {np.dtype(dt).name} n={n}", res,
+                              base="attnx ordinary",
+                              note=f"cliff/ordinary {res['attnx cliff'] / res['attnx ordinary']:.2f}x")
+                # the fused attend: the scores are column 0 of K against q = e0
+                T = n // 4
+                K1 = np.zeros((T, 8), dt)
+                qe = np.zeros(8, dt)
+                qe[0] = 1
+                Kx, Ky = K1.copy(), K1.copy()
+                Kx[:, 0], Ky[:, 0] = x[:T], y[:T]
+                V1 = rng.standard_normal((T, 8)).astype(dt)
+                o8 = np.empty(8, dt)
+                res = compare({"attnx ordinary": lambda: _core.attend(qe, Kx, V1, out=o8,
+                                                                       num_threads=1),
+                               "attnx cliff": lambda: _core.attend(qe, Ky, V1, out=o8,
+                                                                    num_threads=1)},
+                              rounds, min_time)
+                table.add(f"cliff: attend {np.dtype(dt).name} T={T} d=8", res,
+                          base="attnx ordinary",
+                          note=f"cliff/ordinary {res['attnx cliff'] / res['attnx ordinary']:.2f}x")
 
         if "loop" in only:
             # a decoding loop: append a key and a value, attend
@@ -447,8 +534,49 @@ def run(quick=False, threads=None, only=None):
     return table
 
 
+def sweep(quick=False):
+    """Shapes users bring: d in {32, 64, 80, 128}, L in {64, 512, 4096},
+    float64 and float32, with and without causal, one thread, against torch
+    sdpa when it is installed. Batch x heads shrinks as L grows (about 2^22
+    query-key pairs a call; quick: 2^20)."""
+    torch = _torch()
+    rng = np.random.default_rng(2)
+    rounds = 3
+    table = Table()
+    print(f"attnx {__version__}, kernels {kernels.simd_level()}; machine: {machine()}")
+    print("torch " + (torch.__version__ if torch is not None else "not installed") +
+          "; median of 3 interleaved rounds, 1 thread\n")
+    if torch is not None:
+        torch.set_num_threads(1)
+    pairs = 1 << (20 if quick else 22)
+    for dt in (np.float64, np.float32):
+        for d in (32, 64, 80, 128):
+            for L in (64, 512, 4096):
+                BH = max(1, pairs // (L * L))
+                Q, K, V = (rng.standard_normal((BH, L, d)).astype(dt) for _ in range(3))
+                out = np.empty_like(Q)
+                for causal in (False, True):
+                    fns = {"attnx": lambda causal=causal: _core.attend(
+                        Q, K, V, scale=d ** -0.5, causal=causal, out=out, num_threads=1)}
+                    if torch is not None:
+                        tq, tk, tv = (torch.from_numpy(a) for a in (Q, K, V))
+                        fns["torch sdpa"] = lambda causal=causal: \
+                            torch.nn.functional.scaled_dot_product_attention(tq, tk, tv,
+                                                                             is_causal=causal)
+                    res = compare(fns, rounds, 0.02)
+                    flops = 4.0 * BH * L * L * d / (2 if causal else 1)
+                    table.add(f"{np.dtype(dt).name} d={d} L={L} BH={BH}"
+                              f"{' causal' if causal else ''}", res,
+                              note=_rate_note(res["attnx"], flops, None))
+    return table
+
+
 def main(args):
     only = None if not getattr(args, "only", None) else [r.strip() for r in args.only.split(",")]
+    if getattr(args, "sweep", False):
+        table = sweep(quick=args.quick)
+        print(table.markdown() if getattr(args, "markdown", False) else table.text())
+        return 0
     try:
         table = run(quick=args.quick, threads=args.threads, only=only)
     except ValueError as e:
