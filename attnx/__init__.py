@@ -11,6 +11,7 @@ other real input in float64).
 NumPy API:
     attend          fused attention, softmax(scale * keys @ query) @ values
     merge_attention combine attention over disjoint chunks of keys (return_lse)
+    attend_backward gradients of attend (flash backward, O(T) memory)
     dot_score       the scores, scale * keys @ query
     general_score   Luong's general score, query^T W key
     additive_score  Bahdanau's additive score, v^T tanh(W_q query + keys_proj)
@@ -61,14 +62,15 @@ except ImportError:
     _use_installed_build()
 
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import (KVCache, additive_score, attend, context, dot_score, general_score,
-                    log_softmax, merge_attention, project_keys, softmax)
+from ._core import (KVCache, additive_score, attend, attend_backward, context, dot_score,
+                    general_score, log_softmax, merge_attention, project_keys, softmax)
 
 __all__ = [
     "__version__",
     "KVCache",
     "attend",
     "merge_attention",
+    "attend_backward",
     "context",
     "dot_score",
     "general_score",

@@ -233,6 +233,21 @@ def attend(
     key_offset: int = 0,
     query_offset: int = 0,
 ) -> tuple[NDArray[Any], ...]: ...
+def attend_backward(
+    grad_out: ArrayLike,
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike | None,
+    out: ArrayLike,
+    lse: ArrayLike,
+    *,
+    scale: float = 1.0,
+    mask: ArrayLike | None = None,
+    causal: bool = False,
+    key_offset: int = 0,
+    query_offset: int = 0,
+    num_threads: int | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]: ...
 def merge_attention(
     outs: ArrayLike | Sequence[ArrayLike],
     lses: ArrayLike | Sequence[ArrayLike],

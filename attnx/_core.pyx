@@ -1172,6 +1172,181 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     return res if nres > 1 else ctx
 
 
+# --- gradients ------------------------------------------------------------------
+
+cdef object _unbroadcast(object g, tuple shape):
+    """g summed over the leading dimensions that `shape` broadcast from (the
+    gradient of a broadcast operand)."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return np.ascontiguousarray(g.sum(axis=axes).reshape(shape))
+
+
+def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=None,
+                    bint causal=False, key_offset=0, query_offset=0, num_threads=None):
+    """Gradients of `attend` with respect to query, keys and values.
+
+    The FlashAttention-2 backward: the attention weights are recomputed from
+    the forward's `lse`, tile by tile, and never stored, so the extra memory
+    is O(T) per thread (no Lq x T buffer); no two threads add into the same
+    output, and the result is bit for bit the same at any thread count.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape of `out`
+        Gradient of the loss with respect to the forward's result.
+    query, keys, values
+        The forward's inputs (``values=None``: the keys serve as values, and
+        `grad_keys` includes both roles).
+    out, lse : array_like
+        What ``attend(query, keys, values, ..., return_lse=True)`` returned.
+    scale, mask, causal, key_offset, query_offset, num_threads
+        As given to the forward call.
+
+    Returns
+    -------
+    grad_query, grad_keys, grad_values : ndarray
+        Shaped like query, keys and values (a broadcast operand's gradient is
+        summed over its broadcast dimensions); `grad_values` is None when
+        `values` is None.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> rng = np.random.default_rng(0)
+    >>> q, K, V = rng.standard_normal(4), rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    >>> out, lse = attnx.attend(q, K, V, return_lse=True)
+    >>> dq, dK, dV = attnx.attend_backward(np.ones(3), q, K, V, out, lse)
+    >>> h = 1e-6; e = np.eye(4)[0] * h          # d(sum(out))/dq[0] by central differences
+    >>> fd = (attnx.attend(q + e, K, V).sum() - attnx.attend(q - e, K, V).sum()) / (2 * h)
+    >>> bool(abs(dq[0] - fd) < 1e-8)
+    True
+    """
+    cdef double sc = _as_scale(scale)
+    cdef ptrdiff_t koff = _offset(key_offset, "key_offset")
+    cdef ptrdiff_t qoff = _offset(query_offset, "query_offset")
+    shared = values is None
+    dt = _work_dtype((query, keys, values, out, grad_out, lse))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
+    V = K if shared else _as_real(values, "values", dt)
+    O = _as_real(out, "out", dt)
+    dO = _as_real(grad_out, "grad_out", dt)
+    L = _as_real(lse, "lse", dt)
+    if q.ndim < 1:
+        raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
+    if K.ndim < 2 or V.ndim < 2:
+        raise ValueError(f"keys and values must have shape (..., T, d), got {K.shape} and {V.shape}")
+    if q.shape[-1] != K.shape[-1]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: "
+                         f"the last dimension (d) must match")
+    if V.shape[-2] != K.shape[-2]:
+        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
+                         f"the number of keys (T) must match")
+    if K.shape[-2] == 0:
+        raise ValueError(f"keys has shape {K.shape}: attention needs at least one key (T = 0)")
+    single = q.ndim == 1
+    q_shape = q.shape
+    d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
+    Lq = 1 if single else q.shape[-2]
+    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
+                              (V, 2, "values")])
+    ctx_shape = batch + ((dv,) if single else (Lq, dv))
+    lse_shape = batch + (() if single else (Lq,))
+    if O.shape != ctx_shape:
+        raise ValueError(f"out has shape {O.shape}, but the forward's result has shape "
+                         f"{ctx_shape}: pass the out that attend returned")
+    if dO.shape != ctx_shape:
+        raise ValueError(f"grad_out has shape {dO.shape}; it must have the shape of out, "
+                         f"{ctx_shape}")
+    if L.shape != lse_shape:
+        raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
+                         f"{lse_shape}: pass the lse that attend(..., return_lse=True) returned")
+    if single:
+        q, O, dO, L = q[..., None, :], O[..., None, :], dO[..., None, :], L[..., None]
+    scores_shape = batch + (Lq, T)
+    cdef size_t nb = len(batch), i
+    cdef size_t bshape[32]
+    cdef ptrdiff_t qs[32]
+    cdef ptrdiff_t ks[32]
+    cdef ptrdiff_t vs[32]
+    cdef ptrdiff_t ms[32]
+    cdef ptrdiff_t os_[32]
+    cdef ptrdiff_t ds[32]
+    cdef ptrdiff_t ls[32]
+    cdef ptrdiff_t mrow = 0
+    cdef const unsigned char *mptr = NULL
+    m = None
+    if mask is not None:
+        m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
+        try:
+            m = np.broadcast_to(m[..., None, :] if single else m, scores_shape)
+        except ValueError:
+            raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast to "
+                             f"the scores' shape {scores_shape}") from None
+        if T > 1 and m.strides[-1] != 1:
+            m = np.ascontiguousarray(m)
+        mrow = m.strides[-2]
+        _fill_strides(m, 2, 1, batch, ms)
+        mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
+    for i in range(nb):
+        bshape[i] = batch[i]
+    cdef Py_ssize_t isz = dt.itemsize
+    _fill_strides(q, 2, isz, batch, qs)
+    _fill_strides(K, 2, isz, batch, ks)
+    _fill_strides(V, 2, isz, batch, vs)
+    O = np.ascontiguousarray(O)
+    dO = np.ascontiguousarray(dO)
+    L = np.ascontiguousarray(L)
+    _fill_strides(O, 2, isz, batch, os_)
+    _fill_strides(dO, 2, isz, batch, ds)
+    _fill_strides(L, 1, isz, batch, ls)
+    gq = np.empty(batch + (Lq, d), dt)
+    gk = np.empty(batch + (T, d), dt)
+    gv = np.empty(batch + (T, dv), dt)
+    cdef ak.attnx_attention_params p
+    memset(&p, 0, sizeof(p))
+    p.size = sizeof(p)
+    p.query, p.keys, p.values = _data(q), _data(K), _data(V)
+    p.nbatch, p.batch_shape = nb, bshape
+    p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
+    p.Lq, p.T, p.d, p.dv = Lq, T, d, dv
+    p.scale = sc
+    p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
+    p.causal = causal
+    p.query_offset, p.key_offset = qoff, koff
+    p.out, p.lse = _data(O), _data(L)
+    p.num_threads = _threads(num_threads)
+    cdef void *dop = _data(dO)
+    cdef void *gqp = _data(gq)
+    cdef void *gkp = _data(gk)
+    cdef void *gvp = _data(gv)
+    cdef bint f32 = dt is _FLOAT32
+    cdef int rc
+    rows = 1
+    for i in range(nb):
+        rows *= batch[i]
+    cdef PyThreadState *ts = _release_gil(rows * Lq * T * (d + dv + 1) >= NOGIL_WORK)
+    if f32:
+        rc = ak.attention_backward_f32(&p, dop, ds, os_, ls, gqp, gkp, gvp)
+    else:
+        rc = ak.attention_backward(&p, dop, ds, os_, ls, gqp, gkp, gvp)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    if single:
+        gq = gq[..., 0, :]
+    gq = _unbroadcast(gq, q_shape)
+    if shared:
+        return gq, _unbroadcast(gk + gv, K.shape), None
+    return gq, _unbroadcast(gk, K.shape), _unbroadcast(gv, V.shape)
+
+
 # --- merging partial results ----------------------------------------------------
 
 def merge_attention(outs, lses, *, out=None):

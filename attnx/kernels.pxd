@@ -155,3 +155,11 @@ cdef int merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
                          const double *lses, double *out, double *lse) noexcept nogil
 cdef int merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
                              const float *lses, float *out, float *lse) noexcept nogil
+cdef int attention_backward(const attnx_attention_params *params, const void *grad_out,
+                            const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                            const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                            void *grad_values) noexcept nogil
+cdef int attention_backward_f32(const attnx_attention_params *params, const void *grad_out,
+                                const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                                const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                                void *grad_values) noexcept nogil

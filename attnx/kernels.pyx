@@ -79,6 +79,14 @@ cdef extern from "attnx.h" nogil:
                               const double *lses, double *out, double *lse)
     int attnx_merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
                                   const float *lses, float *out, float *lse)
+    int attnx_attention_backward(const attnx_attention_params *params, const void *grad_out,
+                                 const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                                 const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                                 void *grad_values)
+    int attnx_attention_backward_f32(const attnx_attention_params *params, const void *grad_out,
+                                     const ptrdiff_t *grad_out_strides,
+                                     const ptrdiff_t *out_strides, const ptrdiff_t *lse_strides,
+                                     void *grad_query, void *grad_keys, void *grad_values)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -216,6 +224,20 @@ cdef int merge_attention(size_t P, size_t rows, size_t dv, const double *outs,
 cdef int merge_attention_f32(size_t P, size_t rows, size_t dv, const float *outs,
                              const float *lses, float *out, float *lse) noexcept nogil:
     return attnx_merge_attention_f32(P, rows, dv, outs, lses, out, lse)
+
+cdef int attention_backward(const attnx_attention_params *params, const void *grad_out,
+                            const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                            const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                            void *grad_values) noexcept nogil:
+    return attnx_attention_backward(params, grad_out, grad_out_strides, out_strides,
+                                    lse_strides, grad_query, grad_keys, grad_values)
+
+cdef int attention_backward_f32(const attnx_attention_params *params, const void *grad_out,
+                                const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                                const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                                void *grad_values) noexcept nogil:
+    return attnx_attention_backward_f32(params, grad_out, grad_out_strides, out_strides,
+                                        lse_strides, grad_query, grad_keys, grad_values)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)

@@ -39,6 +39,7 @@ int attnx_max_threads(void) { return attnx_default_threads(); }
 #define AX_KERNELS_GET attnx_kernels_get
 #define AX_API(name) attnx_##name
 #include "api_impl.h"
+#include "api_backward.h"
 
 int attnx_exp(const double *x, size_t n, double *y)
 {

@@ -28,6 +28,7 @@ const attnx_kernels_f32 *attnx_kernels_f32_get(void)
 #define AX_KERNELS_GET attnx_kernels_f32_get
 #define AX_API(name) attnx_##name##_f32
 #include "api_impl.h"
+#include "api_backward.h"
 
 static void log_softmax_row(const attnx_kernels_f32 *kt, const float *x, size_t n, float *y)
 {

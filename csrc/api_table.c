@@ -42,6 +42,8 @@ static const attnx_api_table table = {
     attnx_attention_f32,
     attnx_merge_attention,
     attnx_merge_attention_f32,
+    attnx_attention_backward,
+    attnx_attention_backward_f32,
 };
 
 const attnx_api_table *attnx_api(void) { return &table; }

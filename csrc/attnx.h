@@ -41,7 +41,8 @@ extern "C" {
 /* Version of this C API: the number of additions to the function table
  * (attnx_api_table below). 1: the float64 kernels; 2: log-softmax, tanh and
  * additive scores, the float32 family; 3: attnx_attention (one entry point
- * with every option, logsumexp, position offsets) and attnx_merge_attention. */
+ * with every option, logsumexp, position offsets), attnx_merge_attention and
+ * attnx_attention_backward. */
 #define ATTNX_API_VERSION 3
 
 /* Status codes. Every function returns one; attnx_strerror() names it. */
@@ -322,6 +323,27 @@ int attnx_log_softmax_rows_f32(const float *x, size_t rows, size_t n, float *y,
 int attnx_attention(const attnx_attention_params *params);
 int attnx_attention_f32(const attnx_attention_params *params);
 
+/* The gradient of attnx_attention: params as for the forward call, with
+ * params->out and params->lse the forward's results (read here; weights
+ * must be NULL), grad_out the gradient of the loss with respect to out, in
+ * the layout of out (batch strides in elements: grad_out_strides,
+ * out_strides, lse_strides; NULL when nbatch == 0). Writes grad_query
+ * (..., Lq, d), grad_keys (..., T, d) and grad_values (..., T, dv), each
+ * contiguous over the whole batch shape (a broadcast operand's gradient is
+ * the sum over its broadcast dimensions: the caller's to take). The
+ * FlashAttention-2 backward: the weights are recomputed from lse, never
+ * stored (scratch of O(T) per thread), no two threads add into the same
+ * output, and the bits do not depend on num_threads. Errors: as
+ * attnx_attention, ARG for non-NULL weights, NOMEM for the scratch. */
+int attnx_attention_backward(const attnx_attention_params *params, const void *grad_out,
+                             const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                             const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                             void *grad_values);
+int attnx_attention_backward_f32(const attnx_attention_params *params, const void *grad_out,
+                                 const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                                 const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                                 void *grad_values);
+
 /* Merge P partial attention results over disjoint key sets, each of `rows`
  * rows: outs (P, rows, dv) and lses (P, rows) contiguous, into out (rows,
  * dv) and lse (rows). Max-first in double, in the order p = 0..P-1, so
@@ -405,6 +427,8 @@ typedef struct attnx_api_table {
     int (*attention_f32)(const attnx_attention_params *params);
     int (*merge_attention)(size_t P, size_t rows, size_t dv, const double *outs, const double *lses, double *out, double *lse);
     int (*merge_attention_f32)(size_t P, size_t rows, size_t dv, const float *outs, const float *lses, float *out, float *lse);
+    int (*attention_backward)(const attnx_attention_params *params, const void *grad_out, const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides, const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys, void *grad_values);
+    int (*attention_backward_f32)(const attnx_attention_params *params, const void *grad_out, const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides, const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys, void *grad_values);
     /* append new members here, and bump ATTNX_API_VERSION */
 } attnx_api_table;
 

@@ -91,5 +91,7 @@ static int import_attnx(void)
 #define attnx_attention_f32 (attnx_capi_table->attention_f32)
 #define attnx_merge_attention (attnx_capi_table->merge_attention)
 #define attnx_merge_attention_f32 (attnx_capi_table->merge_attention_f32)
+#define attnx_attention_backward (attnx_capi_table->attention_backward)
+#define attnx_attention_backward_f32 (attnx_capi_table->attention_backward_f32)
 
 #endif /* ATTNX_CAPI_H */

@@ -141,3 +141,25 @@ def assert_softmax_close(got, x, axis=-1, want=None):
     bad = ~(same | close)
     assert not bad.any(), (f"{bad.sum()} elements differ beyond SciPy's error bound; "
                            f"first at {np.argwhere(bad)[0]}: {got[bad][0]!r} vs {want[bad][0]!r}")
+
+
+def attend_grad(q, K, V, dO, scale=1.0, allowed=None):
+    """Gradients (dq, dK, dV) of attention by the book, in float64, with the
+    weights as a dense (..., Lq, T) matrix: P = softmax(scale Q K^T) over the
+    allowed keys, dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dP P)),
+    dQ = scale dS K, dK = scale dS^T Q. Rows that attend nothing have zero
+    gradients. Shapes: q (..., Lq, d), K (..., T, d), V (..., T, dv),
+    dO (..., Lq, dv); the results have the broadcast batch shape."""
+    q, K, V, dO = (np.asarray(a, dtype=np.float64) for a in (q, K, V, dO))
+    s = scale * (q @ np.swapaxes(K, -1, -2))
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    with np.errstate(invalid="ignore"):
+        m = s.max(axis=-1, keepdims=True)
+        none = m == -np.inf
+        e = np.exp(s - np.where(none, 0, m))
+        P = np.where(none, 0, e / np.where(none, 1, e.sum(axis=-1, keepdims=True)))
+    dV = np.swapaxes(P, -1, -2) @ dO
+    dP = dO @ np.swapaxes(V, -1, -2)
+    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))
+    return scale * dS @ K, scale * np.swapaxes(dS, -1, -2) @ q, dV

@@ -1,0 +1,219 @@
+/*
+ * api_backward.h -- the gradient of attention (attnx_attention_backward),
+ * written once for both element types: included by api.c and api_f32.c
+ * right after api_impl.h, whose helpers and AX_* definitions it uses.
+ *
+ * The FlashAttention-2 backward. The forward's out and lse are kept; the
+ * weights are recomputed, never stored: for query row i and key t,
+ *   p_it  = exp(scale q_i.k_t - lse_i)       (0 for a key the row does not see)
+ *   D_i   = dO_i . O_i
+ *   dp_it = dO_i . v_t
+ *   ds_it = p_it (dp_it - D_i)
+ *   dQ_i  = scale sum_t ds_it k_t
+ *   dK_t  = scale sum_i ds_it q_i
+ *   dV_t  = sum_i p_it dO_i
+ * Two passes, so that no two threads ever add into the same output: pass 1
+ * splits the query rows (each computes its dQ row from a row of T scores);
+ * pass 2 splits the keys into blocks (each block sums over every query row,
+ * in row order, into its own dK and dV rows). The accumulation order is fixed
+ * by the shapes: the bits do not depend on the thread count. Scratch: a few
+ * rows of T (pass 1) or of BWD_KEYS (pass 2) per work item, never Lq x T.
+ * The scores and dp are the SIMD level's dot-score kernel, p its exp, dQ its
+ * context kernel; the rank-1 updates of pass 2 are plain loops.
+ */
+
+#define BWD_KEYS 64     /* keys per pass-2 block */
+#define BWD_ROWS 16     /* query rows per pass-1 item */
+
+typedef struct {
+    const attn_args *a;
+    const AX_T *O, *dO, *lse;
+    const ptrdiff_t *o_strides, *do_strides, *lse_strides;
+    AX_T *dQ, *dK, *dV;
+    size_t nrow_items, nkey_items;
+    int failed;               /* scratch could not be allocated */
+} bwd_job;
+
+/* The backward-only operands of batch item b. */
+static void bwd_ptrs(const bwd_job *j, size_t b, const AX_T **O, const AX_T **dO,
+                     const AX_T **lse)
+{
+    const attn_args *a = j->a;
+    *O = j->O;
+    *dO = j->dO;
+    *lse = j->lse;
+    if (a->nbatch) {
+        *O += attnx_batch_offset(a->nbatch, a->batch_shape, j->o_strides, b);
+        *dO += attnx_batch_offset(a->nbatch, a->batch_shape, j->do_strides, b);
+        *lse += attnx_batch_offset(a->nbatch, a->batch_shape, j->lse_strides, b);
+    }
+}
+
+static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
+{
+    double s = 0.0;
+    for (size_t j = 0; j < n; j++) s += (double)x[j] * (double)y[j];
+    return (AX_T)s;
+}
+
+/* p (n entries) = exp(s - lse) in place, 0 where s = -inf (a masked key) or
+ * the row attends nothing (lse = -inf); dp becomes ds = p (dp - D). */
+static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D)
+{
+    if (lse == -INFINITY) {
+        fill(s, n, 0);
+        fill(dp, n, 0);
+        return;
+    }
+    for (size_t t = 0; t < n; t++) s[t] = s[t] - lse;
+    kt->exp(s, n, s);
+    for (size_t t = 0; t < n; t++) dp[t] = s[t] * (dp[t] - D);
+}
+
+/* Pass 1: dQ for the rows of item it (batch item, chunk of BWD_ROWS rows). */
+static void bwd_rows(void *ptr, size_t it0, size_t it1)
+{
+    bwd_job *j = (bwd_job *)ptr;
+    const attn_args *a = j->a;
+    const size_t per = (a->Lq + BWD_ROWS - 1) / BWD_ROWS;
+    AX_T *s = (AX_T *)malloc(2 * a->T * sizeof(AX_T));
+    if (!s) {
+        j->failed = 1;
+        return;
+    }
+    AX_T *dp = s + a->T;
+    for (size_t it = it0; it < it1; it++) {
+        size_t b = it / per, r0 = (it % per) * BWD_ROWS;
+        size_t r1 = r0 + BWD_ROWS < a->Lq ? r0 + BWD_ROWS : a->Lq;
+        const AX_T *q, *k, *v, *O, *dO, *lse;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        bwd_ptrs(j, b, &O, &dO, &lse);
+        for (size_t r = r0; r < r1; r++) {
+            AX_T *dq = j->dQ + (b * a->Lq + r) * a->d;
+            size_t lim = causal_lim(a->causal, a->diag, r, a->T);
+            fill(dq, a->d, 0);
+            if (lim == 0) continue;
+            const AX_T *dor = dO + r * a->dv;
+            masked_scores(a->kt, q + r * a->d, k, lim, a->d, a->scale,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, s);
+            a->kt->dot_scores(dor, v, lim, a->dv, (AX_T)1, dp);
+            bwd_probs(a->kt, s, dp, lim, lse[r], dot_n(dor, O + r * a->dv, a->dv));
+            a->kt->context(dp, k, lim, a->d, dq);
+            for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
+        }
+    }
+    free(s);
+}
+
+/* Pass 2: dK and dV for the keys of item it (batch item, block of BWD_KEYS
+ * keys), summing over every query row in order. */
+static void bwd_keys(void *ptr, size_t it0, size_t it1)
+{
+    bwd_job *j = (bwd_job *)ptr;
+    const attn_args *a = j->a;
+    const size_t per = (a->T + BWD_KEYS - 1) / BWD_KEYS;
+    AX_T s[BWD_KEYS], dp[BWD_KEYS];
+    for (size_t it = it0; it < it1; it++) {
+        size_t b = it / per, t0 = (it % per) * BWD_KEYS;
+        size_t nb = t0 + BWD_KEYS < a->T ? BWD_KEYS : a->T - t0;
+        const AX_T *q, *k, *v, *O, *dO, *lse;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        bwd_ptrs(j, b, &O, &dO, &lse);
+        AX_T *dk = j->dK + (b * a->T + t0) * a->d, *dv = j->dV + (b * a->T + t0) * a->dv;
+        fill(dk, nb * a->d, 0);
+        fill(dv, nb * a->dv, 0);
+        for (size_t r = 0; r < a->Lq; r++) {
+            size_t lim = causal_lim(a->causal, a->diag, r, a->T);
+            if (lim <= t0) continue;
+            size_t n = lim - t0 < nb ? lim - t0 : nb;
+            const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
+            masked_scores(a->kt, qr, k + t0 * a->d, n, a->d, a->scale,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride + t0 : NULL, s);
+            a->kt->dot_scores(dor, v + t0 * a->dv, n, a->dv, (AX_T)1, dp);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv));
+            for (size_t t = 0; t < n; t++) {
+                const AX_T pt = s[t], dst = a->scale * dp[t];
+                AX_T *dvt = dv + t * a->dv, *dkt = dk + t * a->d;
+                if (pt != 0)
+                    for (size_t c = 0; c < a->dv; c++) dvt[c] += pt * dor[c];
+                if (dst != 0)
+                    for (size_t c = 0; c < a->d; c++) dkt[c] += dst * qr[c];
+            }
+        }
+    }
+}
+
+int AX_API(attention_backward)(const attnx_attention_params *params, const void *grad_out,
+                             const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
+                             const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
+                             void *grad_values)
+{
+    attnx_attention_params p;
+    size_t tmp;
+    int rc;
+    if (!params) return ATTNX_ERR_NULL;
+    if (params->size < ATTNX_ATTENTION_PARAMS_V1_SIZE) return ATTNX_ERR_ARG;
+    memset(&p, 0, sizeof p);
+    memcpy(&p, params, params->size < sizeof p ? params->size : sizeof p);
+    if (!p.query || !p.keys || !p.values || !p.out || !p.lse || !grad_out || !grad_query ||
+        !grad_keys || !grad_values)
+        return ATTNX_ERR_NULL;
+    if (p.weights || p.causal < 0 || p.causal > 1 || p.num_threads < 0) return ATTNX_ERR_ARG;
+    if (p.key_offset < 0 ? p.query_offset > PTRDIFF_MAX + p.key_offset
+                         : p.query_offset < PTRDIFF_MIN + p.key_offset)
+        return ATTNX_ERR_OVERFLOW;
+    attn_args a = {NULL, (const AX_T *)p.query, (const AX_T *)p.keys, (const AX_T *)p.values,
+                   p.nbatch, p.batch_shape, p.query_strides, p.key_strides, p.value_strides,
+                   p.mask, p.mask_strides, p.mask_row_stride, p.Lq, p.T, p.d, p.dv,
+                   (AX_T)p.scale, p.causal, p.query_offset - p.key_offset, NULL, NULL, NULL,
+                   0, 0};
+    if ((rc = attnx_batch_count(a.nbatch, a.batch_shape, &a.count)) != ATTNX_OK) return rc;
+    if (a.nbatch && (!a.q_strides || !a.k_strides || !a.v_strides || (a.mask && !a.mask_strides) ||
+                     !grad_out_strides || !out_strides || !lse_strides))
+        return ATTNX_ERR_NULL;
+    if (a.T == 0) return ATTNX_ERR_EMPTY;
+    if (!elems(a.count, a.Lq, &a.rows) || !elems(a.rows, a.d, &tmp) || !elems(a.rows, a.dv, &tmp) ||
+        !elems(a.count, a.T, &tmp) || !elems(tmp, a.d + a.dv, &tmp) || !elems(a.T, 2, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    {   /* outputs (contiguous) on no input and on no other output */
+        const size_t nb = a.nbatch, *bs = a.batch_shape, es = sizeof(AX_T);
+        const size_t ob[3] = {a.rows * a.d * es, a.count * a.T * a.d * es, a.count * a.T * a.dv * es};
+        void *outs[3] = {grad_query, grad_keys, grad_values};
+        const void *ins[6] = {a.Q, a.K, a.V, p.out, grad_out, p.lse};
+        const ptrdiff_t *ist[6] = {a.q_strides, a.k_strides, a.v_strides, out_strides,
+                                   grad_out_strides, lse_strides};
+        const size_t isz[6] = {a.Lq * a.d * es, a.T * a.d * es, a.T * a.dv * es,
+                               a.Lq * a.dv * es, a.Lq * a.dv * es, a.Lq * es};
+        for (int o = 0; o < 3; o++) {
+            for (int i = 0; i < 6; i++)
+                if (attnx_overlaps_batched(outs[o], ob[o], ins[i], es, nb, bs, ist[i], isz[i]))
+                    return ATTNX_ERR_OVERLAP;
+            if (a.mask && a.Lq &&
+                attnx_overlaps_batched(outs[o], ob[o], a.mask, 1, nb, bs, a.mask_strides,
+                                       (a.Lq - 1) * (size_t)(a.mask_row_stride < 0 ? -a.mask_row_stride
+                                                                                  : a.mask_row_stride) + a.T))
+                return ATTNX_ERR_OVERLAP;
+            for (int o2 = 0; o2 < o; o2++)
+                if (attnx_overlap(outs[o], ob[o], outs[o2], ob[o2])) return ATTNX_ERR_OVERLAP;
+        }
+    }
+    if (a.count == 0) return ATTNX_OK;
+    a.kt = AX_KERNELS_GET();
+    bwd_job j = {&a, (const AX_T *)p.out, (const AX_T *)grad_out, (const AX_T *)p.lse,
+                 out_strides, grad_out_strides, lse_strides, (AX_T *)grad_query,
+                 (AX_T *)grad_keys, (AX_T *)grad_values, 0, 0, 0};
+    j.nrow_items = a.count * ((a.Lq + BWD_ROWS - 1) / BWD_ROWS);
+    j.nkey_items = a.count * ((a.T + BWD_KEYS - 1) / BWD_KEYS);
+    const double work = (double)a.rows * (double)a.T * (double)(a.d + a.dv + 1);
+    if (a.rows)
+        attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nrow_items, work), j.nrow_items,
+                           bwd_rows, &j);
+    attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nkey_items, work), j.nkey_items,
+                       bwd_keys, &j);
+    return j.failed ? ATTNX_ERR_NOMEM : ATTNX_OK;
+}
+
+#undef BWD_KEYS
+#undef BWD_ROWS
