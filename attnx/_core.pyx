@@ -1057,13 +1057,8 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
     return ctx, w_res
 
 
-def _attend_general(query, keys, values, double scale, mask, bint causal,
-                    bint return_weights, out, num_threads, bint return_lse=False,
-                    ptrdiff_t query_offset=0, ptrdiff_t key_offset=0):
-    dt = _work_dtype((query, keys, values))
-    q = _as_real(query, "query", dt)
-    K = _as_real(keys, "keys", dt)
-    V = K if values is None else _as_real(values, "values", dt)
+cdef int _check_qkv(object q, object K, object V) except -1:
+    """The shape rules of attention's operands, with messages naming them."""
     if q.ndim < 1:
         raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
     if K.ndim < 2:
@@ -1078,6 +1073,33 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
                          f"the number of keys (T) must match")
     if K.shape[-2] == 0:
         raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
+    return 0
+
+
+cdef object _bool_mask(object mask, tuple scores_shape, bint add_query_axis):
+    """mask as a boolean array broadcast (zero strides, no copy) to the
+    scores' shape, its last axis contiguous."""
+    m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
+    try:
+        m = np.broadcast_to(m[..., None, :] if add_query_axis else m, scores_shape)
+    except ValueError:
+        raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast to "
+                         f"the scores' shape {scores_shape}") from None
+    if scores_shape[-1] > 1 and m.strides[-1] != 1:
+        m = np.ascontiguousarray(m)
+    return m
+
+
+def _attend_general(query, keys, values, double scale, mask, bint causal,
+                    bint return_weights, out, num_threads, bint return_lse=False,
+                    ptrdiff_t query_offset=0, ptrdiff_t key_offset=0):
+    dt = _work_dtype((query, keys, values))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
+    V = K if values is None else _as_real(values, "values", dt)
+    _check_qkv(q, K, V)
     single = q.ndim == 1
     if causal and single and query_offset == 0 and key_offset == 0:
         raise ValueError(_CAUSAL_SINGLE)
@@ -1097,16 +1119,7 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     cdef const unsigned char *mptr = NULL
     m = None
     if mask is not None:
-        m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
-        try:
-            m = np.broadcast_to(m, scores_shape)
-        except ValueError:
-            raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast to "
-                             f"the scores' shape {scores_shape}") from None
-        if T > 1 and m.strides[-1] != 1:
-            m = np.ascontiguousarray(m)
+        m = _bool_mask(mask, scores_shape, False)
         mrow = 0 if single else m.strides[-2]
         _fill_strides(m, 1 if single else 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
@@ -1236,18 +1249,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     O = _as_real(out, "out", dt)
     dO = _as_real(grad_out, "grad_out", dt)
     L = _as_real(lse, "lse", dt)
-    if q.ndim < 1:
-        raise ValueError(f"query must have shape (d,) or (..., Lq, d), got shape {q.shape}")
-    if K.ndim < 2 or V.ndim < 2:
-        raise ValueError(f"keys and values must have shape (..., T, d), got {K.shape} and {V.shape}")
-    if q.shape[-1] != K.shape[-1]:
-        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: "
-                         f"the last dimension (d) must match")
-    if V.shape[-2] != K.shape[-2]:
-        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: "
-                         f"the number of keys (T) must match")
-    if K.shape[-2] == 0:
-        raise ValueError(f"keys has shape {K.shape}: attention needs at least one key (T = 0)")
+    _check_qkv(q, K, V)
     single = q.ndim == 1
     q_shape = q.shape
     d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
@@ -1281,16 +1283,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     cdef const unsigned char *mptr = NULL
     m = None
     if mask is not None:
-        m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
-        try:
-            m = np.broadcast_to(m[..., None, :] if single else m, scores_shape)
-        except ValueError:
-            raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast to "
-                             f"the scores' shape {scores_shape}") from None
-        if T > 1 and m.strides[-1] != 1:
-            m = np.ascontiguousarray(m)
+        m = _bool_mask(mask, scores_shape, single)
         mrow = m.strides[-2]
         _fill_strides(m, 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
