@@ -124,7 +124,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     query_offset: int = 0,
 ) -> tuple[_F32, _F32]: ...
 @overload
-def attend(
+def attend(  # type: ignore[overload-overlap, unused-ignore]
     query: ArrayLike,
     keys: ArrayLike,
     values: ArrayLike | None = None,
@@ -146,7 +146,7 @@ def attend(
     query_offset: int = 0,
 ) -> _F64: ...
 @overload
-def attend(
+def attend(  # type: ignore[overload-overlap, unused-ignore]
     query: ArrayLike,
     keys: ArrayLike,
     values: ArrayLike | None = None,

@@ -65,9 +65,9 @@
  *   - successful calls write every output element, nothing outside their
  *     outputs, and leave the inputs unchanged (but an in-place target);
  *   - weights are in [0, 1] or NaN; a row is all NaN, all zero (nothing
- *     attended), or sums to 1 within (n + 8) DBL_EPSILON; masked keys weigh
- *     exactly 0 (in a NaN row they are NaN too), causally hidden ones
- *     exactly 0 always; attending nothing gives zeros; NaN in an
+ *     attended), or sums to 1 within (n + 8) DBL_EPSILON; masked and
+ *     causally hidden keys weigh exactly 0 (in a NaN row they are NaN
+ *     too); attending nothing gives zeros; NaN in an
  *     attended query or score makes its row NaN; softmax is NaN exactly when
  *     its input has NaN or +inf or is all -inf;
  *   - on tame inputs (every value read finite with |x| < 1e100) each level
@@ -547,15 +547,18 @@ static uint64_t ulp_dist(double a, double b)
 enum { ROW_ZERO, ROW_NORMAL, ROW_NAN };
 
 /* One row of weights, n entries of which the first lim are the row proper
- * (causal: the keys a query may see; past them weights are exactly 0, even
- * in a NaN row). live[t] == 0: key t must weigh exactly 0 -- unless the row
- * is NaN, which makes every entry of [0, lim) NaN, masked ones included. */
+ * (causal: the keys a query may see; past them weights are exactly 0).
+ * live[t] == 0: key t must weigh exactly 0 -- unless the row is NaN, which
+ * makes every entry NaN, masked and causally hidden ones included (one rule
+ * for every excluded key). */
 static int check_weights_row(const double *w, size_t n, size_t lim, const unsigned char *live, const char *what)
 {
     size_t nan = 0;
     for (size_t t = 0; t < lim; t++) nan += isnan(w[t]) != 0;
     for (size_t t = lim; t < n; t++)
-        if (w[t] != 0.0) fail("%s[%zu] = %.17g past the causal limit %zu", what, t, w[t], lim);
+        if (nan ? !isnan(w[t]) : w[t] != 0.0)
+            fail("%s[%zu] = %.17g past the causal limit %zu in a %s row", what, t, w[t], lim,
+                 nan ? "NaN" : "finite");
     if (nan) {
         if (nan != lim) fail("%s: %zu of %zu weights NaN (a row is all NaN or none)", what, nan, lim);
         return ROW_NAN;
