@@ -27,10 +27,17 @@ from setuptools.command.build_py import build_py
 from setuptools.modified import newer_group
 
 CSRC = "csrc"
-# Every .c in csrc but the example program; a file named *_<isa>.c holds the
-# kernels of one SIMD level and gets that level's flags (as in the Makefile).
-SOURCES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "*.c"))
+# Every .c in csrc but the example program, and the level files
+# (csrc/levels/<dtype>_<isa>.c, which compile csrc/kernels over csrc/simd);
+# a file named *_<isa>.c holds kernels of one SIMD level and gets that
+# level's flags (as in the Makefile).
+SOURCES = sorted(os.path.relpath(p, CSRC) for p in
+                 glob.glob(os.path.join(CSRC, "*.c")) + glob.glob(os.path.join(CSRC, "levels", "*.c"))
                  if os.path.basename(p) != "example.c")
+# Everything a core object depends on (setuptools only watches `sources`).
+CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*.[ch]")) +
+                      glob.glob(os.path.join(CSRC, "*", "*.[ch]")) +
+                      glob.glob(os.path.join(CSRC, "unconverted", "*.inc")))
 ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
 PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
 
@@ -210,7 +217,7 @@ extensions = [
     # depends: relink when any C source or header changes (setuptools only
     # looks at `sources` otherwise, and the core objects are extra_objects)
     Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC],
-              depends=sorted(glob.glob(os.path.join(CSRC, "*.[ch]")))),
+              depends=CORE_DEPENDS),
     Extension(
         "attnx._core",
         ["attnx/_core.pyx"],

@@ -70,13 +70,14 @@ fi
 say "building with $("$cc" --version | head -1)"
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cflags="-std=c99 -ffp-contract=off -g -O2 -DATTNX_NO_THREADS $san"
-# The sources as csrc/Makefile takes them: every .c but example.c, and a
-# *_avx2.c / *_avx512.c file gets that level's ISA flags (x86-64 only).
+# The sources as csrc/Makefile takes them: every .c but example.c, plus the
+# level files levels/*.c, and a *_avx2.c / *_avx512.c file gets that level's
+# ISA flags (x86-64 only).
 # FUZZ_NO_SIMD=1: the portable kernels alone, as setup.py's ATTNX_NO_SIMD.
 defs=
 srcs=
-for f in "$csrc"/*.c; do
-    f=${f##*/}
+for f in "$csrc"/*.c "$csrc"/levels/*.c; do
+    f=${f#"$csrc"/}
     [ "$f" = example.c ] && continue
     if [ "${FUZZ_NO_SIMD:-0}" = 1 ]; then
         case "$f" in *_avx2.c | *_avx512.c | *_neon.c) continue ;; esac
@@ -97,8 +98,9 @@ for src in $srcs; do
         esac
     fi
     # shellcheck disable=SC2086  # flag lists
-    "$cc" $cflags -fsanitize=fuzzer-no-link $isa $defs -c "$csrc/$src" -o "$tmp/${src%.c}.o" \
-        2>"$tmp/${src%.c}.log" &
+    obj=$(echo "${src%.c}" | tr / _)
+    "$cc" $cflags -fsanitize=fuzzer-no-link $isa $defs -I"$csrc" -c "$csrc/$src" -o "$tmp/$obj.o" \
+        2>"$tmp/$obj.log" &
     pids+=($!)
 done
 for i in "${!pids[@]}"; do
