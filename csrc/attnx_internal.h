@@ -80,7 +80,23 @@ extern const attnx_kernels attnx_kernels_avx512;
 extern const attnx_kernels attnx_kernels_neon;
 #endif
 
-/* The table in use (dispatch.c). Never NULL once returned. */
+/* One SIMD level: every kernel table it fills (dispatch.c holds one record
+ * per level and picks one per process, so all families always run at the
+ * same level). A new family of kernels adds a field here and one entry per
+ * row in dispatch.c. */
+struct attnx_kernels_f32;
+struct attnx_additive_kernels;
+typedef struct attnx_level {
+    const char *name;
+    const attnx_kernels *f64;
+    const struct attnx_kernels_f32 *f32;
+    const struct attnx_additive_kernels *additive;
+} attnx_level;
+
+/* The level in use (dispatch.c). Never NULL once returned. */
+const attnx_level *attnx_level_get(void);
+
+/* Its float64 table. */
 const attnx_kernels *attnx_kernels_get(void);
 
 /* -------------------------------------------------------------------------
