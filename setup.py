@@ -1,7 +1,7 @@
 """Build attnx.
 
 The C core (csrc/) is compiled file by file: the portable sources at the
-baseline ISA, and each kernels_<isa>.c with its own ISA flags, so one binary
+baseline ISA, and each levels/<dtype>_<isa>.c with its own ISA flags, so one binary
 holds every SIMD level and picks one at run time. The objects are linked into
 attnx.kernels, the single module that owns the kernels; attnx._core (the NumPy
 API) reaches them through attnx.kernels' C-level exports.
@@ -36,8 +36,7 @@ SOURCES = sorted(os.path.relpath(p, CSRC) for p in
                  if os.path.basename(p) != "example.c")
 # Everything a core object depends on (setuptools only watches `sources`).
 CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*.[ch]")) +
-                      glob.glob(os.path.join(CSRC, "*", "*.[ch]")) +
-                      glob.glob(os.path.join(CSRC, "unconverted", "*.inc")))
+                      glob.glob(os.path.join(CSRC, "*", "*.[ch]")))
 ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
 PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
 

@@ -260,7 +260,7 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
 /* The same contracts as the float64 functions, on float data, with native  */
 /* float32 kernels at every SIMD level (twice the lanes). How each kernel   */
 /* accumulates, and its measured error against float64, is stated in        */
-/* kernels_f32_scalar.c.                                                     */
+/* csrc/attnx_internal_f32.h.                                               */
 
 int attnx_dot_scores_f32(const float *q, const float *K, size_t T, size_t d,
                          float scale, float *scores);

@@ -21,4 +21,19 @@
 #define K_context ATTNX_NAME(context_f64_scalar, context_f64_avx2, context_f64_avx512, context_f64_neon, \
                              context_f32_scalar, context_f32_avx2, context_f32_avx512, context_f32_neon)
 
+#define K_softmax ATTNX_NAME(softmax_f64_scalar, softmax_f64_avx2, softmax_f64_avx512, softmax_f64_neon, \
+                             softmax_f32_scalar, softmax_f32_avx2, softmax_f32_avx512, softmax_f32_neon)
+/* float32 only (float64 log-softmax is api_log_softmax.c over K_exp) */
+#define K_log_softmax ATTNX_NAME(log_softmax_f64_none, log_softmax_f64_none, log_softmax_f64_none, log_softmax_f64_none, \
+                                 log_softmax_f32_scalar, log_softmax_f32_avx2, log_softmax_f32_avx512, log_softmax_f32_neon)
+#define K_attend_online ATTNX_NAME(attend_online_f64_scalar, attend_online_f64_avx2, attend_online_f64_avx512, attend_online_f64_neon, \
+                                   attend_online_f32_scalar, attend_online_f32_avx2, attend_online_f32_avx512, attend_online_f32_neon)
+#define K_attend_rows ATTNX_NAME(attend_rows_f64_scalar, attend_rows_f64_avx2, attend_rows_f64_avx512, attend_rows_f64_neon, \
+                                 attend_rows_f32_scalar, attend_rows_f32_avx2, attend_rows_f32_avx512, attend_rows_f32_neon)
+
+/* the level's table (attnx_internal.h, attnx_internal_f32.h) and name */
+#define K_TABLE ATTNX_NAME(attnx_kernels_scalar, attnx_kernels_avx2, attnx_kernels_avx512, attnx_kernels_neon, \
+                           attnx_kernels_f32_scalar, attnx_kernels_f32_avx2, attnx_kernels_f32_avx512, attnx_kernels_f32_neon)
+#define K_LEVEL_NAME ATTNX_NAME("scalar", "avx2", "avx512", "neon", "scalar", "avx2", "avx512", "neon")
+
 #endif /* ATTNX_KERNELS_NAMES_H */

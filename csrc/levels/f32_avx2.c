@@ -7,5 +7,4 @@
 #define ATTNX_NAME(s64, a64, b64, n64, s32, a32, b32, n32) a32
 #include "simd/avx2.h"
 #include "kernels/ops.h"
-#include "unconverted/f32_avx2.inc"   /* the ops not yet written once */
 #endif

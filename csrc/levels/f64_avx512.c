@@ -6,5 +6,4 @@
 #define ATTNX_NAME(s64, a64, b64, n64, s32, a32, b32, n32) b64
 #include "simd/avx512.h"
 #include "kernels/ops.h"
-#include "unconverted/f64_avx512.inc"   /* the ops not yet written once */
 #endif

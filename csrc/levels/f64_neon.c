@@ -6,5 +6,4 @@
 #define ATTNX_NAME(s64, a64, b64, n64, s32, a32, b32, n32) n64
 #include "simd/neon.h"
 #include "kernels/ops.h"
-#include "unconverted/f64_neon.inc"   /* the ops not yet written once */
 #endif

@@ -5,4 +5,3 @@
 #define ATTNX_NAME(s64, a64, b64, n64, s32, a32, b32, n32) s64
 #include "simd/scalar.h"
 #include "kernels/ops.h"
-#include "unconverted/f64_scalar.inc"   /* the ops not yet written once */

@@ -17,6 +17,23 @@
  *   vx_fma(a, b, c)          a * b + c, one rounding where the ISA has FMA
  *   vx_fnma(a, b, c)         c - a * b
  *   vx_transpose_sum(a)      lane i = the sum of the lanes of a[i], i < VX_W
+ *   vx_load_part_or(p, m, f) the first m lanes, f in the others
+ *   vx_keep_tail(m, v)       v in the first m lanes, 0 in the others
+ *   vx_hmax(v)               the largest lane (no lane may be NaN)
+ *   vx_hsum2(s, e)           float64: the sum of the lanes of s plus those of
+ *                            e, s folded by exact two-sums (Kahan partial
+ *                            sums combined without losing their errors)
+ *   vx_wide_t, vx_wide_add   float32: a float64 accumulator vector, and
+ *                            s + (the float lanes widened, added pairwise)
+ *   vx_wide_hsum(s)          float32: the sum of its lanes, in double
+ *   vx_log_sub(v, a, b)      float32: lanes (float)(((double)v - a) - b)
+ *   vx_lanes(b), vx_nz_bits  lane predicate from / bits of the lanes that
+ *                            are nonzero or NaN (bit i: lane i)
+ *   vx_head(n)               lanes n .. VX_W-1 (the aligned-row variant)
+ *   vx_load_a, vx_store_a    vector-aligned load and store
+ *   vx_transpose_store(r, o, s)  row c of the transpose of the VX_W x VX_W
+ *                            block r to o + c * s
+ *   vx_bytes_nz(m, n)        bit k set where the byte m[k] != 0, n <= 32
  *
  * and the tuning constants that differ by register file (not by algorithm):
  *
@@ -25,6 +42,15 @@
  *                            dot_scores (1: the lanes are the chains)
  *   VX_CTX_PAIR_NV           context: column slices up to this many vectors
  *                            sum even and odd rows apart (FMA latency)
+ *   VX_HAS_FMA               vx_fma rounds once (Markstein division is exact)
+ *   VX_UNROLL                vectors per step of a streaming loop (partial
+ *                            sums kept apart)
+ *   VX_ALIGN_ROWS            1: the online fold reads key/value rows from
+ *                            their vector-aligned base (NumPy's 16-byte
+ *                            aligned buffers would split every other load)
+ *   VX_TILE_ROWS             queries per register tile of the batched rows
+ *                            kernel (2 x VX_TILE_ROWS accumulators)
+ *   VX_ROWS_KERNEL           0: no batched rows kernel (one query at a time)
  *   VX_EXP_HORNER            1: exp's polynomial in plain Horner form (one
  *                            lane, no FMA: the chain's latency is no
  *                            concern), 0: Horner in r^2 over pairs
@@ -38,13 +64,14 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#if defined(_MSC_VER)
-#define VX_INLINE static __forceinline
-#else
-#define VX_INLINE static inline __attribute__((always_inline))
-#endif
+#include "simd/x86.h"
+
 
 #define VX_DOT_ROWS 8
+#define VX_HAS_FMA 1
+#define VX_UNROLL 2
+#define VX_TILE_ROWS 6   /* 12 accumulators + 2 loads + 1 broadcast of 16 */
+#define VX_ROWS_KERNEL 1
 #define VX_DOT_CHAINS 1
 #define VX_EXP_HORNER 0
 #define VX_CTX_PAIR_NV 3
@@ -57,6 +84,7 @@ typedef __m256i vx_mask_t;
 typedef __m256 vx_bool_t;
 typedef __m256i vx_bits_t;
 #define VX_W 8
+#define VX_ALIGN_ROWS 0   /* measured no gain at 8 floats */
 
 static const int32_t vx_tail_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 VX_INLINE vx_mask_t vx_tail(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_tail_tab + 8 - n)); }
@@ -92,6 +120,76 @@ VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm256_srli_epi32(a, 1); }
 /* into the exponent field */
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm256_slli_epi32(a, 23); }
 
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
+{
+    return _mm256_blendv_ps(_mm256_set1_ps(f), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm256_div_ps(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return _mm256_or_ps(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return _mm256_setzero_ps(); }
+VX_INLINE vx_float vx_hmax(vx_t v)
+{
+    __m128 b = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    b = _mm_max_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_max_ss(b, _mm_shuffle_ps(b, b, 1));
+    return _mm_cvtss_f32(b);
+}
+
+typedef __m256d vx_wide_t;
+VX_INLINE vx_wide_t vx_wide_zero(void) { return _mm256_setzero_pd(); }
+VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
+{
+    return _mm256_add_pd(s, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return _mm256_add_pd(a, b); }
+VX_INLINE double vx_wide_hsum(vx_wide_t v)
+{
+    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
+}
+VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
+{
+    const __m256d av = _mm256_set1_pd(a), bv = _mm256_set1_pd(b);
+    __m256d lo = _mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), av), bv);
+    __m256d hi = _mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), av), bv);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+}
+
+VX_INLINE vx_bool_t vx_lanes(unsigned b)
+{
+    const __m256i sel = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), sel), sel));
+}
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ)); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm256_load_ps(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm256_store_ps(p, v); }
+static const int32_t vx_head_tab[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
+VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 8 - n)); }
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    /* per 128-bit half: u_e = rows 0..3 of column 4*half + e; w_e rows 4..7 */
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 w0 = _mm256_shuffle_ps(t4, t6, 0x44), w1 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 w2 = _mm256_shuffle_ps(t5, t7, 0x44), w3 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(o + 0 * s, _mm256_permute2f128_ps(u0, w0, 0x20));
+    _mm256_storeu_ps(o + 1 * s, _mm256_permute2f128_ps(u1, w1, 0x20));
+    _mm256_storeu_ps(o + 2 * s, _mm256_permute2f128_ps(u2, w2, 0x20));
+    _mm256_storeu_ps(o + 3 * s, _mm256_permute2f128_ps(u3, w3, 0x20));
+    _mm256_storeu_ps(o + 4 * s, _mm256_permute2f128_ps(u0, w0, 0x31));
+    _mm256_storeu_ps(o + 5 * s, _mm256_permute2f128_ps(u1, w1, 0x31));
+    _mm256_storeu_ps(o + 6 * s, _mm256_permute2f128_ps(u2, w2, 0x31));
+    _mm256_storeu_ps(o + 7 * s, _mm256_permute2f128_ps(u3, w3, 0x31));
+}
+
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 {
     /* per 128-bit half: (a0, a1, a2, a3) partial sums, likewise a4..a7 */
@@ -108,6 +206,7 @@ typedef __m256i vx_mask_t;
 typedef __m256d vx_bool_t;
 typedef __m256i vx_bits_t;
 #define VX_W 4
+#define VX_ALIGN_ROWS 1
 
 static const int64_t vx_tail_tab[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
 VX_INLINE vx_mask_t vx_tail(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_tail_tab + 4 - n)); }
@@ -139,6 +238,58 @@ VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm256_add_epi64(a
 VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm256_sub_epi64(a, b); }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm256_srli_epi64(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm256_slli_epi64(a, 52); }
+
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
+{
+    return _mm256_blendv_pd(_mm256_set1_pd(f), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+}
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm256_and_pd(_mm256_castsi256_pd(m), v); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm256_div_pd(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_UNORD_Q); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return _mm256_or_pd(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return _mm256_setzero_pd(); }
+VX_INLINE vx_float vx_hmax(vx_t v)
+{
+    __m128d b = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
+}
+VX_INLINE double vx_hsum2(vx_t s, vx_t e)
+{
+    __m128d a = _mm256_castpd256_pd128(s), b = _mm256_extractf128_pd(s, 1);
+    __m128d t2 = _mm_add_pd(a, b), bb = _mm_sub_pd(t2, a);
+    __m128d e2 = _mm_add_pd(_mm_add_pd(_mm_sub_pd(a, _mm_sub_pd(t2, bb)), _mm_sub_pd(b, bb)),
+                            _mm_add_pd(_mm256_castpd256_pd128(e), _mm256_extractf128_pd(e, 1)));
+    double x = _mm_cvtsd_f64(t2), y = _mm_cvtsd_f64(_mm_unpackhi_pd(t2, t2));
+    double t = x + y, bt = t - x;
+    double err = (x - (t - bt)) + (y - bt) + _mm_cvtsd_f64(e2) + _mm_cvtsd_f64(_mm_unpackhi_pd(e2, e2));
+    return t + err;
+}
+
+VX_INLINE vx_bool_t vx_lanes(unsigned b)
+{
+    const __m256i sel = _mm256_set_epi64x(8, 4, 2, 1);
+    return _mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x((long long)b), sel), sel));
+}
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NEQ_UQ)); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm256_load_pd(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm256_store_pd(p, v); }
+static const int64_t vx_head_tab[8] = {0, 0, 0, 0, -1, -1, -1, -1};
+VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 4 - n)); }
+VX_INLINE double vx_hsum(vx_t v)
+{
+    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
+}
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    _mm256_storeu_pd(o + 0 * s, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(o + 1 * s, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(o + 2 * s, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(o + 3 * s, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
 
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 {

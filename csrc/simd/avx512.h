@@ -12,16 +12,18 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#if defined(_MSC_VER)
-#define VX_INLINE static __forceinline
-#else
-#define VX_INLINE static inline __attribute__((always_inline))
-#endif
+#include "simd/x86.h"
+
 
 /* 32 registers: two sets of 8 accumulators fit at every slice width */
 #define VX_DOT_CHAINS 1
 #define VX_EXP_HORNER 0
 #define VX_CTX_PAIR_NV 8
+#define VX_HAS_FMA 1
+#define VX_UNROLL 2
+#define VX_TILE_ROWS 8   /* 16 accumulators of 32 */
+#define VX_ROWS_KERNEL 1
+#define VX_ALIGN_ROWS 1
 
 #if defined(ATTNX_F32)
 /* ----------------------------------------------------------- 16 floats */
@@ -61,6 +63,79 @@ VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm512_add_epi32(a
 VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm512_sub_epi32(a, b); }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm512_srli_epi32(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm512_slli_epi32(a, 23); }
+
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
+{
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(f), m, p);
+}
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm512_maskz_mov_ps(m, v); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm512_div_ps(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a | b); }
+VX_INLINE vx_bool_t vx_false(void) { return 0; }
+/* the upper 8 floats, with AVX-512F alone (no DQ) */
+VX_INLINE __m256 vx_upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+VX_INLINE vx_float vx_hmax(vx_t v)
+{
+    __m256 a = _mm256_max_ps(_mm512_castps512_ps256(v), vx_upper8(v));
+    __m128 b = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_max_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_max_ss(b, _mm_shuffle_ps(b, b, 1));
+    return _mm_cvtss_f32(b);
+}
+
+typedef __m512d vx_wide_t;
+VX_INLINE vx_wide_t vx_wide_zero(void) { return _mm512_setzero_pd(); }
+VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
+{
+    return _mm512_add_pd(s, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), _mm512_cvtps_pd(vx_upper8(v))));
+}
+VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return _mm512_add_pd(a, b); }
+VX_INLINE double vx_wide_hsum(vx_wide_t v)
+{
+    __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
+}
+VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
+{
+    const __m512d av = _mm512_set1_pd(a), bv = _mm512_set1_pd(b);
+    __m512d lo = _mm512_sub_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), av), bv);
+    __m512d hi = _mm512_sub_pd(_mm512_sub_pd(_mm512_cvtps_pd(vx_upper8(v)), av), bv);
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))),
+                                               _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+}
+
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (vx_bool_t)b; }
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm512_load_ps(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm512_store_ps(p, v); }
+VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(0xFFFFu << n); }
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + e], 128-bit lane L: rows 4g .. 4g+3 of column 4L + e */
+    for (int g = 0; g < 4; g++) {
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int e = 0; e < 4; e++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x44), v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xEE);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x44);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xEE);
+        _mm512_storeu_ps(o + (size_t)(0 + e) * s, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(o + (size_t)(4 + e) * s, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        _mm512_storeu_ps(o + (size_t)(8 + e) * s, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(o + (size_t)(12 + e) * s, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+}
 
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 {
@@ -116,6 +191,70 @@ VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm512_add_epi64(a
 VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm512_sub_epi64(a, b); }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm512_srli_epi64(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm512_slli_epi64(a, 52); }
+
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
+{
+    return _mm512_mask_loadu_pd(_mm512_set1_pd(f), m, p);
+}
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm512_maskz_mov_pd(m, v); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm512_div_pd(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a | b); }
+VX_INLINE vx_bool_t vx_false(void) { return 0; }
+VX_INLINE vx_float vx_hmax(vx_t v)
+{
+    __m256d a = _mm256_max_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    __m128d b = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
+}
+/* 8 lanes to 4 by an exact two-sum, then as in simd/avx2.h */
+VX_INLINE double vx_hsum2(vx_t s, vx_t e)
+{
+    __m256d s0 = _mm512_castpd512_pd256(s), s1 = _mm512_extractf64x4_pd(s, 1);
+    __m256d t4 = _mm256_add_pd(s0, s1), b4 = _mm256_sub_pd(t4, s0);
+    __m256d e4 = _mm256_add_pd(_mm256_sub_pd(s0, _mm256_sub_pd(t4, b4)), _mm256_sub_pd(s1, b4));
+    e4 = _mm256_add_pd(e4, _mm256_add_pd(_mm512_castpd512_pd256(e), _mm512_extractf64x4_pd(e, 1)));
+    __m128d a = _mm256_castpd256_pd128(t4), b = _mm256_extractf128_pd(t4, 1);
+    __m128d t2 = _mm_add_pd(a, b), bb = _mm_sub_pd(t2, a);
+    __m128d e2 = _mm_add_pd(_mm_add_pd(_mm_sub_pd(a, _mm_sub_pd(t2, bb)), _mm_sub_pd(b, bb)),
+                            _mm_add_pd(_mm256_castpd256_pd128(e4), _mm256_extractf128_pd(e4, 1)));
+    double x = _mm_cvtsd_f64(t2), y = _mm_cvtsd_f64(_mm_unpackhi_pd(t2, t2));
+    double t = x + y, bt = t - x;
+    double err = (x - (t - bt)) + (y - bt) + _mm_cvtsd_f64(e2) + _mm_cvtsd_f64(_mm_unpackhi_pd(e2, e2));
+    return t + err;
+}
+
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (vx_bool_t)b; }
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NEQ_UQ); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm512_load_pd(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm512_store_pd(p, v); }
+VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(0xFFu << n); }
+VX_INLINE double vx_hsum(vx_t v)
+{
+    __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
+}
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    __m512d t0 = _mm512_unpacklo_pd(r[0], r[1]), t1 = _mm512_unpackhi_pd(r[0], r[1]);
+    __m512d t2 = _mm512_unpacklo_pd(r[2], r[3]), t3 = _mm512_unpackhi_pd(r[2], r[3]);
+    __m512d t4 = _mm512_unpacklo_pd(r[4], r[5]), t5 = _mm512_unpackhi_pd(r[4], r[5]);
+    __m512d t6 = _mm512_unpacklo_pd(r[6], r[7]), t7 = _mm512_unpackhi_pd(r[6], r[7]);
+    __m512d u0 = _mm512_shuffle_f64x2(t0, t2, 0x88), u1 = _mm512_shuffle_f64x2(t0, t2, 0xDD);
+    __m512d u2 = _mm512_shuffle_f64x2(t1, t3, 0x88), u3 = _mm512_shuffle_f64x2(t1, t3, 0xDD);
+    __m512d u4 = _mm512_shuffle_f64x2(t4, t6, 0x88), u5 = _mm512_shuffle_f64x2(t4, t6, 0xDD);
+    __m512d u6 = _mm512_shuffle_f64x2(t5, t7, 0x88), u7 = _mm512_shuffle_f64x2(t5, t7, 0xDD);
+    _mm512_storeu_pd(o + 0 * s, _mm512_shuffle_f64x2(u0, u4, 0x88));
+    _mm512_storeu_pd(o + 4 * s, _mm512_shuffle_f64x2(u0, u4, 0xDD));
+    _mm512_storeu_pd(o + 2 * s, _mm512_shuffle_f64x2(u1, u5, 0x88));
+    _mm512_storeu_pd(o + 6 * s, _mm512_shuffle_f64x2(u1, u5, 0xDD));
+    _mm512_storeu_pd(o + 1 * s, _mm512_shuffle_f64x2(u2, u6, 0x88));
+    _mm512_storeu_pd(o + 5 * s, _mm512_shuffle_f64x2(u2, u6, 0xDD));
+    _mm512_storeu_pd(o + 3 * s, _mm512_shuffle_f64x2(u3, u7, 0x88));
+    _mm512_storeu_pd(o + 7 * s, _mm512_shuffle_f64x2(u3, u7, 0xDD));
+}
 
 /* three rounds of pairwise shuffles */
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a)

@@ -19,6 +19,11 @@
 #define VX_INLINE static inline __attribute__((always_inline))
 
 #define VX_DOT_ROWS 4
+#define VX_HAS_FMA 1
+#define VX_UNROLL 2
+#define VX_TILE_ROWS 8   /* 16 accumulators of 32 */
+#define VX_ROWS_KERNEL 1
+#define VX_ALIGN_ROWS 0
 /* context: rows in order, one chain per column (the 8 vectors of a slice
  * are 8 independent chains already) */
 #define VX_CTX_PAIR_NV 0
@@ -61,6 +66,34 @@ VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return vaddq_u32(a, b); }
 VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return vsubq_u32(a, b); }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return vshrq_n_u32(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return vshlq_n_u32(a, 23); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return vdivq_f32(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return vmvnq_u32(vceqq_f32(a, b)); }
+/* a or b is NaN: a != a or b != b */
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return vmvnq_u32(vandq_u32(vceqq_f32(a, a), vceqq_f32(b, b))); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return vorrq_u32(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return vdupq_n_u32(0); }
+VX_INLINE vx_float vx_hmax(vx_t v) { return vmaxvq_f32(v); }
+static const uint32_t vx_lane_bit[4] = {1, 2, 4, 8};
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return vtstq_u32(vdupq_n_u32(b), vld1q_u32(vx_lane_bit)); }
+VX_INLINE unsigned vx_nz_bits(vx_t v)
+{
+    return vaddvq_u32(vandq_u32(vmvnq_u32(vceqq_f32(v, vdupq_n_f32(0.0f))), vld1q_u32(vx_lane_bit)));
+}
+typedef float64x2_t vx_wide_t;
+VX_INLINE vx_wide_t vx_wide_zero(void) { return vdupq_n_f64(0.0); }
+VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
+{
+    return vaddq_f64(s, vaddq_f64(vcvt_f64_f32(vget_low_f32(v)), vcvt_high_f64_f32(v)));
+}
+VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return vaddq_f64(a, b); }
+VX_INLINE double vx_wide_hsum(vx_wide_t v) { return vaddvq_f64(v); }
+VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
+{
+    const float64x2_t av = vdupq_n_f64(a), bv = vdupq_n_f64(b);
+    float64x2_t lo = vsubq_f64(vsubq_f64(vcvt_f64_f32(vget_low_f32(v)), av), bv);
+    float64x2_t hi = vsubq_f64(vsubq_f64(vcvt_high_f64_f32(v), av), bv);
+    return vcvt_high_f32_f64(vcvt_f32_f64(lo), hi);
+}
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 {
     return vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
@@ -102,7 +135,36 @@ VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return vsubq_u64(a, b); }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return vshrq_n_u64(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return vshlq_n_u64(a, 52); }
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a) { return vpaddq_f64(a[0], a[1]); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return vdivq_f64(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(a, b)))); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b)
+{
+    return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vandq_u64(vceqq_f64(a, a), vceqq_f64(b, b)))));
+}
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return vorrq_u64(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return vdupq_n_u64(0); }
+VX_INLINE vx_float vx_hmax(vx_t v) { return vmaxvq_f64(v); }
+VX_INLINE double vx_hsum(vx_t v) { return vaddvq_f64(v); }
+static const uint64_t vx_lane_bit[2] = {1, 2};
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return vtstq_u64(vdupq_n_u64(b), vld1q_u64(vx_lane_bit)); }
+VX_INLINE unsigned vx_nz_bits(vx_t v)
+{
+    uint64x2_t nz = vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(v, vdupq_n_f64(0.0)))));
+    return (unsigned)vaddvq_u64(vandq_u64(nz, vld1q_u64(vx_lane_bit)));
+}
+/* two lanes by an exact two-sum, plus e's lanes */
+VX_INLINE double vx_hsum2(vx_t s, vx_t e)
+{
+    double x = vgetq_lane_f64(s, 0), y = vgetq_lane_f64(s, 1);
+    double t = x + y, bt = t - x;
+    double err = (x - (t - bt)) + (y - bt) + vgetq_lane_f64(e, 0) + vgetq_lane_f64(e, 1);
+    return t + err;
+}
 #endif
+
+/* NEON loads need no alignment: VX_ALIGN_ROWS is 0 */
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return vx_load(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { vx_store(p, v); }
 
 /* the first m lanes through a zeroed buffer: nothing outside is read */
 VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m)
@@ -118,5 +180,42 @@ VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v)
     vx_store(buf, v);
     memcpy(p, buf, m * sizeof *p);
 }
+
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
+{
+    vx_float buf[VX_W];
+    for (size_t i = 0; i < VX_W; i++) buf[i] = f;
+    memcpy(buf, p, m * sizeof *p);
+    return vx_load(buf);
+}
+
+/* v in the first m lanes, 0 in the others */
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v)
+{
+    vx_float buf[VX_W];
+    vx_store(buf, v);
+    for (size_t i = m; i < VX_W; i++) buf[i] = 0;
+    return vx_load(buf);
+}
+
+/* row c of the transpose of the VX_W x VX_W block r to o + c * s (packing
+ * only: through a buffer) */
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    vx_float buf[VX_W * VX_W];
+    for (size_t i = 0; i < VX_W; i++) vx_store(buf + i * VX_W, r[i]);
+    for (size_t c = 0; c < VX_W; c++)
+        for (size_t i = 0; i < VX_W; i++) o[c * s + i] = buf[i * VX_W + c];
+}
+
+/* bit k set where m[k] != 0, k < n <= 32 */
+VX_INLINE unsigned vx_bytes_nz(const unsigned char *m, size_t n)
+{
+    unsigned bits = 0;
+    for (size_t k = 0; k < n; k++) bits |= (unsigned)(m[k] != 0) << k;
+    return bits;
+}
+
+VX_INLINE void vx_prefetch(const void *p) { __builtin_prefetch(p); }
 
 #endif /* ATTNX_SIMD_NEON_H */

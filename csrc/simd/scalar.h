@@ -29,6 +29,11 @@
 #define VX_DOT_CHAINS 4
 #define VX_CTX_PAIR_NV 0
 #define VX_EXP_HORNER 1
+#define VX_HAS_FMA 0
+#define VX_UNROLL 1
+#define VX_ALIGN_ROWS 0
+#define VX_ROWS_KERNEL 0   /* batched queries fold one at a time */
+#define VX_TILE_ROWS 1
 
 #if defined(ATTNX_F32)
 typedef float vx_float;
@@ -48,6 +53,8 @@ VX_INLINE vx_t vx_zero(void) { return 0; }
 VX_INLINE vx_t vx_set1(vx_float x) { return x; }
 VX_INLINE vx_t vx_load(const vx_float *p) { return *p; }
 VX_INLINE void vx_store(vx_float *p, vx_t v) { *p = v; }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return *p; }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { *p = v; }
 VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return m ? *p : 0; }
 VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v)
 {
@@ -86,5 +93,35 @@ VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return a - b; }
 VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return a >> 1; }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return (vx_bits_t)(a << VX_MANT_BITS); }
 VX_INLINE vx_t vx_transpose_sum(const vx_t *a) { return a[0]; }
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f) { return m ? *p : f; }
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return m ? v : 0; }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return a / b; }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return a < b || a > b; }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return a != a || b != b; }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return a | b; }
+VX_INLINE vx_bool_t vx_false(void) { return 0; }
+VX_INLINE vx_float vx_hmax(vx_t v) { return v; }
+VX_INLINE double vx_hsum2(vx_t s, vx_t e) { return (double)s + (double)e; }
+VX_INLINE double vx_hsum(vx_t v) { return v; }
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (int)(b & 1u); }
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return !(v == 0); }
+VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
+{
+    (void)s;
+    *o = *r;
+}
+VX_INLINE unsigned vx_bytes_nz(const unsigned char *m, size_t n)
+{
+    unsigned bits = 0;
+    for (size_t k = 0; k < n; k++) bits |= (unsigned)(m[k] != 0) << k;
+    return bits;
+}
+VX_INLINE void vx_prefetch(const void *p) { (void)p; }
+typedef double vx_wide_t;
+VX_INLINE vx_wide_t vx_wide_zero(void) { return 0.0; }
+VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v) { return s + (double)v; }
+VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return a + b; }
+VX_INLINE double vx_wide_hsum(vx_wide_t v) { return v; }
+VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b) { return (vx_float)(((double)v - a) - b); }
 
 #endif /* ATTNX_SIMD_SCALAR_H */

@@ -4,7 +4,7 @@
  * and compares against the float64 functions on the same inputs converted
  * to double; semantics (NaN, inf, masks, zeros, status codes) are checked
  * exactly. Every level prints the largest errors it measured against
- * float64 (see kernels_f32_scalar.c for what they mean). Closes with
+ * float64 (see csrc/attnx_internal_f32.h for what they mean). Closes with
  * "N passed, N failed"; the exit status is nonzero on any failure.
  */
 #include <float.h>
@@ -841,7 +841,7 @@ static void test_extremes_vs_scalar(void)
     free(Q); free(K); free(V); free(ctx); free(ref); free(w); free(w0); free(refd); free(w0d);
 }
 
-/* The figures stated in kernels_f32_scalar.c, with a margin of 1.2 to 4:
+/* The figures stated in attnx_internal_f32.h, with a margin of 1.2 to 4:
  * the per-case assertions are the design's worst-case bounds, which at a
  * few thousand terms would let an accuracy regression through (a float32
  * softmax sum, say); these would not. */
