@@ -237,7 +237,7 @@ int attnx_log_softmax_rows(const double *x, size_t rows, size_t n, double *y,
 /* ------------------------------------------------------------------------ */
 
 /* y[i] = tanh(x[i]) with attnx's own vectorised tanh (error bound stated in
- * kernels_additive_scalar.c and measured by tests). y may be x. */
+ * attnx_internal_additive.h and measured by tests). y may be x. */
 int attnx_tanh(const double *x, size_t n, double *y);
 
 /* scores[t] = sum_j v[j] * tanh(a[j] + Kp[t, j]) for t < T: additive

@@ -30,10 +30,18 @@
                                    attend_online_f32_scalar, attend_online_f32_avx2, attend_online_f32_avx512, attend_online_f32_neon)
 #define K_attend_rows ATTNX_NAME(attend_rows_f64_scalar, attend_rows_f64_avx2, attend_rows_f64_avx512, attend_rows_f64_neon, \
                                  attend_rows_f32_scalar, attend_rows_f32_avx2, attend_rows_f32_avx512, attend_rows_f32_neon)
+#define K_tanh ATTNX_NAME(tanh_f64_scalar, tanh_f64_avx2, tanh_f64_avx512, tanh_f64_neon, \
+                          tanh_f32_none, tanh_f32_none, tanh_f32_none, tanh_f32_none)
+#define K_additive_scores ATTNX_NAME(additive_scores_f64_scalar, additive_scores_f64_avx2, additive_scores_f64_avx512, \
+                                     additive_scores_f64_neon, additive_scores_f32_none, additive_scores_f32_none, \
+                                     additive_scores_f32_none, additive_scores_f32_none)
 
 /* the level's table (attnx_internal.h, attnx_internal_f32.h) and name */
 #define K_TABLE ATTNX_NAME(attnx_kernels_scalar, attnx_kernels_avx2, attnx_kernels_avx512, attnx_kernels_neon, \
                            attnx_kernels_f32_scalar, attnx_kernels_f32_avx2, attnx_kernels_f32_avx512, attnx_kernels_f32_neon)
+#define K_ADD_TABLE ATTNX_NAME(attnx_additive_kernels_scalar, attnx_additive_kernels_avx2, attnx_additive_kernels_avx512, \
+                               attnx_additive_kernels_neon, attnx_additive_kernels_f32_none, attnx_additive_kernels_f32_none, \
+                               attnx_additive_kernels_f32_none, attnx_additive_kernels_f32_none)
 #define K_LEVEL_NAME ATTNX_NAME("scalar", "avx2", "avx512", "neon", "scalar", "avx2", "avx512", "neon")
 
 #endif /* ATTNX_KERNELS_NAMES_H */

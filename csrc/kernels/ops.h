@@ -7,6 +7,10 @@
 
 #include "kernels/names.h"
 #include "kernels/vexp.h"
+#if !defined(ATTNX_F32)
+#include "attnx_internal_additive.h"
+#include "kernels/vtanh.h"
+#endif
 #include "kernels/exp.c"
 #include "kernels/dot_scores.c"
 #include "kernels/context.c"
@@ -16,3 +20,6 @@
 #endif
 #include "kernels/attend.c"
 #include "kernels/table.c"
+#if !defined(ATTNX_F32)
+#include "kernels/additive.c"
+#endif

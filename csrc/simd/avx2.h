@@ -34,6 +34,7 @@
  *   vx_transpose_store(r, o, s)  row c of the transpose of the VX_W x VX_W
  *                            block r to o + c * s
  *   vx_bytes_nz(m, n)        bit k set where the byte m[k] != 0, n <= 32
+ *   vx_abs, vx_sign, vx_or_bits   float64: |x|, x's sign bit alone, a | b
  *
  * and the tuning constants that differ by register file (not by algorithm):
  *
@@ -254,6 +255,11 @@ VX_INLINE vx_float vx_hmax(vx_t v)
     __m128d b = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
 }
+/* |x|, the sign bit of x alone, and a bitwise or (float64 tanh) */
+VX_INLINE vx_t vx_signbit(void) { return _mm256_castsi256_pd(_mm256_set1_epi64x((long long)0x8000000000000000ull)); }
+VX_INLINE vx_t vx_abs(vx_t x) { return _mm256_andnot_pd(vx_signbit(), x); }
+VX_INLINE vx_t vx_sign(vx_t x) { return _mm256_and_pd(x, vx_signbit()); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm256_or_pd(a, b); }
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {
     __m128d a = _mm256_castpd256_pd128(s), b = _mm256_extractf128_pd(s, 1);

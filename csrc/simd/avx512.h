@@ -208,6 +208,11 @@ VX_INLINE vx_float vx_hmax(vx_t v)
     __m128d b = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
 }
+/* |x|, the sign bit of x alone, and a bitwise or (float64 tanh); integer
+ * ops, since AVX-512F has no and/or on doubles (that is AVX-512DQ) */
+VX_INLINE vx_t vx_abs(vx_t x) { return _mm512_castsi512_pd(_mm512_and_epi64(_mm512_castpd_si512(x), _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll))); }
+VX_INLINE vx_t vx_sign(vx_t x) { return _mm512_castsi512_pd(_mm512_andnot_epi64(_mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll), _mm512_castpd_si512(x))); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm512_castsi512_pd(_mm512_or_epi64(_mm512_castpd_si512(a), _mm512_castpd_si512(b))); }
 /* 8 lanes to 4 by an exact two-sum, then as in simd/avx2.h */
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {

@@ -152,6 +152,10 @@ VX_INLINE unsigned vx_nz_bits(vx_t v)
     uint64x2_t nz = vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(v, vdupq_n_f64(0.0)))));
     return (unsigned)vaddvq_u64(vandq_u64(nz, vld1q_u64(vx_lane_bit)));
 }
+/* |x|, the sign bit of x alone, and a bitwise or (float64 tanh) */
+VX_INLINE vx_t vx_abs(vx_t x) { return vabsq_f64(x); }
+VX_INLINE vx_t vx_sign(vx_t x) { return vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(x), vdupq_n_u64(0x8000000000000000ull))); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return vreinterpretq_f64_u64(vorrq_u64(vreinterpretq_u64_f64(a), vreinterpretq_u64_f64(b))); }
 /* two lanes by an exact two-sum, plus e's lanes */
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {

@@ -103,6 +103,10 @@ VX_INLINE vx_bool_t vx_false(void) { return 0; }
 VX_INLINE vx_float vx_hmax(vx_t v) { return v; }
 VX_INLINE double vx_hsum2(vx_t s, vx_t e) { return (double)s + (double)e; }
 VX_INLINE double vx_hsum(vx_t v) { return v; }
+/* |x|, the sign bit of x alone, and a bitwise or (float64 tanh) */
+VX_INLINE vx_t vx_abs(vx_t x) { return vx_from_bits(vx_to_bits(x) & ~((vx_bits_t)1 << (sizeof(vx_bits_t) * 8 - 1))); }
+VX_INLINE vx_t vx_sign(vx_t x) { return vx_from_bits(vx_to_bits(x) & ((vx_bits_t)1 << (sizeof(vx_bits_t) * 8 - 1))); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return vx_from_bits(vx_to_bits(a) | vx_to_bits(b)); }
 VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (int)(b & 1u); }
 VX_INLINE unsigned vx_nz_bits(vx_t v) { return !(v == 0); }
 VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
