@@ -88,24 +88,7 @@ VX_INLINE double lane_sum(const vx_t *p, int nv)
     return vx_hsum(s);
 }
 
-#if VX_ROWS_KERNEL
-/* ctx = acc / l, zeros when nothing was attended, NaN when poisoned (the
- * float64 twin of attnx_online_finish_f32) */
-static void FINISH(double m, double l, vx_float *c, size_t dv)
-{
-    if (l != l) {
-        for (size_t j = 0; j < dv; j++) c[j] = NAN;
-    } else if (m == -INFINITY) {
-        for (size_t j = 0; j < dv; j++) c[j] = 0;
-    } else {
-        const vx_t lv = vx_set1(l);
-        for (size_t j = 0; j < dv; j += VX_W) {
-            const vx_mask_t k = vx_tail(dv - j >= VX_W ? VX_W : dv - j);
-            vx_store_part(c + j, k, vx_div(vx_load_part(c + j, k), lv));
-        }
-    }
-}
-#endif
+#define FINISH attnx_online_finish
 #endif
 
 /* acc[0..n) *= c, or zero it when c == 0 (inf * 0 would be NaN). */

@@ -49,6 +49,23 @@ static const vx_float vx_exp_c[VX_EXP_NC] = {
     ATTNX_EXP_C8, ATTNX_EXP_C9, ATTNX_EXP_C10, ATTNX_EXP_C11, ATTNX_EXP_C12, ATTNX_EXP_C13};
 #endif
 
+/* q(r) = sum_k c_k r^k, which enters exp only as r^2 q: as Horner in r^2
+ * over pairs (c_2i + c_2i+1 r), half the dependency chain, or plain Horner
+ * where the vocabulary asks for it (VX_EXP_HORNER) */
+VX_INLINE vx_t vx_exp_poly(vx_t r, vx_t r2)
+{
+#if VX_EXP_HORNER
+    vx_t q = vx_set1(vx_exp_c[VX_EXP_NC - 1]);
+    for (int k = VX_EXP_NC - 2; k >= 0; k--) q = vx_fma(q, r, vx_set1(vx_exp_c[k]));
+#else
+    vx_t q = vx_fma(vx_set1(vx_exp_c[VX_EXP_NC - 1]), r, vx_set1(vx_exp_c[VX_EXP_NC - 2]));
+    for (int k = VX_EXP_NC - 4; k >= 0; k -= 2)
+        q = vx_fma(q, r2, vx_fma(vx_set1(vx_exp_c[k + 1]), r, vx_set1(vx_exp_c[k])));
+#endif
+    (void)r2;
+    return q;
+}
+
 VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
 {
     const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
@@ -62,17 +79,8 @@ VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
     vx_t rh = vx_fnma(n, vx_set1(VX_LN2_HI), x);
     vx_t rl = vx_fnma(n, vx_set1(VX_LN2_LO), lo);
     vx_t r = vx_add(rh, rl);
-    /* q = sum_k c_k r^k as Horner in r^2 over pairs (c_2i + c_2i+1 r):
-     * half the dependency chain; q only enters through r^2 q */
     vx_t r2 = vx_mul(r, r);
-#if VX_EXP_HORNER
-    vx_t q = vx_set1(vx_exp_c[VX_EXP_NC - 1]);
-    for (int k = VX_EXP_NC - 2; k >= 0; k--) q = vx_fma(q, r, vx_set1(vx_exp_c[k]));
-#else
-    vx_t q = vx_fma(vx_set1(vx_exp_c[VX_EXP_NC - 1]), r, vx_set1(vx_exp_c[VX_EXP_NC - 2]));
-    for (int k = VX_EXP_NC - 4; k >= 0; k -= 2)
-        q = vx_fma(q, r2, vx_fma(vx_set1(vx_exp_c[k + 1]), r, vx_set1(vx_exp_c[k])));
-#endif
+    vx_t q = vx_exp_poly(r, r2);
     vx_t sh = vx_add(one, rh);
     vx_t sl = vx_add(vx_sub(one, sh), rh);                  /* exact: Fast2Sum */
     vx_t er = vx_add(sh, vx_add(sl, vx_fma(r2, q, rl)));

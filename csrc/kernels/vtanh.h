@@ -37,14 +37,7 @@ VX_INLINE vx_t vx_tanh(vx_t x)
     const vx_t rh = vx_fnma(n, vx_set1(VX_LN2_HI), y);   /* exact */
     const vx_t rl = vx_mul(n, vx_set1(-VX_LN2_LO));
     const vx_t r = vx_add(rh, rl), r2 = vx_mul(r, r);
-#if VX_EXP_HORNER
-    vx_t q = vx_set1(vx_exp_c[VX_EXP_NC - 1]);
-    for (int k = VX_EXP_NC - 2; k >= 0; k--) q = vx_fma(q, r, vx_set1(vx_exp_c[k]));
-#else
-    vx_t q = vx_fma(vx_set1(vx_exp_c[VX_EXP_NC - 1]), r, vx_set1(vx_exp_c[VX_EXP_NC - 2]));
-    for (int k = VX_EXP_NC - 4; k >= 0; k -= 2)
-        q = vx_fma(q, r2, vx_fma(vx_set1(vx_exp_c[k + 1]), r, vx_set1(vx_exp_c[k])));
-#endif
+    vx_t q = vx_exp_poly(r, r2);
     const vx_t sh = vx_add(one, rh);
     const vx_t sl = vx_add(vx_sub(one, sh), rh);
     const vx_t tl = vx_add(sl, vx_fma(r2, q, rl));

@@ -67,7 +67,6 @@
 
 #include "simd/x86.h"
 
-
 #define VX_DOT_ROWS 8
 #define VX_HAS_FMA 1
 #define VX_UNROLL 2
@@ -81,56 +80,93 @@
 /* ------------------------------------------------------------ 8 floats */
 typedef float vx_float;
 typedef __m256 vx_t;
-typedef __m256i vx_mask_t;
-typedef __m256 vx_bool_t;
-typedef __m256i vx_bits_t;
+typedef int32_t vx_lane_int;
 #define VX_W 8
 #define VX_ALIGN_ROWS 0   /* measured no gain at 8 floats */
+#define VX_MANT 23
+/* the intrinsic of this element type, its integer twin, the casts */
+#define VXI(op) op##_ps
+#define VXB(op) op##_epi32
+#define VX_TO_SI _mm256_castps_si256
+#define VX_FROM_SI _mm256_castsi256_ps
+#define VX_SET1_BITS(x) _mm256_set1_epi32((int32_t)(x))
+#define VX_LANE_BITS _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1)
+#else
+/* ----------------------------------------------------------- 4 doubles */
+typedef double vx_float;
+typedef __m256d vx_t;
+typedef int64_t vx_lane_int;
+#define VX_W 4
+#define VX_ALIGN_ROWS 1
+#define VX_MANT 52
+#define VXI(op) op##_pd
+#define VXB(op) op##_epi64
+#define VX_TO_SI _mm256_castpd_si256
+#define VX_FROM_SI _mm256_castsi256_pd
+#define VX_SET1_BITS(x) _mm256_set1_epi64x((long long)(x))
+#define VX_LANE_BITS _mm256_set_epi64x(8, 4, 2, 1)
+#endif
+typedef __m256i vx_mask_t;
+typedef vx_t vx_bool_t;
+typedef __m256i vx_bits_t;
 
-static const int32_t vx_tail_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+/* vmaskmov masks: lanes [0, n) of the tail table, lanes [n, VX_W) of the
+ * head table (indexed so that one table serves both lane widths) */
+static const vx_lane_int vx_tail_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+static const vx_lane_int vx_head_tab[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
 VX_INLINE vx_mask_t vx_tail(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_tail_tab + 8 - n)); }
+VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 8 - n)); }
 
-VX_INLINE vx_t vx_zero(void) { return _mm256_setzero_ps(); }
-VX_INLINE vx_t vx_set1(vx_float x) { return _mm256_set1_ps(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return _mm256_loadu_ps(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { _mm256_storeu_ps(p, v); }
-VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return _mm256_maskload_ps(p, m); }
-VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { _mm256_maskstore_ps(p, m, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return _mm256_add_ps(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return _mm256_sub_ps(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return _mm256_mul_ps(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return _mm256_fmadd_ps(a, b, c); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return _mm256_fnmadd_ps(a, b, c); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return _mm256_max_ps(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return _mm256_min_ps(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
-VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return _mm256_and_ps(a, b); }
-VX_INLINE int vx_any(vx_bool_t b) { return _mm256_movemask_ps(b) != 0; }
-/* t where b, else f */
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return _mm256_blendv_ps(f, t, b); }
-/* v where b, else 0 */
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return _mm256_and_ps(b, v); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return _mm256_castps_si256(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return _mm256_castsi256_ps(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return _mm256_set1_epi32((int32_t)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm256_add_epi32(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm256_sub_epi32(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm256_srli_epi32(a, 1); }
-/* into the exponent field */
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm256_slli_epi32(a, 23); }
-
+VX_INLINE vx_t vx_zero(void) { return VXI(_mm256_setzero)(); }
+VX_INLINE vx_t vx_set1(vx_float x) { return VXI(_mm256_set1)(x); }
+VX_INLINE vx_t vx_load(const vx_float *p) { return VXI(_mm256_loadu)(p); }
+VX_INLINE void vx_store(vx_float *p, vx_t v) { VXI(_mm256_storeu)(p, v); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return VXI(_mm256_load)(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { VXI(_mm256_store)(p, v); }
+VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return VXI(_mm256_maskload)(p, m); }
+VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { VXI(_mm256_maskstore)(p, m, v); }
 VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
 {
-    return _mm256_blendv_ps(_mm256_set1_ps(f), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+    return VXI(_mm256_blendv)(vx_set1(f), vx_load_part(p, m), VX_FROM_SI(m));
 }
-VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm256_div_ps(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_NEQ_OQ); }
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
-VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return _mm256_or_ps(a, b); }
-VX_INLINE vx_bool_t vx_false(void) { return _mm256_setzero_ps(); }
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return VXI(_mm256_and)(VX_FROM_SI(m), v); }
+VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return VXI(_mm256_add)(a, b); }
+VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return VXI(_mm256_sub)(a, b); }
+VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return VXI(_mm256_mul)(a, b); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return VXI(_mm256_div)(a, b); }
+VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return VXI(_mm256_fmadd)(a, b, c); }
+VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return VXI(_mm256_fnmadd)(a, b, c); }
+VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return VXI(_mm256_max)(a, b); }
+VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return VXI(_mm256_min)(a, b); }
+VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return VXI(_mm256_cmp)(a, b, _CMP_LT_OQ); }
+VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return VXI(_mm256_cmp)(a, b, _CMP_LE_OQ); }
+VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return VXI(_mm256_cmp)(a, b, _CMP_GE_OQ); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return VXI(_mm256_cmp)(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return VXI(_mm256_cmp)(a, b, _CMP_UNORD_Q); }
+VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return VXI(_mm256_and)(a, b); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return VXI(_mm256_or)(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return vx_zero(); }
+VX_INLINE int vx_any(vx_bool_t b) { return VXI(_mm256_movemask)(b) != 0; }
+/* t where b, else f */
+VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return VXI(_mm256_blendv)(f, t, b); }
+/* v where b, else 0 */
+VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return VXI(_mm256_and)(b, v); }
+VX_INLINE vx_bool_t vx_lanes(unsigned b)
+{
+    const __m256i sel = VX_LANE_BITS;
+    return VX_FROM_SI(VXB(_mm256_cmpeq)(_mm256_and_si256(VX_SET1_BITS(b), sel), sel));
+}
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)VXI(_mm256_movemask)(VXI(_mm256_cmp)(v, vx_zero(), _CMP_NEQ_UQ)); }
+VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return VX_TO_SI(v); }
+VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return VX_FROM_SI(b); }
+VX_INLINE vx_bits_t vb_set1(int64_t x) { return VX_SET1_BITS(x); }
+VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return VXB(_mm256_add)(a, b); }
+VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return VXB(_mm256_sub)(a, b); }
+VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXB(_mm256_srli)(a, 1); }
+/* into the exponent field */
+VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXB(_mm256_slli)(a, VX_MANT); }
+
+#if defined(ATTNX_F32)
 VX_INLINE vx_float vx_hmax(vx_t v)
 {
     __m128 b = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -147,11 +183,8 @@ VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
                                           _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
 }
 VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return _mm256_add_pd(a, b); }
-VX_INLINE double vx_wide_hsum(vx_wide_t v)
-{
-    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
-}
+VX_INLINE double vx_wide_hsum(vx_wide_t v) { return vx_sum4d(v); }
+
 VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
 {
     const __m256d av = _mm256_set1_pd(a), bv = _mm256_set1_pd(b);
@@ -160,16 +193,6 @@ VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
 }
 
-VX_INLINE vx_bool_t vx_lanes(unsigned b)
-{
-    const __m256i sel = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
-    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), sel), sel));
-}
-VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ)); }
-VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm256_load_ps(p); }
-VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm256_store_ps(p, v); }
-static const int32_t vx_head_tab[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
-VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 8 - n)); }
 VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
 {
     __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -200,66 +223,20 @@ VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 }
 
 #else
-/* ----------------------------------------------------------- 4 doubles */
-typedef double vx_float;
-typedef __m256d vx_t;
-typedef __m256i vx_mask_t;
-typedef __m256d vx_bool_t;
-typedef __m256i vx_bits_t;
-#define VX_W 4
-#define VX_ALIGN_ROWS 1
-
-static const int64_t vx_tail_tab[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
-VX_INLINE vx_mask_t vx_tail(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_tail_tab + 4 - n)); }
-
-VX_INLINE vx_t vx_zero(void) { return _mm256_setzero_pd(); }
-VX_INLINE vx_t vx_set1(vx_float x) { return _mm256_set1_pd(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return _mm256_loadu_pd(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { _mm256_storeu_pd(p, v); }
-VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return _mm256_maskload_pd(p, m); }
-VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { _mm256_maskstore_pd(p, m, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return _mm256_add_pd(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return _mm256_sub_pd(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return _mm256_mul_pd(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return _mm256_fmadd_pd(a, b, c); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return _mm256_fnmadd_pd(a, b, c); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return _mm256_max_pd(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return _mm256_min_pd(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_LE_OQ); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_GE_OQ); }
-VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return _mm256_and_pd(a, b); }
-VX_INLINE int vx_any(vx_bool_t b) { return _mm256_movemask_pd(b) != 0; }
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return _mm256_blendv_pd(f, t, b); }
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return _mm256_and_pd(b, v); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return _mm256_castpd_si256(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return _mm256_castsi256_pd(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return _mm256_set1_epi64x((long long)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm256_add_epi64(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm256_sub_epi64(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm256_srli_epi64(a, 1); }
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm256_slli_epi64(a, 52); }
-
-VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
-{
-    return _mm256_blendv_pd(_mm256_set1_pd(f), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
-}
-VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm256_and_pd(_mm256_castsi256_pd(m), v); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm256_div_pd(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_NEQ_OQ); }
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm256_cmp_pd(a, b, _CMP_UNORD_Q); }
-VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return _mm256_or_pd(a, b); }
-VX_INLINE vx_bool_t vx_false(void) { return _mm256_setzero_pd(); }
 VX_INLINE vx_float vx_hmax(vx_t v)
 {
     __m128d b = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
 }
+
+VX_INLINE double vx_hsum(vx_t v) { return vx_sum4d(v); }
+
 /* |x|, the sign bit of x alone, and a bitwise or (float64 tanh) */
 VX_INLINE vx_t vx_signbit(void) { return _mm256_castsi256_pd(_mm256_set1_epi64x((long long)0x8000000000000000ull)); }
 VX_INLINE vx_t vx_abs(vx_t x) { return _mm256_andnot_pd(vx_signbit(), x); }
 VX_INLINE vx_t vx_sign(vx_t x) { return _mm256_and_pd(x, vx_signbit()); }
 VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm256_or_pd(a, b); }
+
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {
     __m128d a = _mm256_castpd256_pd128(s), b = _mm256_extractf128_pd(s, 1);
@@ -272,21 +249,6 @@ VX_INLINE double vx_hsum2(vx_t s, vx_t e)
     return t + err;
 }
 
-VX_INLINE vx_bool_t vx_lanes(unsigned b)
-{
-    const __m256i sel = _mm256_set_epi64x(8, 4, 2, 1);
-    return _mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x((long long)b), sel), sel));
-}
-VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NEQ_UQ)); }
-VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm256_load_pd(p); }
-VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm256_store_pd(p, v); }
-static const int64_t vx_head_tab[8] = {0, 0, 0, 0, -1, -1, -1, -1};
-VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 4 - n)); }
-VX_INLINE double vx_hsum(vx_t v)
-{
-    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
-}
 VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
 {
     __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);

@@ -14,7 +14,6 @@
 
 #include "simd/x86.h"
 
-
 /* 32 registers: two sets of 8 accumulators fit at every slice width */
 #define VX_DOT_CHAINS 1
 #define VX_EXP_HORNER 0
@@ -30,52 +29,80 @@
 typedef float vx_float;
 typedef __m512 vx_t;
 typedef __mmask16 vx_mask_t;
-typedef __mmask16 vx_bool_t;
-typedef __m512i vx_bits_t;
 #define VX_W 16
 #define VX_DOT_ROWS 16
+#define VX_MANT 23
+/* the intrinsic of this element type, its integer twin, the casts */
+#define VXI(op) op##_ps
+#define VXM(op) op##_ps_mask
+#define VXB(op) op##_epi32
+#define VX_TO_SI _mm512_castps_si512
+#define VX_FROM_SI _mm512_castsi512_ps
+#else
+/* ------------------------------------------------------------ 8 doubles */
+typedef double vx_float;
+typedef __m512d vx_t;
+typedef __mmask8 vx_mask_t;
+#define VX_W 8
+#define VX_DOT_ROWS 8
+#define VX_MANT 52
+#define VXI(op) op##_pd
+#define VXM(op) op##_pd_mask
+#define VXB(op) op##_epi64
+#define VX_TO_SI _mm512_castpd_si512
+#define VX_FROM_SI _mm512_castsi512_pd
+#endif
+typedef vx_mask_t vx_bool_t;
+typedef __m512i vx_bits_t;
 
-VX_INLINE vx_mask_t vx_tail(size_t n) { return (__mmask16)((1u << n) - 1u); }
-VX_INLINE vx_t vx_zero(void) { return _mm512_setzero_ps(); }
-VX_INLINE vx_t vx_set1(vx_float x) { return _mm512_set1_ps(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return _mm512_loadu_ps(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { _mm512_storeu_ps(p, v); }
-VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return _mm512_maskz_loadu_ps(m, p); }
-VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { _mm512_mask_storeu_ps(p, m, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return _mm512_add_ps(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return _mm512_sub_ps(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return _mm512_mul_ps(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return _mm512_fmadd_ps(a, b, c); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return _mm512_fnmadd_ps(a, b, c); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return _mm512_max_ps(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return _mm512_min_ps(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+/* lanes [0, n) and [n, VX_W) */
+VX_INLINE vx_mask_t vx_tail(size_t n) { return (vx_mask_t)((1u << n) - 1u); }
+VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(((1u << VX_W) - 1u) << n); }
+VX_INLINE vx_t vx_zero(void) { return VXI(_mm512_setzero)(); }
+VX_INLINE vx_t vx_set1(vx_float x) { return VXI(_mm512_set1)(x); }
+VX_INLINE vx_t vx_load(const vx_float *p) { return VXI(_mm512_loadu)(p); }
+VX_INLINE void vx_store(vx_float *p, vx_t v) { VXI(_mm512_storeu)(p, v); }
+VX_INLINE vx_t vx_load_a(const vx_float *p) { return VXI(_mm512_load)(p); }
+VX_INLINE void vx_store_a(vx_float *p, vx_t v) { VXI(_mm512_store)(p, v); }
+VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return VXI(_mm512_maskz_loadu)(m, p); }
+VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { VXI(_mm512_mask_storeu)(p, m, v); }
+VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f) { return VXI(_mm512_mask_loadu)(vx_set1(f), m, p); }
+VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return VXI(_mm512_maskz_mov)(m, v); }
+VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return VXI(_mm512_add)(a, b); }
+VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return VXI(_mm512_sub)(a, b); }
+VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return VXI(_mm512_mul)(a, b); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return VXI(_mm512_div)(a, b); }
+VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return VXI(_mm512_fmadd)(a, b, c); }
+VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return VXI(_mm512_fnmadd)(a, b, c); }
+VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return VXI(_mm512_max)(a, b); }
+VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return VXI(_mm512_min)(a, b); }
+VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return VXM(_mm512_cmp)(a, b, _CMP_LT_OQ); }
+VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return VXM(_mm512_cmp)(a, b, _CMP_LE_OQ); }
+VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return VXM(_mm512_cmp)(a, b, _CMP_GE_OQ); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return VXM(_mm512_cmp)(a, b, _CMP_NEQ_OQ); }
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return VXM(_mm512_cmp)(a, b, _CMP_UNORD_Q); }
 VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a & b); }
-VX_INLINE int vx_any(vx_bool_t b) { return b != 0; }
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return _mm512_mask_blend_ps(b, f, t); }
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return _mm512_maskz_mov_ps(b, v); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return _mm512_castps_si512(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return _mm512_castsi512_ps(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return _mm512_set1_epi32((int32_t)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm512_add_epi32(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm512_sub_epi32(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm512_srli_epi32(a, 1); }
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm512_slli_epi32(a, 23); }
-
-VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
-{
-    return _mm512_mask_loadu_ps(_mm512_set1_ps(f), m, p);
-}
-VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm512_maskz_mov_ps(m, v); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm512_div_ps(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_OQ); }
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
 VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a | b); }
 VX_INLINE vx_bool_t vx_false(void) { return 0; }
+VX_INLINE int vx_any(vx_bool_t b) { return b != 0; }
+/* t where b, else f */
+VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return VXI(_mm512_mask_blend)(b, f, t); }
+/* v where b, else 0 */
+VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return VXI(_mm512_maskz_mov)(b, v); }
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (vx_bool_t)b; }
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)VXM(_mm512_cmp)(v, vx_zero(), _CMP_NEQ_UQ); }
+VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return VX_TO_SI(v); }
+VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return VX_FROM_SI(b); }
+VX_INLINE vx_bits_t vb_set1(int64_t x) { return VXB(_mm512_set1)(x); }
+VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return VXB(_mm512_add)(a, b); }
+VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return VXB(_mm512_sub)(a, b); }
+VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXB(_mm512_srli)(a, 1); }
+VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXB(_mm512_slli)(a, VX_MANT); }
+
+#if defined(ATTNX_F32)
 /* the upper 8 floats, with AVX-512F alone (no DQ) */
 VX_INLINE __m256 vx_upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
 VX_INLINE vx_float vx_hmax(vx_t v)
 {
     __m256 a = _mm256_max_ps(_mm512_castps512_ps256(v), vx_upper8(v));
@@ -92,12 +119,8 @@ VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
     return _mm512_add_pd(s, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), _mm512_cvtps_pd(vx_upper8(v))));
 }
 VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return _mm512_add_pd(a, b); }
-VX_INLINE double vx_wide_hsum(vx_wide_t v)
-{
-    __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
-    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
-}
+VX_INLINE double vx_wide_hsum(vx_wide_t v) { return vx_sum4d(_mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1))); }
+
 VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
 {
     const __m512d av = _mm512_set1_pd(a), bv = _mm512_set1_pd(b);
@@ -107,11 +130,6 @@ VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
                                                _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
 }
 
-VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (vx_bool_t)b; }
-VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ); }
-VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm512_load_ps(p); }
-VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm512_store_ps(p, v); }
-VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(0xFFFFu << n); }
 VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
 {
     __m512 t[16], u[16];
@@ -154,65 +172,21 @@ VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
 }
 
 #else
-/* ------------------------------------------------------------ 8 doubles */
-typedef double vx_float;
-typedef __m512d vx_t;
-typedef __mmask8 vx_mask_t;
-typedef __mmask8 vx_bool_t;
-typedef __m512i vx_bits_t;
-#define VX_W 8
-#define VX_DOT_ROWS 8
-
-VX_INLINE vx_mask_t vx_tail(size_t n) { return (__mmask8)((1u << n) - 1u); }
-VX_INLINE vx_t vx_zero(void) { return _mm512_setzero_pd(); }
-VX_INLINE vx_t vx_set1(vx_float x) { return _mm512_set1_pd(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return _mm512_loadu_pd(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { _mm512_storeu_pd(p, v); }
-VX_INLINE vx_t vx_load_part(const vx_float *p, vx_mask_t m) { return _mm512_maskz_loadu_pd(m, p); }
-VX_INLINE void vx_store_part(vx_float *p, vx_mask_t m, vx_t v) { _mm512_mask_storeu_pd(p, m, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return _mm512_add_pd(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return _mm512_sub_pd(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return _mm512_mul_pd(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return _mm512_fmadd_pd(a, b, c); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return _mm512_fnmadd_pd(a, b, c); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return _mm512_max_pd(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return _mm512_min_pd(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_GE_OQ); }
-VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a & b); }
-VX_INLINE int vx_any(vx_bool_t b) { return b != 0; }
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return _mm512_mask_blend_pd(b, f, t); }
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return _mm512_maskz_mov_pd(b, v); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return _mm512_castpd_si512(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return _mm512_castsi512_pd(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return _mm512_set1_epi64((long long)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return _mm512_add_epi64(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return _mm512_sub_epi64(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return _mm512_srli_epi64(a, 1); }
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return _mm512_slli_epi64(a, 52); }
-
-VX_INLINE vx_t vx_load_part_or(const vx_float *p, vx_mask_t m, vx_float f)
-{
-    return _mm512_mask_loadu_pd(_mm512_set1_pd(f), m, p);
-}
-VX_INLINE vx_t vx_keep_tail(vx_mask_t m, vx_t v) { return _mm512_maskz_mov_pd(m, v); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return _mm512_div_pd(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_NEQ_OQ); }
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q); }
-VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return (vx_bool_t)(a | b); }
-VX_INLINE vx_bool_t vx_false(void) { return 0; }
 VX_INLINE vx_float vx_hmax(vx_t v)
 {
     __m256d a = _mm256_max_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
     __m128d b = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(b, _mm_unpackhi_pd(b, b)));
 }
+
+VX_INLINE double vx_hsum(vx_t v) { return vx_sum4d(_mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1))); }
+
 /* |x|, the sign bit of x alone, and a bitwise or (float64 tanh); integer
  * ops, since AVX-512F has no and/or on doubles (that is AVX-512DQ) */
 VX_INLINE vx_t vx_abs(vx_t x) { return _mm512_castsi512_pd(_mm512_and_epi64(_mm512_castpd_si512(x), _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll))); }
 VX_INLINE vx_t vx_sign(vx_t x) { return _mm512_castsi512_pd(_mm512_andnot_epi64(_mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll), _mm512_castpd_si512(x))); }
 VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm512_castsi512_pd(_mm512_or_epi64(_mm512_castpd_si512(a), _mm512_castpd_si512(b))); }
+
 /* 8 lanes to 4 by an exact two-sum, then as in simd/avx2.h */
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {
@@ -230,17 +204,6 @@ VX_INLINE double vx_hsum2(vx_t s, vx_t e)
     return t + err;
 }
 
-VX_INLINE vx_bool_t vx_lanes(unsigned b) { return (vx_bool_t)b; }
-VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NEQ_UQ); }
-VX_INLINE vx_t vx_load_a(const vx_float *p) { return _mm512_load_pd(p); }
-VX_INLINE void vx_store_a(vx_float *p, vx_t v) { _mm512_store_pd(p, v); }
-VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(0xFFu << n); }
-VX_INLINE double vx_hsum(vx_t v)
-{
-    __m256d a = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
-    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
-}
 VX_INLINE void vx_transpose_store(const vx_t *r, vx_float *o, size_t s)
 {
     __m512d t0 = _mm512_unpacklo_pd(r[0], r[1]), t1 = _mm512_unpackhi_pd(r[0], r[1]);

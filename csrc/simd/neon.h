@@ -40,65 +40,17 @@ typedef uint32x4_t vx_bits_t;
 #define VX_W 4
 #define VX_DOT_CHAINS 2   /* two accumulators per row hide the FMA latency */
 #define VX_EXP_HORNER 0
-
-VX_INLINE vx_t vx_zero(void) { return vdupq_n_f32(0.0f); }
-VX_INLINE vx_t vx_set1(vx_float x) { return vdupq_n_f32(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return vld1q_f32(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { vst1q_f32(p, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return vaddq_f32(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return vsubq_f32(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return vmulq_f32(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return vfmaq_f32(c, a, b); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return vfmsq_f32(c, a, b); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return vmaxq_f32(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return vminq_f32(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return vcltq_f32(a, b); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return vcleq_f32(a, b); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return vcgeq_f32(a, b); }
-VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return vandq_u32(a, b); }
-VX_INLINE int vx_any(vx_bool_t b) { return vmaxvq_u32(b) != 0; }
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return vbslq_f32(b, t, f); }
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return vreinterpretq_f32_u32(vandq_u32(b, vreinterpretq_u32_f32(v))); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return vreinterpretq_u32_f32(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return vreinterpretq_f32_u32(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return vdupq_n_u32((uint32_t)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return vaddq_u32(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return vsubq_u32(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return vshrq_n_u32(a, 1); }
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return vshlq_n_u32(a, 23); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return vdivq_f32(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return vmvnq_u32(vceqq_f32(a, b)); }
-/* a or b is NaN: a != a or b != b */
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return vmvnq_u32(vandq_u32(vceqq_f32(a, a), vceqq_f32(b, b))); }
-VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return vorrq_u32(a, b); }
-VX_INLINE vx_bool_t vx_false(void) { return vdupq_n_u32(0); }
-VX_INLINE vx_float vx_hmax(vx_t v) { return vmaxvq_f32(v); }
+#define VX_MANT 23
+/* the intrinsic of this element type and of its unsigned twin */
+#define VXN(op) op##_f32
+#define VXU(op) op##_u32
+#define VX_AS_U vreinterpretq_u32_f32
+#define VX_FROM_U vreinterpretq_f32_u32
+/* lanes as the 32-bit words vmvnq works on */
+#define VX_NOT(b) vmvnq_u32(b)
+#define VX_ANY(b) (vmaxvq_u32(b) != 0)
+typedef uint32_t vx_ulane;
 static const uint32_t vx_lane_bit[4] = {1, 2, 4, 8};
-VX_INLINE vx_bool_t vx_lanes(unsigned b) { return vtstq_u32(vdupq_n_u32(b), vld1q_u32(vx_lane_bit)); }
-VX_INLINE unsigned vx_nz_bits(vx_t v)
-{
-    return vaddvq_u32(vandq_u32(vmvnq_u32(vceqq_f32(v, vdupq_n_f32(0.0f))), vld1q_u32(vx_lane_bit)));
-}
-typedef float64x2_t vx_wide_t;
-VX_INLINE vx_wide_t vx_wide_zero(void) { return vdupq_n_f64(0.0); }
-VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
-{
-    return vaddq_f64(s, vaddq_f64(vcvt_f64_f32(vget_low_f32(v)), vcvt_high_f64_f32(v)));
-}
-VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return vaddq_f64(a, b); }
-VX_INLINE double vx_wide_hsum(vx_wide_t v) { return vaddvq_f64(v); }
-VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
-{
-    const float64x2_t av = vdupq_n_f64(a), bv = vdupq_n_f64(b);
-    float64x2_t lo = vsubq_f64(vsubq_f64(vcvt_f64_f32(vget_low_f32(v)), av), bv);
-    float64x2_t hi = vsubq_f64(vsubq_f64(vcvt_high_f64_f32(v), av), bv);
-    return vcvt_high_f32_f64(vcvt_f32_f64(lo), hi);
-}
-VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
-{
-    return vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
-}
-
 #else
 /* ----------------------------------------------------------- 2 doubles */
 typedef double vx_float;
@@ -108,54 +60,82 @@ typedef uint64x2_t vx_bits_t;
 #define VX_W 2
 #define VX_DOT_CHAINS 2   /* four partial sums per row, as at 4 lanes */
 #define VX_EXP_HORNER 1   /* plain Horner with FMA measured as fast on two lanes */
-
-VX_INLINE vx_t vx_zero(void) { return vdupq_n_f64(0.0); }
-VX_INLINE vx_t vx_set1(vx_float x) { return vdupq_n_f64(x); }
-VX_INLINE vx_t vx_load(const vx_float *p) { return vld1q_f64(p); }
-VX_INLINE void vx_store(vx_float *p, vx_t v) { vst1q_f64(p, v); }
-VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return vaddq_f64(a, b); }
-VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return vsubq_f64(a, b); }
-VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return vmulq_f64(a, b); }
-VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return vfmaq_f64(c, a, b); }
-VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return vfmsq_f64(c, a, b); }
-VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return vmaxq_f64(a, b); }
-VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return vminq_f64(a, b); }
-VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return vcltq_f64(a, b); }
-VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return vcleq_f64(a, b); }
-VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return vcgeq_f64(a, b); }
-VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return vandq_u64(a, b); }
-VX_INLINE int vx_any(vx_bool_t b) { return vmaxvq_u32(vreinterpretq_u32_u64(b)) != 0; }
-VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return vbslq_f64(b, t, f); }
-VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return vreinterpretq_f64_u64(vandq_u64(b, vreinterpretq_u64_f64(v))); }
-VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return vreinterpretq_u64_f64(v); }
-VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return vreinterpretq_f64_u64(b); }
-VX_INLINE vx_bits_t vb_set1(int64_t x) { return vdupq_n_u64((uint64_t)x); }
-VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return vaddq_u64(a, b); }
-VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return vsubq_u64(a, b); }
-VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return vshrq_n_u64(a, 1); }
-VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return vshlq_n_u64(a, 52); }
-VX_INLINE vx_t vx_transpose_sum(const vx_t *a) { return vpaddq_f64(a[0], a[1]); }
-VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return vdivq_f64(a, b); }
-VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(a, b)))); }
-VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b)
-{
-    return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vandq_u64(vceqq_f64(a, a), vceqq_f64(b, b)))));
-}
-VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return vorrq_u64(a, b); }
-VX_INLINE vx_bool_t vx_false(void) { return vdupq_n_u64(0); }
-VX_INLINE vx_float vx_hmax(vx_t v) { return vmaxvq_f64(v); }
-VX_INLINE double vx_hsum(vx_t v) { return vaddvq_f64(v); }
+#define VX_MANT 52
+#define VXN(op) op##_f64
+#define VXU(op) op##_u64
+#define VX_AS_U vreinterpretq_u64_f64
+#define VX_FROM_U vreinterpretq_f64_u64
+#define VX_NOT(b) vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(b)))
+#define VX_ANY(b) (vmaxvq_u32(vreinterpretq_u32_u64(b)) != 0)
+typedef uint64_t vx_ulane;
 static const uint64_t vx_lane_bit[2] = {1, 2};
-VX_INLINE vx_bool_t vx_lanes(unsigned b) { return vtstq_u64(vdupq_n_u64(b), vld1q_u64(vx_lane_bit)); }
-VX_INLINE unsigned vx_nz_bits(vx_t v)
+#endif
+
+VX_INLINE vx_t vx_zero(void) { return VXN(vdupq_n)(0); }
+VX_INLINE vx_t vx_set1(vx_float x) { return VXN(vdupq_n)(x); }
+VX_INLINE vx_t vx_load(const vx_float *p) { return VXN(vld1q)(p); }
+VX_INLINE void vx_store(vx_float *p, vx_t v) { VXN(vst1q)(p, v); }
+VX_INLINE vx_t vx_add(vx_t a, vx_t b) { return VXN(vaddq)(a, b); }
+VX_INLINE vx_t vx_sub(vx_t a, vx_t b) { return VXN(vsubq)(a, b); }
+VX_INLINE vx_t vx_mul(vx_t a, vx_t b) { return VXN(vmulq)(a, b); }
+VX_INLINE vx_t vx_div(vx_t a, vx_t b) { return VXN(vdivq)(a, b); }
+VX_INLINE vx_t vx_fma(vx_t a, vx_t b, vx_t c) { return VXN(vfmaq)(c, a, b); }
+VX_INLINE vx_t vx_fnma(vx_t a, vx_t b, vx_t c) { return VXN(vfmsq)(c, a, b); }
+VX_INLINE vx_t vx_max(vx_t a, vx_t b) { return VXN(vmaxq)(a, b); }
+VX_INLINE vx_t vx_min(vx_t a, vx_t b) { return VXN(vminq)(a, b); }
+VX_INLINE vx_bool_t vx_lt(vx_t a, vx_t b) { return VXN(vcltq)(a, b); }
+VX_INLINE vx_bool_t vx_le(vx_t a, vx_t b) { return VXN(vcleq)(a, b); }
+VX_INLINE vx_bool_t vx_ge(vx_t a, vx_t b) { return VXN(vcgeq)(a, b); }
+VX_INLINE vx_bool_t vx_ne(vx_t a, vx_t b) { return VX_NOT(VXN(vceqq)(a, b)); }
+/* a or b is NaN: a != a or b != b */
+VX_INLINE vx_bool_t vx_unord(vx_t a, vx_t b) { return VX_NOT(VXU(vandq)(VXN(vceqq)(a, a), VXN(vceqq)(b, b))); }
+VX_INLINE vx_bool_t vx_and_b(vx_bool_t a, vx_bool_t b) { return VXU(vandq)(a, b); }
+VX_INLINE vx_bool_t vx_or_b(vx_bool_t a, vx_bool_t b) { return VXU(vorrq)(a, b); }
+VX_INLINE vx_bool_t vx_false(void) { return VXU(vdupq_n)(0); }
+VX_INLINE int vx_any(vx_bool_t b) { return VX_ANY(b); }
+VX_INLINE vx_t vx_select(vx_bool_t b, vx_t f, vx_t t) { return VXN(vbslq)(b, t, f); }
+VX_INLINE vx_t vx_keep(vx_bool_t b, vx_t v) { return VX_FROM_U(VXU(vandq)(b, VX_AS_U(v))); }
+VX_INLINE vx_float vx_hmax(vx_t v) { return VXN(vmaxvq)(v); }
+VX_INLINE vx_bool_t vx_lanes(unsigned b) { return VXU(vtstq)(VXU(vdupq_n)(b), VXU(vld1q)(vx_lane_bit)); }
+VX_INLINE unsigned vx_nz_bits(vx_t v) { return (unsigned)VXU(vaddvq)(VXU(vandq)(vx_ne(v, vx_zero()), VXU(vld1q)(vx_lane_bit))); }
+VX_INLINE vx_bits_t vx_to_bits(vx_t v) { return VX_AS_U(v); }
+VX_INLINE vx_t vx_from_bits(vx_bits_t b) { return VX_FROM_U(b); }
+VX_INLINE vx_bits_t vb_set1(int64_t x) { return VXU(vdupq_n)((vx_ulane)x); }
+VX_INLINE vx_bits_t vb_add(vx_bits_t a, vx_bits_t b) { return VXU(vaddq)(a, b); }
+VX_INLINE vx_bits_t vb_sub(vx_bits_t a, vx_bits_t b) { return VXU(vsubq)(a, b); }
+VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXU(vshrq_n)(a, 1); }
+VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXU(vshlq_n)(a, VX_MANT); }
+
+#if defined(ATTNX_F32)
+typedef float64x2_t vx_wide_t;
+VX_INLINE vx_wide_t vx_wide_zero(void) { return vdupq_n_f64(0.0); }
+VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)
 {
-    uint64x2_t nz = vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(v, vdupq_n_f64(0.0)))));
-    return (unsigned)vaddvq_u64(vandq_u64(nz, vld1q_u64(vx_lane_bit)));
+    return vaddq_f64(s, vaddq_f64(vcvt_f64_f32(vget_low_f32(v)), vcvt_high_f64_f32(v)));
 }
+VX_INLINE vx_wide_t vx_wide_sum2(vx_wide_t a, vx_wide_t b) { return vaddq_f64(a, b); }
+VX_INLINE double vx_wide_hsum(vx_wide_t v) { return vaddvq_f64(v); }
+
+VX_INLINE vx_t vx_log_sub(vx_t v, double a, double b)
+{
+    const float64x2_t av = vdupq_n_f64(a), bv = vdupq_n_f64(b);
+    float64x2_t lo = vsubq_f64(vsubq_f64(vcvt_f64_f32(vget_low_f32(v)), av), bv);
+    float64x2_t hi = vsubq_f64(vsubq_f64(vcvt_high_f64_f32(v), av), bv);
+    return vcvt_high_f32_f64(vcvt_f32_f64(lo), hi);
+}
+
+VX_INLINE vx_t vx_transpose_sum(const vx_t *a)
+{
+    return vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]));
+}
+
+#else
+VX_INLINE double vx_hsum(vx_t v) { return vaddvq_f64(v); }
 /* |x|, the sign bit of x alone, and a bitwise or (float64 tanh) */
 VX_INLINE vx_t vx_abs(vx_t x) { return vabsq_f64(x); }
 VX_INLINE vx_t vx_sign(vx_t x) { return vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(x), vdupq_n_u64(0x8000000000000000ull))); }
 VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return vreinterpretq_f64_u64(vorrq_u64(vreinterpretq_u64_f64(a), vreinterpretq_u64_f64(b))); }
+
 /* two lanes by an exact two-sum, plus e's lanes */
 VX_INLINE double vx_hsum2(vx_t s, vx_t e)
 {
@@ -164,6 +144,8 @@ VX_INLINE double vx_hsum2(vx_t s, vx_t e)
     double err = (x - (t - bt)) + (y - bt) + vgetq_lane_f64(e, 0) + vgetq_lane_f64(e, 1);
     return t + err;
 }
+
+VX_INLINE vx_t vx_transpose_sum(const vx_t *a) { return vpaddq_f64(a[0], a[1]); }
 #endif
 
 /* NEON loads need no alignment: VX_ALIGN_ROWS is 0 */

@@ -33,6 +33,13 @@ VX_INLINE unsigned vx_bytes_nz(const unsigned char *m, size_t n)
     return bits;
 }
 
+/* the sum of the 4 lanes: (l0 + l2) + (l1 + l3) */
+VX_INLINE double vx_sum4d(__m256d v)
+{
+    __m128d b = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
+}
+
 VX_INLINE void vx_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 
 #endif /* ATTNX_SIMD_X86_H */

@@ -15,32 +15,11 @@
 #include <string.h>
 
 #include "attnx_internal_f32.h"   /* the float32 exp, measured directly */
-
-static int g_pass, g_fail;
-static const char *g_level = "?";
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            printf("FAIL [%s] %s:%d: %s -- ", g_level, __FILE__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
+#define HARNESS_SEED 0x9E3779B97F4A7C15ull
+#include "tests/harness.h"
 
 #define U24 0x1p-24   /* unit roundoff of float32 */
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static double urand(void) /* [-1, 1) */
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) * 0x1p-52 - 1.0;
-}
 static void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
