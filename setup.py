@@ -35,10 +35,10 @@ SOURCES = sorted(os.path.relpath(p, CSRC) for p in
                  glob.glob(os.path.join(CSRC, "*.c")) + glob.glob(os.path.join(CSRC, "levels", "*.c"))
                  if os.path.basename(p) != "example.c")
 # Everything a core object depends on (setuptools only watches `sources`).
-CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*.[ch]")) +
+CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*.[ch]")) + glob.glob(os.path.join(CSRC, "*.def")) +
                       glob.glob(os.path.join(CSRC, "*", "*.[ch]")))
 ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
-PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
+PUBLIC_HEADERS = ["attnx.h", "attnx_api.def", "attnx_capi.h"]
 
 
 def source_isa(name):

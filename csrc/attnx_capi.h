@@ -15,7 +15,8 @@
  *     Py_END_ALLOW_THREADS
  *
  * After import_attnx() the functions of attnx.h are callable under their own
- * names with their own signatures (they are macros into the table). Every
+ * names with their own signatures (static inline callers through the table,
+ * made from attnx_api.def like the prototypes they replace). Every
  * translation unit that calls them must call import_attnx() once (the table
  * pointer is static, as NumPy's is by default).
  *
@@ -57,41 +58,10 @@ static int import_attnx(void)
     return 0;
 }
 
-#define attnx_strerror (attnx_capi_table->strerror)
-#define attnx_dot_scores (attnx_capi_table->dot_scores)
-#define attnx_softmax (attnx_capi_table->softmax)
-#define attnx_context (attnx_capi_table->context)
-#define attnx_attend (attnx_capi_table->attend)
-#define attnx_exp (attnx_capi_table->exp)
-#define attnx_dot_scores_batch (attnx_capi_table->dot_scores_batch)
-#define attnx_softmax_rows (attnx_capi_table->softmax_rows)
-#define attnx_context_batch (attnx_capi_table->context_batch)
-#define attnx_attend_batch (attnx_capi_table->attend_batch)
-#define attnx_simd_level (attnx_capi_table->simd_level)
-#define attnx_simd_available (attnx_capi_table->simd_available)
-#define attnx_max_threads (attnx_capi_table->max_threads)
-#define attnx_build_info (attnx_capi_table->build_info)
-/* version 2 */
-#define attnx_log_softmax (attnx_capi_table->log_softmax)
-#define attnx_log_softmax_rows (attnx_capi_table->log_softmax_rows)
-#define attnx_tanh (attnx_capi_table->tanh)
-#define attnx_additive_scores (attnx_capi_table->additive_scores)
-#define attnx_additive_scores_batch (attnx_capi_table->additive_scores_batch)
-#define attnx_dot_scores_f32 (attnx_capi_table->dot_scores_f32)
-#define attnx_softmax_f32 (attnx_capi_table->softmax_f32)
-#define attnx_context_f32 (attnx_capi_table->context_f32)
-#define attnx_attend_f32 (attnx_capi_table->attend_f32)
-#define attnx_dot_scores_batch_f32 (attnx_capi_table->dot_scores_batch_f32)
-#define attnx_softmax_rows_f32 (attnx_capi_table->softmax_rows_f32)
-#define attnx_context_batch_f32 (attnx_capi_table->context_batch_f32)
-#define attnx_attend_batch_f32 (attnx_capi_table->attend_batch_f32)
-#define attnx_log_softmax_rows_f32 (attnx_capi_table->log_softmax_rows_f32)
-/* version 3 */
-#define attnx_attention (attnx_capi_table->attention)
-#define attnx_attention_f32 (attnx_capi_table->attention_f32)
-#define attnx_merge_attention (attnx_capi_table->merge_attention)
-#define attnx_merge_attention_f32 (attnx_capi_table->merge_attention_f32)
-#define attnx_attention_backward (attnx_capi_table->attention_backward)
-#define attnx_attention_backward_f32 (attnx_capi_table->attention_backward_f32)
+/* Each function of attnx.h calls through the table (import_attnx() first). */
+#define ATTNX_FN(ret, name, member, params, args) \
+    static inline ret name params { return attnx_capi_table->member args; }
+#include "attnx_api.def"
+#undef ATTNX_FN
 
 #endif /* ATTNX_CAPI_H */

@@ -35,6 +35,9 @@
  * d = KT_STACK, else on the heap, falling back to the fold without it).
  */
 #include <stdlib.h>
+#if defined(_MSC_VER)
+#include <intrin.h>   /* _BitScanForward */
+#endif
 
 /* Past this many bytes of K and V a call prefetches PF_KEYS keys ahead:
  * DRAM-sized sequences need more lines in flight than the hardware

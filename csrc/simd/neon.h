@@ -16,7 +16,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(_MSC_VER)
+#define VX_INLINE static __forceinline
+#else
 #define VX_INLINE static inline __attribute__((always_inline))
+#endif
 
 #define VX_DOT_ROWS 4
 #define VX_HAS_FMA 1
@@ -202,6 +206,13 @@ VX_INLINE unsigned vx_bytes_nz(const unsigned char *m, size_t n)
     return bits;
 }
 
-VX_INLINE void vx_prefetch(const void *p) { __builtin_prefetch(p); }
+VX_INLINE void vx_prefetch(const void *p)
+{
+#if defined(__GNUC__)
+    __builtin_prefetch(p);
+#else
+    (void)p;
+#endif
+}
 
 #endif /* ATTNX_SIMD_NEON_H */
