@@ -27,16 +27,18 @@ from setuptools.command.build_py import build_py
 from setuptools.modified import newer_group
 
 CSRC = "csrc"
-# Every .c in csrc but the example program, and the level files
-# (csrc/levels/<dtype>_<isa>.c, which compile csrc/kernels over csrc/simd);
-# a file named *_<isa>.c holds kernels of one SIMD level and gets that
-# level's flags (as in the Makefile).
-SOURCES = sorted(os.path.relpath(p, CSRC) for p in
-                 glob.glob(os.path.join(CSRC, "*.c")) + glob.glob(os.path.join(CSRC, "levels", "*.c"))
-                 if os.path.basename(p) != "example.c")
+# The C core as the Makefile builds it: the entry points (csrc/api), dispatch
+# (csrc/dispatch) and the level files (csrc/levels/<dtype>_<isa>.c, which
+# compile csrc/kernels over the vocabulary csrc/simd); a file named
+# *_<isa>.c holds the kernels of one SIMD level and gets that level's flags.
+SOURCES = sorted(os.path.relpath(p, CSRC) for folder in ("api", "dispatch", "levels")
+                 for p in glob.glob(os.path.join(CSRC, folder, "*.c")))
+# the public headers (csrc/include) and the internal ones, by folder
+INCLUDE = os.path.join(CSRC, "include")
+CORE_INCLUDE_DIRS = [CSRC, INCLUDE, os.path.join(CSRC, "api"), os.path.join(CSRC, "kernels")]
 # Everything a core object depends on (setuptools only watches `sources`).
-CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*.[ch]")) + glob.glob(os.path.join(CSRC, "*.def")) +
-                      glob.glob(os.path.join(CSRC, "*", "*.[ch]")))
+CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*", "*.[ch]")) +
+                      glob.glob(os.path.join(INCLUDE, "*.def")))
 ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
 PUBLIC_HEADERS = ["attnx.h", "attnx_api.def", "attnx_capi.h"]
 
@@ -78,7 +80,7 @@ class BuildPy(build_py):
         dest = os.path.join(self.build_lib, "attnx", "include")
         self.mkpath(dest)
         for h in PUBLIC_HEADERS:
-            src = os.path.join(CSRC, h)
+            src = os.path.join(INCLUDE, h)
             if os.path.exists(src):
                 self.copy_file(src, os.path.join(dest, h))
 
@@ -142,12 +144,13 @@ class BuildExt(build_ext):
             if isa and no_simd:
                 continue       # with ATTNX_NO_SIMD they would compile to nothing
             extra = list(base)
-            if name.startswith("api") or name == "threads.c":
+            if name.startswith("api" + os.sep) or name.startswith("api/"):
                 extra += thread_cflags
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
-            defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else [])
-            jobs.append((os.path.join(CSRC, name), defs, [CSRC, gen], extra, []))
+            defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")]
+                             if os.path.basename(name) == "api.c" else [])
+            jobs.append((os.path.join(CSRC, name), defs, CORE_INCLUDE_DIRS + [gen], extra, []))
         return jobs
 
     @staticmethod
@@ -157,7 +160,7 @@ class BuildExt(build_ext):
         name = os.path.basename(src)
         if not src.startswith(CSRC):
             return 3
-        return 2 if source_isa(name) and name.startswith("kernels_") else 1
+        return 2 if source_isa(name) else 1
 
     def build_extensions(self):
         self.check_extensions_list(self.extensions)
@@ -215,7 +218,7 @@ if sys.version_info >= (3, 13):
 extensions = [
     # depends: relink when any C source or header changes (setuptools only
     # looks at `sources` otherwise, and the core objects are extra_objects)
-    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC],
+    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[INCLUDE],
               depends=CORE_DEPENDS),
     Extension(
         "attnx._core",

@@ -1,5 +1,5 @@
 """C-level reuse: the Cython cimport API, the capsule API for C, their
-agreement with csrc/attnx.h, the frozen ABI, and the downstream examples
+agreement with csrc/include/attnx_api.def, the frozen ABI, and the downstream examples
 built against the installed attnx in a temporary directory."""
 import ctypes
 import os
@@ -76,9 +76,9 @@ API_ENTRY = re.compile(r"^ATTNX_FN\((int|const char \*),\s*attnx_(\w+),\s*(\w+),
 
 
 def api_entries():
-    """The entries of csrc/attnx_api.def: (name, member, return, params, args),
+    """The entries of csrc/include/attnx_api.def: (name, member, return, params, args),
     in table order."""
-    d = _src("csrc", "attnx_api.def")
+    d = _src("csrc", "include", "attnx_api.def")
     return [(name, member, ret, params, args)
             for ret, name, member, params, args in API_ENTRY.findall(d)]
 
@@ -115,7 +115,7 @@ def test_api_list_entries_are_consistent():
     entry's member is its name without attnx_, and its arguments are its
     parameters, in order, so attnx_capi.h's callers pass each one through."""
     entries = api_entries()
-    d = _src("csrc", "attnx_api.def")
+    d = _src("csrc", "include", "attnx_api.def")
     assert len(entries) == d.count("ATTNX_FN(") - 1   # every entry parsed (one is the usage line)
     assert [e[0] for e in entries][:5] == ["strerror", "dot_scores", "softmax", "context", "attend"]
     assert len({e[0] for e in entries}) == len(entries)
@@ -124,8 +124,8 @@ def test_api_list_entries_are_consistent():
         names = [re.findall(r"(\w+)$", p.strip())[0] for p in params.split(",")
                  if p.strip() not in ("", "void")]
         assert [a.strip() for a in args.split(",") if a.strip()] == names, f"attnx_{name}: {args}"
-    for f in ("attnx.h", "api_table.c", "attnx_capi.h"):
-        assert '#include "attnx_api.def"' in _src("csrc", f), f
+    for f in ("include/attnx.h", "api/api_table.c", "include/attnx_capi.h"):
+        assert '#include "attnx_api.def"' in _src("csrc", *f.split("/")), f
 
 
 def _c_struct(text):
@@ -147,7 +147,7 @@ def test_attention_params_agree_in_header_and_pxd():
     """The struct is written in attnx.h and, for Cython users who have no
     include path, in kernels.pxd (C text and Cython fields): all three the
     same fields in the same order."""
-    header = _c_struct(_src("csrc", "attnx.h"))
+    header = _c_struct(_src("csrc", "include", "attnx.h"))
     pxd = open(os.path.join(PKG, "kernels.pxd")).read()
     assert _c_struct(pxd) == header
     block = re.search(r"ctypedef struct attnx_attention_params:\n((?:        .*\n)+)", pxd).group(1)
