@@ -95,7 +95,7 @@ class BuildExt(build_ext):
         return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
 
     def _thread_flags(self):
-        """(compile, link) flags for the thread pool (csrc/threads.c): POSIX
+        """(compile, link) flags for the thread pool (csrc/api/threads.c): POSIX
         threads, or OpenMP on MSVC (Windows has no fork, so libgomp's fork
         hang cannot happen there); ATTNX_THREADS=0 builds every call serial."""
         if not _env_flag("ATTNX_THREADS", "1"):
