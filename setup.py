@@ -1,7 +1,7 @@
 """Build attnx.
 
 The C core (csrc/) is compiled file by file: the portable sources at the
-baseline ISA, and each kernels_<isa>.c with its own ISA flags, so one binary
+baseline ISA, and each levels/<dtype>_<isa>.c with its own ISA flags, so one binary
 holds every SIMD level and picks one at run time. The objects are linked into
 attnx.kernels, the single module that owns the kernels; attnx._core (the NumPy
 API) reaches them through attnx.kernels' C-level exports.
@@ -27,12 +27,20 @@ from setuptools.command.build_py import build_py
 from setuptools.modified import newer_group
 
 CSRC = "csrc"
-# Every .c in csrc but the example program; a file named *_<isa>.c holds the
-# kernels of one SIMD level and gets that level's flags (as in the Makefile).
-SOURCES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "*.c"))
-                 if os.path.basename(p) != "example.c")
+# The C core as the Makefile builds it: the entry points (csrc/api), dispatch
+# (csrc/dispatch) and the level files (csrc/levels/<dtype>_<isa>.c, which
+# compile csrc/kernels over the vocabulary csrc/simd); a file named
+# *_<isa>.c holds the kernels of one SIMD level and gets that level's flags.
+SOURCES = sorted(os.path.relpath(p, CSRC) for folder in ("api", "dispatch", "levels")
+                 for p in glob.glob(os.path.join(CSRC, folder, "*.c")))
+# the public headers (csrc/include) and the internal ones, by folder
+INCLUDE = os.path.join(CSRC, "include")
+CORE_INCLUDE_DIRS = [CSRC, INCLUDE, os.path.join(CSRC, "api"), os.path.join(CSRC, "kernels")]
+# Everything a core object depends on (setuptools only watches `sources`).
+CORE_DEPENDS = sorted(glob.glob(os.path.join(CSRC, "*", "*.[ch]")) +
+                      glob.glob(os.path.join(INCLUDE, "*.def")))
 ISA_SUFFIXES = {"_avx2.c": "avx2", "_avx512.c": "avx512", "_neon.c": "neon"}
-PUBLIC_HEADERS = ["attnx.h", "attnx_capi.h"]
+PUBLIC_HEADERS = ["attnx.h", "attnx_api.def", "attnx_capi.h"]
 
 
 def source_isa(name):
@@ -72,7 +80,7 @@ class BuildPy(build_py):
         dest = os.path.join(self.build_lib, "attnx", "include")
         self.mkpath(dest)
         for h in PUBLIC_HEADERS:
-            src = os.path.join(CSRC, h)
+            src = os.path.join(INCLUDE, h)
             if os.path.exists(src):
                 self.copy_file(src, os.path.join(dest, h))
 
@@ -87,7 +95,7 @@ class BuildExt(build_ext):
         return "msvc" if self.compiler.compiler_type == "msvc" else "unix"
 
     def _thread_flags(self):
-        """(compile, link) flags for the thread pool (csrc/threads.c): POSIX
+        """(compile, link) flags for the thread pool (csrc/api/threads.c): POSIX
         threads, or OpenMP on MSVC (Windows has no fork, so libgomp's fork
         hang cannot happen there); ATTNX_THREADS=0 builds every call serial."""
         if not _env_flag("ATTNX_THREADS", "1"):
@@ -136,12 +144,13 @@ class BuildExt(build_ext):
             if isa and no_simd:
                 continue       # with ATTNX_NO_SIMD they would compile to nothing
             extra = list(base)
-            if name.startswith("api") or name == "threads.c":
+            if name.startswith("api" + os.sep) or name.startswith("api/"):
                 extra += thread_cflags
             if isa and not no_simd and arch == "x86_64":
                 extra += ISA_FLAGS[kind].get(isa, [])
-            defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")] if name == "api.c" else [])
-            jobs.append((os.path.join(CSRC, name), defs, [CSRC, gen], extra, []))
+            defs = macros + ([("ATTNX_HAVE_BUILD_INFO_H", "1")]
+                             if os.path.basename(name) == "api.c" else [])
+            jobs.append((os.path.join(CSRC, name), defs, CORE_INCLUDE_DIRS + [gen], extra, []))
         return jobs
 
     @staticmethod
@@ -151,7 +160,7 @@ class BuildExt(build_ext):
         name = os.path.basename(src)
         if not src.startswith(CSRC):
             return 3
-        return 2 if source_isa(name) and name.startswith("kernels_") else 1
+        return 2 if source_isa(name) else 1
 
     def build_extensions(self):
         self.check_extensions_list(self.extensions)
@@ -209,8 +218,8 @@ if sys.version_info >= (3, 13):
 extensions = [
     # depends: relink when any C source or header changes (setuptools only
     # looks at `sources` otherwise, and the core objects are extra_objects)
-    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[CSRC],
-              depends=sorted(glob.glob(os.path.join(CSRC, "*.[ch]")))),
+    Extension("attnx.kernels", ["attnx/kernels.pyx"], include_dirs=[INCLUDE],
+              depends=CORE_DEPENDS),
     Extension(
         "attnx._core",
         ["attnx/_core.pyx"],

@@ -70,14 +70,15 @@ fi
 say "building with $("$cc" --version | head -1)"
 san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 cflags="-std=c99 -ffp-contract=off -g -O2 -DATTNX_NO_THREADS $san"
-# The sources as csrc/Makefile takes them: every .c but example.c, and a
-# *_avx2.c / *_avx512.c file gets that level's ISA flags (x86-64 only).
+# The sources as csrc/Makefile takes them: the entry points (api/), dispatch
+# and the level files (levels/), a *_avx2.c / *_avx512.c file with that
+# level's ISA flags (x86-64 only).
 # FUZZ_NO_SIMD=1: the portable kernels alone, as setup.py's ATTNX_NO_SIMD.
 defs=
 srcs=
-for f in "$csrc"/*.c; do
-    f=${f##*/}
-    [ "$f" = example.c ] && continue
+incs="-I$csrc -I$csrc/include -I$csrc/api -I$csrc/kernels"   # as the Makefile's INCLUDES
+for f in "$csrc"/api/*.c "$csrc"/dispatch/*.c "$csrc"/levels/*.c; do
+    f=${f#"$csrc"/}
     if [ "${FUZZ_NO_SIMD:-0}" = 1 ]; then
         case "$f" in *_avx2.c | *_avx512.c | *_neon.c) continue ;; esac
     fi
@@ -97,15 +98,16 @@ for src in $srcs; do
         esac
     fi
     # shellcheck disable=SC2086  # flag lists
-    "$cc" $cflags -fsanitize=fuzzer-no-link $isa $defs -c "$csrc/$src" -o "$tmp/${src%.c}.o" \
-        2>"$tmp/${src%.c}.log" &
+    obj=$(echo "${src%.c}" | tr / _)
+    "$cc" $cflags -fsanitize=fuzzer-no-link $isa $defs $incs -c "$csrc/$src" -o "$tmp/$obj.o" \
+        2>"$tmp/$obj.log" &
     pids+=($!)
 done
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { cat "$tmp"/*.log; fail "compiling the core"; }
 done
 # shellcheck disable=SC2086
-"$cc" $cflags -Wall -Wextra -fsanitize=fuzzer $defs -I"$csrc" "$csrc/fuzz/fuzz_attnx.c" "$tmp"/*.o -lm \
+"$cc" $cflags -Wall -Wextra -fsanitize=fuzzer $defs $incs "$csrc/fuzz/fuzz_attnx.c" "$tmp"/*.o -lm \
     -o "$tmp/fuzz_attnx" || fail "building the harness"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1}

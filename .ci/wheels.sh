@@ -27,7 +27,9 @@ echo "--- sdist"
 SDIST=$(ls "$WORK"/sdist/attnx-*.tar.gz)
 echo "built $(basename "$SDIST")"
 listing=$(tar -tzf "$SDIST")      # not piped into grep -q: SIGPIPE + pipefail
-for f in csrc/attnx.h csrc/attnx_capi.h csrc/api.c csrc/Makefile attnx/_core.pyx attnx/kernels.pxd \
+for f in csrc/include/attnx.h csrc/include/attnx_api.def csrc/include/attnx_capi.h csrc/api/api.c \
+         csrc/dispatch/dispatch.c csrc/Makefile csrc/levels/f64_avx2.c \
+         csrc/simd/avx2.h csrc/kernels/attend.c attnx/_core.pyx attnx/kernels.pxd \
          tests/test_attend.py README.md LICENSE examples/c_downstream/attnx_client.c; do
   grep -q "^attnx-[^/]*/$f\$" <<<"$listing" || { echo "sdist lacks $f" >&2; exit 1; }
 done

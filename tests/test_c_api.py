@@ -1,5 +1,5 @@
 """C-level reuse: the Cython cimport API, the capsule API for C, their
-agreement with csrc/attnx.h, the frozen ABI, and the downstream examples
+agreement with csrc/include/attnx_api.def, the frozen ABI, and the downstream examples
 built against the installed attnx in a temporary directory."""
 import ctypes
 import os
@@ -49,7 +49,7 @@ def test_abi_frozen():
         print(f"\nnew C-level exports not yet frozen (add them to {ABI_FILE}): {new}")
 
 
-# --- one source of truth: attnx.h, kernels.pxd and the capsule table agree ---
+# --- one source of truth: attnx_api.def; kernels.pxd and the ABI agree with it ---
 
 def _params(text):
     """'const double *q, size_t T' -> ('const double *', 'size_t')"""
@@ -71,19 +71,22 @@ def _src(*parts):
     pytest.skip(f"{os.path.join(*parts)} not found (not a source checkout)")
 
 
+API_ENTRY = re.compile(r"^ATTNX_FN\((int|const char \*),\s*attnx_(\w+),\s*(\w+),\s*"
+                       r"\(([^)]*)\),\s*\(([^)]*)\)\)", re.M | re.S)
+
+
+def api_entries():
+    """The entries of csrc/include/attnx_api.def: (name, member, return, params, args),
+    in table order."""
+    d = _src("csrc", "include", "attnx_api.def")
+    return [(name, member, ret, params, args)
+            for ret, name, member, params, args in API_ENTRY.findall(d)]
+
+
 def header_prototypes():
-    h = _src("csrc", "attnx.h")
-    return {name: (ret.strip(), _params(args))
-            for ret, name, args in re.findall(r"^(int|const char \*)\s*attnx_(\w+)\(([^;{]*?)\);", h,
-                                              re.M | re.S)}
-
-
-def header_table():
-    h = _src("csrc", "attnx.h")
-    body = re.search(r"typedef struct attnx_api_table \{(.*?)\} attnx_api_table;", h, re.S).group(1)
-    return {name: (ret.strip(), _params(args))
-            for ret, name, args in re.findall(r"(int|const char \*)\s*\(\*(\w+)\)\(([^;]*?)\);",
-                                              body, re.S)}
+    """name -> (return, parameter types): the prototypes attnx.h makes from
+    attnx_api.def (and the table members, made from the same entries)."""
+    return {name: (ret.strip(), _params(params)) for name, _, ret, params, _ in api_entries()}
 
 
 def pxd_functions():
@@ -105,16 +108,24 @@ def test_pxd_matches_header():
         assert proto[cname] == sig, f"{name}: pxd {sig} vs attnx.h {proto[cname]}"
 
 
-def test_capsule_table_matches_header():
-    proto, table = header_prototypes(), header_table()
-    assert {"dot_scores", "softmax", "context", "attend"} <= set(table)
-    for name, sig in table.items():
-        assert name in proto, f"table member {name} has no attnx_{name} in attnx.h"
-        assert proto[name] == sig, f"{name}: table {sig} vs prototype {proto[name]}"
-    # every table member has its macro in attnx_capi.h
-    capi = _src("csrc", "attnx_capi.h")
-    for name in table:
-        assert f"#define attnx_{name} (attnx_capi_table->{name})" in capi, name
+def test_api_list_entries_are_consistent():
+    """attnx_api.def is the one list: attnx.h, api_table.c and attnx_capi.h
+    each expand it (so they agree by construction, and a prototype that does
+    not match its body fails to compile). What the compiler cannot see: an
+    entry's member is its name without attnx_, and its arguments are its
+    parameters, in order, so attnx_capi.h's callers pass each one through."""
+    entries = api_entries()
+    d = _src("csrc", "include", "attnx_api.def")
+    assert len(entries) == d.count("ATTNX_FN(") - 1   # every entry parsed (one is the usage line)
+    assert [e[0] for e in entries][:5] == ["strerror", "dot_scores", "softmax", "context", "attend"]
+    assert len({e[0] for e in entries}) == len(entries)
+    for name, member, _, params, args in entries:
+        assert member == name, f"attnx_{name}: table member {member}"
+        names = [re.findall(r"(\w+)$", p.strip())[0] for p in params.split(",")
+                 if p.strip() not in ("", "void")]
+        assert [a.strip() for a in args.split(",") if a.strip()] == names, f"attnx_{name}: {args}"
+    for f in ("include/attnx.h", "api/api_table.c", "include/attnx_capi.h"):
+        assert '#include "attnx_api.def"' in _src("csrc", *f.split("/")), f
 
 
 def _c_struct(text):
@@ -136,7 +147,7 @@ def test_attention_params_agree_in_header_and_pxd():
     """The struct is written in attnx.h and, for Cython users who have no
     include path, in kernels.pxd (C text and Cython fields): all three the
     same fields in the same order."""
-    header = _c_struct(_src("csrc", "attnx.h"))
+    header = _c_struct(_src("csrc", "include", "attnx.h"))
     pxd = open(os.path.join(PKG, "kernels.pxd")).read()
     assert _c_struct(pxd) == header
     block = re.search(r"ctypedef struct attnx_attention_params:\n((?:        .*\n)+)", pxd).group(1)
@@ -221,7 +232,7 @@ def test_c_downstream_refuses_an_older_attnx(tmp_path):
 
 def test_wheel_ships_headers_and_pxd():
     inc = attnx.get_include()
-    for f in ("attnx.h", "attnx_capi.h"):
+    for f in ("attnx.h", "attnx_api.def", "attnx_capi.h"):
         assert os.path.isfile(os.path.join(inc, f)), f
     assert os.path.isfile(os.path.join(PKG, "kernels.pxd"))
 

@@ -21,31 +21,17 @@
 #include <time.h>
 
 #include "attnx.h"
+#define HARNESS_NO_CHECK
+#include "tests/harness.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #endif
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
-static double urand(void) /* [-1, 1) */
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) * 0x1p-52 - 1.0;
 }
 
 static double *rand_array(size_t n, double amp)

@@ -15,35 +15,10 @@
 #include <string.h>
 
 #include "attnx.h"
-
-static int g_pass, g_fail;
-static const char *g_level = "?";
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            printf("FAIL [%s] %s:%d: %s -- ", g_level, __FILE__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
+#include "tests/harness.h"
 
 /* The bound the tests assert; the kernels measure 0.61 ulp. */
 #define TANH_MAX_ULP 1.0
-
-static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
-static uint64_t next_u64(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-/* uniform in [-1, 1) */
-static double urand(void) { return (double)(next_u64() >> 11) * 0x1p-52 - 1.0; }
 
 static double *alloc_d(size_t n) { return malloc((n ? n : 1) * sizeof(double)); }
 static double *rand_array(size_t n, double amp)

@@ -12,30 +12,9 @@
 #include <string.h>
 
 #include "attnx.h"
+#define HARNESS_SEED 0x9E3779B97F4A7C15ull
+#include "tests/harness.h"
 
-static int g_pass, g_fail;
-static const char *g_level = "?";
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            printf("FAIL [%s] %s:%d: %s -- ", g_level, __FILE__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
-
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static double urand(void) /* [-1, 1) */
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) * 0x1p-52 - 1.0;
-}
 static double *rand_array(size_t n, double amp)
 {
     double *a = malloc((n ? n : 1) * sizeof(double));

@@ -4,7 +4,7 @@
  * and compares against the float64 functions on the same inputs converted
  * to double; semantics (NaN, inf, masks, zeros, status codes) are checked
  * exactly. Every level prints the largest errors it measured against
- * float64 (see kernels_f32_scalar.c for what they mean). Closes with
+ * float64 (see csrc/attnx_internal_f32.h for what they mean). Closes with
  * "N passed, N failed"; the exit status is nonzero on any failure.
  */
 #include <float.h>
@@ -15,32 +15,11 @@
 #include <string.h>
 
 #include "attnx_internal_f32.h"   /* the float32 exp, measured directly */
-
-static int g_pass, g_fail;
-static const char *g_level = "?";
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) {                                                             \
-            g_pass++;                                                           \
-        } else {                                                                \
-            g_fail++;                                                           \
-            printf("FAIL [%s] %s:%d: %s -- ", g_level, __FILE__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
+#define HARNESS_SEED 0x9E3779B97F4A7C15ull
+#include "tests/harness.h"
 
 #define U24 0x1p-24   /* unit roundoff of float32 */
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static double urand(void) /* [-1, 1) */
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) * 0x1p-52 - 1.0;
-}
 static void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
@@ -841,7 +820,7 @@ static void test_extremes_vs_scalar(void)
     free(Q); free(K); free(V); free(ctx); free(ref); free(w); free(w0); free(refd); free(w0d);
 }
 
-/* The figures stated in kernels_f32_scalar.c, with a margin of 1.2 to 4:
+/* The figures stated in attnx_internal_f32.h, with a margin of 1.2 to 4:
  * the per-case assertions are the design's worst-case bounds, which at a
  * few thousand terms would let an accuracy regression through (a float32
  * softmax sum, say); these would not. */

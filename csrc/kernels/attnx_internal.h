@@ -10,6 +10,7 @@
 #ifndef ATTNX_INTERNAL_H
 #define ATTNX_INTERNAL_H
 
+#include <math.h>     /* INFINITY, NAN: macros, no libm call */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -80,7 +81,23 @@ extern const attnx_kernels attnx_kernels_avx512;
 extern const attnx_kernels attnx_kernels_neon;
 #endif
 
-/* The table in use (dispatch.c). Never NULL once returned. */
+/* One SIMD level: every kernel table it fills (dispatch.c holds one record
+ * per level and picks one per process, so all families always run at the
+ * same level). A new family of kernels adds a field here and one entry per
+ * row in dispatch.c. */
+struct attnx_kernels_f32;
+struct attnx_additive_kernels;
+typedef struct attnx_level {
+    const char *name;
+    const attnx_kernels *f64;
+    const struct attnx_kernels_f32 *f32;
+    const struct attnx_additive_kernels *additive;
+} attnx_level;
+
+/* The level in use (dispatch.c). Never NULL once returned. */
+const attnx_level *attnx_level_get(void);
+
+/* Its float64 table. */
 const attnx_kernels *attnx_kernels_get(void);
 
 /* -------------------------------------------------------------------------
@@ -198,6 +215,21 @@ static inline double attnx_exp_diff_scalar(double a, double b)
     double lo;
     double hi = attnx_two_diff(a, b, &lo);
     return attnx_exp2sum_scalar(hi, attnx_sub_lo_sane(hi, lo));
+}
+
+/* ctx = acc / l for one query's online-softmax state (m, l), zeros when
+ * nothing was attended (m == -inf), NaN when poisoned (l is NaN). The one
+ * definition api.c and every level's rows kernel use, so the fused
+ * single-query path and the batched path agree to the bit. */
+static inline void attnx_online_finish(double m, double l, double *acc, size_t dv)
+{
+    if (l != l) {
+        for (size_t j = 0; j < dv; j++) acc[j] = NAN;
+    } else if (m == -INFINITY) {
+        for (size_t j = 0; j < dv; j++) acc[j] = 0.0;
+    } else {
+        for (size_t j = 0; j < dv; j++) acc[j] /= l;
+    }
 }
 
 /* Pointer-range overlap of [a, a + na) and [b, b + nb), in doubles/bytes. */

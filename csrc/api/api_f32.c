@@ -7,21 +7,9 @@
 #include "attnx_api_util.h"
 #include "attnx_internal_f32.h"
 
-/* The float32 table of the level attnx_kernels_get() chose (or a test set
- * with attnx_set_simd_level), so both families always agree. */
-const attnx_kernels_f32 *attnx_kernels_f32_get(void)
-{
-    const attnx_kernels *k = attnx_kernels_get();
-#if defined(ATTNX_HAVE_X86)
-    if (k == &attnx_kernels_avx512) return &attnx_kernels_f32_avx512;
-    if (k == &attnx_kernels_avx2) return &attnx_kernels_f32_avx2;
-#endif
-#if defined(ATTNX_HAVE_NEON)
-    if (k == &attnx_kernels_neon) return &attnx_kernels_f32_neon;
-#endif
-    (void)k;
-    return &attnx_kernels_f32_scalar;
-}
+/* The float32 table of the level in use (or a test set with
+ * attnx_set_simd_level), so both families always agree. */
+const attnx_kernels_f32 *attnx_kernels_f32_get(void) { return attnx_level_get()->f32; }
 
 #define AX_T float
 #define AX_KERNELS attnx_kernels_f32

@@ -25,19 +25,7 @@
 /* The additive table of the float64 level in use, so that both families
  * always run at the same level (ATTNX_SIMD and attnx_set_simd_level()
  * switch them together). */
-static const attnx_additive_kernels *additive_kernels(void)
-{
-    const attnx_kernels *k = attnx_kernels_get();
-#if defined(ATTNX_HAVE_X86)
-    if (k == &attnx_kernels_avx512) return &attnx_additive_kernels_avx512;
-    if (k == &attnx_kernels_avx2) return &attnx_additive_kernels_avx2;
-#endif
-#if defined(ATTNX_HAVE_NEON)
-    if (k == &attnx_kernels_neon) return &attnx_additive_kernels_neon;
-#endif
-    (void)k;
-    return &attnx_additive_kernels_scalar;
-}
+static const attnx_additive_kernels *additive_kernels(void) { return attnx_level_get()->additive; }
 
 /* r = a * b as a count of doubles whose byte size fits in size_t. */
 static int elems(size_t a, size_t b, size_t *r) { return attnx_elems(a, b, sizeof(double), r); }

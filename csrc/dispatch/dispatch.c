@@ -1,5 +1,6 @@
 /*
- * dispatch.c -- choose the kernel table once per process.
+ * dispatch.c -- choose the level record (every kernel table of one SIMD
+ * level) once per process.
  *
  * x86-64: CPUID says what the CPU implements, XGETBV what the OS saves on a
  * context switch; a level is usable only when both agree (a VM or an OS can
@@ -12,6 +13,23 @@
 #include <string.h>
 
 #include "attnx_internal.h"
+#include "attnx_internal_additive.h"
+#include "attnx_internal_f32.h"
+
+/* One row per level: adding an ISA adds a row (and its vocabulary header,
+ * csrc/simd/<isa>.h). */
+static const attnx_level level_scalar = {"scalar", &attnx_kernels_scalar, &attnx_kernels_f32_scalar,
+                                         &attnx_additive_kernels_scalar};
+#if defined(ATTNX_HAVE_X86)
+static const attnx_level level_avx2 = {"avx2", &attnx_kernels_avx2, &attnx_kernels_f32_avx2,
+                                       &attnx_additive_kernels_avx2};
+static const attnx_level level_avx512 = {"avx512", &attnx_kernels_avx512, &attnx_kernels_f32_avx512,
+                                         &attnx_additive_kernels_avx512};
+#endif
+#if defined(ATTNX_HAVE_NEON)
+static const attnx_level level_neon = {"neon", &attnx_kernels_neon, &attnx_kernels_f32_neon,
+                                       &attnx_additive_kernels_neon};
+#endif
 
 #if defined(ATTNX_HAVE_X86)
 #if defined(_MSC_VER)
@@ -95,24 +113,24 @@ static int cached_features(void)
 
 /* Levels this CPU and build support, best first, into lv (NULL-terminated);
  * returns how many. Safe to call from any thread. */
-static size_t available(const attnx_kernels *lv[4])
+static size_t available(const attnx_level *lv[4])
 {
     size_t n = 0;
 #if defined(ATTNX_HAVE_X86)
     int f = cached_features();
-    if (f & HAS_AVX512) lv[n++] = &attnx_kernels_avx512;
-    if (f & HAS_AVX2) lv[n++] = &attnx_kernels_avx2;
+    if (f & HAS_AVX512) lv[n++] = &level_avx512;
+    if (f & HAS_AVX2) lv[n++] = &level_avx2;
 #elif defined(ATTNX_HAVE_NEON)
-    lv[n++] = &attnx_kernels_neon;
+    lv[n++] = &level_neon;
 #endif
-    lv[n++] = &attnx_kernels_scalar;
+    lv[n++] = &level_scalar;
     lv[n] = NULL;
     return n;
 }
 
-static const attnx_kernels *find(const char *name)
+static const attnx_level *find(const char *name)
 {
-    const attnx_kernels *lv[4];
+    const attnx_level *lv[4];
     available(lv);
     if (strcmp(name, "best") == 0) return lv[0];
     for (size_t i = 0; lv[i]; i++)
@@ -120,42 +138,44 @@ static const attnx_kernels *find(const char *name)
     return NULL;
 }
 
-static const attnx_kernels *choose(void)
+static const attnx_level *choose(void)
 {
     const char *env = getenv("ATTNX_SIMD");
-    const attnx_kernels *k = (env && *env) ? find(env) : NULL;
+    const attnx_level *k = (env && *env) ? find(env) : NULL;
     return k ? k : find("best");
 }
 
 /* The table pointer is published with release/acquire atomics: racing first
  * calls all compute the same answer, and none can see a half-written value. */
-static const attnx_kernels *g_table;
+static const attnx_level *g_table;
 
 #if defined(_MSC_VER)
 #include <windows.h>
-static const attnx_kernels *load_table(void)
+static const attnx_level *load_table(void)
 {
-    return (const attnx_kernels *)InterlockedCompareExchangePointer((PVOID volatile *)&g_table, NULL, NULL);
+    return (const attnx_level *)InterlockedCompareExchangePointer((PVOID volatile *)&g_table, NULL, NULL);
 }
-static void store_table(const attnx_kernels *t)
+static void store_table(const attnx_level *t)
 {
     InterlockedExchangePointer((PVOID volatile *)&g_table, (PVOID)t);
 }
 #else
-static const attnx_kernels *load_table(void) { return __atomic_load_n(&g_table, __ATOMIC_ACQUIRE); }
-static void store_table(const attnx_kernels *t) { __atomic_store_n(&g_table, t, __ATOMIC_RELEASE); }
+static const attnx_level *load_table(void) { return __atomic_load_n(&g_table, __ATOMIC_ACQUIRE); }
+static void store_table(const attnx_level *t) { __atomic_store_n(&g_table, t, __ATOMIC_RELEASE); }
 #endif
 
-const attnx_kernels *attnx_kernels_get(void)
+const attnx_level *attnx_level_get(void)
 {
-    const attnx_kernels *t = load_table();
+    const attnx_level *t = load_table();
     if (t) return t;
     t = choose();
     store_table(t);
     return t;
 }
 
-const char *attnx_simd_level(void) { return attnx_kernels_get()->name; }
+const attnx_kernels *attnx_kernels_get(void) { return attnx_level_get()->f64; }
+
+const char *attnx_simd_level(void) { return attnx_level_get()->name; }
 
 int attnx_set_simd_level(const char *name)
 {
@@ -164,7 +184,7 @@ int attnx_set_simd_level(const char *name)
     int ok = 0;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= strcmp(name, known[i]) == 0;
     if (!ok) return ATTNX_ERR_ARG;
-    const attnx_kernels *k = find(name);
+    const attnx_level *k = find(name);
     if (!k) return ATTNX_ERR_UNSUPPORTED;
     store_table(k);
     return ATTNX_OK;
@@ -172,7 +192,7 @@ int attnx_set_simd_level(const char *name)
 
 const char *attnx_simd_available(void)
 {
-    const attnx_kernels *lv[4];
+    const attnx_level *lv[4];
     size_t n = available(lv);
     /* one literal per possible set, so no buffer is shared between threads */
     if (n == 3) return "avx512 avx2 scalar";

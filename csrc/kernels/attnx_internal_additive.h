@@ -1,8 +1,8 @@
 /*
  * attnx_internal_additive.h -- what the additive-attention kernel files
- * share: their function table (one per SIMD level, picked to match the
- * float64 table in use), the tanh algorithm and its constants, and the
- * portable scalar reference of that algorithm.
+ * share: their function table (one per SIMD level, in the level record
+ * with the float64 table), the tanh algorithm and its constants, and the
+ * split-product residual the portable level needs without FMA.
  * Never installed; nothing here is part of the public contract.
  *
  * Every helper is `static inline`, for the reason given at the top of
@@ -77,7 +77,6 @@ extern const attnx_additive_kernels attnx_additive_kernels_neon;
 #define ATTNX_TANH_P5 0x1.d6b77a6548122p-9
 #define ATTNX_TANH_P6 (-0x1.7ab0ce92794e6p-10)
 #define ATTNX_TANH_P7 0x1.0bdf558e19719p-11
-#define ATTNX_SIGN_BIT 0x8000000000000000ull
 
 static inline uint64_t attnx_f64_to_bits(double x)
 {
@@ -108,65 +107,5 @@ static inline double attnx_recip_residual(double q, double d)
     return ((1.0 - qh * dh) - (qh * dl + ql * dh)) - ql * dl;
 }
 
-/* tanh(x), scalar reference of the algorithm above. */
-static inline double attnx_tanh_scalar(double x)
-{
-    const uint64_t sign = attnx_f64_to_bits(x) & ATTNX_SIGN_BIT;
-    double ax = attnx_bits_to_f64(attnx_f64_to_bits(x) & ~ATTNX_SIGN_BIT), r;
-    if (ax < ATTNX_TANH_SMALL) {
-        double s = ax * ax;
-        double p = ATTNX_TANH_P7;
-        p = p * s + ATTNX_TANH_P6;
-        p = p * s + ATTNX_TANH_P5;
-        p = p * s + ATTNX_TANH_P4;
-        p = p * s + ATTNX_TANH_P3;
-        p = p * s + ATTNX_TANH_P2;
-        p = p * s + ATTNX_TANH_P1;
-        p = p * s + ATTNX_TANH_P0;
-        r = ax + (ax * s) * p;
-    } else if (ax != ax) {
-        return x + x;
-    } else {
-        if (ax > ATTNX_TANH_CLAMP) ax = ATTNX_TANH_CLAMP;
-        double y = ax + ax;
-        double t = y * ATTNX_LOG2E + ATTNX_SHIFTER;
-        double n = t - ATTNX_SHIFTER;
-        double rh = y - n * ATTNX_LN2_HI;    /* exact, as in exp */
-        double rl = -(n * ATTNX_LN2_LO);
-        double rr = rh + rl;
-        double q = ATTNX_EXP_C13;
-        q = q * rr + ATTNX_EXP_C12;
-        q = q * rr + ATTNX_EXP_C11;
-        q = q * rr + ATTNX_EXP_C10;
-        q = q * rr + ATTNX_EXP_C9;
-        q = q * rr + ATTNX_EXP_C8;
-        q = q * rr + ATTNX_EXP_C7;
-        q = q * rr + ATTNX_EXP_C6;
-        q = q * rr + ATTNX_EXP_C5;
-        q = q * rr + ATTNX_EXP_C4;
-        q = q * rr + ATTNX_EXP_C3;
-        q = q * rr + ATTNX_EXP_C2;
-        /* e^r = sh + tl, then exactly eh + el (Fast2Sum: |sh| > |tl|) */
-        double sh = 1.0 + rh;
-        double sl = (1.0 - sh) + rh;
-        double tl = sl + (rl + (rr * rr) * q);
-        double eh = sh + tl;
-        double el = tl - (eh - sh);
-        double sc = attnx_pow2i((int)n);    /* 1 <= n <= 58: exact scaling */
-        eh *= sc;
-        el *= sc;
-        /* D = E + 1 = dh + dl (Fast2Sum: eh > 1) */
-        double dh = eh + 1.0;
-        double dl = (1.0 - (dh - eh)) + el;
-        double qh = 1.0 / dh;
-        double res = attnx_recip_residual(qh, dh) - qh * dl;
-        /* tanh = 1 - 2 qh (1 + res): 1 - 2qh split exactly, then one add */
-        double q2 = qh + qh;
-        double s1 = 1.0 - q2;
-        double e1 = (1.0 - s1) - q2;
-        r = s1 + (e1 - res * q2);
-    }
-    return attnx_bits_to_f64(attnx_f64_to_bits(r) | sign);
-}
 
 #endif /* ATTNX_INTERNAL_ADDITIVE_H */

@@ -1,0 +1,611 @@
+/*
+ * kernels/attend.c -- fused attention: the online-softmax fold of one query
+ * (attend_online) and the tiled kernel for a run of queries (attend_rows).
+ *
+ * attend_online folds keys [0, T) into a running state (m, l, acc[dv]):
+ * m the largest score seen, l = sum_t exp(s_t - m), acc = sum_t exp(s_t - m)
+ * V[t]. Keys come in blocks of VX_DOT_ROWS: their scores from dot_rows
+ * (kernels/dot_scores.c: the same rounding as dot_scores), one max and at
+ * most one rescale of (l, acc) per block (exp(m_old - m_new), computed in
+ * double with the subtraction compensated), exps by vx_exp_diff, then the
+ * block's value rows folded into acc in one pass over acc (two FMA chains).
+ * The next block's scores are computed before this block's exps: the two
+ * are independent, so the core overlaps the key loads with the exp latency.
+ * Masked keys and keys whose weight underflows to 0 are never read (a row
+ * of zeros stands in). A NaN score, or a +inf one (inf - inf), poisons the
+ * state (l = NaN): the caller's finish turns it into a NaN context.
+ *
+ * Where the vocabulary asks for it (VX_ALIGN_ROWS), rows whose start is not
+ * vector-aligned (NumPy's large buffers are 16-byte aligned) are read from
+ * their aligned base, first and last chunk masked, against copies of q and
+ * acc shifted to the same offset: no load straddles two cache lines.
+ *
+ * attend_rows is flash attention for a run of queries (RQ at a time): key
+ * blocks of KB = 2 VX_W packed transposed (d x KB, VX_W x VX_W register
+ * transposes), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
+ * accumulating into the ctx rows, (m, l) per query on the stack; fewer
+ * than FEW_QUERIES queries fold one by one.
+ *
+ * Accuracy: scores as dot_scores; weights p = exp(s - m) within 1 ulp; l in
+ * float64 at both dtypes (float32 exps widened exactly); ctx = acc / l
+ * rounded once. Within a few ulp of softmax-then-context, float64.
+ * Memory: reads each key and value row once (sizeof(element) * T * (d + dv)
+ * bytes per query, per RQ queries for attend_rows), masked and p == 0 rows
+ * not at all; allocates nothing (attend_rows: O(KB d) on the stack up to
+ * d = KT_STACK, else on the heap, falling back to the fold without it).
+ */
+#include <stdlib.h>
+#if defined(_MSC_VER)
+#include <intrin.h>   /* _BitScanForward */
+#endif
+
+/* Past this many bytes of K and V a call prefetches PF_KEYS keys ahead:
+ * DRAM-sized sequences need more lines in flight than the hardware
+ * prefetcher keeps, while for L2/L3-sized ones the prefetch instructions
+ * only compete with the demand loads. A batched call walks through many
+ * heads' K and V, each read once, so it prefetches from PF_BATCH_BYTES. */
+#define PF_MIN_BYTES ((size_t)8 << 20)
+#define PF_BATCH_BYTES ((size_t)64 << 10)
+#define PF_KEYS (128 / sizeof(vx_float))
+#define ZERO_ROW (2048 / sizeof(vx_float))   /* dv up to this: p == 0 rows read zero_row */
+#define AL_MAX (2048 / sizeof(vx_float))     /* largest d, dv of the aligned variant */
+#define OB VX_DOT_ROWS                      /* keys per online block */
+#define OB_ALL (OB == 32 ? ~0u : (1u << OB) - 1u)
+#define VB (VX_W * sizeof(vx_float))        /* bytes of a vector */
+
+#if defined(_MSC_VER)
+__declspec(align(64)) static const vx_float zero_row[ZERO_ROW + VX_W];
+#else
+static const vx_float zero_row[ZERO_ROW + VX_W] __attribute__((aligned(64)));
+#endif
+
+/* Index of the lowest set bit of b != 0. */
+VX_INLINE unsigned lowest_bit(unsigned b)
+{
+#if defined(_MSC_VER)
+    unsigned long i;
+    _BitScanForward(&i, b);
+    return (unsigned)i;
+#else
+    return (unsigned)__builtin_ctz(b);
+#endif
+}
+
+#if defined(ATTNX_F32)
+/* The rescale factor in double (l is double); acc takes it rounded once. */
+#define RESCALE(m_old, m_new) attnx_rescale_factor(m_old, m_new)
+#define FINISH attnx_online_finish_f32
+/* the sum of the lanes of p[0..nv), in double */
+VX_INLINE double lane_sum(const vx_t *p, int nv)
+{
+    vx_wide_t w = vx_wide_zero();
+    for (int g = 0; g < nv; g++) w = vx_wide_add(w, p[g]);
+    return vx_wide_hsum(w);
+}
+#else
+#define RESCALE(m_old, m_new) ((m_old) == -INFINITY ? 0.0 : attnx_exp_diff_scalar(m_old, m_new))
+VX_INLINE double lane_sum(const vx_t *p, int nv)
+{
+    vx_t s = p[0];
+    for (int g = 1; g < nv; g++) s = vx_add(s, p[g]);
+    return vx_hsum(s);
+}
+
+#define FINISH attnx_online_finish
+#endif
+
+/* acc[0..n) *= c, or zero it when c == 0 (inf * 0 would be NaN). Whole
+ * vectors with plain loads and stores (a masked store is several times
+ * slower on Zen), the tail masked. */
+static void rescale_acc(vx_float *acc, size_t n, vx_float c)
+{
+    const vx_t cv = vx_set1(c);
+    size_t j = 0;
+    for (; j + VX_W <= n; j += VX_W) vx_store(acc + j, c == 0 ? vx_zero() : vx_mul(vx_load(acc + j), cv));
+    if (j < n) {
+        const vx_mask_t k = vx_tail(n - j);
+        vx_store_part(acc + j, k, c == 0 ? vx_zero() : vx_mul(vx_load_part(acc + j, k), cv));
+    }
+}
+
+/* ------------------------------------------------------ one query (fold) */
+
+/* Attended keys of [t0, t0 + nb), nb <= OB. */
+VX_INLINE unsigned block_live(const unsigned char *mask, size_t t0, size_t nb)
+{
+    if (!mask) return nb == OB ? OB_ALL : (1u << nb) - 1u;
+    return vx_bytes_nz(mask + t0, nb);
+}
+
+VX_INLINE const vx_float *vbase(const vx_float *p)
+{
+    return (const vx_float *)(uintptr_t)((uintptr_t)p & ~(uintptr_t)(VB - 1));
+}
+
+#if VX_ALIGN_ROWS
+/* dot_rows over aligned row bases against q shifted by km (see the top). */
+VX_INLINE void dot_rows_al(const vx_float *qs, const vx_float *const *k, size_t d, unsigned km, vx_t *out)
+{
+    vx_t a[OB];
+    const vx_mask_t mf = vx_head(km);
+    vx_t qv = vx_load_a(qs);
+    for (int i = 0; i < OB; i++) a[i] = vx_mul(qv, vx_load_part(k[i], mf));
+    size_t j = VX_W;
+    for (; j < d; j += VX_W) {
+        qv = vx_load_a(qs + j);
+        for (int i = 0; i < OB; i++) a[i] = vx_fma(qv, vx_load_a(k[i] + j), a[i]);
+    }
+    if (km) {
+        const vx_mask_t ml = vx_tail(km);
+        qv = vx_load_a(qs + j);
+        for (int i = 0; i < OB; i++) a[i] = vx_fma(qv, vx_load_part(k[i] + j, ml), a[i]);
+    }
+    for (int g = 0; g < DOT_NV; g++) out[g] = vx_transpose_sum(a + g * VX_W);
+}
+#endif
+
+/* Scores of keys [t0, t0 + OB): -inf where not live. Rows that are not
+ * live are not read: their lanes dot q with itself and are overwritten. */
+VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, size_t d, vx_t sc,
+                            unsigned live, int al, unsigned km, vx_t *s)
+{
+    const vx_float *k[OB];
+    vx_t v[DOT_NV];
+    for (size_t i = 0; i < OB; i++) {
+        const vx_float *r = K + (t0 + i) * d;
+        k[i] = (live >> i) & 1 ? (al ? vbase(r) : r) : q;
+    }
+#if VX_ALIGN_ROWS
+    if (al)
+        dot_rows_al(q, k, d, km, v);
+    else
+#endif
+        dot_rows(q, k, d, v);
+    (void)al, (void)km;
+    for (int g = 0; g < DOT_NV; g++)
+        s[g] = vx_select(vx_lanes(live >> (g * VX_W)), vx_set1(-INFINITY), vx_mul(sc, v[g]));
+}
+
+/* One VX_W-column chunk of acc += sum_i p_i V_i over the OB rows v[i]:
+ * two FMA chains (half the latency on acc) where whole, one chain on a
+ * row's masked tail. al: acc is the aligned copy, V rows aligned bases. */
+VX_INLINE void axpy_chunk(vx_float *acc, const vx_t *pb, const vx_float *const *v, size_t j, vx_mask_t k,
+                          int masked, int al)
+{
+#define LD(i) (masked ? vx_load_part(v[i] + j, k) : al ? vx_load_a(v[i] + j) : vx_load(v[i] + j))
+    if (masked && !al) {
+        vx_t a = vx_load_part(acc + j, k);
+        for (int i = 0; i < OB; i++) a = vx_fma(pb[i], LD(i), a);
+        vx_store_part(acc + j, k, a);
+        return;
+    }
+    vx_t a = al ? vx_load_a(acc + j) : vx_load(acc + j);
+    vx_t b = vx_mul(pb[OB / 2], LD(OB / 2));
+    for (int i = 0; i < OB / 2; i++) {
+        a = vx_fma(pb[i], LD(i), a);
+        if (OB / 2 + 1 + i < OB) b = vx_fma(pb[OB / 2 + 1 + i], LD(OB / 2 + 1 + i), b);
+    }
+#undef LD
+    if (al)
+        vx_store_a(acc + j, vx_add(a, b));
+    else
+        vx_store(acc + j, vx_add(a, b));
+}
+
+/* acc += sum_i p_i V_i for the OB rows v[i]; al: vm = the rows' offset */
+VX_INLINE void axpy_block(vx_float *acc, const vx_float *p, const vx_float *const *v, size_t dv, int al,
+                          unsigned vm)
+{
+    vx_t pb[OB];
+    for (int i = 0; i < OB; i++) pb[i] = vx_set1(p[i]);
+#if VX_ALIGN_ROWS
+    if (al) {
+        axpy_chunk(acc, pb, v, 0, vx_head(vm), 1, 1);
+        for (size_t j = VX_W; j < dv; j += VX_W) axpy_chunk(acc, pb, v, j, vx_tail(VX_W), 0, 1);
+        if (vm) axpy_chunk(acc, pb, v, dv, vx_tail(vm), 1, 1);
+        return;
+    }
+#endif
+    (void)al, (void)vm;
+    size_t j = 0;
+    for (; j + VX_W <= dv; j += VX_W) axpy_chunk(acc, pb, v, j, vx_tail(VX_W), 0, 0);
+    if (j < dv) axpy_chunk(acc, pb, v, j, vx_tail(dv - j), 1, 0);
+}
+
+/* acc += p V for one row */
+VX_INLINE void axpy1(vx_float *acc, vx_float p, const vx_float *v, size_t dv, int al, unsigned vm)
+{
+    const vx_t pv = vx_set1(p);
+    size_t j = 0;
+#if VX_ALIGN_ROWS
+    if (al) {
+        vx_store_a(acc, vx_fma(pv, vx_load_part(v, vx_head(vm)), vx_load_a(acc)));
+        for (j = VX_W; j < dv; j += VX_W) vx_store_a(acc + j, vx_fma(pv, vx_load_a(v + j), vx_load_a(acc + j)));
+        if (vm) vx_store_a(acc + j, vx_fma(pv, vx_load_part(v + j, vx_tail(vm)), vx_load_a(acc + j)));
+        return;
+    }
+#endif
+    (void)al, (void)vm;
+    for (; j + VX_W <= dv; j += VX_W) vx_store(acc + j, vx_fma(pv, vx_load(v + j), vx_load(acc + j)));
+    if (j < dv) {
+        const vx_mask_t k = vx_tail(dv - j);
+        vx_store_part(acc + j, k, vx_fma(pv, vx_load_part(v + j, k), vx_load_part(acc + j, k)));
+    }
+}
+
+/* Max, rescale and exps of one block of scores s: p[0..OB) = the weights
+ * exp(s - m); returns the bits of p != 0, or -1 when the state is
+ * poisoned (NaN score, or +inf: inf - inf). */
+VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, size_t nacc, vx_float *p)
+{
+    vx_bool_t nan = vx_false();
+    vx_t mm = s[0];
+    for (int g = 0; g < DOT_NV; g++) nan = vx_or_b(nan, vx_unord(s[g], s[g]));
+    if (vx_any(nan)) {
+        *l = NAN;                       /* finalisation sees it */
+        return -1;
+    }
+    for (int g = 1; g < DOT_NV; g++) mm = vx_max(mm, s[g]);
+    const vx_float bm = vx_hmax(mm);
+    if (bm == -INFINITY) return 0;
+    if (bm > *m) {
+        double c = RESCALE(*m, bm);
+        *l *= c;
+        rescale_acc(acc, nacc, (vx_float)c);
+        *m = bm;
+    }
+    const vx_t mv = vx_set1((vx_float)*m);
+    vx_t pv[DOT_NV];
+    unsigned nz = 0;
+    for (int g = 0; g < DOT_NV; g++) {
+        pv[g] = vx_exp_diff(s[g], mv);
+        vx_store(p + g * VX_W, pv[g]);
+        nz |= vx_nz_bits(pv[g]) << (g * VX_W);
+    }
+    *l += lane_sum(pv, DOT_NV);
+    if (*l != *l) return -1;
+    return (int)nz;
+}
+
+/* The fold over keys [0, T): q and acc are the caller's (al == 0) or the
+ * shifted aligned copies (al == 1, nacc = dv + VX_W). */
+VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                          size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
+                          vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm, int pf)
+{
+    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
+    vx_float p[OB];
+    const vx_float *v[OB];
+    vx_t s[DOT_NV], sn[DOT_NV];
+    for (int g = 0; g < DOT_NV; g++) s[g] = sn[g] = ninf;
+    unsigned live = block_live(mask, 0, T < OB ? T : OB), live_next = 0;
+    if (live) block_scores(q, K, 0, d, sc, live, al, km, s);
+    for (size_t t0 = 0; t0 < T; t0 += OB) {
+        if (t0 + OB < T) {
+            size_t t1 = t0 + OB, nn = T - t1 < OB ? T - t1 : OB;
+            live_next = block_live(mask, t1, nn);
+            for (int g = 0; g < DOT_NV; g++) sn[g] = ninf;
+            if (live_next) block_scores(q, K, t1, d, sc, live_next, al, km, sn);
+        }
+        if (pf && t0 + OB + PF_KEYS <= T) {
+            const char *pk = (const char *)(K + (t0 + PF_KEYS) * d), *pv = (const char *)(V + (t0 + PF_KEYS) * dv);
+            for (size_t b = 0; b < OB * d * sizeof(vx_float); b += 64) vx_prefetch(pk + b);
+            for (size_t b = 0; b < OB * dv * sizeof(vx_float); b += 64) vx_prefetch(pv + b);
+        }
+        if (live) {
+            int nz = block_softmax(s, m, l, acc, nacc, p);
+            if (nz < 0) break;
+            if ((unsigned)nz == OB_ALL || (nz && dv <= ZERO_ROW)) {
+                /* p == 0 (masked, -inf, underflow): the value row is not
+                 * read; a row of zeros stands in (0 * 0 adds nothing) */
+                for (size_t i = 0; i < OB; i++) {
+                    const vx_float *r = V + (t0 + i) * dv;
+                    v[i] = ((unsigned)nz >> i) & 1 ? (al ? vbase(r) : r) : zero_row;
+                }
+                axpy_block(acc, p, v, dv, al, vm);
+            } else {
+                for (unsigned b = (unsigned)nz; b; b &= b - 1) {
+                    unsigned i = lowest_bit(b);
+                    const vx_float *r = V + (t0 + i) * dv;
+                    axpy1(acc, p[i], al ? vbase(r) : r, dv, al, vm);
+                }
+            }
+        }
+        for (int g = 0; g < DOT_NV; g++) s[g] = sn[g];
+        live = live_next;
+    }
+}
+
+#if VX_ALIGN_ROWS
+/* When d and dv are multiples of VX_W, every key row starts at the same
+ * offset km (in elements) within a vector-aligned block, and every value
+ * row at vm: the fold reads rows from their aligned bases against copies
+ * of q and acc shifted by km and vm. */
+static void online_aligned(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                           size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
+                           vx_float *acc, int pf)
+{
+    vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W];
+    vx_float *qs = (vx_float *)(uintptr_t)(((uintptr_t)qbuf + VB - 1) & ~(uintptr_t)(VB - 1));
+    vx_float *as = (vx_float *)(uintptr_t)(((uintptr_t)abuf + VB - 1) & ~(uintptr_t)(VB - 1));
+    const unsigned km = (unsigned)((uintptr_t)K / sizeof(vx_float)) % VX_W;
+    const unsigned vm = (unsigned)((uintptr_t)V / sizeof(vx_float)) % VX_W;
+    for (size_t j = 0; j < d + VX_W; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0;
+    for (size_t j = 0; j < dv + VX_W; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
+    online_run(qs, K, V, T, d, dv, scale, mask, m, l, as, dv + VX_W, 1, km, vm, pf);
+    for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
+}
+#endif
+
+/* Fold keys [0, T) into the state (st, acc); pf: prefetch K and V ahead. */
+static void online_fold(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                        size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
+                        vx_float *acc, int pf)
+{
+    if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
+    double m = st->m, l = st->l;
+#if VX_ALIGN_ROWS
+    const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
+    if ((kv & (VB - 1)) && (kv & (sizeof(vx_float) - 1)) == 0 && d % VX_W == 0 && dv % VX_W == 0 && d &&
+        dv && d <= AL_MAX && dv <= AL_MAX)
+        online_aligned(q, K, V, T, d, dv, scale, mask, &m, &l, acc, pf);
+    else
+#endif
+        online_run(q, K, V, T, d, dv, scale, mask, &m, &l, acc, dv, 0, 0, 0, pf);
+    st->m = m;
+    st->l = l;
+}
+
+static void K_attend_online(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                            size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
+                            vx_float *acc)
+{
+    online_fold(q, K, V, T, d, dv, scale, mask, st, acc, T * (d + dv) * sizeof(vx_float) > PF_MIN_BYTES);
+}
+
+#if VX_ROWS_KERNEL
+/* ------------------------------------------------ many queries (flash) */
+
+#define RQ 64                 /* queries per sub-chunk: its ctx rows stay in L1/L2 */
+#define KB (2 * VX_W)         /* keys per block: two vectors of scores per query */
+#define KB_ALL (KB == 32 ? ~0u : (1u << KB) - 1u)
+#define MR VX_TILE_ROWS       /* queries per register tile */
+#define KT_STACK (16384 / (KB * sizeof(vx_float)))   /* d up to this packs K on the stack */
+#define FEW_QUERIES 4         /* below this, packing K costs more than it saves */
+
+/* Kt[j][k] = Kb[k][j] for the keys k in `any` (zero columns for the
+ * others, which stay unread); rows j up to d rounded up to VX_W written. */
+static void pack_kt(const vx_float *Kb, size_t d, unsigned any, vx_float *Kt)
+{
+    for (size_t j0 = 0; j0 < d; j0 += VX_W) {
+        const vx_mask_t m = vx_tail(d - j0 >= VX_W ? VX_W : d - j0);
+        for (size_t h = 0; h < KB; h += VX_W) {
+            vx_t r[VX_W];
+            for (size_t i = 0; i < VX_W; i++)
+                r[i] = (any >> (h + i)) & 1 ? vx_load_part(Kb + (h + i) * d + j0, m) : vx_zero();
+            vx_transpose_store(r, Kt + KB * j0 + h, KB);
+        }
+    }
+}
+
+/* s[r][0..KB) = dot(Q_r, key k) for r < mr, keys packed as Kt[j][k]. */
+VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int mr, vx_float *s)
+{
+    vx_t a[MR][2];
+    for (int r = 0; r < mr; r++) a[r][0] = a[r][1] = vx_zero();
+    for (size_t j = 0; j < d; j++) {
+        vx_t k0 = vx_load(Kt + KB * j), k1 = vx_load(Kt + KB * j + VX_W);
+        for (int r = 0; r < mr; r++) {
+            vx_t b = vx_set1(Q[(size_t)r * d + j]);
+            a[r][0] = vx_fma(b, k0, a[r][0]);
+            a[r][1] = vx_fma(b, k1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        vx_store(s + KB * r, a[r][0]);
+        vx_store(s + KB * r + VX_W, a[r][1]);
+    }
+}
+
+/* One KB-column slice of C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr;
+ * masked: k0, k1 cover the last columns of a row. */
+VX_INLINE void pv_slice(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
+                        int mr, vx_float *C, size_t c, vx_mask_t k0, vx_mask_t k1, int masked, int full)
+{
+    vx_t a[MR][2];
+    for (int r = 0; r < mr; r++) {
+        const vx_float *cr = C + (size_t)r * dv + c;
+        a[r][0] = masked ? vx_load_part(cr, k0) : vx_load(cr);
+        a[r][1] = masked ? vx_load_part(cr + VX_W, k1) : vx_load(cr + VX_W);
+    }
+    for (int i = 0; i < nk; i++) {
+        const int kk = full ? i : kidx[i];
+        const vx_float *vr = Vb + (size_t)kk * dv + c;
+        vx_t v0 = masked ? vx_load_part(vr, k0) : vx_load(vr);
+        vx_t v1 = masked ? vx_load_part(vr + VX_W, k1) : vx_load(vr + VX_W);
+        for (int r = 0; r < mr; r++) {
+            vx_t b = vx_set1(P[KB * r + kk]);
+            a[r][0] = vx_fma(b, v0, a[r][0]);
+            a[r][1] = vx_fma(b, v1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        vx_float *cr = C + (size_t)r * dv + c;
+        if (masked) {
+            vx_store_part(cr, k0, a[r][0]);
+            vx_store_part(cr + VX_W, k1, a[r][1]);
+        } else {
+            vx_store(cr, a[r][0]);
+            vx_store(cr + VX_W, a[r][1]);
+        }
+    }
+}
+
+/* C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr: ctx rows C (stride
+ * dv), KB columns at a time in registers. Every listed key has p != 0 in
+ * every row; nk == KB means all keys of the block, in order. */
+VX_INLINE void pv_tile(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
+                       int mr, vx_float *C)
+{
+    const vx_mask_t all = vx_tail(VX_W);
+    size_t c = 0;
+    if (nk == KB) {
+        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, KB, Vb, dv, mr, C, c, all, all, 0, 1);
+    } else {
+        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, nk, Vb, dv, mr, C, c, all, all, 0, 0);
+    }
+    if (c < dv) {
+        size_t rem = dv - c;
+        pv_slice(P, kidx, nk, Vb, dv, mr, C, c, vx_tail(rem >= VX_W ? VX_W : rem),
+                 vx_tail(rem > VX_W ? rem - VX_W : 0), 1, 0);
+    }
+}
+
+/* mr is a constant in each case, so the tiles stay in registers */
+#define TILE_CASE(n, CALL) \
+    case n: CALL((n) < MR ? (n) : MR); break;
+#define TILE_SWITCH(mr, CALL)                                                            \
+    switch (mr) {                                                                        \
+    TILE_CASE(1, CALL) TILE_CASE(2, CALL) TILE_CASE(3, CALL) TILE_CASE(4, CALL)          \
+    TILE_CASE(5, CALL) TILE_CASE(6, CALL) TILE_CASE(7, CALL)                             \
+    default: CALL(MR); break;                                                            \
+    }
+
+/* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
+static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
+                       size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
+                       int causal, vx_float *ctx, vx_float *Kt)
+{
+    double m[RQ], l[RQ];
+    vx_float S[MR * KB], P[MR * KB];
+    unsigned live[RQ];
+    unsigned char kidx[KB];
+    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY), zero = vx_zero();
+    for (size_t r = 0; r < nr; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0;
+    }
+    for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
+    /* causal: the last query attends keys < qa + nr */
+    size_t tend = causal && qa + nr < T ? qa + nr : T;
+    for (size_t t0 = 0; t0 < tend; t0 += KB) {
+        size_t kn = tend - t0 < KB ? tend - t0 : KB;
+        const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
+        unsigned any = 0;
+        for (size_t r = 0; r < nr; r++) {
+            unsigned lv = base;
+            if (causal) {
+                size_t i = qa + r;
+                lv = i < t0 ? 0u : i - t0 < KB - 1 ? lv & ((2u << (i - t0)) - 1u) : lv;
+            }
+            if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
+            if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
+            live[r] = lv;
+            any |= lv;
+        }
+        if (!any) continue;
+        pack_kt(K + t0 * d, d, any, Kt);
+        const vx_float *Vb = V + t0 * dv;
+        for (size_t g = 0; g < nr; g += MR) {
+            int mr = nr - g < MR ? (int)(nr - g) : MR;
+            unsigned gl = 0;
+            for (int r = 0; r < mr; r++) gl |= live[g + r];
+            if (!gl) continue;
+            const vx_float *Qg = Q + g * d;
+#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S)
+            TILE_SWITCH(mr, SCORE_CALL)
+#undef SCORE_CALL
+            unsigned colall = KB_ALL, colany = 0;
+            for (int r = 0; r < mr; r++) {
+                size_t row = g + (size_t)r;
+                unsigned lv = live[row];
+                vx_t s0 = vx_select(vx_lanes(lv), ninf, vx_mul(sc, vx_load(S + KB * r)));
+                vx_t s1 = vx_select(vx_lanes(lv >> VX_W), ninf, vx_mul(sc, vx_load(S + KB * r + VX_W)));
+                vx_float bm = -INFINITY;
+                if (lv) {
+                    if (vx_any(vx_unord(s0, s1)))
+                        l[row] = NAN;
+                    else
+                        bm = vx_hmax(vx_max(s0, s1));
+                }
+                if (bm == -INFINITY) {
+                    vx_store(P + KB * r, zero);
+                    vx_store(P + KB * r + VX_W, zero);
+                    colall = 0;
+                    continue;
+                }
+                if (bm > m[row]) {
+                    double c = RESCALE(m[row], bm);
+                    l[row] *= c;
+                    rescale_acc(ctx + row * dv, dv, (vx_float)c);
+                    m[row] = bm;
+                }
+                const vx_t mv = vx_set1((vx_float)m[row]);
+                vx_t p[2] = {vx_exp_diff(s0, mv), vx_exp_diff(s1, mv)};
+                l[row] += lane_sum(p, 2);
+                unsigned nz = vx_nz_bits(p[0]) | vx_nz_bits(p[1]) << VX_W;
+                if (l[row] != l[row]) nz = 0;   /* +inf score: poisoned, skip */
+                if (!nz) p[0] = p[1] = zero;
+                vx_store(P + KB * r, p[0]);
+                vx_store(P + KB * r + VX_W, p[1]);
+                colall &= nz;
+                colany |= nz;
+            }
+            /* keys every row of the tile weighs: the register-blocked tile */
+            int nk = 0;
+            for (unsigned b = colall; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
+            if (nk) {
+                vx_float *Cg = ctx + g * dv;
+#define PV_CALL(n) pv_tile(P, kidx, nk, Vb, dv, n, Cg)
+                TILE_SWITCH(mr, PV_CALL)
+#undef PV_CALL
+            }
+            /* keys only some rows weigh: row by row, skipping p == 0 */
+            for (unsigned b = colany & ~colall; b; b &= b - 1) {
+                unsigned k = lowest_bit(b);
+                for (int r = 0; r < mr; r++) {
+                    vx_float pr = P[KB * r + k];
+                    if (pr != 0) axpy1(ctx + (g + (size_t)r) * dv, pr, Vb + (size_t)k * dv, dv, 0, 0);
+                }
+            }
+        }
+    }
+    for (size_t r = 0; r < nr; r++) FINISH(m[r], l[r], ctx + r * dv, dv);
+}
+
+/* Queries [q0, q0 + nq) against keys [0, T) (causal: query i sees keys
+ * <= i): few queries fold one by one; more go through rows_chunk, RQ at a
+ * time, with K packed transposed (on the stack up to d == KT_STACK). */
+static void K_attend_rows(const vx_float *Q, size_t nq, size_t q0, const vx_float *K, const vx_float *V, size_t T,
+                          size_t d, size_t dv, vx_float scale, const unsigned char *mask,
+                          ptrdiff_t mask_row_stride, int causal, vx_float *ctx)
+{
+    vx_float kt_stack[(KT_STACK + VX_W) * KB];
+    vx_float *Kt = kt_stack;
+    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
+    if (nq < FEW_QUERIES || !Kt) {
+        /* one fused pass per query (also the fallback without memory) */
+        const int pf = T * (d + dv) * sizeof(vx_float) > PF_BATCH_BYTES;
+        for (size_t r = 0; r < nq; r++) {
+            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+            attnx_online st = {-INFINITY, 0.0};
+            vx_float *c = ctx + r * dv;
+            for (size_t j = 0; j < dv; j++) c[j] = 0;
+            online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
+                        &st, c, pf);
+            FINISH(st.m, st.l, c, dv);
+        }
+        return;
+    }
+    for (size_t r0 = 0; r0 < nq; r0 += RQ) {
+        size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
+        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
+                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal, ctx + r0 * dv,
+                   Kt);
+    }
+    if (Kt != kt_stack) free(Kt);
+}
+#define K_ATTEND_ROWS K_attend_rows
+#else
+#define K_ATTEND_ROWS NULL   /* api.c folds the queries one by one */
+#endif

@@ -1,0 +1,25 @@
+/*
+ * kernels/ops.h -- every op, compiled once per level file (csrc/levels):
+ * the level file has selected the element type (ATTNX_F32 or not), the ISA
+ * vocabulary (simd/<isa>.h) and its column of kernels/names.h.
+ */
+#include <math.h>   /* INFINITY, NAN: macros only, no libm call */
+
+#include "kernels/names.h"
+#include "kernels/vexp.h"
+#if !defined(ATTNX_F32)
+#include "attnx_internal_additive.h"
+#include "kernels/vtanh.h"
+#endif
+#include "kernels/exp.c"
+#include "kernels/dot_scores.c"
+#include "kernels/context.c"
+#include "kernels/softmax.c"
+#if defined(ATTNX_F32)
+#include "kernels/log_softmax.c"
+#endif
+#include "kernels/attend.c"
+#include "kernels/table.c"
+#if !defined(ATTNX_F32)
+#include "kernels/additive.c"
+#endif

@@ -1,0 +1,166 @@
+/*
+ * kernels/softmax.c -- y = softmax(x) over n >= 1 elements; y may be x.
+ * Returns 1 when the row max is -inf (all -inf: y is NaN), else 0.
+ *
+ * Computes, in three passes:
+ *   1. the max, and whether any element is NaN (vx_max alone would lose
+ *      it): NaN anywhere, or an all -inf row, gives NaN everywhere;
+ *   2. e = exp(x - max) with the subtraction's rounding compensated
+ *      (vx_exp_diff), stored in y, and summed: float64 in per-lane Kahan
+ *      sums (VX_UNROLL sets), combined by exact two-sums (vx_hsum2);
+ *      float32 in float64 lanes (each float exp converted exactly);
+ *   3. y = e / sum: float64 as q = e * (1/sum) plus one FMA correction with
+ *      the exact remainder (Markstein: a division's result at a fraction of
+ *      its cost; lanes with a subnormal quotient divide, and levels without
+ *      FMA divide); float32 as e * r_hi + e * r_lo, r_hi + r_lo = 1/sum to
+ *      2^-48, one FMA rounding (levels without FMA divide in double).
+ * Overflow cannot happen: x - max <= 0, and the max's own term is 1, so
+ * sum >= 1. -inf entries get weight 0.
+ * Accuracy: float64 within 4 ulp of the exact weights; float32 one
+ * rounding after exp's 0.64 ulp (1 ulp measured).
+ * Memory: reads x twice and y once, writes y twice (4 passes of
+ * sizeof(element) * n bytes; float32's sum lives in registers).
+ */
+
+/* The row max, or NaN when the row holds a NaN. */
+static vx_float row_max(const vx_float *x, size_t n)
+{
+    const vx_t ninf = vx_set1(-INFINITY);
+    vx_t m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+    vx_bool_t nan = vx_false();
+    size_t i = 0;
+    for (; i + 4 * VX_W <= n; i += 4 * VX_W) {
+        vx_t a = vx_load(x + i), b = vx_load(x + i + VX_W);
+        vx_t c = vx_load(x + i + 2 * VX_W), e = vx_load(x + i + 3 * VX_W);
+        nan = vx_or_b(nan, vx_or_b(vx_unord(a, b), vx_unord(c, e)));
+        m0 = vx_max(m0, a);
+        m1 = vx_max(m1, b);
+        m2 = vx_max(m2, c);
+        m3 = vx_max(m3, e);
+    }
+    for (; i < n; i += VX_W) {
+        vx_t a = vx_load_part_or(x + i, vx_tail(n - i >= VX_W ? VX_W : n - i), -INFINITY);
+        nan = vx_or_b(nan, vx_unord(a, a));
+        m0 = vx_max(m0, a);
+    }
+    if (vx_any(nan)) return NAN;
+    return vx_hmax(vx_max(vx_max(m0, m1), vx_max(m2, m3)));
+}
+
+#if defined(ATTNX_F32)
+/* The sum of exp(x - m) in double; y = the exps when store. */
+VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, int store)
+{
+    const vx_t mv = vx_set1(m);
+    vx_wide_t s[VX_UNROLL];
+    for (int u = 0; u < VX_UNROLL; u++) s[u] = vx_wide_zero();
+    size_t i = 0;
+    for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
+        for (int u = 0; u < VX_UNROLL; u++) {
+            vx_t e = vx_exp_diff(vx_load(x + i + u * VX_W), mv);
+            if (store) vx_store(y + i + u * VX_W, e);
+            s[u] = vx_wide_add(s[u], e);
+        }
+    for (; i < n; i += VX_W) {
+        const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
+        vx_t e = vx_keep_tail(k, vx_exp_diff(vx_load_part(x + i, k), mv));
+        if (store) vx_store_part(y + i, k, e);
+        s[0] = vx_wide_add(s[0], e);
+    }
+    for (int u = 1; u < VX_UNROLL; u++) s[0] = vx_wide_sum2(s[0], s[u]);
+    return vx_wide_hsum(s[0]);
+}
+
+static int K_softmax(const vx_float *x, size_t n, vx_float *y)
+{
+    const vx_float mx = row_max(x, n);
+    if (mx != mx || mx == -INFINITY) {
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+        return mx == -INFINITY;
+    }
+    const double sum = exp_sum(x, n, mx, y, 1);
+#if VX_HAS_FMA
+    const double r = 1.0 / sum;
+    const float rhf = (float)r, rlf = (float)(r - rhf);
+    const vx_t rh = vx_set1(rhf), rl = vx_set1(rlf);
+    size_t i = 0;
+    for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
+        for (int u = 0; u < VX_UNROLL; u++) {
+            vx_t e = vx_load(y + i + u * VX_W);
+            vx_store(y + i + u * VX_W, vx_fma(e, rh, vx_mul(e, rl)));
+        }
+    for (; i < n; i += VX_W) {
+        const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
+        vx_t e = vx_load_part(y + i, k);
+        vx_store_part(y + i, k, vx_fma(e, rh, vx_mul(e, rl)));
+    }
+#else
+    for (size_t i = 0; i < n; i++) y[i] = (float)((double)y[i] / sum);
+#endif
+    return 0;
+}
+
+#else
+/* One Kahan step per lane. */
+VX_INLINE void kahan(vx_t *sum, vx_t *comp, vx_t e)
+{
+    vx_t yk = vx_sub(e, *comp);
+    vx_t t = vx_add(*sum, yk);
+    *comp = vx_sub(vx_sub(t, *sum), yk);
+    *sum = t;
+}
+
+/* e / S from r = 1/S (Markstein, see the top) */
+VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
+{
+    vx_t q = vx_mul(e, r);
+    q = vx_fma(vx_fnma(q, S, e), r, q);
+    vx_bool_t tiny = vx_and_b(vx_lt(q, vx_set1(0x1p-1022)), vx_ne(e, vx_zero()));
+    if (vx_any(tiny)) q = vx_select(tiny, q, vx_div(e, S));
+    return q;
+}
+
+static int K_softmax(const vx_float *x, size_t n, vx_float *y)
+{
+    const vx_float mx = row_max(x, n);
+    if (mx != mx || mx == -INFINITY) {
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+        return mx == -INFINITY;
+    }
+    const vx_t mv = vx_set1(mx);
+    vx_t s[VX_UNROLL], c[VX_UNROLL];
+    for (int u = 0; u < VX_UNROLL; u++) s[u] = c[u] = vx_zero();
+    size_t i = 0;
+    for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
+        for (int u = 0; u < VX_UNROLL; u++) {
+            vx_t e = vx_exp_diff(vx_load(x + i + u * VX_W), mv);
+            vx_store(y + i + u * VX_W, e);
+            kahan(&s[u], &c[u], e);
+        }
+    for (; i < n; i += VX_W) {
+        const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
+        vx_t e = vx_keep_tail(k, vx_exp_diff(vx_load_part(x + i, k), mv));
+        vx_store_part(y + i, k, e);
+        kahan(&s[0], &c[0], e);
+    }
+    /* the Kahan sets: s0 + s1 exactly as S + err, minus the compensations */
+    vx_t S = s[0], err = vx_sub(vx_zero(), c[0]);
+    if (VX_UNROLL == 2) {
+        vx_t bb;
+        S = vx_add(s[0], s[VX_UNROLL - 1]);
+        bb = vx_sub(S, s[0]);
+        err = vx_add(vx_sub(s[0], vx_sub(S, bb)), vx_sub(s[VX_UNROLL - 1], bb));
+        err = vx_sub(err, vx_add(c[0], c[VX_UNROLL - 1]));
+    }
+    const double sum = vx_hsum2(S, err);
+    i = 0;
+#if VX_HAS_FMA
+    const vx_t sv = vx_set1(sum), rv = vx_set1(1.0 / sum);
+    for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
+        for (int u = 0; u < VX_UNROLL; u++)
+            vx_store(y + i + u * VX_W, div_by(vx_load(y + i + u * VX_W), sv, rv));
+#endif
+    for (; i < n; i++) y[i] = y[i] / sum;
+    return 0;
+}
+#endif
