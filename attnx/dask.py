@@ -113,7 +113,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     >>> ctx = attnx.dask.attend(q, da.from_array(K, chunks=(30, 8)),
     ...                         da.from_array(V, chunks=(30, 4)), causal=True)
     >>> ctx
-    dask.array<getitem, shape=(3, 4), dtype=float64, chunksize=(3, 4), chunktype=numpy.ndarray>
+    dask.array<attnx-attend, shape=(3, 4), dtype=float64, chunksize=(3, 4), chunktype=numpy.ndarray>
     >>> np.allclose(ctx.compute(scheduler="sync"), attnx.attend(q, K, V, causal=True), rtol=1e-13)
     True
     """
