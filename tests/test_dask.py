@@ -26,6 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def client():
+    # starting worker processes sets OMP_NUM_THREADS=1 (and more) in this
+    # process's environment for good (distributed's pre-spawn-environ); put it
+    # back, or later tests' subprocesses run attnx on one thread
+    saved = dict(os.environ)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None)
     c = distributed.Client(cluster)
@@ -34,6 +38,8 @@ def client():
     yield c
     c.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture
