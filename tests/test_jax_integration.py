@@ -138,3 +138,12 @@ def test_errors_name_the_argument():
         aj.dot_product_attention(q, k[:, :, :3], v[:, :, :3])
     with pytest.raises(ValueError, match="query must have shape"):
         aj.dot_product_attention(q[0, 0], k[0, 0], v[0, 0])
+
+
+def test_docstring_example_runs():
+    import doctest
+    test = doctest.DocTestParser().get_doctest(aj.dot_product_attention.__doc__, {},
+                                               "dot_product_attention", None, 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
