@@ -5,8 +5,9 @@ extra memory of the backward at L=8192 (each measurement in its own process).
 
     python benchmarks/bench_backward.py [--repeat N] [--full-memory]
 
-Times are the best of --repeat runs (best-of is the least disturbed by other
-load on the machine; the load average is printed). Memory is the growth of the
+Times are the best of --repeat runs, attnx and torch interleaved (best-of is
+the least disturbed by other load on the machine; the load average is
+printed). Memory is the growth of the
 peak resident set size during the backward call alone: the peak is reset
 after the forward (Linux /proc/self/clear_refs) and read from VmHWM. torch's
 math path keeps L x L matrices per head; by default it is measured at H=1 and
@@ -35,13 +36,17 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def best_of(fn, repeat):
-    fn()                                   # warm up (first-touch, thread pools)
-    best = float("inf")
+def best_of(fns, repeat):
+    """Best time of each function, the runs interleaved (a, b, a, b, ...) so a
+    change in the machine's load falls on both alike."""
+    for fn in fns:
+        fn()                               # warm up (first-touch, thread pools)
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 
@@ -72,7 +77,7 @@ def time_rows(repeat):
                 out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
                 out.backward(tg)
 
-            ta, tt = best_of(run_attnx, repeat), best_of(run_torch, repeat)
+            ta, tt = best_of((run_attnx, run_torch), repeat)
             rows.append((np.dtype(dtype).name, "causal" if causal else "full", ta, tt))
     return rows
 
@@ -150,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--full-memory", action="store_true",
                     help="measure torch's math path at H=8 (float64: ~13 GB)")
+    ap.add_argument("--skip-memory", action="store_true", help="the timing rows only")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -168,6 +174,8 @@ def main(argv=None):
     print(f"  {'dtype':8s} {'mask':7s} {'attnx ms':>9s} {'torch ms':>9s} {'torch/attnx':>12s}")
     for dt, mask, ta, tt in time_rows(args.repeat):
         print(f"  {dt:8s} {mask:7s} {ta * 1e3:9.1f} {tt * 1e3:9.1f} {tt / ta:11.2f}x")
+    if args.skip_memory:
+        return 0
     print()
     print("peak extra memory of the backward, L=8192 d64 float64 (RSS growth during the call;"
           " includes the gradients themselves)")
