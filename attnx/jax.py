@@ -160,8 +160,10 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
             raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
         if m.ndim > 4:
             raise ValueError(f"mask must broadcast to (B, N, T, S), got shape {m.shape}")
-        m = jnp.broadcast_to(m.reshape((1,) * (4 - m.ndim) + m.shape), (B, N, T, S))
-        m = m.reshape(B, K, G, T, S)
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+        # keep its broadcast dimensions (no (B, N, T, S) copy): split a full
+        # head axis into (K, G), or give a size-1 one a second size-1 axis
+        m = m.reshape(m.shape[0], K, G, *m.shape[2:]) if m.shape[1] == N else m[:, :, None]
     out = _attend(q, k, v, m, bool(is_causal), scale)          # (B, K, G, T, Hv)
     out = out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, value.shape[-1])
     return out[0] if single else out

@@ -48,6 +48,7 @@ CASES = {
     "gqa": ((2, 5, 6, 8), (2, 7, 2, 8), {}),
     "gqa_mask_causal": ((2, 6, 6, 8), (2, 6, 3, 8), {"mask": (2, 6, 6, 6), "is_causal": True}),
     "unbatched_mask": ((5, 4, 8), (7, 2, 8), {"mask": (5, 7)}),
+    "gqa_mask_broadcast": ((2, 5, 6, 8), (2, 7, 2, 8), {"mask": (1, 6, 1, 7)}),
 }
 
 
