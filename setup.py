@@ -72,11 +72,20 @@ def target_arch():
     return platform.machine().lower()
 
 
+# examples that `python -m attnx demo ...` runs, shipped as attnx/examples/<name>
+PACKAGED_EXAMPLES = ["train_alignment.py"]
+
+
 class BuildPy(build_py):
-    """Ship the public C headers inside the package (attnx.get_include())."""
+    """Ship the public C headers inside the package (attnx.get_include()), and
+    the examples the demo runs (one source: examples/)."""
 
     def run(self):
         super().run()
+        ex = os.path.join(self.build_lib, "attnx", "examples")
+        self.mkpath(ex)
+        for name in PACKAGED_EXAMPLES:
+            self.copy_file(os.path.join("examples", name), os.path.join(ex, name))
         dest = os.path.join(self.build_lib, "attnx", "include")
         self.mkpath(dest)
         for h in PUBLIC_HEADERS:

@@ -34,6 +34,9 @@ def _demo(args):
                   "(or pip install matplotlib)", file=sys.stderr)
             return 2
     from . import demo
+    if args.train:
+        demo.train(steps=args.steps)
+        return 0
     demo.run(plot_dir=args.plot)
     return 0
 
@@ -55,6 +58,10 @@ def _parser(prog):
     d = sub.add_parser("demo", help="walk through the worked example step by step")
     d.add_argument("--plot", metavar="DIR", help="also write the tutorial's heatmaps as PNGs "
                    "into DIR (needs matplotlib: pip install \"attnx[plot]\")")
+    d.add_argument("--train", action="store_true", help="instead: learn the reversal "
+                   "alignment with one attention layer, by NumPy SGD on attnx's gradients "
+                   "(examples/train_alignment.py)")
+    d.add_argument("--steps", type=int, default=300, help="SGD steps for --train (default 300)")
     d.set_defaults(func=_demo)
     i = sub.add_parser("info", help="version, SIMD level, compiler and flags")
     i.set_defaults(func=_info)

@@ -155,3 +155,23 @@ def run(plot_dir=None, out=print):
         for p in paths:
             out(f"     {p}")
     return r
+
+
+def train(steps=300, out=print):
+    """``python -m attnx demo --train``: examples/train_alignment.py (shipped
+    inside the package as attnx/examples/), which learns the alignment the toy
+    decoder above has by hand: reversal, by SGD on attnx's gradients."""
+    import importlib.util
+    import os
+
+    import attnx
+    for d in attnx.__path__:
+        for path in (os.path.join(d, "examples", "train_alignment.py"),
+                     os.path.join(d, os.pardir, "examples", "train_alignment.py")):
+            if os.path.isfile(path):
+                spec = importlib.util.spec_from_file_location("attnx_train_alignment", path)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                return mod.train(steps=steps, out=out)
+    raise FileNotFoundError("examples/train_alignment.py is not in this attnx installation")
+

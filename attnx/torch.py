@@ -1,0 +1,211 @@
+"""attnx as a PyTorch operator: ``attnx.torch.scaled_dot_product_attention``.
+
+The same signature and semantics as `torch.nn.functional.scaled_dot_product_attention`
+on CPU float32 and float64 tensors, computed by `attnx.attend` forward and
+`attnx.attend_backward` (the flash backward: no L x S buffer) backward.
+
+It is registered as the custom operators ``attnx::sdpa`` and
+``attnx::sdpa_backward`` (`torch.library.custom_op`), with an autograd
+formula and fake (meta) implementations, so it works eagerly, under
+`torch.compile(fullgraph=True)` and passes `torch.library.opcheck`.
+
+Contiguous CPU tensors reach attnx without a copy (``Tensor.numpy()`` shares
+their memory); a non-contiguous one is copied once by attnx. The results are
+NumPy arrays handed to torch with `torch.from_numpy`, also without a copy.
+
+Not supported (a clear error naming the argument): ``dropout_p != 0``,
+tensors on other devices, dtypes other than float32/float64, and a float
+(additive) `attn_mask` (it needs attnx's ``bias=``, issue 13). A query
+whose every key is masked gets zeros and zero gradients, as torch 2.13's own
+CPU sdpa does.
+
+Importing ``attnx`` never imports this module (nor torch); ``import
+attnx.torch`` does. Install with ``pip install "attnx[torch]"``.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+import attnx
+
+__all__ = ["scaled_dot_product_attention"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    # a view of the tensor's memory: no copy (attnx copies a non-contiguous one once)
+    return t.detach().numpy()
+
+
+def _batch_shape(query, key, value, attn_mask):
+    shapes = [query.shape[:-2], key.shape[:-2], value.shape[:-2]]
+    if attn_mask is not None:
+        shapes.append(attn_mask.shape[:-2])
+    return torch.broadcast_shapes(*shapes)
+
+
+@torch.library.custom_op("attnx::sdpa", mutates_args=(), device_types="cpu")
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+          attn_mask: Optional[torch.Tensor], is_causal: bool,
+          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): attention and each query row's logsumexp (saved for the backward)."""
+    out, lse = attnx.attend(_np(query), _np(key), _np(value), scale=scale,
+                            mask=None if attn_mask is None else _np(attn_mask),
+                            causal=is_causal, return_lse=True)
+    return torch.from_numpy(out), torch.from_numpy(lse)
+
+
+@_sdpa.register_fake
+def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
+    batch = _batch_shape(query, key, value, attn_mask)
+    L, Ev = query.shape[-2], value.shape[-1]
+    return query.new_empty((*batch, L, Ev)), query.new_empty((*batch, L))
+
+
+@torch.library.custom_op("attnx::sdpa_backward", mutates_args=(), device_types="cpu")
+def _sdpa_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                   out: torch.Tensor, lse: torch.Tensor, is_causal: bool,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for query, key and value, each shaped like its operand
+    (attnx sums a broadcast operand's gradient over the broadcast dimensions)."""
+    grads = attnx.attend_backward(_np(grad_out), _np(query), _np(key), _np(value),
+                                  _np(out), _np(lse), scale=scale,
+                                  mask=None if attn_mask is None else _np(attn_mask),
+                                  causal=is_causal)
+    return tuple(torch.from_numpy(g) for g in grads)
+
+
+@_sdpa_backward.register_fake
+def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, attn_mask, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, attn_mask, out, lse)
+    ctx.is_causal, ctx.scale = is_causal, scale
+    # lse is a residual for the backward, not a result anyone differentiates
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    query, key, value, attn_mask, out, lse = ctx.saved_tensors
+    dq, dk, dv = _sdpa_backward(grad_out.contiguous(), query, key, value, attn_mask, out, lse,
+                                ctx.is_causal, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_sdpa.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on device {t.device}: attnx.torch runs on CPU tensors only "
+                         f"(move it with .cpu(), or use torch's own sdpa on {t.device.type})")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}: attnx.torch supports torch.float32 and "
+                        f"torch.float64")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., L, E), got {tuple(t.shape)}")
+
+
+def _gqa_mask(attn_mask, hkv, group):
+    """A mask broadcastable to (..., Hq, L, S) made broadcastable to (..., Hkv, G, L, S)."""
+    if attn_mask.dim() < 3:
+        return attn_mask                          # no head dimension: broadcasts as it is
+    if attn_mask.shape[-3] == 1:
+        return attn_mask.unsqueeze(-3)
+    return attn_mask.unflatten(-3, (hkv, group))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False):
+    """`torch.nn.functional.scaled_dot_product_attention`, computed by attnx.
+
+    Parameters
+    ----------
+    query : Tensor, shape (..., Hq, L, E)
+    key : Tensor, shape (..., H, S, E)
+    value : Tensor, shape (..., H, S, Ev)
+        CPU tensors, all float32 or all float64. Leading dimensions broadcast.
+    attn_mask : Tensor of bool, optional
+        Broadcastable to (..., Hq, L, S); True means "attends". A float
+        (additive) mask is a NotImplementedError until attnx has ``bias=``
+        (issue 13).
+    dropout_p : float
+        Must be 0.0 (dropout is out of scope: a ValueError otherwise).
+    is_causal : bool
+        Top-left causal mask (query i sees keys ``t <= i``). With `attn_mask`
+        as well it is a RuntimeError, as in torch.
+    scale : float, optional
+        Score factor; default ``1/sqrt(E)``.
+    enable_gqa : bool
+        Grouped-query attention: Hq must be a multiple of H; query head h
+        uses key/value head ``h // (Hq // H)``. Done by a reshape of the
+        query and a broadcast axis in key and value, never a copy of them.
+
+    Returns
+    -------
+    Tensor, shape (..., Hq, L, Ev)
+        Differentiable in query, key and value (attnx.attend_backward).
+
+    Examples
+    --------
+    >>> import torch, attnx.torch
+    >>> q, k, v = (torch.randn(2, 4, 8, 16, dtype=torch.float64) for _ in range(3))
+    >>> out = attnx.torch.scaled_dot_product_attention(q, k, v, is_causal=True)
+    >>> ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    >>> bool(torch.allclose(out, ref, rtol=1e-12, atol=1e-12))
+    True
+    """
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check(name, t)
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, "
+                        f"{key.dtype} and {value.dtype}")
+    if dropout_p != 0.0:
+        raise ValueError(f"dropout_p={dropout_p!r}: attnx.torch does not implement dropout; "
+                         f"pass dropout_p=0.0 (apply dropout outside the attention, or use "
+                         f"torch's sdpa while training with it)")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"attn_mask must be a torch.Tensor or None, got "
+                            f"{type(attn_mask).__name__}")
+        if attn_mask.device.type != "cpu":
+            raise ValueError(f"attn_mask is on device {attn_mask.device}: attnx.torch runs on "
+                             f"CPU tensors only")
+        if attn_mask.dtype != torch.bool:
+            raise NotImplementedError(
+                f"attn_mask has dtype {attn_mask.dtype}: a float (additive) attn_mask needs "
+                f"attnx.attend's bias= argument, which is not there yet (issue 13); pass a "
+                f"bool mask (True = attends)")
+        if is_causal:
+            # torch's own rule (attnx.attend could AND the two; the drop-in keeps torch's)
+            raise RuntimeError("attn_mask and is_causal=True were both given: as torch's sdpa, "
+                               "attnx.torch takes one or the other (fold the causal mask "
+                               "into attn_mask)")
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    if not enable_gqa:
+        out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), scale)
+        return out
+    if query.dim() < 3 or key.dim() < 3 or value.dim() < 3:
+        raise ValueError(f"enable_gqa=True needs a head dimension (..., H, L, E): got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
+    hq, hkv = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != hkv or hq % hkv:
+        raise ValueError(f"enable_gqa=True needs key and value with the same number of heads, "
+                         f"dividing the query's: got query {tuple(query.shape)}, key "
+                         f"{tuple(key.shape)}, value {tuple(value.shape)}")
+    group = hq // hkv
+    q5 = query.unflatten(-3, (hkv, group))                   # (..., Hkv, G, L, E), a view
+    k5, v5 = key.unsqueeze(-3), value.unsqueeze(-3)          # (..., Hkv, 1, S, E), views
+    m5 = None if attn_mask is None else _gqa_mask(attn_mask, hkv, group)
+    out, _ = _sdpa(q5, k5, v5, m5, bool(is_causal), scale)
+    return out.flatten(-4, -3)
