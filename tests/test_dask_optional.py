@@ -9,9 +9,10 @@ pytestmark = pytest.mark.simd_independent
 
 
 def run(code):
-    # -P: the repository root stays off sys.path, so this is the installed attnx
-    return subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    # run from / so that the repository root (a source attnx/) stays off
+    # sys.path: this is the installed attnx (-P would do it, but not on 3.10)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd="/")
 
 
 def test_importing_attnx_never_imports_dask():
