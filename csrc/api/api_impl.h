@@ -490,19 +490,29 @@ static void item_ptrs(const attn_args *a, size_t b, const AX_T **q, const AX_T *
 }
 
 /* -- split-K: few query rows over many keys.
- * Each row's keys are cut into partitions of SPLIT_KEYS (the last shorter),
- * a cut that depends on T alone. Each partition folds into its own state
- * (m, l, acc); the states merge in a fixed pairwise tree over the partition
- * index (1 into 0, 3 into 2, ..., then 2 into 0, ...). Threads only choose
- * who computes which partition, so the bits are those of a serial run at
- * any thread count. */
+ * Each row's keys are cut into partitions of split_keys(T) keys (the last
+ * shorter), a cut that depends on T alone: from SPLIT_KEYS up, doubled
+ * (to at most 64 Ki) while there would be more than 16. Few, long
+ * partitions keep the fold's prefetching on (it streams from 8 MB up; 4096
+ * keys of d = dv = 64 are 4 MB) and still feed 16 threads. Each partition
+ * folds into its own state (m, l, acc); the states merge in a fixed
+ * pairwise tree over the partition index (1 into 0, 3 into 2, ..., then 2
+ * into 0, ...). Threads only choose who computes which partition, so the
+ * bits are those of a serial run at any thread count. */
 #define SPLIT_KEYS 4096
 #define SPLIT_MIN_KEYS (2 * SPLIT_KEYS)
 #define SPLIT_MAX_ROWS 4
 
+static size_t split_keys(size_t T)
+{
+    size_t p = SPLIT_KEYS;
+    while (T / p > 16 && p < ((size_t)64 << 10)) p *= 2;
+    return p;
+}
+
 typedef struct {
     const attn_args *a;
-    size_t nparts;
+    size_t nparts, keys;      /* partitions per row, keys per partition */
     attnx_online *st;         /* rows * nparts */
     AX_T *acc;                /* rows * nparts * dv */
 } split_job;
@@ -518,7 +528,7 @@ static void split_parts(void *ptr, size_t i0, size_t i1)
         const unsigned char *m;
         item_ptrs(a, b, &q, &k, &v, &m);
         size_t lim = causal_lim(a->causal, a->diag, r, a->T);
-        size_t t0 = p * SPLIT_KEYS, t1 = t0 + SPLIT_KEYS < lim ? t0 + SPLIT_KEYS : lim;
+        size_t t0 = p * j->keys, t1 = t0 + j->keys < lim ? t0 + j->keys : lim;
         attnx_online *st = j->st + i;
         AX_T *acc = j->acc + i * a->dv;
         st->m = -INFINITY;
@@ -551,7 +561,7 @@ static void merge_state(attnx_online *sa, double *acca, const attnx_online *sb,
 
 static int attend_split(const attn_args *a, int nt)
 {
-    const size_t dv = a->dv, nparts = (a->T + SPLIT_KEYS - 1) / SPLIT_KEYS;
+    const size_t dv = a->dv, keys = split_keys(a->T), nparts = (a->T + keys - 1) / keys;
     const size_t n = a->rows * nparts;
     attnx_online *st = (attnx_online *)malloc(n * sizeof(attnx_online));
     AX_T *acc = (AX_T *)malloc(n * (dv ? dv : 1) * sizeof(AX_T));
@@ -562,7 +572,7 @@ static int attend_split(const attn_args *a, int nt)
         free(sum);
         return ATTNX_ERR_NOMEM;
     }
-    split_job job = {a, nparts, st, acc};
+    split_job job = {a, nparts, keys, st, acc};
     attnx_parallel_for(nt, n, split_parts, &job);
     for (size_t row = 0; row < a->rows; row++) {
         attnx_online *s = st + row * nparts;
@@ -663,7 +673,7 @@ static int attention(attn_args *a, int num_threads)
     const double work = (double)rows * (double)T * (double)(d + dv + 1);
 
     if (rows <= SPLIT_MAX_ROWS && !a->weights && T >= SPLIT_MIN_KEYS) {
-        size_t nparts = (T + SPLIT_KEYS - 1) / SPLIT_KEYS;
+        size_t nparts = (T + split_keys(T) - 1) / split_keys(T);
         return attend_split(a, attnx_pick_threads(num_threads, rows * nparts, work));
     }
 
