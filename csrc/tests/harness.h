@@ -10,7 +10,11 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
+
+#include "attnx.h"
 
 #if !defined(HARNESS_NO_CHECK)
 static int g_pass, g_fail;
@@ -27,6 +31,40 @@ static const char *g_level = "?";
             printf("\n");                                                       \
         }                                                                       \
     } while (0)
+
+/* The driver of every C test program. `--levels` prints the SIMD levels
+ * this CPU has (the Makefile runs each program once per level). Otherwise:
+ * once() at the dispatched level, then per_level() at every level the CPU
+ * has, or at the one ATTNX_SIMD pins; then "N passed, N failed". The exit
+ * status is nonzero on any failure. */
+static int harness_main(int argc, char **argv, const char *title, void (*once)(void),
+                        void (*per_level)(void))
+{
+    const char *avail = attnx_simd_available();
+    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
+        printf("%s\n", avail);
+        return 0;
+    }
+    char levels[64];
+    g_level = attnx_simd_level();
+    printf("attnx %s C tests; levels available: %s; dispatched: %s; build: %s\n", title, avail,
+           g_level, attnx_build_info());
+    if (once) once();
+    const char *pin = getenv("ATTNX_SIMD");
+    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
+    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
+        if (attnx_set_simd_level(lv) != ATTNX_OK) {
+            CHECK(0, "cannot select level %s", lv);
+            continue;
+        }
+        g_level = attnx_simd_level();
+        CHECK(strcmp(g_level, lv) == 0, "level %s selected", lv);
+        per_level();
+        printf("level %-7s done\n", lv);
+    }
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail != 0;
+}
 #endif
 
 #if !defined(HARNESS_SEED)

@@ -444,34 +444,17 @@ static void test_status_codes(void)
           "scores in v");
 }
 
+static void per_level(void)
+{
+    test_tanh_specials();
+    test_tanh_accuracy();
+    test_scores_vs_scalar();
+    test_scores_row_independent();
+    test_scores_edges();
+    test_batch();
+}
+
 int main(int argc, char **argv)
 {
-    const char *avail = attnx_simd_available();
-    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
-        printf("%s\n", avail);
-        return 0;
-    }
-    char levels[64];
-    printf("attnx additive C tests; levels available: %s\n", avail);
-    g_level = attnx_simd_level();
-    test_status_codes();
-    const char *pin = getenv("ATTNX_SIMD");
-    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
-    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
-        if (attnx_set_simd_level(lv) != ATTNX_OK) {
-            CHECK(0, "cannot select level %s", lv);
-            continue;
-        }
-        g_level = attnx_simd_level();
-        CHECK(strcmp(g_level, lv) == 0, "level %s selected", lv);
-        test_tanh_specials();
-        test_tanh_accuracy();
-        test_scores_vs_scalar();
-        test_scores_row_independent();
-        test_scores_edges();
-        test_batch();
-        printf("level %-7s done\n", lv);
-    }
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return harness_main(argc, argv, "additive", test_status_codes, per_level);
 }

@@ -220,30 +220,14 @@ static void test_status_codes(void)
           "a NaN lse: a NaN row");
 }
 
+static void per_level(void)
+{
+    test_offsets_and_lse();
+    test_merge_chunks();
+    test_split_bits();
+}
+
 int main(int argc, char **argv)
 {
-    const char *avail = attnx_simd_available();
-    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
-        printf("%s\n", avail);
-        return 0;
-    }
-    char levels[64];
-    printf("attnx attention/merge C tests; levels available: %s\n", avail);
-    g_level = attnx_simd_level();
-    test_status_codes();
-    const char *pin = getenv("ATTNX_SIMD");
-    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
-    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
-        if (attnx_set_simd_level(lv) != ATTNX_OK) {
-            CHECK(0, "cannot select level %s", lv);
-            continue;
-        }
-        g_level = attnx_simd_level();
-        test_offsets_and_lse();
-        test_merge_chunks();
-        test_split_bits();
-        printf("level %-7s done\n", lv);
-    }
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return harness_main(argc, argv, "attention/merge", test_status_codes, per_level);
 }

@@ -550,42 +550,23 @@ static void test_exp_dense(void)
     free(y);
 }
 
+static void per_level(void)
+{
+    test_worked_example();
+    test_against_scalar();
+    test_exp();
+    test_softmax_specials();
+    test_attend_specials();
+    test_batch();
+    test_split();
+    test_rows_vs_loop();
+    test_alignment();
+    test_extremes_vs_scalar();
+    test_softmax_ulp();
+    test_exp_dense();
+}
+
 int main(int argc, char **argv)
 {
-    const char *avail = attnx_simd_available();
-    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
-        printf("%s\n", avail);
-        return 0;
-    }
-    char levels[64];
-    printf("attnx C tests; levels available: %s; build: %s\n", avail, attnx_build_info());
-    g_level = attnx_simd_level();
-    printf("dispatched level: %s\n", g_level);
-    test_status_codes();
-    /* every level this CPU has, unless ATTNX_SIMD pins one */
-    const char *pin = getenv("ATTNX_SIMD");
-    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
-    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
-        if (attnx_set_simd_level(lv) != ATTNX_OK) {
-            CHECK(0, "cannot select level %s", lv);
-            continue;
-        }
-        g_level = attnx_simd_level();
-        CHECK(strcmp(g_level, lv) == 0, "level %s selected", lv);
-        test_worked_example();
-        test_against_scalar();
-        test_exp();
-        test_softmax_specials();
-        test_attend_specials();
-        test_batch();
-        test_split();
-        test_rows_vs_loop();
-        test_alignment();
-        test_extremes_vs_scalar();
-        test_softmax_ulp();
-        test_exp_dense();
-        printf("level %-7s done\n", lv);
-    }
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return harness_main(argc, argv, "float64", test_status_codes, per_level);
 }

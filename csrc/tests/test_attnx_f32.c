@@ -846,43 +846,26 @@ static void print_errors(void)
            g_err.fused_ctx, g_err.rows_ctx);
 }
 
+static void per_level(void)
+{
+    CHECK(strcmp(attnx_kernels_f32_get()->name, g_level) == 0, "float32 level %s follows float64 %s",
+          attnx_kernels_f32_get()->name, g_level);
+    memset(&g_err, 0, sizeof g_err);
+    test_worked_example();
+    test_exp();
+    test_against_f64();
+    test_softmax_specials();
+    test_attend_specials();
+    test_batch();
+    test_split();
+    test_rows_vs_f64();
+    test_alignment();
+    test_extremes_vs_scalar();
+    print_errors();
+    check_error_budget();
+}
+
 int main(int argc, char **argv)
 {
-    const char *avail = attnx_simd_available();
-    if (argc > 1 && strcmp(argv[1], "--levels") == 0) {
-        printf("%s\n", avail);
-        return 0;
-    }
-    char levels[64];
-    printf("attnx float32 C tests; levels available: %s; build: %s\n", avail, attnx_build_info());
-    g_level = attnx_simd_level();
-    printf("dispatched level: %s (float32 kernels: %s)\n", g_level, attnx_kernels_f32_get()->name);
-    test_status_codes();
-    const char *pin = getenv("ATTNX_SIMD");
-    snprintf(levels, sizeof levels, "%s", (pin && *pin) ? attnx_simd_level() : avail);
-    for (char *lv = strtok(levels, " "); lv; lv = strtok(NULL, " ")) {
-        if (attnx_set_simd_level(lv) != ATTNX_OK) {
-            CHECK(0, "cannot select level %s", lv);
-            continue;
-        }
-        g_level = attnx_simd_level();
-        CHECK(strcmp(attnx_kernels_f32_get()->name, lv) == 0, "float32 level %s follows float64 %s",
-              attnx_kernels_f32_get()->name, lv);
-        memset(&g_err, 0, sizeof g_err);
-        test_worked_example();
-        test_exp();
-        test_against_f64();
-        test_softmax_specials();
-        test_attend_specials();
-        test_batch();
-        test_split();
-        test_rows_vs_f64();
-        test_alignment();
-        test_extremes_vs_scalar();
-        print_errors();
-        check_error_budget();
-        printf("level %-7s done\n", lv);
-    }
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail != 0;
+    return harness_main(argc, argv, "float32", test_status_codes, per_level);
 }
