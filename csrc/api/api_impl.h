@@ -63,11 +63,10 @@ static void masked_scores(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
 }
 
 /* Weights then context; w has room for T entries. */
-static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
-                            const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                            const unsigned char *mask, AX_T *ctx, AX_T *w)
+/* The second half of attend_two_pass: w holds the masked scores. */
+static void weights_then_context(const AX_KERNELS *kt, const AX_T *V, size_t T, size_t dv,
+                                 AX_T *ctx, AX_T *w)
 {
-    masked_scores(kt, q, K, T, d, scale, mask, w);
     if (kt->softmax(w, T, w)) {        /* nothing to attend to */
         fill(w, T, 0);
         fill(ctx, dv, 0);
@@ -78,6 +77,14 @@ static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
         return;                        /* rows stay unread */
     }
     kt->context(w, V, T, dv, ctx);
+}
+
+static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
+                            const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
+                            const unsigned char *mask, AX_T *ctx, AX_T *w)
+{
+    masked_scores(kt, q, K, T, d, scale, mask, w);
+    weights_then_context(kt, V, T, dv, ctx, w);
 }
 
 /* Whether some c[j] is inf or NaN: its exponent field is all ones, so adding
@@ -189,7 +196,7 @@ static void attend_two_pass_lse(const AX_KERNELS *kt, const AX_T *q, const AX_T 
     for (size_t t = 1; t < T; t++)
         if (w[t] > w[jmax] || w[jmax] != w[jmax]) jmax = t;
     const double m = (double)w[jmax];
-    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+    weights_then_context(kt, V, T, dv, ctx, w);
     if (w[0] != w[0]) *lse = (AX_T)NAN;
     else if (m == -INFINITY) *lse = (AX_T)-INFINITY;
     else *lse = (AX_T)(m - attnx_log_f64((double)w[jmax]));
