@@ -120,6 +120,17 @@ cdef extern from *:
             void *weights;
             void *lse;
             int num_threads;
+            const void *bias;
+            const ptrdiff_t *bias_strides;
+            ptrdiff_t bias_row_stride;
+            ptrdiff_t bias_col_stride;
+            const void *alibi_slopes;
+            const ptrdiff_t *alibi_strides;
+            const long long *key_lengths;
+            const ptrdiff_t *key_lengths_strides;
+            int lower_right;
+            ptrdiff_t window_left, window_right;
+            double softcap;
         } attnx_attention_params;
     #endif
     """
@@ -148,6 +159,18 @@ cdef extern from *:
         void *weights
         void *lse
         int num_threads
+        const void *bias
+        const ptrdiff_t *bias_strides
+        ptrdiff_t bias_row_stride
+        ptrdiff_t bias_col_stride
+        const void *alibi_slopes
+        const ptrdiff_t *alibi_strides
+        const long long *key_lengths
+        const ptrdiff_t *key_lengths_strides
+        int lower_right
+        ptrdiff_t window_left
+        ptrdiff_t window_right
+        double softcap
 
 cdef int attention(const attnx_attention_params *params) noexcept nogil
 cdef int attention_f32(const attnx_attention_params *params) noexcept nogil

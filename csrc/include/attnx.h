@@ -42,8 +42,11 @@ extern "C" {
  * (attnx_api_table below). 1: the float64 kernels; 2: log-softmax, tanh and
  * additive scores, the float32 family; 3: attnx_attention (one entry point
  * with every option, logsumexp, position offsets), attnx_merge_attention and
- * attnx_attention_backward. */
-#define ATTNX_API_VERSION 3
+ * attnx_attention_backward; 4: attnx_attention_params grows what shapes the
+ * scores (bias, ALiBi, key lengths, windows, lower-right alignment, softcap),
+ * so that a caller who sets them can refuse a library that would not read
+ * them. */
+#define ATTNX_API_VERSION 4
 
 /* Status codes. Every function returns one; attnx_strerror() names it. */
 enum attnx_status {
@@ -84,12 +87,26 @@ typedef struct attnx_attention_params {
     void *weights;                     /* (..., Lq, T) or NULL */
     void *lse;                         /* (..., Lq) or NULL */
     int num_threads;                   /* 0: attnx_max_threads() */
+    /* -- API version 4: what shapes the scores (see attnx_api.def). A
+     * version-3 caller's shorter struct reads all of these as 0: none. */
+    const void *bias;                  /* NULL, or added to the scores */
+    const ptrdiff_t *bias_strides;     /* per batch dimension (0: broadcast) */
+    ptrdiff_t bias_row_stride;         /* between query rows (0: broadcast) */
+    ptrdiff_t bias_col_stride;         /* between keys: 1, or 0 (broadcast) */
+    const void *alibi_slopes;          /* NULL, or one slope per batch item */
+    const ptrdiff_t *alibi_strides;    /* per batch dimension (0: broadcast) */
+    const long long *key_lengths;      /* NULL, or keys seen per batch item */
+    const ptrdiff_t *key_lengths_strides;
+    int lower_right;                   /* 1: align the last query, last key */
+    ptrdiff_t window_left, window_right;   /* < 0: unbounded on that side */
+    double softcap;                    /* 0: none; else > 0 */
 } attnx_attention_params;
 #endif
 
 /* The smallest size attnx_attention accepts: every field up to num_threads
  * (version 3's struct). */
-#define ATTNX_ATTENTION_PARAMS_V1_SIZE sizeof(attnx_attention_params)
+#define ATTNX_ATTENTION_PARAMS_V1_SIZE \
+    (offsetof(attnx_attention_params, num_threads) + sizeof(int))
 
 /* attnx_capi.h includes this header for its types only: there each function
  * name is a static inline caller through the capsule table. */
