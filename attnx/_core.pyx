@@ -1012,25 +1012,22 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
                          f"the same number of keys (..., T, .)")
     if K.shape[-2] == 0:
         raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
-    s = additive_score(query, Kp, W_q, v, num_threads=num_threads)
-    single = s.ndim == 1 or np.ndim(query) == 1
+    A, Kp, vv = _additive_operands(query, Kp, W_q, v)
+    single = A.ndim == 1
     if causal and single:
         raise ValueError(_CAUSAL_SINGLE)
-    with np.errstate(invalid="ignore"):
-        if mask is not None:
-            m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
-            if m.dtype != np.bool_:
-                raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
-            try:
-                m = np.broadcast_to(m, s.shape)
-            except ValueError:
-                raise ValueError(f"mask has shape {np.shape(mask)}, which does not broadcast "
-                                 f"to the scores' shape {s.shape}") from None
-            s = np.where(m, s, -np.inf)
-        if causal:
-            Lq, T = (1 if single else s.shape[-2]), s.shape[-1]
-            allowed = np.tril(np.ones((Lq, T), dtype=bool))
-            s = np.where(allowed[0] if single else allowed, s, -np.inf)
+    h, T, dv = vv.shape[0], Kp.shape[-2], V.shape[-1]
+    Lq = 1 if single else A.shape[-2]
+    batch = _broadcast_batch([(A, 1 if single else 2, "query"), (Kp, 2, "keys_proj"),
+                              (V, 2, "values")])
+    scores_shape = batch + ((T,) if single else (Lq, T))
+    cdef size_t nb = len(batch), i
+    cdef size_t bshape[32]
+    cdef ptrdiff_t as_[32], ks[32], vs[32], ms[32]     # batch strides: A, Kp, V, mask
+    cdef ptrdiff_t mrow = 0
+    m = _mask_operand(mask, scores_shape, single, batch, ms, &mrow)
+    cdef const unsigned char *mptr = NULL if m is None else \
+        <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
     # every output is checked (shape, dtype, memory shared with any input)
     # before anything is written
     if not return_weights:
@@ -1043,18 +1040,34 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
         raise ValueError("with return_weights=True, out must be an array for the context "
                          "or a pair (context_out, weights_out)")
     inputs = [a for a in (np.asarray(query), K, V, Kp, np.asarray(W_q), np.asarray(v))
-              if a.dtype.kind in "biuf"]
-    ctx_shape = s.shape[:-1] + (V.shape[-1],)
-    ctx = _result(ctx_out, ctx_shape, inputs)
-    if return_weights:
-        w_res = _result(w_out, s.shape, inputs + [ctx])
-    w = softmax(s)
-    w[np.isneginf(s).all(axis=-1)] = 0.0        # nothing to attend to: zeros, not NaN
-    context(w, V if single else V[..., None, :, :], out=ctx, num_threads=num_threads)
-    if not return_weights:
-        return ctx
-    w_res[...] = w
-    return ctx, w_res
+              if a.dtype.kind in "biuf"] + [m]
+    ctx = _result(ctx_out, batch + ((dv,) if single else (Lq, dv)), inputs)
+    w = _result(w_out, scores_shape, inputs + [ctx]) if return_weights else None
+    cdef int nt = _threads(num_threads)
+    rows = Lq
+    for i in range(nb):
+        bshape[i] = batch[i]
+        rows *= batch[i]
+    _fill_strides(A, 1 if single else 2, 8, batch, as_)
+    _fill_strides(Kp, 2, 8, batch, ks)
+    _fill_strides(V, 2, 8, batch, vs)
+    cdef double *ap = <double *>_data(A)
+    cdef double *kpp = <double *>_data(Kp)
+    cdef double *vp = <double *>_data(vv)
+    cdef double *valp = <double *>_data(V)
+    cdef double *cp = <double *>_data(ctx)
+    cdef double *wp = NULL if w is None else <double *>_data(w)
+    cdef size_t cLq = Lq, cT = T, ch = h, cdv = dv
+    cdef int rc
+    cdef bint cz = causal
+    # one C call: scores, mask and causality, softmax, context
+    cdef PyThreadState *ts = _release_gil(rows * T * (h + dv + 1) >= NOGIL_WORK)
+    rc = ak.additive_attention(ap, kpp, vp, valp, nb, bshape, as_, ks, vs, cLq, cT, ch, cdv,
+                               mptr, ms, mrow, cz, cp, wp, nt)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return ctx if w is None else (ctx, w)
 
 
 cdef int _check_qkv(object q, object K, object V) except -1:
@@ -1089,6 +1102,19 @@ cdef object _bool_mask(object mask, tuple scores_shape, bint add_query_axis):
                          f"the scores' shape {scores_shape}") from None
     if scores_shape[-1] > 1 and m.strides[-1] != 1:
         m = np.ascontiguousarray(m)
+    return m
+
+
+cdef object _mask_operand(object mask, tuple scores_shape, bint single, tuple batch,
+                          ptrdiff_t *strides, ptrdiff_t *row_stride):
+    """mask (None: no mask) as the C attention calls take it: the boolean
+    array of _bool_mask, which the caller keeps alive through the call, with
+    its batch strides and its row stride (0 for a single query) filled in."""
+    if mask is None:
+        return None
+    m = _bool_mask(mask, scores_shape, False)
+    row_stride[0] = 0 if single else m.strides[-2]
+    _fill_strides(m, 1 if single else 2, 1, batch, strides)
     return m
 
 
@@ -1544,6 +1570,25 @@ def project_keys(keys, W_k):
     return np.ascontiguousarray(K @ Wk.T)
 
 
+cdef tuple _additive_operands(object query, object keys_proj, object W_q, object v):
+    """(W_q query, keys_proj, v) as float64 arrays, A = W_q query C-contiguous,
+    after the shape checks of additive_score (its messages)."""
+    q = _as_f64(query, "query")
+    Kp = _as_f64(keys_proj, "keys_proj")
+    Wq = _as_f64(W_q, "W_q")
+    vv = _as_f64(v, "v")
+    if Wq.ndim != 2 or vv.ndim != 1 or Wq.shape[0] != vv.shape[0]:
+        raise ValueError(f"W_q has shape {Wq.shape} and v has shape {vv.shape}: expected "
+                         f"W_q (h, dq) and v (h,)")
+    if q.ndim < 1 or q.shape[-1] != Wq.shape[1]:
+        raise ValueError(f"query has shape {q.shape} but W_q has shape {Wq.shape}: the query's "
+                         f"last dimension must be W_q's second")
+    if Kp.ndim < 2 or Kp.shape[-1] != vv.shape[0]:
+        raise ValueError(f"keys_proj has shape {Kp.shape} but v has shape {vv.shape}: expected "
+                         f"keys_proj (..., T, h)")
+    return np.ascontiguousarray(q @ Wq.T), Kp, vv      # A: (..., h) or (..., Lq, h)
+
+
 def additive_score(query, keys_proj, W_q, v, *, out=None, num_threads=None):
     """Bahdanau's additive (concat) score, ``v^T tanh(W_q query + keys_proj[t])``.
 
@@ -1579,20 +1624,7 @@ def additive_score(query, keys_proj, W_q, v, *, out=None, num_threads=None):
     >>> np.allclose(s, np.tanh(W_q @ q + keys @ W_k.T) @ v)
     True
     """
-    q = _as_f64(query, "query")
-    Kp = _as_f64(keys_proj, "keys_proj")
-    Wq = _as_f64(W_q, "W_q")
-    vv = _as_f64(v, "v")
-    if Wq.ndim != 2 or vv.ndim != 1 or Wq.shape[0] != vv.shape[0]:
-        raise ValueError(f"W_q has shape {Wq.shape} and v has shape {vv.shape}: expected "
-                         f"W_q (h, dq) and v (h,)")
-    if q.ndim < 1 or q.shape[-1] != Wq.shape[1]:
-        raise ValueError(f"query has shape {q.shape} but W_q has shape {Wq.shape}: the query's "
-                         f"last dimension must be W_q's second")
-    if Kp.ndim < 2 or Kp.shape[-1] != vv.shape[0]:
-        raise ValueError(f"keys_proj has shape {Kp.shape} but v has shape {vv.shape}: expected "
-                         f"keys_proj (..., T, h)")
-    A = np.ascontiguousarray(q @ Wq.T)            # (..., h) or (..., Lq, h)
+    A, Kp, vv = _additive_operands(query, keys_proj, W_q, v)
     single = A.ndim == 1
     h, T = vv.shape[0], Kp.shape[-2]
     Lq = 1 if single else A.shape[-2]

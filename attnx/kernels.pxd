@@ -186,3 +186,13 @@ cdef int attention_backward_f32(const attnx_attention_params *params, const void
                                 const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
                                 const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
                                 void *grad_values) noexcept nogil
+
+# --- API version 5 -------------------------------------------------------------
+cdef int additive_attention(const double *A, const double *Kp, const double *v,
+                            const double *V, size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                            const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
+                            size_t dv, const unsigned char *mask,
+                            const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
+                            int causal, double *ctx, double *weights,
+                            int num_threads) noexcept nogil

@@ -87,6 +87,13 @@ cdef extern from "attnx.h" nogil:
                                      const ptrdiff_t *grad_out_strides,
                                      const ptrdiff_t *out_strides, const ptrdiff_t *lse_strides,
                                      void *grad_query, void *grad_keys, void *grad_values)
+    int attnx_additive_attention(const double *A, const double *Kp, const double *v,
+                                 const double *V, size_t nbatch, const size_t *batch_shape,
+                                 const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                                 const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
+                                 size_t dv, const unsigned char *mask,
+                                 const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
+                                 int causal, double *ctx, double *weights, int num_threads)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -238,6 +245,18 @@ cdef int attention_backward_f32(const attnx_attention_params *params, const void
                                 void *grad_values) noexcept nogil:
     return attnx_attention_backward_f32(params, grad_out, grad_out_strides, out_strides,
                                         lse_strides, grad_query, grad_keys, grad_values)
+
+cdef int additive_attention(const double *A, const double *Kp, const double *v,
+                            const double *V, size_t nbatch, const size_t *batch_shape,
+                            const ptrdiff_t *a_strides, const ptrdiff_t *kp_strides,
+                            const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
+                            size_t dv, const unsigned char *mask,
+                            const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
+                            int causal, double *ctx, double *weights,
+                            int num_threads) noexcept nogil:
+    return attnx_additive_attention(A, Kp, v, V, nbatch, batch_shape, a_strides, kp_strides,
+                                    v_strides, Lq, T, h, dv, mask, mask_strides,
+                                    mask_row_stride, causal, ctx, weights, num_threads)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)

@@ -1,5 +1,7 @@
 """Luong's general and Bahdanau's additive scores, and attend(score=...),
 against NumPy; attnx's own tanh against long double."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,110 @@ def test_additive_computes_in_float64():
     q, Kp = rng.standard_normal(3).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
     W_q, v = np.ones((2, 3), np.float32), np.ones(2, np.float32)
     assert attnx.additive_score(q, Kp, W_q, v).dtype == np.float64
+
+
+# --- attend(score="additive") is one C call: mask and causality applied in C ---
+
+def additive_attend_ref(Q, Kp, V, W_q, v, mask=None, causal=False):
+    """attend(score="additive") in NumPy float64 from the definitions: only
+    the keys a query sees enter its softmax and its context (NaN or inf in
+    the others' rows of keys_proj or values cannot reach the result)."""
+    s = additive_ref(Q, Kp, W_q, v)
+    seen = np.ones(s.shape, bool)
+    if mask is not None:
+        seen &= np.broadcast_to(mask, s.shape)
+    if causal:
+        seen &= np.tril(np.ones(s.shape[-2:], bool))
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = np.where(seen, s, -np.inf)
+        m = s.max(axis=-1, keepdims=True)
+        e = np.where(seen, np.exp(s - np.where(np.isfinite(m), m, 0.0)), 0.0)
+        w = np.where(seen.any(axis=-1, keepdims=True), e / e.sum(axis=-1, keepdims=True), 0.0)
+        Vb = V if np.ndim(Q) == 1 else np.asarray(V)[..., None, :, :]
+        ctx = np.where(seen[..., None], w[..., None] * Vb, 0.0).sum(axis=-2)
+    return ctx, w
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["none", "per_query", "shared"])
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_attend_additive_masks_in_c(causal, mask_kind, return_weights):
+    """Against the NumPy reference at every SIMD level (the simd fixture),
+    with NaN in keys_proj and inf/NaN in values on rows no query sees."""
+    g = np.random.default_rng(12)
+    T, h, dv = 41, 9, 6
+    Q = g.standard_normal((2, 3, 5, 4))
+    Kp, V = g.standard_normal((3, T, h)), g.standard_normal((3, T, dv))
+    W_q, v = g.standard_normal((h, 4)), g.standard_normal(h)
+    hidden = [4, 17, 40]                      # keys no query attends
+    mask = None if mask_kind == "none" else (
+        g.random((2, 3, 5, T)) > 0.3 if mask_kind == "per_query" else g.random(T) > 0.2)
+    if mask is None:
+        mask = np.ones(T, bool)
+    mask[..., hidden] = False
+    mask_arg = None if mask_kind == "none" else mask
+    if mask_kind == "none":                   # hide them causally instead: past every query
+        hidden = []
+    Kp[:, hidden, 0] = np.nan
+    V[:, hidden, 0] = np.inf
+    V[:, hidden, 1] = np.nan
+    if mask_kind == "per_query":
+        mask[0, 1, 2] = False                 # a query that attends nothing
+    K = g.standard_normal((3, T, 4))          # keys: only their count is read
+    got = attnx.attend(Q, K, V, score="additive", keys_proj=Kp, W_q=W_q, v=v, mask=mask_arg,
+                       causal=causal, return_weights=return_weights)
+    ctx, w = got if return_weights else (got, None)
+    want_ctx, want_w = additive_attend_ref(Q, Kp, V, W_q, v, mask_arg, causal)
+    assert np.isfinite(ctx).all()
+    np.testing.assert_allclose(ctx, want_ctx, rtol=1e-12, atol=1e-13)
+    if return_weights:
+        np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-300)
+        assert (w[..., hidden] == 0).all()
+    if mask_kind == "per_query":
+        assert (ctx[0, 1, 2] == 0).all()
+    # the same bits at any thread count, and with or without weights
+    again = attnx.attend(Q, K, V, score="additive", keys_proj=Kp, W_q=W_q, v=v, mask=mask_arg,
+                         causal=causal, num_threads=3)
+    np.testing.assert_array_equal(again, ctx)
+
+
+def test_attend_additive_nan_score_poisons_its_row_only():
+    g = np.random.default_rng(13)
+    Q, Kp, V = g.standard_normal((4, 3)), g.standard_normal((6, 5)), g.standard_normal((6, 2))
+    W_q, v = g.standard_normal((5, 3)), g.standard_normal(5)
+    Kp[2, 1] = np.nan
+    ctx, w = attnx.attend(Q, Kp, V, score="additive", keys_proj=Kp, W_q=W_q, v=v, causal=True,
+                          return_weights=True)
+    assert np.isfinite(ctx[:2]).all() and np.isfinite(w[:2]).all()
+    assert np.isnan(ctx[2:]).all() and np.isnan(w[2:]).all()
+
+
+def test_attend_additive_is_one_c_call(monkeypatch):
+    """attend(score="additive") no longer composes the public Python
+    functions (scores, then softmax and context, masked in NumPy)."""
+    core = sys.modules["attnx._core"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("attend(score='additive') called a public Python function")
+
+    g = np.random.default_rng(14)
+    Q, K, V = g.standard_normal((3, 4)), g.standard_normal((7, 5)), g.standard_normal((7, 2))
+    W_q, W_k, v = g.standard_normal((6, 4)), g.standard_normal((6, 5)), g.standard_normal(6)
+    want = attnx.attend(Q, K, V, score="additive", W_q=W_q, W_k=W_k, v=v, causal=True)
+    for name in ("additive_score", "softmax", "context"):
+        monkeypatch.setattr(core, name, refuse)
+    got = attnx.attend(Q, K, V, score="additive", W_q=W_q, W_k=W_k, v=v, causal=True)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_attend_additive_values_broadcast_like_dot():
+    """Leading dimensions of values broadcast with the query's and
+    keys_proj's, as they do for the dot score."""
+    g = np.random.default_rng(15)
+    q, K, V = g.standard_normal(4), g.standard_normal((7, 5)), g.standard_normal((2, 7, 3))
+    W_q, W_k, v = g.standard_normal((6, 4)), g.standard_normal((6, 5)), g.standard_normal(6)
+    ctx = attnx.attend(q, K, V, score="additive", W_q=W_q, W_k=W_k, v=v)
+    assert ctx.shape == (2, 3)
+    for b in range(2):
+        np.testing.assert_array_equal(ctx[b], attnx.attend(q, K, V[b], score="additive", W_q=W_q,
+                                                           W_k=W_k, v=v))

@@ -1,12 +1,15 @@
 /*
- * api_additive.c -- the public entry points of the additive (Bahdanau /
- * concat) attention scores in attnx.h: argument checks, batching, threads,
- * and the calls through the additive kernel table of the active SIMD level.
- * Kernels never see an argument this file has not validated. The checks,
- * status codes and batch conventions are those of api.c (whose helpers are
- * static there, hence the small copies below).
+ * api_additive.c -- the public entry points of additive (Bahdanau / concat)
+ * attention in attnx.h: the scores, and attention with them (mask and
+ * causality applied here, as attnx_attend_batch applies them to dot
+ * scores): argument checks, batching, threads, and the calls through the
+ * additive and float64 kernel tables of the active SIMD level. Kernels never
+ * see an argument this file has not validated. The checks, status codes and
+ * batch conventions are those of api_impl.h.
  */
+#include <math.h>     /* INFINITY, NAN: macros only, no libm call */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "attnx_api_util.h"
 #include "attnx_internal_additive.h"
@@ -63,32 +66,133 @@ int attnx_additive_scores(const double *a, const double *Kp, const double *v,
 
 /* ----------------------------------------------------------------- batch */
 
+/* One batched call: scores alone (ctx == NULL), or attention. Work items
+ * are (group of query rows, chunk of keys); see additive_run. */
 typedef struct {
-    const attnx_additive_kernels *kt;
-    const double *A, *Kp, *v;
+    const attnx_additive_kernels *ka;
+    const attnx_kernels *kt;                 /* softmax and context */
+    const double *A, *Kp, *v, *V;
     size_t nbatch;
     const size_t *batch_shape;
-    const ptrdiff_t *a_strides, *kp_strides;
-    size_t rows, Lq, T, h, group, chunk, nchunks;
-    double *scores;
+    const ptrdiff_t *a_strides, *kp_strides, *v_strides, *mask_strides;
+    const unsigned char *mask;
+    ptrdiff_t mask_row_stride;
+    int causal;
+    size_t rows, Lq, T, h, dv, group, chunk, nchunks;
+    double *s;                               /* rows x T: scores, then weights */
+    double *ctx;                             /* rows x dv, or NULL: scores only */
 } additive_job;
 
+static ptrdiff_t item_offset(const additive_job *j, const ptrdiff_t *strides, size_t b)
+{
+    return j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, strides, b) : 0;
+}
+
+/* Keys query row i sees: t <= i with causality (top-left aligned). */
+static size_t row_lim(const additive_job *j, size_t i)
+{
+    return j->causal && i + 1 < j->T ? i + 1 : j->T;
+}
+
+/* The scores of keys [t0, t1) of one row, in runs of keys it sees: a key
+ * masked out or past lim scores -inf and its row of Kp is not read. A
+ * score depends on a, v and its own key row only (attnx_additive_kernels),
+ * so the runs, like the chunks, change no bit of it. */
+static void row_scores(const additive_job *j, size_t row, size_t t0, size_t t1)
+{
+    const size_t b = row / j->Lq, i = row % j->Lq, h = j->h, lim = row_lim(j, i);
+    const double *a = j->A + item_offset(j, j->a_strides, b) + i * h;
+    const double *kp = j->Kp + item_offset(j, j->kp_strides, b);
+    const unsigned char *m = j->mask ? j->mask + item_offset(j, j->mask_strides, b) +
+                                           (ptrdiff_t)i * j->mask_row_stride : NULL;
+    double *s = j->s + row * j->T;
+    for (size_t t = t0; t < t1;) {
+        if (t >= lim || (m && !m[t])) {
+            s[t++] = -INFINITY;
+            continue;
+        }
+        size_t u = t + 1;
+        while (u < t1 && u < lim && (!m || m[u])) u++;
+        j->ka->scores(a, kp + t * h, j->v, u - t, h, s + t);
+        t = u;
+    }
+}
+
+/* A row's scores into weights, then its context, by the rules of
+ * attnx_attend: a row that attends nothing gets zeros, a NaN row NaN (its
+ * value rows unread), and a weight of exactly 0 leaves its value row
+ * unread. The softmax runs over all T scores (those not seen are -inf), as
+ * attnx.softmax did when Python composed this call; the context reads the
+ * keys up to the causal limit only (the rest weigh exactly 0). */
+static void row_finish(const additive_job *j, size_t row)
+{
+    const size_t T = j->T, dv = j->dv;
+    double *w = j->s + row * T, *c = j->ctx + row * dv;
+    if (j->kt->softmax(w, T, w)) {
+        for (size_t t = 0; t < T; t++) w[t] = 0.0;
+        for (size_t k = 0; k < dv; k++) c[k] = 0.0;
+    } else if (w[0] != w[0]) {
+        for (size_t k = 0; k < dv; k++) c[k] = NAN;
+    } else {
+        const double *vb = j->V + item_offset(j, j->v_strides, row / j->Lq);
+        j->kt->context(w, vb, row_lim(j, row % j->Lq), dv, c);
+    }
+}
+
 /* Work items [it0, it1): item it is key chunk it % nchunks of query-row
- * group it / nchunks. */
+ * group it / nchunks. An item that holds whole rows finishes them too. */
 static void additive_items(void *p, size_t it0, size_t it1)
 {
     const additive_job *j = (const additive_job *)p;
     for (size_t it = it0; it < it1; it++) {
         size_t g = it / j->nchunks, t0 = (it % j->nchunks) * j->chunk;
-        size_t nk = j->T - t0 < j->chunk ? j->T - t0 : j->chunk;
+        size_t t1 = j->T - t0 < j->chunk ? j->T : t0 + j->chunk;
         size_t r1 = (g + 1) * j->group < j->rows ? (g + 1) * j->group : j->rows;
         for (size_t row = g * j->group; row < r1; row++) {
-            size_t b = row / j->Lq, i = row % j->Lq;
-            const double *ab = j->A + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->a_strides, b) : 0);
-            const double *kb = j->Kp + (j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, j->kp_strides, b) : 0);
-            j->kt->scores(ab + i * j->h, kb + t0 * j->h, j->v, nk, j->h, j->scores + row * j->T + t0);
+            row_scores(j, row, t0, t1);
+            if (j->ctx && j->nchunks == 1) row_finish(j, row);
         }
     }
+}
+
+static void finish_items(void *p, size_t r0, size_t r1)
+{
+    for (size_t row = r0; row < r1; row++) row_finish((const additive_job *)p, row);
+}
+
+/* Run a validated job. Work items: (group of query rows, chunk of keys),
+ * about ITEMS_PER_THREAD per thread and handed out dynamically, so that a
+ * thread slowed by other work on its core does not hold up the call. With
+ * few rows each row's keys are split too, so that a single query over a
+ * long sequence still uses every thread; its softmax and context then
+ * follow in a second pass over the rows. Neither cut changes a bit. */
+static void additive_run(additive_job *j, int num_threads)
+{
+    const size_t rows = j->rows, T = j->T;
+    size_t max_chunks = (T + MIN_CHUNK_KEYS - 1) / MIN_CHUNK_KEYS;
+    double per_key = (double)j->h * TANH_COST + (j->ctx ? (double)j->dv + 8.0 : 0.0);
+    int nt = attnx_pick_threads(num_threads, rows * max_chunks, (double)rows * (double)T * per_key);
+    j->group = 1;
+    j->chunk = T;
+    if (nt > 1) {
+        size_t target = ITEMS_PER_THREAD * (size_t)nt;
+        if (rows >= target) {
+            j->group = rows / target;
+        } else {
+            size_t split = (target + rows - 1) / rows;
+            size_t chunk = (T + split - 1) / split;
+            chunk = (chunk + 7) & ~(size_t)7;   /* whole blocks of key rows */
+            if (chunk < MIN_CHUNK_KEYS) chunk = MIN_CHUNK_KEYS;
+            j->chunk = chunk > T ? T : chunk;
+        }
+    } else {
+        j->group = rows;
+    }
+    j->nchunks = (T + j->chunk - 1) / j->chunk;
+    attnx_parallel_for(nt, (rows + j->group - 1) / j->group * j->nchunks, additive_items, j);
+    if (j->ctx && j->nchunks > 1)
+        attnx_parallel_for(attnx_pick_threads(num_threads, rows, (double)rows * (double)T * (j->dv + 8.0)),
+                           rows, finish_items, j);
 }
 
 int attnx_additive_scores_batch(const double *A, const double *Kp, const double *v,
@@ -114,35 +218,56 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
             overlaps(scores, total, v, h * sizeof(double)))
             return ATTNX_ERR_OVERLAP;
     }
-    const attnx_additive_kernels *kt = additive_kernels();
+    additive_job job = {additive_kernels(), NULL, A, Kp, v, NULL, nbatch, batch_shape, a_strides,
+                        kp_strides, NULL, NULL, NULL, 0, 0, rows, Lq, T, h, 0, 0, 0, 0, scores, NULL};
+    additive_run(&job, num_threads);
+    return ATTNX_OK;
+}
 
-    /* Work items: (group of query rows, chunk of keys), about
-     * ITEMS_PER_THREAD per thread and handed out dynamically, so that a
-     * thread slowed by other work on its core does not hold up the call.
-     * With few rows each row's keys are split too, so that a single query
-     * over a long sequence still uses every thread. A score depends on its
-     * own key row only: the split changes no bit of the result. */
-    size_t max_chunks = (T + MIN_CHUNK_KEYS - 1) / MIN_CHUNK_KEYS;
-    double work = (double)total * (double)h * TANH_COST;
-    int nt = attnx_pick_threads(num_threads, rows * max_chunks, work);   /* <= total: no overflow */
-    size_t group = 1, chunk = T;
-    if (nt > 1) {
-        size_t target = ITEMS_PER_THREAD * (size_t)nt;
-        if (rows >= target) {
-            group = rows / target;
-        } else {
-            size_t split = (target + rows - 1) / rows;
-            chunk = (T + split - 1) / split;
-            chunk = (chunk + 7) & ~(size_t)7;   /* whole blocks of key rows */
-            if (chunk < MIN_CHUNK_KEYS) chunk = MIN_CHUNK_KEYS;
-            if (chunk > T) chunk = T;
-        }
-    } else {
-        group = rows;
+/* ------------------------------------------------------------- attention */
+
+int attnx_additive_attention(const double *A, const double *Kp, const double *v, const double *V,
+                             size_t nbatch, const size_t *batch_shape, const ptrdiff_t *a_strides,
+                             const ptrdiff_t *kp_strides, const ptrdiff_t *v_strides,
+                             size_t Lq, size_t T, size_t h, size_t dv,
+                             const unsigned char *mask, const ptrdiff_t *mask_strides,
+                             ptrdiff_t mask_row_stride, int causal,
+                             double *ctx, double *weights, int num_threads)
+{
+    size_t count, rows, tmp;
+    int rc;
+    if (!A || !Kp || !v || !V || !ctx) return ATTNX_ERR_NULL;
+    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
+    if (nbatch && (!a_strides || !kp_strides || !v_strides || (mask && !mask_strides)))
+        return ATTNX_ERR_NULL;
+    if (T == 0) return ATTNX_ERR_EMPTY;
+    if (!elems(count, Lq, &rows) || !elems(rows, T, &tmp) || !elems(rows, dv, &tmp) ||
+        !elems(Lq, h, &tmp) || !elems(T, h, &tmp) || !elems(T, dv, &tmp))
+        return ATTNX_ERR_OVERFLOW;
+    if (rows == 0 || (dv == 0 && !weights)) return ATTNX_OK;   /* nothing to write */
+    {
+        const void *m0;
+        const size_t mi = attnx_mask_span(mask, mask_row_stride, Lq, T, &m0), d8 = sizeof(double);
+        double *outs[2] = {ctx, weights};
+        const size_t ob[2] = {rows * dv * d8, weights ? rows * T * d8 : 0};
+        for (int o = 0; o < 2; o++)
+            if (attnx_overlaps_batched(outs[o], ob[o], A, d8, nbatch, batch_shape, a_strides, Lq * h * d8) ||
+                attnx_overlaps_batched(outs[o], ob[o], Kp, d8, nbatch, batch_shape, kp_strides, T * h * d8) ||
+                attnx_overlaps_batched(outs[o], ob[o], V, d8, nbatch, batch_shape, v_strides, T * dv * d8) ||
+                attnx_overlap(outs[o], ob[o], v, h * d8) ||
+                (mask && attnx_overlaps_batched(outs[o], ob[o], m0, 1, nbatch, batch_shape, mask_strides, mi)))
+                return ATTNX_ERR_OVERLAP;
+        if (attnx_overlap(ctx, ob[0], weights, ob[1])) return ATTNX_ERR_OVERLAP;
     }
-    const size_t nchunks = (T + chunk - 1) / chunk, ngroups = (rows + group - 1) / group;
-    additive_job job = {kt, A, Kp, v, nbatch, batch_shape, a_strides, kp_strides,
-                        rows, Lq, T, h, group, chunk, nchunks, scores};
-    attnx_parallel_for(nt, ngroups * nchunks, additive_items, &job);
+    /* without weights wanted, the scores need a place: rows x T, as the
+     * weights would */
+    double *s = weights ? weights : (double *)malloc(rows * T * sizeof(double));
+    if (!s) return ATTNX_ERR_NOMEM;
+    additive_job job = {additive_kernels(), attnx_kernels_get(), A, Kp, v, V, nbatch, batch_shape,
+                        a_strides, kp_strides, v_strides, mask_strides, mask, mask_row_stride,
+                        causal != 0, rows, Lq, T, h, dv, 0, 0, 0, s, ctx};
+    additive_run(&job, num_threads);
+    if (!weights) free(s);
     return ATTNX_OK;
 }

@@ -72,6 +72,18 @@ static inline int attnx_overlaps_batched(const void *p, size_t nbytes, const voi
     return attnx_overlap(p, nbytes, (const void *)lo, item ? hi - lo : 0);
 }
 
+/* The bytes one batch item of a mask spans: Lq rows of T bytes,
+ * row_stride apart (0 shares one row; negative runs backwards). *first is
+ * the lowest byte of the item at mask. */
+static inline size_t attnx_mask_span(const unsigned char *mask, ptrdiff_t row_stride, size_t Lq,
+                                     size_t T, const void **first)
+{
+    uintptr_t step = row_stride < 0 ? 0 - (uintptr_t)row_stride : (uintptr_t)row_stride;
+    size_t back = Lq ? (Lq - 1) * step : 0;
+    *first = row_stride < 0 ? (const void *)((uintptr_t)mask - back) : (const void *)mask;
+    return back + T;
+}
+
 /* Threads for a call: the request (0 = attnx_default_threads()), capped by
  * the CPUs this process may use, by the number of independent items and by
  * the amount of work. Asks the OS nothing for a call too small to split. */

@@ -28,12 +28,16 @@
  * level (attnx_set_simd_level), scalar first as the reference:
  *   attnx_attend (fused and two-pass), attnx_softmax (in place and not),
  *   attnx_dot_scores, attnx_context, attnx_exp, attnx_attend_batch,
- *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch.
+ *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch,
+ *   attnx_additive_attention.
  *
  * Input layout (bytes past the end read as 0 in the header; past the end of
  * the data, values come from a small generator seeded by the input):
  *   0  op (mod 10: 0,1 attend; 2 softmax; 3 dot_scores; 4 context; 5 exp;
- *      6 attend_batch; 7 softmax_rows; 8 dot_scores_batch; 9 context_batch)
+ *      6 attend_batch; 7 softmax_rows; 8 dot_scores_batch; 9 context_batch;
+ *      but 230 and up: additive_attention, read as attend_batch with d the
+ *      additive width h, Q and K the projected queries and keys, and v
+ *      (h values) after V)
  *   1  flags: 1 mask, 2 causal, 4 weights (two-pass), 8 in place,
  *      16 overlapping outputs, 32 one invalid argument, 64 wide sizes
  *      (d to 200; dv to 127, then b + 45 up to 300; T to 40), 128 V is K
@@ -236,6 +240,10 @@ typedef struct {
     int threads;
 } header;
 
+/* op bytes from here on: additive attention (below: op % 10, so the kept
+ * corpus keeps its meaning) */
+#define OP_ADDITIVE_FROM 230
+
 enum {
     F_MASK = 1, F_CAUSAL = 2, F_WEIGHTS = 4, F_INPLACE = 8, F_OVERLAP = 16, F_INVALID = 32,
     F_WIDE = 64, F_ALIAS = 128
@@ -243,7 +251,8 @@ enum {
 
 static void read_header(reader *r, header *h)
 {
-    h->op = hdr(r) % 10;
+    unsigned op = hdr(r);
+    h->op = op >= OP_ADDITIVE_FROM ? 10 : op % 10;
     h->flags = hdr(r);
     unsigned t = hdr(r);
     t |= (unsigned)hdr(r) << 8;
@@ -1364,17 +1373,56 @@ static int spoil(const header *h, bargs *a, size_t count, size_t per_row, int at
     }
 }
 
-/* ---- attnx_attend_batch */
-static void op_attend_batch(reader *r, header *h)
+/* attnx_attend_batch, or with v (additive attention) attnx_additive_attention
+ * on the same operands: Q and K the projected queries and keys, d their
+ * width h, no scale */
+static int attention_call(const double *v, const double *Q, const double *K, const double *V, size_t nbatch,
+                          const size_t *shape, const ptrdiff_t *sq, const ptrdiff_t *sk, const ptrdiff_t *sv,
+                          size_t Lq, size_t T, size_t d, size_t dv, double scale, const unsigned char *M,
+                          const ptrdiff_t *sm, ptrdiff_t mrs, int causal, double *ctx, double *w, int threads)
+{
+    if (v)
+        return attnx_additive_attention(Q, K, v, V, nbatch, shape, sq, sk, sv, Lq, T, d, dv, M, sm, mrs, causal,
+                                        ctx, w, threads);
+    return attnx_attend_batch(Q, K, V, nbatch, shape, sq, sk, sv, Lq, T, d, dv, scale, M, sm, mrs, causal, ctx, w,
+                              threads);
+}
+
+/* The composition attnx_additive_attention stands for, from public calls
+ * at the level in use, reading the rows of live keys only: their scores
+ * (-inf for the others), the softmax of the whole row (zeros when every
+ * score is -inf: no key live, or -inf scores), then the context, NaN for a
+ * NaN row (its value rows unread). */
+static void additive_row_ref(const att_row *a, const double *v, size_t T, size_t h, size_t dv,
+                             const unsigned char *live, double *ctx, double *w)
+{
+    int none = 1;
+    for (size_t t = 0, u; t < T; t = u) {
+        for (u = t; u < T && live[u]; u++) {}
+        if (u > t) attnx_additive_scores(a->q, a->K + t * h, v, u - t, h, w + t);
+        for (; u < T && !live[u]; u++) w[u] = -INFINITY;
+    }
+    for (size_t t = 0; t < T; t++) none &= w[t] == -INFINITY;
+    attnx_softmax(w, T, w);
+    if (none)
+        for (size_t t = 0; t < T; t++) w[t] = 0.0;
+    if (T && isnan(w[0]))
+        for (size_t j = 0; j < dv; j++) ctx[j] = NAN;
+    else
+        attnx_context(w, a->V, T, dv, ctx);
+}
+
+/* ---- attnx_attend_batch, and attnx_additive_attention (additive) */
+static void op_attend_batch(reader *r, header *h, int additive)
 {
     if (pick_invalid(h) && h->T == 0) h->T = 1;   /* one invalid argument at a time */
     size_t count = batch_items(h);
-    budget(h, count, h->d + h->dv);
+    budget(h, count, additive ? 8 * h->d + h->dv : h->d + h->dv);   /* a tanh costs ~8 FMAs */
     size_t T = h->T, d = h->d, dv = h->dv, Lq = h->Lq, rows = count * Lq;
     int causal = (h->flags & F_CAUSAL) != 0, want_w = (h->flags & F_WEIGHTS) != 0;
     int use_mask = (h->flags & F_MASK) != 0;
     double scale = read_scale(r, h);
-    cur.op = "attend_batch";
+    cur.op = additive ? "additive_attention" : "attend_batch";
     cur.T = T;
     cur.Lq = Lq;
     cur.nbatch = h->nbatch;
@@ -1386,6 +1434,12 @@ static void op_attend_batch(reader *r, header *h)
     double *Qb = batch_operand(r, h, &bQ, "Q", &lq, count);
     double *Kb = batch_operand(r, h, &bK, "K", &lk, count);
     double *Vb = batch_operand(r, h, &bV, "V", &lv, count);
+    const double *vv = NULL;
+    if (additive) {
+        buf *bv = in_new("v", d, next_mis());
+        fill_values(r, bv);
+        vv = dp(bv);
+    }
     /* mask rows: T apart, shared (stride 0), or padded */
     ptrdiff_t mrs = h->mrs_mode == 1 ? 0 : h->mrs_mode == 2 ? (ptrdiff_t)T + 1 + (h->mask_b & 7) : (ptrdiff_t)T;
     size_t mitem = Lq == 0 ? 0 : (size_t)(Lq - 1) * (size_t)mrs + T;
@@ -1416,10 +1470,10 @@ static void op_attend_batch(reader *r, header *h)
         }
         for (size_t L = 0; L < g_nlevels; L++) {
             set_level(g_levels[L]);
-            call_begin("attnx_attend_batch (invalid)");
-            int rc = attnx_attend_batch(a.in0, a.in1, a.in2, a.nbatch, a.shape, a.s0, a.s1, a.s2, a.Lq, a.T, d, dv,
-                                        scale, Mb, a.nbatch > 3 ? str_big : lm.strides, mrs, causal, a.out,
-                                        want_w ? dp(bw) : NULL, a.threads);
+            call_begin("(invalid)");
+            int rc = attention_call(vv, a.in0, a.in1, a.in2, a.nbatch, a.shape, a.s0, a.s1, a.s2, a.Lq, a.T, d, dv,
+                                    scale, Mb, a.nbatch > 3 ? str_big : lm.strides, mrs, causal, a.out,
+                                    want_w ? dp(bw) : NULL, a.threads);
             call_end(rc, expect);
         }
         return;
@@ -1444,9 +1498,9 @@ static void op_attend_batch(reader *r, header *h)
         }
         for (size_t L = 0; L < g_nlevels; L++) {
             set_level(g_levels[L]);
-            call_begin("attnx_attend_batch (overlapping output)");
-            int rc = attnx_attend_batch(Qb, Kb, Vb, h->nbatch, h->shape, lq.strides, lk.strides, lv.strides, Lq,
-                                        T, d, dv, scale, Mb, lm.strides, mrs, causal, ca, wa, h->threads);
+            call_begin("(overlapping output)");
+            int rc = attention_call(vv, Qb, Kb, Vb, h->nbatch, h->shape, lq.strides, lk.strides, lv.strides, Lq, T,
+                                    d, dv, scale, Mb, lm.strides, mrs, causal, ca, wa, h->threads);
             call_end(rc, ATTNX_ERR_OVERLAP);
         }
         return;
@@ -1490,8 +1544,9 @@ static void op_attend_batch(reader *r, header *h)
     row_tol *rts = (row_tol *)calloc(rows + 1, sizeof(row_tol));
     if (!ref_c || !ref_w || !rts) abort();
     /* the reference: each row through the single-query call at the scalar
-     * level (two-pass, so that the weights come with it) */
-    if (expect == ATTNX_OK) {
+     * level (two-pass, so that the weights come with it); for additive
+     * attention, the composition at each level, below */
+    if (expect == ATTNX_OK && !additive) {
         set_level("scalar");
         for (size_t row = 0; row < rows; row++) {
             const att_row *a = &ar[row];
@@ -1505,12 +1560,14 @@ static void op_attend_batch(reader *r, header *h)
     }
     for (size_t L = 0; L < g_nlevels; L++) {
         set_level(g_levels[L]);
+        for (size_t row = 0; additive && expect == ATTNX_OK && row < rows; row++)
+            additive_row_ref(&ar[row], vv, T, d, dv, live + row * T, ref_c + row * dv, ref_w + row * T);
         for (int fused = 0; fused < 2; fused++) {
             if (fused && want_w) break;   /* weights wanted: the two-pass call only */
-            call_begin(fused ? "attnx_attend_batch (fused)" : "attnx_attend_batch (weights)");
-            int rc = attnx_attend_batch(Qb, Kb, Vb, h->nbatch, h->shape, lq.strides, lk.strides, lv.strides, Lq,
-                                        T, d, dv, scale, Mb, lm.strides, mrs, causal, dp(bc),
-                                        fused ? NULL : dp(bw), h->threads);
+            call_begin(fused ? "(fused)" : "(weights)");
+            int rc = attention_call(vv, Qb, Kb, Vb, h->nbatch, h->shape, lq.strides, lk.strides, lv.strides, Lq, T,
+                                    d, dv, scale, Mb, lm.strides, mrs, causal, dp(bc), fused ? NULL : dp(bw),
+                                    h->threads);
             call_end(rc, expect);
             if (rc != ATTNX_OK) continue;
             check_written(dp(bc), rows * dv, "ctx");
@@ -1520,8 +1577,14 @@ static void op_attend_batch(reader *r, header *h)
                 snprintf(what, sizeof what, "%s row %zu (item %zu, query %zu)", fused ? "fused" : "two-pass", row,
                          row / Lq, row % Lq);
                 const double *c = dp(bc) + row * dv, *w = fused ? NULL : dp(bw) + row * T;
-                check_attend_row(&ar[row], T, d, dv, scale, c, w, live + row * T, nlive[row], what);
-                compare_row(&rts[row], T, dv, c, w, ref_c + row * dv, ref_w + row * T, what);
+                check_attend_row(&ar[row], T, d, dv, additive ? 1.0 : scale, c, w, live + row * T, nlive[row], what);
+                if (!additive) {
+                    compare_row(&rts[row], T, dv, c, w, ref_c + row * dv, ref_w + row * T, what);
+                    continue;
+                }
+                /* the composition of public calls, bit for bit */
+                same_bits(c, ref_c + row * dv, dv, what);
+                if (w) same_bits(w, ref_w + row * T, T, what);
             }
         }
     }
@@ -1725,10 +1788,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 3: op_dot_scores(&r, &h); break;
     case 4: op_context(&r, &h); break;
     case 5: op_exp(&r, &h); break;
-    case 6: op_attend_batch(&r, &h); break;
+    case 6: op_attend_batch(&r, &h, 0); break;
     case 7: op_softmax(&r, &h, 1); break;
     case 8: op_batch2(&r, &h, 0); break;
-    default: op_batch2(&r, &h, 1); break;
+    case 9: op_batch2(&r, &h, 1); break;
+    default: op_attend_batch(&r, &h, 1); break;
     }
     bufs_free();
     return 0;

@@ -18,7 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
 
 OPS = {"attend": 0, "softmax": 2, "dot_scores": 3, "context": 4, "exp": 5,
-       "attend_batch": 6, "softmax_rows": 7, "dot_scores_batch": 8, "context_batch": 9}
+       "attend_batch": 6, "softmax_rows": 7, "dot_scores_batch": 8, "context_batch": 9,
+       "additive_attention": 230}
 MASK, CAUSAL, WEIGHTS, INPLACE, OVERLAP, INVALID, WIDE, ALIAS = (1 << i for i in range(8))
 SCALE_ONE, SCALE_RSQRT, SCALE_VALUE = 0, 1, 2
 MASK_DATA, MASK_NONE_ATTEND, MASK_ALL_ATTEND, MASK_WINDOW = 0, 1, 2, 3
@@ -184,6 +185,35 @@ seed("dot-scores-batch-overlap-out-in-Q", header("dot_scores_batch", OVERLAP, T=
 seed("context-batch-overlap-out-in-V", header("context_batch", OVERLAP, T=4, dv=2, Lq=2, nbatch=1,
                                               shape=(2, 1, 1), inval=1))
 seed("dot-scores-batch-overflow", header("dot_scores_batch", INVALID, T=3, d=2, Lq=2, inval=8))
+
+# ---- additive attention: the attend_batch layout, d the width h; values
+# A (Lq x h), Kp (T x h), V (T x dv), then v (h), then the mask
+seed("additive-attention-causal-broadcast",
+     header("additive_attention", CAUSAL | WEIGHTS, T=7, d=4, dv=3, Lq=5, nbatch=2, shape=(2, 3, 1),
+            bc_k=1, bc_v=1, unit_exp=-2))
+seed("additive-attention-mask-nan-in-masked-rows",
+     header("additive_attention", WEIGHTS | MASK, T=6, d=2, dv=2, Lq=1)
+     + vals([0.5, -1]) + vals([1, 1, 2, 2, nan, nan, inf, -inf, 3, 3, 4, 4])
+     + vals([1, 2, 3, 4, nan, nan, inf, inf, 9, 10, 11, 12]) + vals([1, -2]) + mask_bytes([1, 1, 0, 0, 1, 1]))
+seed("additive-attention-all-scores-minus-inf",
+     header("additive_attention", WEIGHTS, T=5, d=1, dv=2, Lq=2)
+     + vals([0, 1]) + vals([5, 6, 7, 8, 9]) + vals(range(10)) + vals([-inf]))
+seed("additive-attention-all-masked-rows",
+     header("additive_attention", MASK | WEIGHTS, T=12, d=4, dv=4, Lq=9, mask_mode=MASK_WINDOW | 8,
+            mask_a=0, mask_b=0))
+seed("additive-attention-shared-mask-fused",
+     header("additive_attention", MASK, T=20, d=5, dv=4, Lq=6, nbatch=1, shape=(2, 1, 1), mrs_mode=1,
+            mask_mode=MASK_WINDOW, mask_a=3, mask_b=9, unit_exp=-2))
+seed("additive-attention-negative-strides-gap",
+     header("additive_attention", MASK | CAUSAL, T=9, d=3, dv=2, Lq=4, nbatch=3, shape=(2, 2, 3), gap=3,
+            neg=0b101, bc_m=0b010, mask_mode=MASK_WINDOW | 8, mask_a=1, mask_b=6))
+seed("additive-attention-wide", header("additive_attention", WIDE, T=20, d=136, dv=180, Lq=3, unit_exp=-5))
+seed("additive-attention-overlap-ctx-weights",
+     header("additive_attention", OVERLAP | WEIGHTS, T=6, d=3, dv=5, Lq=3, inval=2 << 1))
+seed("additive-attention-overlap-ctx-in-A", header("additive_attention", OVERLAP, T=6, d=8, dv=4, Lq=3, inval=1))
+for i, what in enumerate(["A", "Kp", "V", "ctx", "threads", "nbatch", "shape", "strides", "overflow", "empty"]):
+    seed(f"additive-attention-invalid-{what}", header("additive_attention", INVALID | MASK, T=4, d=2, dv=2,
+                                                      Lq=2, nbatch=1, shape=(2, 1, 1), inval=i))
 
 
 def main():

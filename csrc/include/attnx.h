@@ -45,8 +45,9 @@ extern "C" {
  * attnx_attention_backward; 4: attnx_attention_params grows what shapes the
  * scores (bias, ALiBi, key lengths, windows, lower-right alignment, softcap),
  * so that a caller who sets them can refuse a library that would not read
- * them. */
-#define ATTNX_API_VERSION 4
+ * them; 5: attnx_additive_attention (additive attention in one call, mask
+ * and causality applied in C). */
+#define ATTNX_API_VERSION 5
 
 /* Status codes. Every function returns one; attnx_strerror() names it. */
 enum attnx_status {

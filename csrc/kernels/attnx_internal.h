@@ -145,6 +145,13 @@ const attnx_kernels *attnx_kernels_get(void);
 #define ATTNX_EXP_C12 0x1.1eed8eff8d898p-29
 #define ATTNX_EXP_C13 0x1.6124613a86d09p-33
 
+static inline uint64_t attnx_f64_to_bits(double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
 static inline double attnx_bits_to_f64(uint64_t u)
 {
     double x;

@@ -78,13 +78,6 @@ extern const attnx_additive_kernels attnx_additive_kernels_neon;
 #define ATTNX_TANH_P6 (-0x1.7ab0ce92794e6p-10)
 #define ATTNX_TANH_P7 0x1.0bdf558e19719p-11
 
-static inline uint64_t attnx_f64_to_bits(double x)
-{
-    uint64_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
 /* a with the low 27 bits of its significand cleared: at most 26
  * significant bits, and a - hi has at most 27. A bit mask rather than
  * Veltkamp's (2^27 + 1) a split, which breaks when a compiler contracts

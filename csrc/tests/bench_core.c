@@ -63,8 +63,6 @@ static double time_call(run_fn f, void *arg, int reps, int runs)
     return t[runs / 2];
 }
 
-static const char *g_levels[4];
-static int g_nlevels;
 
 /* Times f at each level; prints "name  t_level ... (x speed-up vs scalar)". */
 static void row(const char *name, const char *unit, double unit_scale, run_fn f, void *arg,
@@ -175,19 +173,9 @@ static void run_stream(void *p)
 #endif
 }
 
-static int wanted(int argc, char **argv, const char *name)
-{
-    if (argc < 2) return 1;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], name) == 0) return 1;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    char avail[64];
-    snprintf(avail, sizeof avail, "%s", attnx_simd_available());
-    for (char *lv = strtok(avail, " "); lv && g_nlevels < 4; lv = strtok(NULL, " ")) g_levels[g_nlevels++] = lv;
+    bench_levels();
     printf("attnx bench_core; levels %s; build: %s\n", attnx_simd_available(), attnx_build_info());
     printf("%-34s", "case");
     for (int l = 0; l < g_nlevels; l++) printf("  %12s", g_levels[l]);

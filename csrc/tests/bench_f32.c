@@ -90,8 +90,6 @@ static double time_call(run_fn f, void *arg, int f32, int reps, int runs)
     return t[runs / 2];
 }
 
-static const char *g_levels[4];
-static int g_nlevels;
 
 /* One line: per level "f64 / f32 (speed-up)". */
 static void row(const char *name, const char *unit, double unit_scale, run_fn f, void *arg, int reps,
@@ -187,19 +185,9 @@ static void run_rows(void *p, int f32)
                            NULL, NULL, 0, c->causal, c->ctx.d, NULL, c->threads);
 }
 
-static int wanted(int argc, char **argv, const char *name)
-{
-    if (argc < 2) return 1;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], name) == 0) return 1;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    char avail[64];
-    snprintf(avail, sizeof avail, "%s", attnx_simd_available());
-    for (char *lv = strtok(avail, " "); lv && g_nlevels < 4; lv = strtok(NULL, " ")) g_levels[g_nlevels++] = lv;
+    bench_levels();
     printf("attnx bench_f32: float64 / float32 time (speed-up of float32); build: %s\n", attnx_build_info());
     printf("%-32s", "case");
     for (int l = 0; l < g_nlevels; l++) printf("  %-32s", g_levels[l]);

@@ -4,7 +4,10 @@
  * special values, the fused scores at every SIMD level against the portable
  * kernels and against a long double reference, batching and broadcasting
  * against loops over the single form, threads, status codes and NaN
- * propagation. Runs every level this CPU has, or the one ATTNX_SIMD pins.
+ * propagation; attnx_additive_attention against the composition of the
+ * public scores, softmax and context calls (bit for bit), with masks,
+ * causality, broadcasting and NaN/inf in rows it must not read. Runs every
+ * level this CPU has, or the one ATTNX_SIMD pins.
  * Closes with "N passed, N failed"; the exit status is nonzero on failure.
  */
 #include <float.h>
@@ -444,17 +447,170 @@ static void test_status_codes(void)
           "scores in v");
 }
 
-static void per_level(void)
+
+/* ------------------------------------------------------ attention */
+
+/* The composition attnx_additive_attention replaces, from public calls at
+ * the same level: scores of every key (masked rows too), -inf where a key
+ * is not seen, softmax over the row, zeros when nothing is seen, then the
+ * context (zero weights skip their value rows). NaN rows are left out of
+ * the comparisons that use it. */
+static void composed_row(const double *a, const double *Kp, const double *v, const double *V,
+                         const unsigned char *m, size_t lim, size_t T, size_t h, size_t dv,
+                         double *ctx, double *w)
 {
-    test_tanh_specials();
-    test_tanh_accuracy();
-    test_scores_vs_scalar();
-    test_scores_row_independent();
-    test_scores_edges();
-    test_batch();
+    attnx_additive_scores(a, Kp, v, T, h, w);
+    int any = 0;
+    for (size_t t = 0; t < T; t++) {
+        if (t >= lim || (m && !m[t])) w[t] = -INFINITY;
+        else any = 1;
+    }
+    attnx_softmax(w, T, w);
+    if (!any)
+        for (size_t t = 0; t < T; t++) w[t] = 0.0;
+    attnx_context(w, V, T, dv, ctx);
 }
 
-int main(int argc, char **argv)
+/* Batch (2, 3): A broadcast on dim 0 and stored backwards on dim 1, Kp
+ * and V distinct on dim 0 and broadcast on dim 1, the mask per item and
+ * row (or one row shared: row stride 0). Keys 5 and 11 are masked for
+ * every query and hold NaN in Kp and inf/NaN in V; query 1 of item (1, 2)
+ * attends nothing. */
+static void test_attention(void)
 {
-    return harness_main(argc, argv, "additive", test_status_codes, per_level);
+    enum { LQ = 4, T = 29, H = 13, DV = 7, ITEMS = 6 };
+    const size_t shape[2] = {2, 3};
+    double *A = rand_array(3 * LQ * H, 1.5), *Kp = rand_array(2 * T * H, 1.5);
+    double *V = rand_array(2 * T * DV, 1.0), *v = rand_array(H, 1.0);
+    const ptrdiff_t a_str[2] = {0, -(ptrdiff_t)(LQ * H)}, k_str[2] = {T * H, 0}, v_str[2] = {T * DV, 0};
+    const double *A0 = A + 2 * LQ * H;
+    unsigned char mask[ITEMS * LQ * T];
+    const ptrdiff_t m_str[2] = {3 * LQ * T, LQ * T};
+    for (size_t e = 0; e < sizeof mask; e++) {
+        size_t t = e % T;
+        mask[e] = t != 5 && t != 11 && (next_u64() & 3) != 0;
+    }
+    memset(mask + (5 * LQ + 1) * T, 0, T);
+    for (size_t b = 0; b < 2; b++) {
+        Kp[(b * T + 5) * H] = NAN;
+        Kp[(b * T + 11) * H + 3] = NAN;
+        V[(b * T + 5) * DV] = INFINITY;
+        V[(b * T + 11) * DV + 2] = NAN;
+    }
+    double want_c[ITEMS * LQ * DV], want_w[ITEMS * LQ * T], got_c[ITEMS * LQ * DV], got_w[ITEMS * LQ * T];
+    const int threads[] = {1, 2, 0};
+    for (int shared = 0; shared < 2; shared++) {
+        const ptrdiff_t mrs = shared ? 0 : T;
+        for (int causal = 0; causal < 2; causal++) {
+            for (size_t row = 0; row < ITEMS * LQ; row++) {
+                size_t b = row / LQ, i = row % LQ, b0 = b / 3, b1 = b % 3;
+                const unsigned char *m = mask + b * LQ * T + (ptrdiff_t)i * mrs;
+                composed_row(A0 - (ptrdiff_t)(b1 * LQ * H) + i * H, Kp + b0 * T * H, v, V + b0 * T * DV, m,
+                             causal && i + 1 < T ? i + 1 : T, T, H, DV, want_c + row * DV, want_w + row * T);
+            }
+            for (int ti = 0; ti < 3; ti++)
+                for (int ww = 0; ww < 2; ww++) {
+                    memset(got_c, 0xff, sizeof got_c);
+                    memset(got_w, 0xff, sizeof got_w);
+                    int rc = attnx_additive_attention(A0, Kp, v, V, 2, shape, a_str, k_str, v_str, LQ, T, H, DV,
+                                                      mask, m_str, mrs, causal, got_c, ww ? got_w : NULL,
+                                                      threads[ti]);
+                    CHECK(rc == ATTNX_OK, "status %d", rc);
+                    CHECK(memcmp(got_c, want_c, sizeof got_c) == 0,
+                          "context == composed calls, bit for bit (shared %d causal %d threads %d weights %d)",
+                          shared, causal, threads[ti], ww);
+                    if (ww)
+                        CHECK(memcmp(got_w, want_w, sizeof got_w) == 0,
+                              "weights == composed calls (shared %d causal %d threads %d)", shared, causal,
+                              threads[ti]);
+                }
+            int zeros = 1;
+            for (size_t k = 0; k < DV; k++) zeros &= got_c[(5 * LQ + 1) * DV + k] == 0.0;
+            for (size_t t = 0; t < T; t++) zeros &= got_w[(5 * LQ + 1) * T + t] == 0.0;
+            CHECK(shared || zeros, "a query that attends nothing: zero context and weights");
+        }
+    }
+    /* a NaN score: that row's weights and context are NaN, the others not */
+    Kp[7 * H + 1] = NAN;   /* item b0 = 0, key 7 */
+    unsigned char all[LQ * T];
+    memset(all, 1, sizeof all);
+    CHECK(attnx_additive_attention(A0, Kp, v, V, 0, NULL, NULL, NULL, NULL, LQ, T, H, DV, all, NULL, T, 1, got_c,
+                                   got_w, 1) == ATTNX_OK, "NaN row status");
+    int nan_ok = 1;
+    for (size_t i = 0; i < LQ; i++)
+        for (size_t k = 0; k < DV; k++) nan_ok &= isnan(got_c[i * DV + k]) == (i >= 7);
+    CHECK(nan_ok, "causal: rows that see key 7 are NaN, the rows before it are not");
+    /* a long single query: the keys split across threads, same bits */
+    const size_t T2 = 5000, h2 = 32, dv2 = 5;
+    double *a2 = rand_array(h2, 1.0), *K2 = rand_array(T2 * h2, 1.0), *V2 = rand_array(T2 * dv2, 1.0);
+    double *w1 = alloc_d(T2), *w2 = alloc_d(T2), c1[5], c2[5], c3[5];
+    CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
+                                   NULL, 0, 0, c1, w1, 1) == ATTNX_OK, "long query");
+    CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
+                                   NULL, 0, 0, c2, w2, 4) == ATTNX_OK, "long query, 4 threads");
+    CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
+                                   NULL, 0, 0, c3, NULL, 0) == ATTNX_OK, "long query, fused");
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(w1, w2, T2 * sizeof(double)) == 0 &&
+              memcmp(c1, c3, sizeof c1) == 0,
+          "long query: the same bits at any thread count, with or without weights");
+    free(A);
+    free(Kp);
+    free(V);
+    free(v);
+    free(a2);
+    free(K2);
+    free(V2);
+    free(w1);
+    free(w2);
 }
+
+static void test_attention_status(void)
+{
+    double a[64] = {0}, k[64] = {0}, vv[8] = {0}, V[64] = {0}, c[64], w[64];
+    unsigned char m[64] = {0};
+    size_t shape[1] = {2}, big[2] = {SIZE_MAX / 4, 8};
+    ptrdiff_t st[1] = {0}, st2[2] = {0, 0};
+#define AA(A_, K_, v_, V_, nb, sh, sa, sk, sv, Lq, T, h, dv, M, sm, mrs, ca, C, W, nt) \
+    attnx_additive_attention(A_, K_, v_, V_, nb, sh, sa, sk, sv, Lq, T, h, dv, M, sm, mrs, ca, C, W, nt)
+    CHECK(AA(NULL, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL A");
+    CHECK(AA(a, NULL, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL Kp");
+    CHECK(AA(a, k, NULL, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL v");
+    CHECK(AA(a, k, vv, NULL, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL V");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, NULL, w, 1) == ATTNX_ERR_NULL, "NULL ctx");
+    CHECK(AA(a, k, vv, V, 1, shape, st, st, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL v_strides");
+    CHECK(AA(a, k, vv, V, 1, shape, st, st, st, 1, 2, 2, 2, m, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL mask_strides");
+    CHECK(AA(a, k, vv, V, 1, NULL, st, st, st, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL shape");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 0, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_EMPTY, "T = 0");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, -1) == ATTNX_ERR_ARG, "threads < 0");
+    CHECK(AA(a, k, vv, V, ATTNX_MAX_BATCH_DIMS + 1, shape, st, st, st, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) ==
+              ATTNX_ERR_ARG, "too many batch dims");
+    CHECK(AA(a, k, vv, V, 2, big, st2, st2, st2, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_OVERFLOW,
+          "batch shape overflow");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, SIZE_MAX / 4, 4, 2, NULL, NULL, 0, 0, c, w, 1) ==
+              ATTNX_ERR_OVERFLOW, "T*h overflow");
+    /* overlaps: ctx or weights on an input, or on each other; nothing written */
+    for (size_t i = 0; i < 64; i++) c[i] = w[i] = 42.0;
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, a + 3, NULL, 1) == ATTNX_ERR_OVERLAP, "ctx in A");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, k + 5, NULL, 1) == ATTNX_ERR_OVERLAP, "ctx in Kp");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, V + 5, NULL, 1) == ATTNX_ERR_OVERLAP, "ctx in V");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, vv + 1, NULL, 1) == ATTNX_ERR_OVERLAP, "ctx in v");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, c, a + 2, 1) == ATTNX_ERR_OVERLAP, "weights in A");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, NULL, NULL, 0, 0, c, c + 3, 1) == ATTNX_ERR_OVERLAP, "weights on ctx");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, (unsigned char *)c, NULL, 3, 0, c, w, 1) ==
+              ATTNX_ERR_OVERLAP, "ctx on the mask");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 2, (unsigned char *)w + 8, NULL, -3, 0, c, w, 1) ==
+              ATTNX_ERR_OVERLAP, "weights on a mask with a negative row stride");
+    int untouched = 1;
+    for (size_t i = 0; i < 64; i++) untouched &= c[i] == 42.0 && w[i] == 42.0;
+    CHECK(untouched, "nothing written on an error");
+    /* nothing to write: no rows, or dv = 0 without weights */
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 0, 3, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_OK && c[0] == 42.0, "Lq = 0");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 2, 0, NULL, NULL, 0, 0, c, NULL, 1) == ATTNX_OK && c[0] == 42.0, "dv = 0");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 2, 3, 0, 0, NULL, NULL, 0, 1, c, w, 1) == ATTNX_OK && w[0] == 1.0 &&
+              w[3] == 0.5 && w[4] == 0.5, "h = 0: zero scores, causal weights 1, 1/2 1/2");
+#undef AA
+}
+
+HARNESS_MAIN("additive", (test_status_codes, test_attention_status),
+             (test_tanh_specials, test_tanh_accuracy, test_scores_vs_scalar, test_scores_row_independent,
+              test_scores_edges, test_batch, test_attention))

@@ -220,14 +220,5 @@ static void test_status_codes(void)
           "a NaN lse: a NaN row");
 }
 
-static void per_level(void)
-{
-    test_offsets_and_lse();
-    test_merge_chunks();
-    test_split_bits();
-}
-
-int main(int argc, char **argv)
-{
-    return harness_main(argc, argv, "attention/merge", test_status_codes, per_level);
-}
+HARNESS_MAIN("attention/merge", (test_status_codes),
+             (test_offsets_and_lse, test_merge_chunks, test_split_bits))

@@ -846,26 +846,15 @@ static void print_errors(void)
            g_err.fused_ctx, g_err.rows_ctx);
 }
 
-static void per_level(void)
+/* each level: float32 follows the float64 level, error records start anew */
+static void start_level(void)
 {
     CHECK(strcmp(attnx_kernels_f32_get()->name, g_level) == 0, "float32 level %s follows float64 %s",
           attnx_kernels_f32_get()->name, g_level);
     memset(&g_err, 0, sizeof g_err);
-    test_worked_example();
-    test_exp();
-    test_against_f64();
-    test_softmax_specials();
-    test_attend_specials();
-    test_batch();
-    test_split();
-    test_rows_vs_f64();
-    test_alignment();
-    test_extremes_vs_scalar();
-    print_errors();
-    check_error_budget();
 }
 
-int main(int argc, char **argv)
-{
-    return harness_main(argc, argv, "float32", test_status_codes, per_level);
-}
+HARNESS_MAIN("float32", (test_status_codes),
+             (start_level, test_worked_example, test_exp, test_against_f64, test_softmax_specials,
+              test_attend_specials, test_batch, test_split, test_rows_vs_f64, test_alignment,
+              test_extremes_vs_scalar, print_errors, check_error_budget))
