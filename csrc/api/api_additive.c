@@ -60,7 +60,7 @@ int attnx_additive_scores(const double *a, const double *Kp, const double *v,
     if (overlaps(scores, T, a, hb) || overlaps(scores, T, v, hb) ||
         overlaps(scores, T, Kp, Th * sizeof(double)))
         return ATTNX_ERR_OVERLAP;
-    if (T) additive_kernels()->scores(a, Kp, v, T, h, scores);
+    if (T) additive_kernels()->scores(a, Kp, NULL, v, T, h, scores);
     return ATTNX_OK;
 }
 
@@ -94,27 +94,36 @@ static size_t row_lim(const additive_job *j, size_t i)
     return j->causal && i + 1 < j->T ? i + 1 : j->T;
 }
 
-/* The scores of keys [t0, t1) of one row, in runs of keys it sees: a key
- * masked out or past lim scores -inf and its row of Kp is not read. A
- * score depends on a, v and its own key row only (attnx_additive_kernels),
- * so the runs, like the chunks, change no bit of it. */
+/* The scores of keys [t0, t1) of one row: a key masked out or past lim
+ * scores -inf and its row of Kp is not read. Under a mask, the keys let
+ * through in each stretch of GATHER are scored together (gathered), in
+ * whole blocks of the kernel rather than one short run at a time. A score
+ * depends on a, v and its own key row only (attnx_additive_kernels), so the
+ * gathering, like the chunks, changes no bit of it. */
+#define GATHER 64
 static void row_scores(const additive_job *j, size_t row, size_t t0, size_t t1)
 {
     const size_t b = row / j->Lq, i = row % j->Lq, h = j->h, lim = row_lim(j, i);
+    const size_t te = t1 < lim ? t1 : lim;
     const double *a = j->A + item_offset(j, j->a_strides, b) + i * h;
     const double *kp = j->Kp + item_offset(j, j->kp_strides, b);
     const unsigned char *m = j->mask ? j->mask + item_offset(j, j->mask_strides, b) +
                                            (ptrdiff_t)i * j->mask_row_stride : NULL;
     double *s = j->s + row * j->T;
-    for (size_t t = t0; t < t1;) {
-        if (t >= lim || (m && !m[t])) {
-            s[t++] = -INFINITY;
-            continue;
+    for (size_t t = te > t0 ? te : t0; t < t1; t++) s[t] = -INFINITY;
+    if (!m) {
+        if (te > t0) j->ka->scores(a, kp + t0 * h, NULL, j->v, te - t0, h, s + t0);
+        return;
+    }
+    for (size_t g = t0; g < te; g += GATHER) {
+        size_t idx[GATHER], n = 0;
+        double got[GATHER];
+        for (size_t t = g; t < te && t < g + GATHER; t++) {
+            if (m[t]) idx[n++] = t;
+            else s[t] = -INFINITY;
         }
-        size_t u = t + 1;
-        while (u < t1 && u < lim && (!m || m[u])) u++;
-        j->ka->scores(a, kp + t * h, j->v, u - t, h, s + t);
-        t = u;
+        if (n) j->ka->scores(a, kp, idx, j->v, n, h, got);
+        for (size_t k = 0; k < n; k++) s[idx[k]] = got[k];
     }
 }
 

@@ -2,6 +2,7 @@
  * kernels/additive.c -- additive (Bahdanau) attention, float64:
  *   tanh              y[i] = tanh(x[i]); y may be x
  *   additive_scores   s[t] = sum_j v[j] tanh(a[j] + Kp[t, j]), t < T, j < h
+ *                     (Kp row idx[t] instead of t when idx is not NULL)
  *
  * Computes: tanh by vx_tanh (kernels/vtanh.h), two vectors a step, the
  * tail through partial loads and stores. The scores as dot_scores does
@@ -29,10 +30,10 @@ static void K_tanh(const vx_float *x, size_t n, vx_float *y)
     }
 }
 
-static void K_additive_scores(const vx_float *a, const vx_float *Kp, const vx_float *v, size_t T, size_t h,
-                              vx_float *s)
+static void K_additive_scores(const vx_float *a, const vx_float *Kp, const size_t *idx, const vx_float *v,
+                              size_t T, size_t h, vx_float *s)
 {
-    scores_rows(a, v, Kp, T, h, NULL, s, 1);
+    scores_rows(a, v, Kp, idx, T, h, NULL, s, 1);
 }
 
 const attnx_additive_kernels K_ADD_TABLE = {K_LEVEL_NAME, K_tanh, K_additive_scores};

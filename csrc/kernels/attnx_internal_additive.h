@@ -21,11 +21,13 @@ typedef struct attnx_additive_kernels {
     /* y[i] = tanh(x[i]); y may be x. */
     void (*tanh)(const double *x, size_t n, double *y);
 
-    /* s[t] = sum_j v[j] * tanh(a[j] + Kp[t, j]) for t < T, j < h.
-     * Row t's score depends on a, v and Kp row t alone (not on T or on
-     * where the row sits in a block), so splitting T is bitwise neutral. */
-    void (*scores)(const double *a, const double *Kp, const double *v, size_t T,
-                   size_t h, double *s);
+    /* s[t] = sum_j v[j] * tanh(a[j] + Kp[r, j]) for t < T, j < h, with r =
+     * t, or idx[t] when idx is not NULL (the keys a mask lets through,
+     * gathered into whole blocks). A score depends on a, v and its Kp row
+     * alone (not on T or on where the row sits in a block), so splitting T,
+     * or gathering rows, is bitwise neutral. */
+    void (*scores)(const double *a, const double *Kp, const size_t *idx, const double *v,
+                   size_t T, size_t h, double *s);
 } attnx_additive_kernels;
 
 extern const attnx_additive_kernels attnx_additive_kernels_scalar;

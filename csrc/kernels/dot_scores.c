@@ -57,16 +57,20 @@ VX_INLINE void dot_rows(const vx_float *q, const vx_float *const *k, size_t d, v
     reduce_rows(q, NULL, k, d, out, 0);
 }
 
-/* s[t] = the reduction of rows [0, T) of K, VX_DOT_ROWS at a time */
-VX_INLINE void scores_rows(const vx_float *q, const vx_float *v, const vx_float *K, size_t T, size_t d,
-                           const vx_t *sc, vx_float *s, int additive)
+/* s[t] = the reduction of row t of K for t < T (of row idx[t] when idx is
+ * not NULL), VX_DOT_ROWS at a time */
+VX_INLINE void scores_rows(const vx_float *q, const vx_float *v, const vx_float *K, const size_t *idx, size_t T,
+                           size_t d, const vx_t *sc, vx_float *s, int additive)
 {
     const vx_float *k[VX_DOT_ROWS];
     vx_t r[DOT_NV];
     for (size_t t0 = 0; t0 < T; t0 += VX_DOT_ROWS) {
         size_t nb = T - t0 < VX_DOT_ROWS ? T - t0 : VX_DOT_ROWS;
         /* rows past T re-read the block's first row; their lanes are not stored */
-        for (size_t i = 0; i < VX_DOT_ROWS; i++) k[i] = K + (t0 + (i < nb ? i : 0)) * d;
+        for (size_t i = 0; i < VX_DOT_ROWS; i++) {
+            size_t t = t0 + (i < nb ? i : 0);
+            k[i] = K + (idx ? idx[t] : t) * d;
+        }
         reduce_rows(q, v, k, d, r, additive);
         for (size_t g = 0; g < DOT_NV; g++) {
             size_t lo = g * VX_W;
@@ -83,5 +87,5 @@ static void K_dot_scores(const vx_float *q, const vx_float *K, size_t T, size_t 
                          vx_float *s)
 {
     const vx_t sc = vx_set1(scale);
-    scores_rows(q, NULL, K, T, d, &sc, s, 0);
+    scores_rows(q, NULL, K, NULL, T, d, &sc, s, 0);
 }
