@@ -553,6 +553,19 @@ static void test_attention(void)
     CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(w1, w2, T2 * sizeof(double)) == 0 &&
               memcmp(c1, c3, sizeof c1) == 0,
           "long query: the same bits at any thread count, with or without weights");
+    /* masked: the keys let through are gathered into whole blocks, split
+     * across threads; bits of the composed calls */
+    unsigned char *m2 = malloc(T2);
+    for (size_t t = 0; t < T2; t++) m2[t] = (next_u64() % 3) != 0;
+    const size_t hh = h2 < H ? h2 : H;
+    composed_row(a2, K2, v, V2, m2, T2, T2, hh, dv2, c1, w1);
+    for (int nt = 1; nt <= 4; nt += 3) {
+        CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, hh, dv2, m2, NULL, 0, 0,
+                                       c2, w2, nt) == ATTNX_OK, "long masked query");
+        CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(w1, w2, T2 * sizeof(double)) == 0,
+              "long masked query == composed calls, %d threads", nt);
+    }
+    free(m2);
     free(A);
     free(Kp);
     free(V);
