@@ -448,8 +448,9 @@ static void pack_kt(const vx_float *Kb, size_t d, unsigned any, vx_float *Kt)
     }
 }
 
-/* s[r][0..KB) = dot(Q_r, key k) for r < mr, keys packed as Kt[j][k]. */
-VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int mr, vx_float *s)
+/* s[r * lds + k] = dot(Q_r, key k), k < KB, for r < mr, keys packed as
+ * Kt[j][k]. */
+VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int mr, vx_float *s, size_t lds)
 {
     vx_t a[MR][2];
     for (int r = 0; r < mr; r++) a[r][0] = a[r][1] = vx_zero();
@@ -462,8 +463,8 @@ VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int m
         }
     }
     for (int r = 0; r < mr; r++) {
-        vx_store(s + KB * r, a[r][0]);
-        vx_store(s + KB * r + VX_W, a[r][1]);
+        vx_store(s + lds * (size_t)r, a[r][0]);
+        vx_store(s + lds * (size_t)r + VX_W, a[r][1]);
     }
 }
 
@@ -535,20 +536,33 @@ VX_INLINE void mm_tile(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const un
     default: CALL(MR); break;                                                            \
     }
 
+/* Scratch of rows_chunk: the scores, then weights, of RQ rows against a
+ * superblock of KS keys, and per (row, key block) the keys each row sees
+ * and the weights that are not 0. */
+#define KS 256                /* keys per superblock: one max, rescale and sum per row */
+#define NSUB (KS / KB)
+typedef struct {
+    vx_float S[RQ * KS];
+    unsigned live[RQ * NSUB], nz[RQ * NSUB];
+    unsigned char kidx[KS];
+} rows_scratch;
+
 /* Rows [qa, qa + nr) of the call (nr <= RQ): row r sees the keys of
- * [rlo, rhi) that md's window gives it (all of [0, T) without md), the
- * key loop runs over the union only, so tiles outside every row's window
- * are skipped. */
+ * [rlo, rhi) that md's window gives it (all of [0, T) without md); the key
+ * loop runs over the union only, so tiles outside every row's window are
+ * skipped. Keys come in superblocks of KS: their scores as register tiles
+ * over K packed KB keys at a time, then per row one max, at most one
+ * rescale, the exps and their sum, then P.V as register tiles over the
+ * whole superblock (the ctx accumulators loaded and stored once per KS
+ * keys). Keys that some but not all rows of a tile weigh are added row by
+ * row; a key no row weighs is never read. */
 static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
                        size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt)
+                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, rows_scratch *w)
 {
     double m[RQ], l[RQ];
     size_t rlo[RQ], rhi[RQ];
-    vx_float S[MR * KB], P[MR * KB];
-    unsigned live[RQ];
-    unsigned char kidx[KB];
-    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY), zero = vx_zero();
+    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
     const attnx_mods *shp = attnx_mods_shape(md) ? md : NULL;
     size_t tbeg = T, tend = 0;
     for (size_t r = 0; r < nr; r++) {
@@ -561,87 +575,151 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         }
     }
     for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
-    for (size_t t0 = tbeg; t0 < tend; t0 += KB) {
-        size_t kn = tend - t0 < KB ? tend - t0 : KB;
-        const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
-        unsigned any = 0;
-        for (size_t r = 0; r < nr; r++) {
-            unsigned lv = base;
-            if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
-            else {
-                if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
-                if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
+    for (size_t T0 = tbeg; T0 < tend; T0 += KS) {
+        const size_t ks = tend - T0 < KS ? tend - T0 : KS, nsub = (ks + KB - 1) / KB;
+        /* 1. which keys each row sees; the scores of the tiles that see any */
+        int anyrow = 0;
+        for (size_t b = 0; b < nsub; b++) {
+            const size_t t0 = T0 + b * KB, kn = ks - b * KB < KB ? ks - b * KB : KB;
+            const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
+            unsigned any = 0;
+            for (size_t r = 0; r < nr; r++) {
+                unsigned lv = base;
+                if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
+                else {
+                    if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
+                    if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
+                }
+                if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
+                if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
+                w->live[r * NSUB + b] = lv;
+                any |= lv;
             }
-            if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
-            if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
-            live[r] = lv;
-            any |= lv;
-        }
-        if (!any) continue;
-        pack_kt(K + t0 * d, d, any, Kt);
-        const vx_float *Vb = V + t0 * dv;
-        for (size_t g = 0; g < nr; g += MR) {
-            int mr = nr - g < MR ? (int)(nr - g) : MR;
-            unsigned gl = 0;
-            for (int r = 0; r < mr; r++) gl |= live[g + r];
-            if (!gl) continue;
-            const vx_float *Qg = Q + g * d;
-#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S)
-            TILE_SWITCH(mr, SCORE_CALL)
+            if (!any) continue;
+            anyrow = 1;
+            pack_kt(K + t0 * d, d, any, Kt);
+            for (size_t g = 0; g < nr; g += MR) {
+                const int mr = nr - g < MR ? (int)(nr - g) : MR;
+                unsigned gl = 0;
+                for (int r = 0; r < mr; r++) gl |= w->live[(g + (size_t)r) * NSUB + b];
+                if (!gl) continue;
+                const vx_float *Qg = Q + g * d;
+                vx_float *Sg = w->S + g * KS + b * KB;
+#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, Sg, KS)
+                TILE_SWITCH(mr, SCORE_CALL)
 #undef SCORE_CALL
-            unsigned colall = KB_ALL, colany = 0;
-            for (int r = 0; r < mr; r++) {
-                size_t row = g + (size_t)r;
-                unsigned lv = live[row];
-                vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
-                if (shp && lv) shape_vec(shp, qa + row, t0, kn, sv, 2);
-                vx_t s0 = vx_select(vx_lanes(lv), ninf, sv[0]);
-                vx_t s1 = vx_select(vx_lanes(lv >> VX_W), ninf, sv[1]);
-                vx_float bm = -INFINITY;
-                if (lv) {
-                    if (vx_any(vx_unord(s0, s1)))
-                        l[row] = NAN;
-                    else
-                        bm = vx_hmax(vx_max(s0, s1));
-                }
-                if (bm == -INFINITY) {
-                    vx_store(P + KB * r, zero);
-                    vx_store(P + KB * r + VX_W, zero);
-                    colall = 0;
-                    continue;
-                }
-                if (bm > m[row]) {
-                    double c = RESCALE(m[row], bm);
-                    l[row] *= c;
-                    rescale_acc(ctx + row * dv, dv, (vx_float)c);
-                    m[row] = bm;
-                }
-                const vx_t mv = vx_set1((vx_float)m[row]);
-                vx_t p[2] = {vx_exp_diff(s0, mv), vx_exp_diff(s1, mv)};
-                l[row] += lane_sum(p, 2);
-                unsigned nz = vx_nz_bits(p[0]) | vx_nz_bits(p[1]) << VX_W;
-                if (l[row] != l[row]) nz = 0;   /* +inf score: poisoned, skip */
-                if (!nz) p[0] = p[1] = zero;
-                vx_store(P + KB * r, p[0]);
-                vx_store(P + KB * r + VX_W, p[1]);
-                colall &= nz;
-                colany |= nz;
             }
-            /* keys every row of the tile weighs: the register-blocked tile */
-            int nk = 0;
-            for (unsigned b = colall; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
+        }
+        if (!anyrow) continue;
+        /* 2. per row: shape and mask, max, rescale, exps and their sum */
+        for (size_t r = 0; r < nr; r++) {
+            vx_float *Sr = w->S + r * KS;
+            unsigned *lvr = w->live + r * NSUB, *nzr = w->nz + r * NSUB;
+            vx_t vmax = ninf;
+            vx_bool_t nan = vx_false();
+            unsigned rowany = 0;
+            for (size_t b = 0; b < nsub; b++) {
+                const unsigned lv = lvr[b];
+                rowany |= lv;
+                nzr[b] = 0;
+                if (!lv) continue;
+                const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
+                vx_t sv[2] = {vx_mul(sc, vx_load(Sr + b * KB)), vx_mul(sc, vx_load(Sr + b * KB + VX_W))};
+                if (shp) shape_vec(shp, qa + r, T0 + b * KB, kn, sv, 2);
+                for (int h = 0; h < 2; h++) {
+                    vx_t x = vx_select(vx_lanes(lv >> (h * VX_W)), ninf, sv[h]);
+                    nan = vx_or_b(nan, vx_unord(x, x));
+                    vmax = vx_max(vmax, x);
+                    vx_store(Sr + b * KB + h * VX_W, x);
+                }
+            }
+            if (!rowany) continue;
+            if (vx_any(nan)) {
+                l[r] = NAN;             /* finish makes the row NaN */
+                continue;
+            }
+            const vx_float bm = vx_hmax(vmax);
+            if (bm == -INFINITY) continue;
+            if (bm > m[r]) {
+                double c = RESCALE(m[r], bm);
+                l[r] *= c;
+                rescale_acc(ctx + r * dv, dv, (vx_float)c);
+                m[r] = bm;
+            }
+            const vx_t mv = vx_set1((vx_float)m[r]);
+            vx_t ps[2];
+            double lsum = 0;
+#if defined(ATTNX_F32)
+            vx_wide_t wsum = vx_wide_zero();
+#else
+            vx_t vsum = vx_zero();
+#endif
+            for (size_t b = 0; b < nsub; b++) {
+                if (!lvr[b]) continue;
+                unsigned nz = 0;
+                for (int h = 0; h < 2; h++) {
+                    vx_t p = vx_exp_diff(vx_load(Sr + b * KB + h * VX_W), mv);
+                    vx_store(Sr + b * KB + h * VX_W, p);
+                    nz |= vx_nz_bits(p) << (h * VX_W);
+                    ps[h] = p;
+                }
+#if defined(ATTNX_F32)
+                wsum = vx_wide_add(vx_wide_add(wsum, ps[0]), ps[1]);
+#else
+                vsum = vx_add(vsum, vx_add(ps[0], ps[1]));
+#endif
+                nzr[b] = nz;
+            }
+#if defined(ATTNX_F32)
+            lsum = vx_wide_hsum(wsum);
+#else
+            lsum = vx_hsum(vsum);
+#endif
+            l[r] += lsum;
+            if (l[r] != l[r]) {          /* +inf score: poisoned, nothing more */
+                for (size_t b = 0; b < nsub; b++) nzr[b] = 0;
+            }
+        }
+        /* 3. ctx += P V over the superblock, MR rows at a time */
+        const vx_float *Vs = V + T0 * dv;
+        for (size_t g = 0; g < nr; g += MR) {
+            const int mr = nr - g < MR ? (int)(nr - g) : MR;
+            int nk = 0, dense = 1, some = 0;
+            for (size_t b = 0; b < nsub; b++) {
+                unsigned all = ~0u, one = 0;
+                for (int r = 0; r < mr; r++) {
+                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                    all &= z;
+                    one |= z;
+                }
+                const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
+                if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
+                if (one & ~all) some = 1;
+                for (unsigned bb = all; bb; bb &= bb - 1) w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
+            }
+            vx_float *Cg = ctx + g * dv;
+            const vx_float *Pg = w->S + g * KS;
             if (nk) {
-                vx_float *Cg = ctx + g * dv;
-#define PV_CALL(n) mm_tile(P, KB, 1, nk == KB ? NULL : kidx, nk, Vb, dv, dv, n, Cg, dv)
+#define PV_CALL(n) mm_tile(Pg, KS, 1, dense ? NULL : w->kidx, nk, Vs, dv, dv, n, Cg, dv)
                 TILE_SWITCH(mr, PV_CALL)
 #undef PV_CALL
             }
-            /* keys only some rows weigh: row by row, skipping p == 0 */
-            for (unsigned b = colany & ~colall; b; b &= b - 1) {
-                unsigned k = lowest_bit(b);
+            if (!some) continue;
+            /* keys only some rows of the tile weigh: row by row */
+            for (size_t b = 0; b < nsub; b++) {
+                unsigned all = ~0u, one = 0;
                 for (int r = 0; r < mr; r++) {
-                    vx_float pr = P[KB * r + k];
-                    if (pr != 0) axpy1(ctx + (g + (size_t)r) * dv, pr, Vb + (size_t)k * dv, dv, 0, 0);
+                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                    all &= z;
+                    one |= z;
+                }
+                for (unsigned bb = one & ~all; bb; bb &= bb - 1) {
+                    const size_t k = b * KB + lowest_bit(bb);
+                    for (int r = 0; r < mr; r++) {
+                        const vx_float pr = Pg[(size_t)r * KS + k];
+                        const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                        if ((z >> (k - b * KB)) & 1) axpy1(Cg + (size_t)r * dv, pr, Vs + k * dv, dv, 0, 0);
+                    }
                 }
             }
         }
@@ -662,8 +740,13 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
 {
     vx_float kt_stack[(KT_STACK + VX_W) * KB];
     vx_float *Kt = kt_stack;
-    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
-    if (nq < FEW_QUERIES || !Kt) {
+    rows_scratch *w = NULL;
+    if (nq >= FEW_QUERIES) {
+        w = (rows_scratch *)malloc(sizeof *w);
+        if (w && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
+    }
+    if (nq < FEW_QUERIES || !w || !Kt) {
+        free(w);
         /* one fused pass per query (also the fallback without memory) */
         for (size_t r = 0; r < nq; r++) {
             size_t t0, t1;
@@ -685,9 +768,10 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
         size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
         rows_chunk(Q + r0 * d, nr, r0, K, V, T, d, dv, scale,
                    mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, md, ctx + r0 * dv,
-                   lse ? lse + r0 : NULL, Kt);
+                   lse ? lse + r0 : NULL, Kt, w);
     }
     if (Kt != kt_stack) free(Kt);
+    free(w);
 }
 #define K_ATTEND_ROWS K_attend_rows
 #else

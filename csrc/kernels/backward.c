@@ -95,10 +95,10 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             for (int r = 0; r < mr; r++) gl |= live[r];
             if (!gl) continue;
             const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
-#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S)
+#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S, KB)
             TILE_SWITCH(mr, SCORE_CALL)
 #undef SCORE_CALL
-#define DP_CALL(n) score_tile(dOg, dv, Vt, n, dS)
+#define DP_CALL(n) score_tile(dOg, dv, Vt, n, dS, KB)
             TILE_SWITCH(mr, DP_CALL)
 #undef DP_CALL
             for (int r = 0; r < mr; r++) {
