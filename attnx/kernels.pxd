@@ -129,6 +129,7 @@ cdef extern from *:
             const long long *key_lengths;
             const ptrdiff_t *key_lengths_strides;
             int lower_right;
+            int window;
             ptrdiff_t window_left, window_right;
             double softcap;
         } attnx_attention_params;
@@ -168,6 +169,7 @@ cdef extern from *:
         const long long *key_lengths
         const ptrdiff_t *key_lengths_strides
         int lower_right
+        int window
         ptrdiff_t window_left
         ptrdiff_t window_right
         double softcap

@@ -108,6 +108,60 @@ static void rescale_acc(vx_float *acc, size_t n, vx_float c)
     }
 }
 
+/* -------------------------------------------------- shaping the scores */
+
+/* lane i holds i: key offsets within a vector */
+#if defined(_MSC_VER)
+__declspec(align(64)) static const vx_float lane_iota[16]
+#else
+static const vx_float lane_iota[16] __attribute__((aligned(64)))
+#endif
+    = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* The scores s[g] of keys t0 + g VX_W + lane (g < nv) of row `row`, shaped
+ * by md (attnx_mods: softcap, bias, ALiBi, in that order). Only the first n
+ * keys' bias is read. One function for every kernel, so the fused, tiled
+ * and two-pass paths shape a score the same way, bit for bit. */
+VX_INLINE void shape_vec(const attnx_mods *md, size_t row, size_t t0, size_t n, vx_t *s, int nv)
+{
+    const vx_float *b = md->bias ? (const vx_float *)md->bias + (ptrdiff_t)row * md->bias_row : NULL;
+    const vx_t cap = vx_set1((vx_float)md->softcap), slope = vx_set1((vx_float)md->slope);
+    for (int g = 0; g < nv; g++) {
+        const size_t k = (size_t)g * VX_W, tg = t0 + k;
+        vx_t x = s[g];
+        if (md->softcap > 0) x = vx_mul(cap, vx_tanh(vx_div(x, cap)));
+        if (b && k < n) {
+            if (!md->bias_col)
+                x = vx_add(x, vx_set1(b[0]));
+            else
+                x = vx_add(x, n - k >= VX_W ? vx_load(b + tg) : vx_load_part(b + tg, vx_tail(n - k)));
+        }
+        if (md->slope != 0) {
+            /* |pos + row - t|, exact in vx_float up to 2^24 (float) keys */
+            const vx_float rel = (vx_float)((double)(md->pos + (ptrdiff_t)row) - (double)tg);
+            x = vx_fnma(slope, vx_abs(vx_sub(vx_set1(rel), vx_load(lane_iota))), x);
+        }
+        s[g] = x;
+    }
+}
+
+/* s[0..n) = the scores of keys t0.. of row `row`, shaped in place. */
+static void K_shape_scores(const attnx_mods *md, size_t row, size_t t0, size_t n, vx_float *s)
+{
+    size_t i = 0;
+    for (; i + VX_W <= n; i += VX_W) {
+        vx_t x = vx_load(s + i);
+        shape_vec(md, row, t0 + i, n - i, &x, 1);
+        vx_store(s + i, x);
+    }
+    if (i < n) {
+        const vx_mask_t k = vx_tail(n - i);
+        vx_t x = vx_load_part(s + i, k);
+        shape_vec(md, row, t0 + i, n - i, &x, 1);
+        vx_store_part(s + i, k, x);
+    }
+}
+
 /* ------------------------------------------------------ one query (fold) */
 
 /* Attended keys of [t0, t0 + nb), nb <= OB. */
@@ -146,8 +200,8 @@ VX_INLINE void dot_rows_al(const vx_float *qs, const vx_float *const *k, size_t 
 
 /* Scores of keys [t0, t0 + OB): -inf where not live. Rows that are not
  * live are not read: their lanes dot q with itself and are overwritten. */
-VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, size_t d, vx_t sc,
-                            unsigned live, int al, unsigned km, vx_t *s)
+VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, size_t nb, size_t d, vx_t sc,
+                            const attnx_mods *md, unsigned live, int al, unsigned km, vx_t *s)
 {
     const vx_float *k[OB];
     vx_t v[DOT_NV];
@@ -162,8 +216,9 @@ VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, siz
 #endif
         dot_rows(q, k, d, v);
     (void)al, (void)km;
-    for (int g = 0; g < DOT_NV; g++)
-        s[g] = vx_select(vx_lanes(live >> (g * VX_W)), vx_set1(-INFINITY), vx_mul(sc, v[g]));
+    for (int g = 0; g < DOT_NV; g++) v[g] = vx_mul(sc, v[g]);
+    if (md) shape_vec(md, 0, t0, nb, v, DOT_NV);
+    for (int g = 0; g < DOT_NV; g++) s[g] = vx_select(vx_lanes(live >> (g * VX_W)), vx_set1(-INFINITY), v[g]);
 }
 
 /* One VX_W-column chunk of acc += sum_i p_i V_i over the OB rows v[i]:
@@ -270,8 +325,9 @@ VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, 
 /* The fold over keys [0, T): q and acc are the caller's (al == 0) or the
  * shifted aligned copies (al == 1, nacc = dv + VX_W). */
 VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                          size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
-                          vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm, int pf)
+                          size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                          double *m, double *l, vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm,
+                          int pf)
 {
     const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
     vx_float p[OB];
@@ -279,13 +335,13 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
     vx_t s[DOT_NV], sn[DOT_NV];
     for (int g = 0; g < DOT_NV; g++) s[g] = sn[g] = ninf;
     unsigned live = block_live(mask, 0, T < OB ? T : OB), live_next = 0;
-    if (live) block_scores(q, K, 0, d, sc, live, al, km, s);
+    if (live) block_scores(q, K, 0, T, d, sc, md, live, al, km, s);
     for (size_t t0 = 0; t0 < T; t0 += OB) {
         if (t0 + OB < T) {
             size_t t1 = t0 + OB, nn = T - t1 < OB ? T - t1 : OB;
             live_next = block_live(mask, t1, nn);
             for (int g = 0; g < DOT_NV; g++) sn[g] = ninf;
-            if (live_next) block_scores(q, K, t1, d, sc, live_next, al, km, sn);
+            if (live_next) block_scores(q, K, t1, T - t1, d, sc, md, live_next, al, km, sn);
         }
         if (pf && t0 + OB + PF_KEYS <= T) {
             const char *pk = (const char *)(K + (t0 + PF_KEYS) * d), *pv = (const char *)(V + (t0 + PF_KEYS) * dv);
@@ -322,8 +378,8 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
  * row at vm: the fold reads rows from their aligned bases against copies
  * of q and acc shifted by km and vm. */
 static void online_aligned(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                           size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
-                           vx_float *acc, int pf)
+                           size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                           double *m, double *l, vx_float *acc, int pf)
 {
     vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W];
     vx_float *qs = (vx_float *)(uintptr_t)(((uintptr_t)qbuf + VB - 1) & ~(uintptr_t)(VB - 1));
@@ -332,35 +388,39 @@ static void online_aligned(const vx_float *q, const vx_float *K, const vx_float 
     const unsigned vm = (unsigned)((uintptr_t)V / sizeof(vx_float)) % VX_W;
     for (size_t j = 0; j < d + VX_W; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0;
     for (size_t j = 0; j < dv + VX_W; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
-    online_run(qs, K, V, T, d, dv, scale, mask, m, l, as, dv + VX_W, 1, km, vm, pf);
+    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, dv + VX_W, 1, km, vm, pf);
     for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
 }
 #endif
 
 /* Fold keys [0, T) into the state (st, acc); pf: prefetch K and V ahead. */
 static void online_fold(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                        size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
-                        vx_float *acc, int pf)
+                        size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                        attnx_online *st, vx_float *acc, int pf)
 {
     if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
     double m = st->m, l = st->l;
+    if (!attnx_mods_shape(md)) md = NULL;
 #if VX_ALIGN_ROWS
     const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
     if ((kv & (VB - 1)) && (kv & (sizeof(vx_float) - 1)) == 0 && d % VX_W == 0 && dv % VX_W == 0 && d &&
         dv && d <= AL_MAX && dv <= AL_MAX)
-        online_aligned(q, K, V, T, d, dv, scale, mask, &m, &l, acc, pf);
+        online_aligned(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, pf);
     else
 #endif
-        online_run(q, K, V, T, d, dv, scale, mask, &m, &l, acc, dv, 0, 0, 0, pf);
+        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, dv, 0, 0, 0, pf);
     st->m = m;
     st->l = l;
 }
 
+/* The fold of one query over keys [0, T): md's bias and ALiBi position
+ * are those of this query (row 0); its window is not applied (the caller
+ * cuts the keys to the row's range). */
 static void K_attend_online(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                            size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
-                            vx_float *acc)
+                            size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                            attnx_online *st, vx_float *acc)
 {
-    online_fold(q, K, V, T, d, dv, scale, mask, st, acc, T * (d + dv) * sizeof(vx_float) > PF_MIN_BYTES);
+    online_fold(q, K, V, T, d, dv, scale, mask, md, st, acc, T * (d + dv) * sizeof(vx_float) > PF_MIN_BYTES);
 }
 
 #if VX_ROWS_KERNEL
@@ -471,32 +531,42 @@ VX_INLINE void pv_tile(const vx_float *P, const unsigned char *kidx, int nk, con
     default: CALL(MR); break;                                                            \
     }
 
-/* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
+/* Rows [qa, qa + nr) of the call (nr <= RQ): row r sees the keys of
+ * [rlo, rhi) that md's window gives it (all of [0, T) without md), the
+ * key loop runs over the union only, so tiles outside every row's window
+ * are skipped. */
 static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
                        size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                       int causal, vx_float *ctx, vx_float *Kt)
+                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt)
 {
     double m[RQ], l[RQ];
+    size_t rlo[RQ], rhi[RQ];
     vx_float S[MR * KB], P[MR * KB];
     unsigned live[RQ];
     unsigned char kidx[KB];
     const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY), zero = vx_zero();
+    const attnx_mods *shp = attnx_mods_shape(md) ? md : NULL;
+    size_t tbeg = T, tend = 0;
     for (size_t r = 0; r < nr; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0;
+        attnx_mods_range(md, qa + r, T, &rlo[r], &rhi[r]);
+        if (rlo[r] < rhi[r]) {
+            if (rlo[r] < tbeg) tbeg = rlo[r];
+            if (rhi[r] > tend) tend = rhi[r];
+        }
     }
     for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
-    /* causal: the last query attends keys < qa + nr */
-    size_t tend = causal && qa + nr < T ? qa + nr : T;
-    for (size_t t0 = 0; t0 < tend; t0 += KB) {
+    for (size_t t0 = tbeg; t0 < tend; t0 += KB) {
         size_t kn = tend - t0 < KB ? tend - t0 : KB;
         const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
         unsigned any = 0;
         for (size_t r = 0; r < nr; r++) {
             unsigned lv = base;
-            if (causal) {
-                size_t i = qa + r;
-                lv = i < t0 ? 0u : i - t0 < KB - 1 ? lv & ((2u << (i - t0)) - 1u) : lv;
+            if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
+            else {
+                if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
+                if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
             }
             if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
             if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
@@ -519,8 +589,10 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             for (int r = 0; r < mr; r++) {
                 size_t row = g + (size_t)r;
                 unsigned lv = live[row];
-                vx_t s0 = vx_select(vx_lanes(lv), ninf, vx_mul(sc, vx_load(S + KB * r)));
-                vx_t s1 = vx_select(vx_lanes(lv >> VX_W), ninf, vx_mul(sc, vx_load(S + KB * r + VX_W)));
+                vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
+                if (shp && lv) shape_vec(shp, qa + row, t0, kn, sv, 2);
+                vx_t s0 = vx_select(vx_lanes(lv), ninf, sv[0]);
+                vx_t s1 = vx_select(vx_lanes(lv >> VX_W), ninf, sv[1]);
                 vx_float bm = -INFINITY;
                 if (lv) {
                     if (vx_any(vx_unord(s0, s1)))
@@ -570,38 +642,46 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             }
         }
     }
-    for (size_t r = 0; r < nr; r++) FINISH(m[r], l[r], ctx + r * dv, dv);
+    for (size_t r = 0; r < nr; r++) {
+        FINISH(m[r], l[r], ctx + r * dv, dv);
+        if (lse) lse[r] = (vx_float)attnx_state_lse(m[r], l[r]);
+    }
 }
 
-/* Queries [q0, q0 + nq) against keys [0, T) (causal: query i sees keys
- * <= i): few queries fold one by one; more go through rows_chunk, RQ at a
- * time, with K packed transposed (on the stack up to d == KT_STACK). */
-static void K_attend_rows(const vx_float *Q, size_t nq, size_t q0, const vx_float *K, const vx_float *V, size_t T,
-                          size_t d, size_t dv, vx_float scale, const unsigned char *mask,
-                          ptrdiff_t mask_row_stride, int causal, vx_float *ctx)
+/* Queries [0, nq) against keys [0, T), each seeing what md lets through
+ * (see attnx_kernels): few queries fold one by one; more go through
+ * rows_chunk, RQ at a time, with K packed transposed (on the stack up to
+ * d == KT_STACK). */
+static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                          size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
+                          const attnx_mods *md, vx_float *ctx, vx_float *lse)
 {
     vx_float kt_stack[(KT_STACK + VX_W) * KB];
     vx_float *Kt = kt_stack;
     if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
     if (nq < FEW_QUERIES || !Kt) {
         /* one fused pass per query (also the fallback without memory) */
-        const int pf = T * (d + dv) * sizeof(vx_float) > PF_BATCH_BYTES;
         for (size_t r = 0; r < nq; r++) {
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+            size_t t0, t1;
+            attnx_mods_range(md, r, T, &t0, &t1);
+            attnx_mods rm;
+            if (md) rm = attnx_mods_row(md, r, t0, sizeof(vx_float));
             attnx_online st = {-INFINITY, 0.0};
             vx_float *c = ctx + r * dv;
             for (size_t j = 0; j < dv; j++) c[j] = 0;
-            online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
-                        &st, c, pf);
+            online_fold(Q + r * d, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
+                        mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL, md ? &rm : NULL, &st, c,
+                        (t1 - t0) * (d + dv) * sizeof(vx_float) > PF_BATCH_BYTES);
             FINISH(st.m, st.l, c, dv);
+            if (lse) lse[r] = (vx_float)attnx_state_lse(st.m, st.l);
         }
         return;
     }
     for (size_t r0 = 0; r0 < nq; r0 += RQ) {
         size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
-        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
-                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal, ctx + r0 * dv,
-                   Kt);
+        rows_chunk(Q + r0 * d, nr, r0, K, V, T, d, dv, scale,
+                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, md, ctx + r0 * dv,
+                   lse ? lse + r0 : NULL, Kt);
     }
     if (Kt != kt_stack) free(Kt);
 }

@@ -114,16 +114,20 @@ typedef struct attnx_kernels_f32 {
      * mask[t] == 0 are skipped unread (mask may be NULL). */
     void (*attend_online)(const float *q, const float *K, const float *V,
                           size_t T, size_t d, size_t dv, float scale,
-                          const unsigned char *mask, attnx_online *st,
-                          float *acc);
+                          const unsigned char *mask, const attnx_mods *mods,
+                          attnx_online *st, float *acc);
+
+    /* s[0..n) (keys t0.. of row `row`) shaped by mods (softcap, bias,
+     * ALiBi; not the window), in place, exactly as the fused kernels do. */
+    void (*shape_scores)(const attnx_mods *mods, size_t row, size_t t0, size_t n, float *s);
 
     /* Fused attention for nq consecutive queries (see attnx_kernels in
      * attnx_internal.h: same arguments, same meaning). NULL: the generic
      * loop over attend_online in api_f32.c. */
-    void (*attend_rows)(const float *Q, size_t nq, size_t q0,
-                        const float *K, const float *V, size_t T, size_t d,
-                        size_t dv, float scale, const unsigned char *mask,
-                        ptrdiff_t mask_row_stride, int causal, float *ctx);
+    void (*attend_rows)(const float *Q, size_t nq, const float *K, const float *V,
+                        size_t T, size_t d, size_t dv, float scale,
+                        const unsigned char *mask, ptrdiff_t mask_row_stride,
+                        const attnx_mods *mods, float *ctx, float *lse);
 } attnx_kernels_f32;
 
 extern const attnx_kernels_f32 attnx_kernels_f32_scalar;

@@ -7,10 +7,8 @@
 
 #include "kernels/names.h"
 #include "kernels/vexp.h"
-#if !defined(ATTNX_F32)
 #include "attnx_internal_additive.h"
-#include "kernels/vtanh.h"
-#endif
+#include "kernels/vtanh.h"   /* the additive scores and softcap */
 #include "kernels/exp.c"
 #include "kernels/dot_scores.c"
 #include "kernels/context.c"
