@@ -994,7 +994,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
                 raise ValueError("score='general' takes W only")
             return _attend_general(_general_query(query, W, keys), keys, values, sc, mask,
                                    return_weights, out, num_threads, return_lse, qoff, koff, sh)
-        if return_lse or koff or qoff or sh.any_new:
+        if return_lse or koff or qoff or sh.shaped:
             raise ValueError("return_lse, key_offset, query_offset, bias, alibi_slopes, "
                              "enable_gqa, window, key_lengths and softcap work with the dot "
                              "score (score='dot' or 'general')")
@@ -1160,7 +1160,7 @@ cdef object _bool_mask(object mask, tuple scores_shape, bint add_query_axis):
 cdef class _Shaping:
     """attend's keywords that shape the scores beyond `mask` (issue 13),
     checked on their own; _fit_* fit them to the operands' shapes."""
-    cdef public bint causal, lower_right, gqa, any_new
+    cdef public bint causal, lower_right, gqa, shaped, any_new
     cdef public object bias, alibi_slopes, key_lengths
     cdef public ptrdiff_t window_left, window_right
     cdef public double softcap
@@ -1251,9 +1251,10 @@ cdef _Shaping _shaping(object causal, dict options):
         softcap = options.pop("softcap", None)
         if softcap is not None:
             sh.softcap = _softcap(softcap)
-    sh.any_new = (sh.lower_right or sh.gqa or sh.bias is not None
-                  or sh.alibi_slopes is not None or sh.key_lengths is not None
-                  or sh.window_left >= 0 or sh.window_right >= 0 or sh.softcap != 0)
+    sh.shaped = (sh.gqa or sh.bias is not None or sh.alibi_slopes is not None
+                 or sh.key_lengths is not None or sh.window_left >= 0 or sh.window_right >= 0
+                 or sh.softcap != 0)
+    sh.any_new = sh.shaped or sh.lower_right
     return sh
 
 
@@ -1423,6 +1424,7 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
         p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
         p.key_lengths_strides = kls
     p.lower_right = sh.lower_right
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
     p.window_left, p.window_right = sh.window_left, sh.window_right
     p.softcap = sh.softcap
     rows = 1
@@ -1667,6 +1669,7 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     p.scale = sc
     p.causal = sh.causal
     p.lower_right = 1
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
     p.window_left, p.window_right = sh.window_left, sh.window_right
     p.softcap = sh.softcap
     p.num_threads = nt
