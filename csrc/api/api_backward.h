@@ -183,6 +183,84 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
     }
 }
 
+/* -- the tiled backward: the SIMD level's kernel, one pass per batch item
+ * (and key partition). Work items are (item, partition); partitions exist
+ * only when there are fewer than 8 items, and their number and bounds
+ * depend on the shapes alone. Each partition's dQ goes to its own buffer,
+ * summed in partition order: the bits never depend on the thread count. */
+typedef struct {
+    bwd_job *j;
+    size_t nparts, keys;
+    AX_T *dqp;                /* count * nparts * Lq * d, or NULL (one partition) */
+} bwd_tiled_job;
+
+static void bwd_tiled(void *ptr, size_t i0, size_t i1)
+{
+    bwd_tiled_job *tj = (bwd_tiled_job *)ptr;
+    bwd_job *j = tj->j;
+    const attn_args *a = j->a;
+    const size_t Lq = a->Lq, T = a->T, d = a->d, dv = a->dv;
+    AX_T *D = (AX_T *)malloc((Lq ? Lq : 1) * sizeof(AX_T));
+    if (!D) {
+        j->failed = 1;
+        return;
+    }
+    for (size_t it = i0; it < i1; it++) {
+        const size_t b = it / tj->nparts, part = it % tj->nparts;
+        const AX_T *q, *k, *v, *O, *dO, *lse;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        bwd_ptrs(j, b, &O, &dO, &lse);
+        attnx_mods md;
+        const size_t Tb = item_mods(a, b, &md);
+        size_t k0 = part * tj->keys, k1 = k0 + tj->keys < T ? k0 + tj->keys : T;
+        AX_T *dq = tj->dqp ? tj->dqp + it * Lq * d : j->dQ + b * Lq * d;
+        AX_T *dk = j->dK + b * T * d, *dvo = j->dV + b * T * dv;
+        fill(dq, Lq * d, 0);
+        for (size_t r = 0; r < Lq; r++) D[r] = dot_n(dO + r * dv, O + r * dv, dv);
+        const size_t e0 = k0 < Tb ? k0 : Tb, e1 = k1 < Tb ? k1 : Tb;
+        if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
+                                   &md, e0, e1, dq, dk, dvo))
+            j->failed = 1;
+        fill(dk + e1 * d, (k1 - e1) * d, 0);      /* keys beyond the item's length */
+        fill(dvo + e1 * dv, (k1 - e1) * dv, 0);
+        for (size_t i = k0 * d; i < k1 * d; i++) dk[i] *= a->scale;
+    }
+    free(D);
+}
+
+static int bwd_run_tiled(bwd_job *j, int num_threads, double work)
+{
+    const attn_args *a = j->a;
+    bwd_tiled_job tj = {j, 1, a->T, NULL};
+    if (a->count < 8) {
+        const size_t want = (8 + a->count - 1) / a->count;
+        size_t keys = (a->T + want - 1) / want;
+        keys = keys < 256 ? 256 : (keys + 63) / 64 * 64;
+        tj.nparts = (a->T + keys - 1) / keys;
+        tj.keys = keys;
+    }
+    if (tj.nparts > 1) {
+        tj.dqp = (AX_T *)malloc(a->count * tj.nparts * a->Lq * (a->d ? a->d : 1) * sizeof(AX_T));
+        if (!tj.dqp) return ATTNX_ERR_NOMEM;
+    }
+    const size_t n = a->count * tj.nparts;
+    attnx_parallel_for(attnx_pick_threads(num_threads, n, work), n, bwd_tiled, &tj);
+    const size_t nq = a->Lq * a->d;
+    for (size_t b = 0; b < a->count; b++) {
+        AX_T *dq = j->dQ + b * nq;
+        if (tj.dqp) {
+            const AX_T *src = tj.dqp + b * tj.nparts * nq;
+            for (size_t i = 0; i < nq; i++) dq[i] = src[i];
+            for (size_t p = 1; p < tj.nparts; p++)
+                for (size_t i = 0; i < nq; i++) dq[i] += src[p * nq + i];
+        }
+        for (size_t i = 0; i < nq; i++) dq[i] *= a->scale;
+    }
+    free(tj.dqp);
+    return j->failed ? ATTNX_ERR_NOMEM : ATTNX_OK;
+}
+
 int AX_API(attention_backward)(const attnx_attention_params *params, const void *grad_out,
                              const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
                              const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
@@ -246,6 +324,8 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
     j.nrow_items = a.count * ((a.Lq + BWD_ROWS - 1) / BWD_ROWS);
     j.nkey_items = a.count * ((a.T + BWD_KEYS - 1) / BWD_KEYS);
     const double work = (double)a.rows * (double)a.T * (double)(a.d + a.dv + 1);
+    if (a.kt->attend_backward)
+        return bwd_run_tiled(&j, p.num_threads, work);
     if (a.rows)
         attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nrow_items, work), j.nrow_items,
                            bwd_rows, &j);

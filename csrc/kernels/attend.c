@@ -467,30 +467,34 @@ VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int m
     }
 }
 
-/* One KB-column slice of C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr;
- * masked: k0, k1 cover the last columns of a row. */
-VX_INLINE void pv_slice(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
-                        int mr, vx_float *C, size_t c, vx_mask_t k0, vx_mask_t k1, int masked, int full)
+/* One 2 VX_W-column slice (columns c..) of C_r += sum_i A[r][k_i] B[k_i]
+ * for r < mr: A[r][k] at A[r * ars + k * acs] (any strides: the forward's
+ * weights, the backward's transposed ones), k_i = kidx[i] (or i when kidx
+ * is NULL), B rows ldb apart, C rows ldc apart; masked: k0, k1 cover the
+ * last columns of a row. */
+VX_INLINE void mm_slice(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const unsigned char *kidx, int nk,
+                        const vx_float *B, size_t ldb, int mr, vx_float *C, size_t ldc, size_t c, vx_mask_t k0,
+                        vx_mask_t k1, int masked)
 {
     vx_t a[MR][2];
     for (int r = 0; r < mr; r++) {
-        const vx_float *cr = C + (size_t)r * dv + c;
+        const vx_float *cr = C + (size_t)r * ldc + c;
         a[r][0] = masked ? vx_load_part(cr, k0) : vx_load(cr);
         a[r][1] = masked ? vx_load_part(cr + VX_W, k1) : vx_load(cr + VX_W);
     }
     for (int i = 0; i < nk; i++) {
-        const int kk = full ? i : kidx[i];
-        const vx_float *vr = Vb + (size_t)kk * dv + c;
-        vx_t v0 = masked ? vx_load_part(vr, k0) : vx_load(vr);
-        vx_t v1 = masked ? vx_load_part(vr + VX_W, k1) : vx_load(vr + VX_W);
+        const int kk = kidx ? kidx[i] : i;
+        const vx_float *br = B + (size_t)kk * ldb + c;
+        vx_t v0 = masked ? vx_load_part(br, k0) : vx_load(br);
+        vx_t v1 = masked ? vx_load_part(br + VX_W, k1) : vx_load(br + VX_W);
         for (int r = 0; r < mr; r++) {
-            vx_t b = vx_set1(P[KB * r + kk]);
+            vx_t b = vx_set1(A[r * ars + kk * acs]);
             a[r][0] = vx_fma(b, v0, a[r][0]);
             a[r][1] = vx_fma(b, v1, a[r][1]);
         }
     }
     for (int r = 0; r < mr; r++) {
-        vx_float *cr = C + (size_t)r * dv + c;
+        vx_float *cr = C + (size_t)r * ldc + c;
         if (masked) {
             vx_store_part(cr, k0, a[r][0]);
             vx_store_part(cr + VX_W, k1, a[r][1]);
@@ -501,23 +505,23 @@ VX_INLINE void pv_slice(const vx_float *P, const unsigned char *kidx, int nk, co
     }
 }
 
-/* C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr: ctx rows C (stride
- * dv), KB columns at a time in registers. Every listed key has p != 0 in
- * every row; nk == KB means all keys of the block, in order. */
-VX_INLINE void pv_tile(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
-                       int mr, vx_float *C)
+/* C_r[0..n) += sum_i A[r][k_i] B[k_i] for r < mr (see mm_slice), 2 VX_W
+ * columns at a time in registers. The forward's P.V (A = P, rows KB apart)
+ * and the backward's dV, dK and dQ products. */
+VX_INLINE void mm_tile(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const unsigned char *kidx, int nk,
+                       const vx_float *B, size_t ldb, size_t n, int mr, vx_float *C, size_t ldc)
 {
     const vx_mask_t all = vx_tail(VX_W);
     size_t c = 0;
-    if (nk == KB) {
-        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, KB, Vb, dv, mr, C, c, all, all, 0, 1);
+    if (!kidx) {
+        for (; c + KB <= n; c += KB) mm_slice(A, ars, acs, NULL, nk, B, ldb, mr, C, ldc, c, all, all, 0);
     } else {
-        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, nk, Vb, dv, mr, C, c, all, all, 0, 0);
+        for (; c + KB <= n; c += KB) mm_slice(A, ars, acs, kidx, nk, B, ldb, mr, C, ldc, c, all, all, 0);
     }
-    if (c < dv) {
-        size_t rem = dv - c;
-        pv_slice(P, kidx, nk, Vb, dv, mr, C, c, vx_tail(rem >= VX_W ? VX_W : rem),
-                 vx_tail(rem > VX_W ? rem - VX_W : 0), 1, 0);
+    if (c < n) {
+        size_t rem = n - c;
+        mm_slice(A, ars, acs, kidx, nk, B, ldb, mr, C, ldc, c, vx_tail(rem >= VX_W ? VX_W : rem),
+                 vx_tail(rem > VX_W ? rem - VX_W : 0), 1);
     }
 }
 
@@ -628,7 +632,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             for (unsigned b = colall; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
             if (nk) {
                 vx_float *Cg = ctx + g * dv;
-#define PV_CALL(n) pv_tile(P, kidx, nk, Vb, dv, n, Cg)
+#define PV_CALL(n) mm_tile(P, KB, 1, nk == KB ? NULL : kidx, nk, Vb, dv, dv, n, Cg, dv)
                 TILE_SWITCH(mr, PV_CALL)
 #undef PV_CALL
             }

@@ -128,6 +128,17 @@ typedef struct attnx_kernels_f32 {
                         size_t T, size_t d, size_t dv, float scale,
                         const unsigned char *mask, ptrdiff_t mask_row_stride,
                         const attnx_mods *mods, float *ctx, float *lse);
+
+    /* Gradients of one batch item (queries [0, Lq), rows contiguous)
+     * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
+     * dK and dQ lack the factor scale. D[r] = dO_r . O_r. mods as
+     * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
+     * api_backward.h's row-by-row passes. */
+    int (*attend_backward)(const float *Q, const float *K, const float *V, const float *dO,
+                           const float *lse, const float *D, size_t Lq, size_t T, size_t d,
+                           size_t dv, float scale, const unsigned char *mask,
+                           ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
+                           size_t k1, float *dQ, float *dK, float *dV);
 } attnx_kernels_f32;
 
 extern const attnx_kernels_f32 attnx_kernels_f32_scalar;

@@ -17,6 +17,7 @@
 #include "kernels/log_softmax.c"
 #endif
 #include "kernels/attend.c"
+#include "kernels/backward.c"
 #include "kernels/table.c"
 #if !defined(ATTNX_F32)
 #include "kernels/additive.c"
