@@ -1293,11 +1293,12 @@ cdef object _batch_operand(object x, str name, tuple ext, tuple batch, str expec
     return xb.reshape(batch) if ext != batch else xb
 
 
-cdef int _batch_strides(object xb, Py_ssize_t itemsize, ptrdiff_t *out) except -1:
-    """Element strides of xb, shaped exactly as the batch; 0 where broadcast
-    or of length 1."""
+cdef int _batch_strides(object xb, Py_ssize_t nb, Py_ssize_t itemsize,
+                        ptrdiff_t *out) except -1:
+    """Element strides of xb's first nb axes (shaped exactly as the batch);
+    0 where broadcast or of length 1."""
     cdef Py_ssize_t i
-    for i in range(xb.ndim):
+    for i in range(nb):
         out[i] = 0 if xb.shape[i] == 1 else xb.strides[i] // itemsize
     return 0
 
@@ -1350,7 +1351,7 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
     b = bv = None
     if sh.bias is not None:
         b, bv = _fit_bias(sh.bias, dt, scores_shape, batch + core)
-        _batch_strides(bv[(Ellipsis,) + (0,) * len(core)], isz, bis)
+        _batch_strides(bv, nb, isz, bis)
         if not single and Lq > 1:
             brow = bv.strides[-2] // isz
         if T > 1:
@@ -1359,12 +1360,12 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
     if sh.alibi_slopes is not None:
         a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
         a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
-        _batch_strides(a, isz, als)
+        _batch_strides(a, nb, isz, als)
     kl = None
     if sh.key_lengths is not None:
         kl = _fit_key_lengths(sh.key_lengths, T)
         kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
-        _batch_strides(kl, kl.itemsize, kls)
+        _batch_strides(kl, nb, kl.itemsize, kls)
     ins = [q, K, V, m, b, a]
     w = lse = None
     cdef int nres = 1 + return_weights + return_lse

@@ -547,3 +547,19 @@ class TestErrors:
                    dict(enable_gqa=True)):
             with pytest.raises(NotImplementedError, match=next(iter(kw))):
                 attnx.attend_backward(np.ones_like(out), q, K, V, out, lse, **kw)
+
+
+def test_empty_shapes(simd):
+    """Lq = 0, a batch dimension of 0, dv = 0: empty results of the right
+    shapes, with every keyword."""
+    kw = dict(bias=np.zeros((1, 7)), window=(1, 1), key_lengths=3, softcap=2.0,
+              alibi_slopes=np.ones(2), causal="lower_right")
+    assert attnx.attend(rand(2, 0, 8), rand(2, 7, 8), rand(2, 7, 3), **kw).shape == (2, 0, 3)
+    assert attnx.attend(rand(0, 2, 5, 8), rand(7, 8), **kw).shape == (0, 2, 5, 8)
+    q, K = rand(2, 5, 8), rand(2, 7, 8)
+    ctx, lse = attnx.attend(q, K, rand(2, 7, 0), return_lse=True, **kw)
+    assert ctx.shape == (2, 5, 0)
+    check(lse, ref.attention(q, K, **kw)[2], np.float64, "lse")      # rows 0, 1 see nothing
+    o, l = attnx.attend_varlen(rand(0, 2, 8), rand(0, 2, 8), rand(0, 2, 3), [0], [0],
+                               return_lse=True)
+    assert o.shape == (0, 2, 3) and l.shape == (0, 2)
