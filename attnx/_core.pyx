@@ -1769,8 +1769,10 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     scale, mask, causal, key_offset, query_offset, num_threads
         As given to the forward call.
     bias, alibi_slopes, enable_gqa, window, key_lengths, softcap
-        Not differentiated yet: anything but their defaults (and
-        ``causal="lower_right"``) raises NotImplementedError.
+        As given to the forward call: the weights are recomputed with them
+        (the softcap's tanh derivative included). They are constants here:
+        no gradient is returned for the bias or the slopes. With
+        `enable_gqa`, each kv head's gradient sums over its query group.
 
     Returns
     -------
@@ -1797,13 +1799,6 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})
-    if sh.any_new:
-        given = [n for n, x in (("bias", bias), ("alibi_slopes", alibi_slopes),
-                                ("key_lengths", key_lengths), ("window", window),
-                                ("softcap", softcap)) if x is not None]
-        given += ["enable_gqa"] * bool(sh.gqa) + ["causal='lower_right'"] * sh.lower_right
-        raise NotImplementedError(f"attend_backward does not differentiate {', '.join(given)} "
-                                  f"yet (attend computes them; their gradient is to come)")
     cdef bint causal_ = sh.causal
     shared = values is None
     dt = _work_dtype((query, keys, values, out, grad_out, lse))
@@ -1815,13 +1810,17 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     L = _as_real(lse, "lse", dt)
     _check_qkv(q, K, V)
     single = q.ndim == 1
-    q_shape = q.shape
+    q_shape, k_shape, v_shape = q.shape, K.shape, V.shape
     d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
     Lq = 1 if single else q.shape[-2]
+    H = 0
+    if sh.gqa:
+        q, K, V, H = _gqa_views(q, K, V)
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
                               (V, 2, "values")])
-    ctx_shape = batch + ((dv,) if single else (Lq, dv))
-    lse_shape = batch + (() if single else (Lq,))
+    ext = batch[:-2] + (H,) if sh.gqa else batch
+    ctx_shape = ext + ((dv,) if single else (Lq, dv))
+    lse_shape = ext + (() if single else (Lq,))
     if O.shape != ctx_shape:
         raise ValueError(f"out has shape {O.shape}, but the forward's result has shape "
                          f"{ctx_shape}: pass the out that attend returned")
@@ -1831,9 +1830,12 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     if L.shape != lse_shape:
         raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
                          f"{lse_shape}: pass the lse that attend(..., return_lse=True) returned")
+    O = np.ascontiguousarray(O).reshape(batch + ((dv,) if single else (Lq, dv)))
+    dO = np.ascontiguousarray(dO).reshape(O.shape)
+    L = np.ascontiguousarray(L).reshape(batch + (() if single else (Lq,)))
     if single:
         q, O, dO, L = q[..., None, :], O[..., None, :], dO[..., None, :], L[..., None]
-    scores_shape = batch + (Lq, T)
+    scores_shape = ext + (Lq, T)
     cdef size_t nb = len(batch), i
     cdef size_t bshape[32]
     cdef ptrdiff_t qs[32]
@@ -1848,18 +1850,41 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     m = None
     if mask is not None:
         m = _bool_mask(mask, scores_shape, single)
+        if sh.gqa:
+            m = m.reshape(batch + (Lq, T))
         mrow = m.strides[-2]
         _fill_strides(m, 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
     for i in range(nb):
         bshape[i] = batch[i]
     cdef Py_ssize_t isz = dt.itemsize
+    cdef ptrdiff_t bis[32]
+    cdef ptrdiff_t als[32]
+    cdef ptrdiff_t kls[32]
+    cdef ptrdiff_t brow = 0, bcol = 0
+    b = bv = a = kl = None
+    if sh.bias is not None:
+        # the forward's scores are (..., T) for a single query: the bias too
+        b, bv = _fit_bias(sh.bias, dt, ext + ((T,) if single else (Lq, T)),
+                          batch + ((T,) if single else (Lq, T)))
+        if single:
+            bv = bv[..., None, :]
+        _batch_strides(bv, nb, isz, bis)
+        if Lq > 1:
+            brow = bv.strides[-2] // isz
+        if T > 1:
+            bcol = bv.strides[-1] // isz
+    if sh.alibi_slopes is not None:
+        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
+        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
+        _batch_strides(a, nb, isz, als)
+    if sh.key_lengths is not None:
+        kl = _fit_key_lengths(sh.key_lengths, T)
+        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
+        _batch_strides(kl, nb, kl.itemsize, kls)
     _fill_strides(q, 2, isz, batch, qs)
     _fill_strides(K, 2, isz, batch, ks)
     _fill_strides(V, 2, isz, batch, vs)
-    O = np.ascontiguousarray(O)
-    dO = np.ascontiguousarray(dO)
-    L = np.ascontiguousarray(L)
     _fill_strides(O, 2, isz, batch, os_)
     _fill_strides(dO, 2, isz, batch, ds)
     _fill_strides(L, 1, isz, batch, ls)
@@ -1879,6 +1904,18 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     p.query_offset, p.key_offset = qoff, koff
     p.out, p.lse = _data(O), _data(L)
     p.num_threads = _threads(num_threads)
+    if bv is not None:
+        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), bis
+        p.bias_row_stride, p.bias_col_stride = brow, bcol
+    if a is not None:
+        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), als
+    if kl is not None:
+        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
+        p.key_lengths_strides = kls
+    p.lower_right = sh.lower_right
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
+    p.window_left, p.window_right = sh.window_left, sh.window_right
+    p.softcap = sh.softcap
     cdef void *dop = _data(dO)
     cdef void *gqp = _data(gq)
     cdef void *gkp = _data(gk)
@@ -1898,10 +1935,14 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         _raise_status(rc)
     if single:
         gq = gq[..., 0, :]
+    if sh.gqa:   # (..., Hkv, G, .): the query heads back, kv heads summed over G
+        gq = gq.reshape(ext + gq.shape[len(batch):])
+        gk = gk.sum(axis=len(batch) - 1)
+        gv = gv.sum(axis=len(batch) - 1)
     gq = _unbroadcast(gq, q_shape)
     if shared:
-        return gq, _unbroadcast(gk + gv, K.shape), None
-    return gq, _unbroadcast(gk, K.shape), _unbroadcast(gv, V.shape)
+        return gq, _unbroadcast(gk + gv, k_shape), None
+    return gq, _unbroadcast(gk, k_shape), _unbroadcast(gv, v_shape)
 
 
 # --- merging partial results ----------------------------------------------------

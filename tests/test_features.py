@@ -539,16 +539,6 @@ class TestErrors:
         with pytest.raises(TypeError, match="unexpected keyword argument 'windows'"):
             attnx.attend(q, K, windows=(1, 1))
 
-    def test_backward_refuses_what_it_does_not_differentiate_yet(self):
-        q, K, V = rand(5, 8), rand(7, 8), rand(7, 3)
-        out, lse = attnx.attend(q, K, V, return_lse=True)
-        for kw in (dict(bias=np.zeros(7)), dict(alibi_slopes=np.ones(1)), dict(window=(1, 0)),
-                   dict(key_lengths=3), dict(softcap=1.0), dict(causal="lower_right"),
-                   dict(enable_gqa=True)):
-            with pytest.raises(NotImplementedError, match=next(iter(kw))):
-                attnx.attend_backward(np.ones_like(out), q, K, V, out, lse, **kw)
-
-
 def test_empty_shapes(simd):
     """Lq = 0, a batch dimension of 0, dv = 0: empty results of the right
     shapes, with every keyword."""
