@@ -10,6 +10,7 @@ other real input in float64).
 
 NumPy API:
     attend          fused attention, softmax(scale * keys @ query) @ values
+    attend_varlen   attention over sequences of different lengths, packed (flash-attn)
     merge_attention combine attention over disjoint chunks of keys (return_lse)
     attend_backward gradients of attend (flash backward, O(T) memory)
     dot_score       the scores, scale * keys @ query
@@ -62,13 +63,15 @@ except ImportError:
     _use_installed_build()
 
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import (KVCache, additive_score, attend, attend_backward, context, dot_score,
-                    general_score, log_softmax, merge_attention, project_keys, softmax)
+from ._core import (KVCache, additive_score, attend, attend_backward, attend_varlen, context,
+                    dot_score, general_score, log_softmax, merge_attention, project_keys,
+                    softmax)
 
 __all__ = [
     "__version__",
     "KVCache",
     "attend",
+    "attend_varlen",
     "merge_attention",
     "attend_backward",
     "context",

@@ -12,6 +12,9 @@ _F32 = NDArray[np.float32]
 _Lo = NDArray[np.float32] | NDArray[np.float16]
 _Axis = int | tuple[int, ...] | None
 _Score = Literal["dot", "general", "additive"]
+# True: top-left aligned (torch's is_causal); "lower_right": the last query on the last key
+_Causal = bool | Literal["lower_right"]
+_Window = tuple[int | None, int | None]
 
 @overload
 def dot_score(  # type: ignore[overload-overlap, unused-ignore]
@@ -87,7 +90,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: Literal[False] = False,
     out: _F32 | None = None,
     num_threads: int | None = None,
@@ -100,6 +103,12 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> _F32: ...
 @overload
 def attend(  # type: ignore[overload-overlap, unused-ignore]
@@ -109,7 +118,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: Literal[True],
     out: _F32 | tuple[_F32 | None, _F32 | None] | None = None,
     num_threads: int | None = None,
@@ -122,6 +131,12 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> tuple[_F32, _F32]: ...
 @overload
 def attend(  # type: ignore[overload-overlap, unused-ignore]
@@ -131,7 +146,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: Literal[False] = False,
     out: _F64 | None = None,
     num_threads: int | None = None,
@@ -144,6 +159,12 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> _F64: ...
 @overload
 def attend(  # type: ignore[overload-overlap, unused-ignore]
@@ -153,7 +174,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: Literal[True],
     out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
     num_threads: int | None = None,
@@ -166,6 +187,12 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> tuple[_F64, _F64]: ...
 @overload
 def attend(  # type: ignore[overload-overlap, unused-ignore]
@@ -175,7 +202,7 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: bool,
     out: _F32 | tuple[_F32 | None, _F32 | None] | None = None,
     num_threads: int | None = None,
@@ -188,6 +215,12 @@ def attend(  # type: ignore[overload-overlap, unused-ignore]
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> _F32 | tuple[_F32, _F32]: ...
 @overload
 def attend(
@@ -197,7 +230,7 @@ def attend(
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: bool,
     out: _F64 | tuple[_F64 | None, _F64 | None] | None = None,
     num_threads: int | None = None,
@@ -210,6 +243,12 @@ def attend(
     return_lse: Literal[False] = False,
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> _F64 | tuple[_F64, _F64]: ...
 @overload
 def attend(
@@ -219,7 +258,7 @@ def attend(
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     return_weights: bool = False,
     out: NDArray[Any] | tuple[NDArray[Any] | None, ...] | None = None,
     num_threads: int | None = None,
@@ -232,6 +271,12 @@ def attend(
     return_lse: Literal[True],
     key_offset: int = 0,
     query_offset: int = 0,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> tuple[NDArray[Any], ...]: ...
 def attend_backward(
     grad_out: ArrayLike,
@@ -243,11 +288,71 @@ def attend_backward(
     *,
     scale: float = 1.0,
     mask: ArrayLike | None = None,
-    causal: bool = False,
+    causal: _Causal = False,
     key_offset: int = 0,
     query_offset: int = 0,
     num_threads: int | None = None,
+    bias: ArrayLike | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    enable_gqa: bool = False,
+    window: _Window | None = None,
+    key_lengths: ArrayLike | None = None,
+    softcap: float | None = None,
 ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]: ...
+@overload
+def attend_varlen(  # type: ignore[overload-overlap, unused-ignore]
+    query: _Lo,
+    keys: _Lo,
+    values: _Lo,
+    cu_seqlens_q: ArrayLike,
+    cu_seqlens_k: ArrayLike,
+    *,
+    scale: float = 1.0,
+    causal: _Causal = False,
+    window: _Window | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    softcap: float | None = None,
+    enable_gqa: bool = False,
+    return_lse: Literal[False] = False,
+    out: _F32 | None = None,
+    num_threads: int | None = None,
+) -> _F32: ...
+@overload
+def attend_varlen(
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike,
+    cu_seqlens_q: ArrayLike,
+    cu_seqlens_k: ArrayLike,
+    *,
+    scale: float = 1.0,
+    causal: _Causal = False,
+    window: _Window | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    softcap: float | None = None,
+    enable_gqa: bool = False,
+    return_lse: Literal[False] = False,
+    out: _F64 | None = None,
+    num_threads: int | None = None,
+) -> _F64: ...
+@overload
+def attend_varlen(
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike,
+    cu_seqlens_q: ArrayLike,
+    cu_seqlens_k: ArrayLike,
+    *,
+    scale: float = 1.0,
+    causal: _Causal = False,
+    window: _Window | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    softcap: float | None = None,
+    enable_gqa: bool = False,
+    return_lse: Literal[True],
+    out: NDArray[Any] | tuple[NDArray[Any] | None, NDArray[Any] | None] | None = None,
+    num_threads: int | None = None,
+) -> tuple[NDArray[Any], NDArray[Any]]: ...
 def merge_attention(
     outs: ArrayLike | Sequence[ArrayLike],
     lses: ArrayLike | Sequence[ArrayLike],

@@ -14,6 +14,7 @@ cimport cython
 cimport numpy as cnp
 from cpython.pystate cimport PyThreadState
 from libc.stdint cimport uintptr_t
+from libc.math cimport INFINITY
 from libc.string cimport memcpy, memset
 
 cimport attnx.kernels as ak
@@ -263,7 +264,8 @@ cdef object _result(object out, tuple shape, list inputs, object dtype=_FLOAT64)
     for a in inputs:
         if a is None:
             continue
-        if (_overlap(<cnp.ndarray>out, <cnp.ndarray>a) if a.dtype.kind == "f"
+        if (_overlap(<cnp.ndarray>out, <cnp.ndarray>a)
+                if a.dtype.kind == "f" and a.flags.c_contiguous
                 else np.may_share_memory(out, a)):
             raise ValueError("out shares memory with an input; pass a separate array")
     return out
@@ -765,7 +767,7 @@ def _context_general(weights, values, out, num_threads):
 
 # --- attend ---------------------------------------------------------------------
 
-def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
+def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
            bint return_weights=False, out=None, num_threads=None, **options):
     """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
 
@@ -787,11 +789,46 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
         means "attends" (as in `torch.nn.functional.scaled_dot_product_attention`).
         Masked keys are never read. A query with every key masked gets a
         context and weights of zeros, never NaN.
-    causal : bool, optional
-        Query row i attends keys ``t <= i`` only (top-left aligned, as
-        PyTorch's ``is_causal``); combined with `mask` by AND. Needs query
+    causal : bool or "lower_right", optional
+        ``True``: query row i attends keys ``t <= i`` only (top-left aligned,
+        as PyTorch's ``is_causal``); combined with `mask` by AND. Needs query
         rows, shape (..., Lq, d): with a single (d,) query it is a
         ValueError, since top-left alignment would let it see key 0 only.
+        ``"lower_right"``: the last query row is aligned with the last key
+        (row i sees ``t <= i + T - Lq``; torch's ``causal_lower_right``,
+        flash-attn's ``causal=True``), what a decoder with a cache needs; a
+        single query then sees every key. `window` and `alibi_slopes` take
+        their positions from the same alignment (top-left unless
+        ``"lower_right"``).
+    bias : array_like of float, optional
+        Added to the scaled (and soft-capped) scores before the softmax;
+        broadcastable to the scores' shape, (..., T) or (..., Lq, T). This is
+        torch's float ``attn_mask``: ``-inf`` masks a key. It is read in place
+        through its strides (a broadcast bias is never expanded); only a
+        bias of another dtype, or whose last axis is strided, is copied once
+        at its own shape.
+    alibi_slopes : array_like of float, shape (H,) or (..., H), optional
+        ALiBi (as flash-attn): adds ``-slope * |i - j|`` to the scores of
+        query position i and key position j, computed on the fly. H is the
+        last batch dimension (the heads); the slopes broadcast against the
+        batch dimensions.
+    enable_gqa : bool, optional
+        Grouped-query attention, as torch: query (..., H, Lq, d), keys and
+        values (..., Hkv, T, .) with ``H % Hkv == 0``; query head h reads kv
+        head ``h // (H // Hkv)``. Keys and values are never copied.
+    window : (int or None, int or None), optional
+        Sliding window ``(left, right)``: query position i sees keys
+        ``i - left <= j <= i + right``; None on a side is unbounded.
+        ``(256, 0)`` with ``causal=True`` is a causal window of 257 keys.
+        Keys outside the window are never read.
+    key_lengths : array_like of int, optional
+        Broadcastable to the batch dimensions (...): key ``t`` is seen only
+        if ``t < key_lengths[...]`` (a padding mask without a mask array;
+        padded keys are never read). Each in [0, T].
+    softcap : float, optional
+        Scores become ``softcap * tanh(scores / softcap)`` before the bias
+        and masking (Gemma 2, flash-attn's ``softcap``; attnx's own tanh).
+        Must be > 0; None (default) caps nothing.
     return_weights : bool, optional
         Also return the attention weights.
     out : ndarray or tuple, optional
@@ -803,10 +840,12 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
         inputs.
     return_lse : bool, optional
         Also return each query row's logsumexp: the natural log of the sum
-        of ``exp(score)`` over the keys it attends (its scores scaled and
-        masked), shape (...) for a 1-D query, else (..., Lq); ``-inf`` for a
-        query that attends nothing. `merge_attention` combines results over
-        disjoint key chunks with it.
+        of ``exp(score)`` over the keys it attends (its final scores: scaled,
+        capped, biased and masked), shape (...) for a 1-D query, else
+        (..., Lq); ``-inf`` for a query that attends nothing. The result is
+        then ``(context, lse)``, or ``(context, weights, lse)`` with
+        `return_weights`. `merge_attention` combines results over disjoint
+        key chunks with it.
     key_offset, query_offset : int, optional
         Positions of the first key and the first query (default 0): query
         row i sits at ``query_offset + i`` and key t at ``key_offset + t``,
@@ -835,6 +874,8 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
     context : ndarray, shape (dv,) or (..., Lq, dv)
     weights : ndarray, shape (..., T) or (..., Lq, T)
         Only with ``return_weights=True``.
+    lse : ndarray, shape (...) or (..., Lq)
+        Only with ``return_lse=True``.
 
     Raises
     ------
@@ -842,7 +883,10 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
         For complex, object or string input, or a non-boolean mask.
     ValueError
         For mismatched shapes (the message names both), an empty key
-        sequence (T = 0), or an unfit `out`.
+        sequence (T = 0), or an unfit `out`; for a bias, slopes or key
+        lengths that do not broadcast, ``H % Hkv != 0`` with `enable_gqa`, a
+        negative window side, key lengths outside [0, T], or ``softcap <= 0``
+        (each message names the argument).
 
     Notes
     -----
@@ -882,6 +926,19 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
     >>> ctx, lse = attnx.merge_attention([a[0], b[0]], [a[1], b[1]])
     >>> np.allclose(ctx, attnx.attend(Q, K, V, causal=True), rtol=1e-14, atol=1e-14)
     True
+
+    A causal sliding window of 3 keys is the causal mask of that band:
+
+    >>> band = np.tri(5, 5, dtype=bool) & ~np.tri(5, 5, -3, dtype=bool)
+    >>> np.allclose(attnx.attend(Q, K, V, causal=True, window=(2, 0)),
+    ...             attnx.attend(Q, K, V, mask=band), rtol=1e-14, atol=1e-14)
+    True
+
+    Grouped-query attention, 8 query heads over the 4 heads of K and V (no copy):
+
+    >>> Qh = rng.standard_normal((2, 8, 5, 8))
+    >>> attnx.attend(Qh, K, V, enable_gqa=True, causal="lower_right").shape
+    (2, 8, 5, 8)
     """
     cdef cnp.ndarray q, K, V
     cdef size_t T, d, dv
@@ -928,20 +985,28 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, bint causal=False,
     cdef bint return_lse = options.pop("return_lse", False)
     cdef ptrdiff_t koff = _offset(options.pop("key_offset", 0), "key_offset")
     cdef ptrdiff_t qoff = _offset(options.pop("query_offset", 0), "query_offset")
+    cdef _Shaping sh = _shaping(causal, options)
     if options:
         raise TypeError(f"attend() got an unexpected keyword argument {next(iter(options))!r}")
     if not (score is _DOT or score == "dot"):
-        if return_lse or koff or qoff:
-            raise ValueError("return_lse, key_offset and query_offset work with the dot "
+        if score == "general" and W is not None:
+            if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
+                raise ValueError("score='general' takes W only")
+            return _attend_general(_general_query(query, W, keys), keys, values, sc, mask,
+                                   return_weights, out, num_threads, return_lse, qoff, koff, sh)
+        if return_lse or koff or qoff or sh.shaped:
+            raise ValueError("return_lse, key_offset, query_offset, bias, alibi_slopes, "
+                             "enable_gqa, window, key_lengths and softcap work with the dot "
                              "score (score='dot' or 'general')")
-        return _attend_scored(query, keys, values, sc, mask, causal, return_weights, out,
-                              num_threads, score, W, W_q, v, keys_proj, W_k)
+        return _attend_scored(query, keys, values, sc, mask, sh.causal, sh.lower_right,
+                              return_weights, out, num_threads, score, W, W_q, v, keys_proj,
+                              W_k)
     if W is not None or W_q is not None or v is not None or keys_proj is not None \
             or W_k is not None:
         raise ValueError("W, W_q, v, keys_proj and W_k belong to score='general' or "
                          "score='additive'; the default score is 'dot'")
-    return _attend_general(query, keys, values, sc, mask, causal, return_weights, out,
-                           num_threads, return_lse, qoff, koff)
+    return _attend_general(query, keys, values, sc, mask, return_weights, out,
+                           num_threads, return_lse, qoff, koff, sh)
 
 
 cdef ptrdiff_t _offset(object x, str name) except? -1:
@@ -960,8 +1025,9 @@ _CAUSAL_SINGLE = (
     "causal=True with a single query of shape (d,) and no offsets: causal masks are "
     "top-left aligned (query row i sees keys t <= i), so a lone query at position 0 "
     "would attend to key 0 only. For a decoding step, where the query is the newest "
-    "position and every key is in its past, leave causal=False, or say where the query "
-    "sits: query_offset=T - 1 (and for query rows that end at the last key, "
+    "position and every key is in its past, leave causal=False, pass "
+    "causal='lower_right' (the last query aligned with the last key), or say where the "
+    "query sits: query_offset=T - 1 (and for query rows that end at the last key, "
     "query_offset=T - Lq)")
 
 
@@ -978,23 +1044,20 @@ def _attend_signature():
         ("scale", 1.0), ("mask", None), ("causal", False), ("return_weights", False),
         ("out", None), ("num_threads", None), ("score", "dot"), ("W", None), ("W_q", None),
         ("v", None), ("keys_proj", None), ("W_k", None), ("return_lse", False),
-        ("key_offset", 0), ("query_offset", 0))]
+        ("key_offset", 0), ("query_offset", 0), ("bias", None), ("alibi_slopes", None),
+        ("enable_gqa", False), ("window", None), ("key_lengths", None), ("softcap", None))]
     return inspect.Signature(pos + kw)
 
 
 attend.__signature__ = _attend_signature()
 
 
-def _attend_scored(query, keys, values, double scale, mask, bint causal, bint return_weights,
-                   out, num_threads, score, W, W_q, v, keys_proj, W_k):
-    """attend with score='general' or 'additive'."""
+def _attend_scored(query, keys, values, double scale, mask, bint causal, bint lower_right,
+                   bint return_weights, out, num_threads, score, W, W_q, v, keys_proj, W_k):
+    """attend with score='additive' (score='general' with its W goes to
+    _attend_general; here only its errors)."""
     if score == "general":
-        if W is None:
-            raise ValueError("score='general' needs W, shape (dq, dk)")
-        if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
-            raise ValueError("score='general' takes W only")
-        return _attend_general(_general_query(query, W, keys), keys, values, scale, mask, causal,
-                               return_weights, out, num_threads, False, 0, 0)
+        raise ValueError("score='general' needs W, shape (dq, dk)")
     if score != "additive":
         raise ValueError(f"score must be 'dot', 'general' or 'additive', got {score!r}")
     if W is not None:
@@ -1014,7 +1077,7 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
         raise ValueError(f"keys has shape {K.shape}: attend needs at least one key (T = 0)")
     A, Kp, vv = _additive_operands(query, Kp, W_q, v)
     single = A.ndim == 1
-    if causal and single:
+    if causal and single and not lower_right:
         raise ValueError(_CAUSAL_SINGLE)
     h, T, dv = vv.shape[0], Kp.shape[-2], V.shape[-1]
     Lq = 1 if single else A.shape[-2]
@@ -1060,10 +1123,11 @@ def _attend_scored(query, keys, values, double scale, mask, bint causal, bint re
     cdef size_t cLq = Lq, cT = T, ch = h, cdv = dv
     cdef int rc
     cdef bint cz = causal
+    cdef ptrdiff_t qoff = T - Lq if lower_right else 0     # lower right: row i sees t <= i + T - Lq
     # one C call: scores, mask and causality, softmax, context
     cdef PyThreadState *ts = _release_gil(rows * T * (h + dv + 1) >= NOGIL_WORK)
     rc = ak.additive_attention(ap, kpp, vp, valp, nb, bshape, as_, ks, vs, cLq, cT, ch, cdv,
-                               mptr, ms, mrow, cz, cp, wp, nt)
+                               mptr, ms, mrow, cz, qoff, 0, cp, wp, nt)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -1118,38 +1182,218 @@ cdef object _mask_operand(object mask, tuple scores_shape, bint single, tuple ba
     return m
 
 
-def _attend_general(query, keys, values, double scale, mask, bint causal,
-                    bint return_weights, out, num_threads, bint return_lse=False,
-                    ptrdiff_t query_offset=0, ptrdiff_t key_offset=0):
+# --- what shapes the scores (issue 13) -------------------------------------------
+
+cdef class _Shaping:
+    """attend's keywords that shape the scores beyond `mask` (issue 13),
+    checked on their own; _fit_* fit them to the operands' shapes."""
+    cdef public bint causal, lower_right, gqa, shaped, any_new
+    cdef public object bias, alibi_slopes, key_lengths
+    cdef public ptrdiff_t window_left, window_right
+    cdef public double softcap
+
+
+_CAUSAL_VALUES = "True (top-left aligned, torch's is_causal), False or 'lower_right'"
+
+
+cdef int _causal_mode(object causal, _Shaping sh) except -1:
+    if causal is False or causal is None:
+        return 0
+    if causal is True:
+        sh.causal = True
+        return 0
+    if isinstance(causal, str):
+        if causal != "lower_right":
+            raise ValueError(f"causal must be {_CAUSAL_VALUES}, got {causal!r}")
+        sh.causal = sh.lower_right = True
+        return 0
+    if isinstance(causal, (bool, np.bool_, numbers.Integral)):
+        sh.causal = bool(causal)
+        return 0
+    raise TypeError(f"causal must be {_CAUSAL_VALUES}, got {type(causal).__name__} {causal!r}")
+
+
+cdef int _window(object window, _Shaping sh) except -1:
+    """window=(left, right): each side an integer >= 0, or None (unbounded)."""
+    if window is None:
+        return 0
+    if isinstance(window, (str, bytes)) or not hasattr(window, "__len__"):
+        raise TypeError(f"window must be a pair (left, right) of integers >= 0 or None, "
+                        f"got {type(window).__name__} {window!r}")
+    if len(window) != 2:
+        raise ValueError(f"window must be a pair (left, right), got {window!r} "
+                         f"(length {len(window)})")
+    cdef ptrdiff_t sides[2]
+    cdef int k
+    for k in range(2):
+        x = window[k]
+        name = ("left", "right")[k]
+        if x is None:
+            sides[k] = -1
+            continue
+        if isinstance(x, (bool, np.bool_)):
+            raise TypeError(f"window's {name} side must be an integer >= 0 or None, got {x!r}")
+        try:
+            n = operator.index(x)
+        except TypeError:
+            raise TypeError(f"window's {name} side must be an integer >= 0 or None, got "
+                            f"{type(x).__name__} {x!r}") from None
+        if n < 0:
+            raise ValueError(f"window's {name} side must be >= 0 (None: unbounded), got {n} "
+                             f"in window={window!r}")
+        sides[k] = min(n, 1 << 62)       # beyond any position: as good as unbounded
+    sh.window_left, sh.window_right = sides[0], sides[1]
+    return 0
+
+
+cdef double _softcap(object softcap) except -1.0:
+    """softcap > 0 as a double (inf: no cap, its limit), or a clear error."""
+    if isinstance(softcap, (bool, np.bool_)):
+        raise TypeError(f"softcap must be a real number > 0 or None, got {softcap!r}")
+    if cnp.PyArray_Check(softcap):
+        if softcap.ndim != 0 or softcap.dtype.kind not in "iuf":
+            raise TypeError(f"softcap must be a real number > 0 or None, got an array of shape "
+                            f"{softcap.shape} and dtype {softcap.dtype}")
+    elif not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be a real number > 0 or None, got "
+                        f"{type(softcap).__name__} {softcap!r}")
+    cdef double c = float(softcap)
+    if not c > 0:
+        raise ValueError(f"softcap must be > 0 (None: no cap; flash-attn's softcap=0.0 is "
+                         f"softcap=None here), got {softcap!r}")
+    return 0.0 if c == float("inf") else c
+
+
+cdef _Shaping _shaping(object causal, dict options):
+    """Pop attend's issue-13 keywords from `options` and check each alone."""
+    cdef _Shaping sh = _Shaping.__new__(_Shaping)
+    sh.window_left = sh.window_right = -1
+    _causal_mode(causal, sh)
+    if options:
+        sh.bias = options.pop("bias", None)
+        sh.alibi_slopes = options.pop("alibi_slopes", None)
+        sh.key_lengths = options.pop("key_lengths", None)
+        sh.gqa = options.pop("enable_gqa", False)
+        _window(options.pop("window", None), sh)
+        softcap = options.pop("softcap", None)
+        if softcap is not None:
+            sh.softcap = _softcap(softcap)
+    sh.shaped = (sh.gqa or sh.bias is not None or sh.alibi_slopes is not None
+                 or sh.key_lengths is not None or sh.window_left >= 0 or sh.window_right >= 0
+                 or sh.softcap != 0)
+    sh.any_new = sh.shaped or sh.lower_right
+    return sh
+
+
+cdef tuple _gqa_views(object q, object K, object V):
+    """enable_gqa: query (..., H, Lq, d) viewed as (..., Hkv, G, Lq, d), keys
+    and values (..., Hkv, T, .) as (..., Hkv, 1, T, .): a broadcast over G
+    (stride 0), never a copy. Query head h = hkv G + g reads kv head hkv."""
+    if q.ndim < 3 or K.ndim < 3 or V.ndim < 3:
+        raise ValueError(f"enable_gqa needs a heads axis: query (..., H, Lq, d), keys "
+                         f"(..., Hkv, T, d) and values (..., Hkv, T, dv); got query {q.shape}, "
+                         f"keys {K.shape}, values {V.shape}")
+    H, Hkv = q.shape[-3], K.shape[-3]
+    if V.shape[-3] != Hkv:
+        raise ValueError(f"enable_gqa: keys has {Hkv} heads but values has {V.shape[-3]} "
+                         f"(keys {K.shape}, values {V.shape}): they must be equal")
+    if (Hkv == 0 and H != 0) or (Hkv != 0 and H % Hkv != 0):
+        raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
+                         f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
+                         f"{K.shape}): H % Hkv must be 0")
+    G = H // Hkv if Hkv else 1
+    q = q.reshape(q.shape[:-3] + (Hkv, G) + q.shape[-2:])
+    return q, K[..., None, :, :], V[..., None, :, :], H
+
+
+cdef object _batch_operand(object x, str name, tuple ext, tuple batch, str expect):
+    """x (its dtype already checked) broadcast to the batch dimensions `ext`
+    (leading length-1 axes beyond them dropped), then viewed in the internal
+    batch shape (GQA splits the heads axis: a view)."""
+    while x.ndim > len(ext) and x.shape[0] == 1:
+        x = x[0]
+    try:
+        xb = np.broadcast_to(x, ext)
+    except ValueError:
+        raise ValueError(f"{name} has shape {x.shape}: expected {expect} broadcastable to the "
+                         f"batch dimensions {ext}") from None
+    return xb.reshape(batch) if ext != batch else xb
+
+
+cdef int _batch_strides(object xb, Py_ssize_t nb, Py_ssize_t itemsize,
+                        ptrdiff_t *out) except -1:
+    """Element strides of xb's first nb axes (shaped exactly as the batch);
+    0 where broadcast or of length 1."""
+    cdef Py_ssize_t i
+    for i in range(nb):
+        out[i] = 0 if xb.shape[i] == 1 else xb.strides[i] // itemsize
+    return 0
+
+
+def _attend_general(query, keys, values, double scale, mask, bint return_weights, out,
+                    num_threads, bint return_lse=False, ptrdiff_t query_offset=0,
+                    ptrdiff_t key_offset=0, _Shaping sh=None):
+    if sh is None:
+        sh = _shaping(False, {})
     dt = _work_dtype((query, keys, values))
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
     V = K if values is None else _as_real(values, "values", dt)
     _check_qkv(q, K, V)
     single = q.ndim == 1
-    if causal and single and query_offset == 0 and key_offset == 0:
+    if sh.causal and not sh.lower_right and single and query_offset == 0 and key_offset == 0:
         raise ValueError(_CAUSAL_SINGLE)
     d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
     Lq = 1 if single else q.shape[-2]
+    H = 0
+    if sh.gqa:
+        q, K, V, H = _gqa_views(q, K, V)
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
                               (V, 2, "values")])
-    scores_shape = batch + ((T,) if single else (Lq, T))
-    ctx_shape = batch + ((dv,) if single else (Lq, dv))
+    # ext: the batch shape the caller sees (GQA: (..., H) where batch has (..., Hkv, G))
+    ext = batch[:-2] + (H,) if sh.gqa else batch
+    core = (T,) if single else (Lq, T)
+    scores_shape = ext + core
+    ctx_shape = ext + ((dv,) if single else (Lq, dv))
     cdef size_t nb = len(batch), i
     cdef size_t bshape[32]
     cdef ptrdiff_t qs[32]
     cdef ptrdiff_t ks[32]
     cdef ptrdiff_t vs[32]
     cdef ptrdiff_t ms[32]
-    cdef ptrdiff_t mrow = 0
+    cdef ptrdiff_t bis[32]
+    cdef ptrdiff_t als[32]
+    cdef ptrdiff_t kls[32]
+    cdef ptrdiff_t mrow = 0, brow = 0, bcol = 0
     cdef const unsigned char *mptr = NULL
+    cdef Py_ssize_t isz = dt.itemsize
     m = None
     if mask is not None:
         m = _bool_mask(mask, scores_shape, False)
+        if sh.gqa:
+            m = m.reshape(batch + core)
         mrow = 0 if single else m.strides[-2]
         _fill_strides(m, 1 if single else 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
-    ins = [q, K, V, m]
+    b = bv = None
+    if sh.bias is not None:
+        b, bv = _fit_bias(sh.bias, dt, scores_shape, batch + core)
+        _batch_strides(bv, nb, isz, bis)
+        if not single and Lq > 1:
+            brow = bv.strides[-2] // isz
+        if T > 1:
+            bcol = bv.strides[-1] // isz
+    a = None
+    if sh.alibi_slopes is not None:
+        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
+        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
+        _batch_strides(a, nb, isz, als)
+    kl = None
+    if sh.key_lengths is not None:
+        kl = _fit_key_lengths(sh.key_lengths, T)
+        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
+        _batch_strides(kl, nb, kl.itemsize, kls)
+    ins = [q, K, V, m, b, a]
     w = lse = None
     cdef int nres = 1 + return_weights + return_lse
     if nres > 1:
@@ -1173,11 +1417,11 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     cdef int nt = _threads(num_threads)
     for i in range(nb):
         bshape[i] = batch[i]
-    cdef Py_ssize_t isz = dt.itemsize
     _fill_strides(q, 1 if single else 2, isz, batch, qs)
     _fill_strides(K, 2, isz, batch, ks)
     _fill_strides(V, 2, isz, batch, vs)
     cdef bint f32 = dt is _FLOAT32
+    # outputs are C-contiguous: the (..., H) and (..., Hkv, G) layouts are one
     cdef void *qp = _data(q)
     cdef void *kp = _data(K)
     cdef void *vp = _data(V)
@@ -1194,11 +1438,23 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
     p.Lq, p.T, p.d, p.dv = cLq, cT, cd, cdv
     p.scale = scale
     p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
-    p.causal = causal
+    p.causal = sh.causal
     p.query_offset, p.key_offset = query_offset, key_offset
     p.out, p.weights = cp, wp
     p.lse = NULL if lse is None else _data(lse)
     p.num_threads = nt
+    if bv is not None:
+        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), bis
+        p.bias_row_stride, p.bias_col_stride = brow, bcol
+    if a is not None:
+        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), als
+    if kl is not None:
+        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
+        p.key_lengths_strides = kls
+    p.lower_right = sh.lower_right
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
+    p.window_left, p.window_right = sh.window_left, sh.window_right
+    p.softcap = sh.softcap
     rows = 1
     for i in range(nb):
         rows *= batch[i]
@@ -1209,6 +1465,299 @@ def _attend_general(query, keys, values, double scale, mask, bint causal,
         _raise_status(rc)
     res = (ctx,) + ((w,) if return_weights else ()) + ((lse,) if return_lse else ())
     return res if nres > 1 else ctx
+
+
+cdef tuple _fit_bias(object bias, object dt, tuple scores_shape, tuple internal):
+    """(the array kept alive, its view broadcast to the scores): bias in the
+    work dtype, its last axis of stride 0 or 1 element. A copy only of the
+    array the caller passed (converted, or made contiguous), never of the
+    broadcast (..., Lq, T)."""
+    b = bias if cnp.PyArray_Check(bias) else _asarray(bias, "bias")
+    if b.dtype.kind == "b":
+        raise TypeError("bias must hold numbers (an additive float bias); for a boolean "
+                        "mask (True = attends) pass mask=")
+    if b.dtype.kind not in "iuf":
+        raise TypeError(f"bias must hold real numbers, got dtype {b.dtype}")
+    cdef Py_ssize_t isz = dt.itemsize
+    if b.dtype != dt or not b.dtype.isnative or not b.flags.aligned \
+            or any(s % isz for s in b.strides) \
+            or (b.ndim and b.shape[-1] != 1 and b.strides[-1] not in (0, isz)):
+        b = _narrowed(b, "bias", dt)
+    try:
+        bv = np.broadcast_to(b, scores_shape)
+    except ValueError:
+        raise ValueError(f"bias has shape {b.shape}, which does not broadcast to the scores' "
+                         f"shape {scores_shape}") from None
+    if internal != scores_shape:
+        bv = bv.reshape(internal)
+    return b, bv
+
+
+cdef object _fit_key_lengths(object key_lengths, Py_ssize_t T):
+    """key_lengths as an int64 (C long long) array of its own shape, each in
+    [0, T]."""
+    x = key_lengths if cnp.PyArray_Check(key_lengths) else _asarray(key_lengths, "key_lengths")
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"key_lengths must be integers (the keys seen per batch item), got "
+                        f"dtype {x.dtype}")
+    if x.size:
+        lo, hi = x.min(), x.max()
+        if lo < 0 or hi > T:
+            raise ValueError(f"key_lengths must lie in [0, T={T}], got values from {lo} to {hi}")
+    return np.ascontiguousarray(x, dtype=np.longlong)
+
+
+# --- variable-length batches (flash-attn's varlen layout) ------------------------
+
+cdef object _cu_seqlens(object x, str name, Py_ssize_t total):
+    """cu_seqlens as an int64 array: int32/int64, 1-D, starting at 0,
+    non-decreasing, ending at the total."""
+    a = x if cnp.PyArray_Check(x) else _asarray(x, name)
+    if a.dtype != np.int32 and a.dtype != np.int64:
+        raise TypeError(f"{name} must be int32 or int64 offsets (flash-attn's cu_seqlens), got "
+                        f"dtype {a.dtype}")
+    if a.ndim != 1 or a.shape[0] < 1:
+        raise ValueError(f"{name} must be 1-D of length B + 1 (batch B), got shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {name}[0] = {a[0]}")
+    if a.shape[0] > 1 and (np.diff(a) < 0).any():
+        k = int(np.argmax(np.diff(a) < 0))
+        raise ValueError(f"{name} must be non-decreasing (monotonic), got {name}[{k}] = {a[k]} > "
+                         f"{name}[{k + 1}] = {a[k + 1]}")
+    if a[-1] != total:
+        raise ValueError(f"{name} must end at the total number of rows, {total}, got "
+                         f"{name}[-1] = {a[-1]}")
+    return a
+
+
+def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
+                  causal=False, window=None, alibi_slopes=None, softcap=None,
+                  enable_gqa=False, return_lse=False, out=None, num_threads=None):
+    """Attention over a batch of sequences of different lengths, packed
+    without padding (flash-attn's ``flash_attn_varlen_func`` layout).
+
+    Sequence s owns query rows ``cu_seqlens_q[s]:cu_seqlens_q[s+1]`` and key
+    and value rows ``cu_seqlens_k[s]:cu_seqlens_k[s+1]``; it attends to its
+    own keys only.
+
+    Parameters
+    ----------
+    query : array_like, shape (total_q, H, d)
+    keys : array_like, shape (total_k, Hkv, d)
+    values : array_like, shape (total_k, Hkv, dv)
+    cu_seqlens_q, cu_seqlens_k : array_like of int32 or int64, shape (B + 1,)
+        Offsets of the sequences: start at 0, non-decreasing, end at
+        total_q (total_k).
+    scale : float, optional
+        Score factor (flash-attn's ``softmax_scale``; its default is
+        ``1/sqrt(d)``, attnx's 1.0).
+    causal : bool, optional
+        Lower-right aligned, as flash-attn: the last query of a sequence is
+        aligned with its last key (query row i of a sequence with Lq queries
+        and T keys sees keys ``j <= i + T - Lq``). `window` and
+        `alibi_slopes` take the same alignment, with or without `causal`.
+    window : (int or None, int or None), optional
+        ``(left, right)`` as in `attend` (flash-attn's ``window_size``, whose
+        -1 is None here).
+    alibi_slopes : array_like, shape (H,) or (B, H), optional
+        As in `attend`.
+    softcap : float, optional
+        As in `attend` (flash-attn's ``softcap=0.0`` is None here).
+    enable_gqa : bool, optional
+        Allow ``Hkv`` dividing ``H`` (grouped-query attention; query head h
+        reads kv head ``h // (H // Hkv)``). Hkv = 1 or H needs no flag.
+    return_lse : bool, optional
+        Also return the logsumexp of each query row and head,
+        shape (total_q, H); ``-inf`` for a row that sees no key.
+    out : ndarray or tuple, optional
+        Array for the result, (total_q, H, dv); with `return_lse`, a pair
+        ``(out, lse_out)``, either of which may be None.
+    num_threads : int, optional
+        Threads per sequence (default: `attnx.max_threads()`).
+
+    Returns
+    -------
+    out : ndarray, shape (total_q, H, dv)
+    lse : ndarray, shape (total_q, H)
+        Only with ``return_lse=True``.
+
+    Notes
+    -----
+    One `attention` call of the C core per sequence, the GIL released over
+    the whole loop. The C core reads query, key and value rows contiguous
+    (row stride d), so query, keys and values are transposed once to
+    (heads, total, d) (no copy when there is one head) and each sequence's
+    result, written head-major, is transposed back into `out`. A sequence
+    with no keys gives zeros and ``lse = -inf``.
+
+    Examples
+    --------
+    Two sequences, of 3 and 5 tokens, against attending each on its own:
+
+    >>> import numpy as np, attnx
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.standard_normal((3, 8, 2, 4))           # (total, H, d)
+    >>> cu = np.array([0, 3, 8], dtype=np.int32)
+    >>> o = attnx.attend_varlen(q, k, v, cu, cu, causal=True)
+    >>> o.shape
+    (8, 2, 4)
+    >>> first = attnx.attend(q[:3].transpose(1, 0, 2), k[:3].transpose(1, 0, 2),
+    ...                      v[:3].transpose(1, 0, 2), causal=True)
+    >>> np.allclose(o[:3], first.transpose(1, 0, 2), rtol=1e-14, atol=1e-14)
+    True
+    """
+    cdef double sc = _as_scale(scale)
+    cdef _Shaping sh = _shaping(causal, {"window": window, "softcap": softcap})
+    dt = _work_dtype((query, keys, values))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
+    V = _as_real(values, "values", dt)
+    if q.ndim != 3:
+        raise ValueError(f"query must have shape (total_q, H, d), got shape {q.shape}")
+    if K.ndim != 3:
+        raise ValueError(f"keys must have shape (total_k, Hkv, d), got shape {K.shape}")
+    if V.ndim != 3:
+        raise ValueError(f"values must have shape (total_k, Hkv, dv), got shape {V.shape}")
+    if q.shape[2] != K.shape[2]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: the last "
+                         f"dimension (d) must match")
+    if K.shape[:2] != V.shape[:2]:
+        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: total_k and "
+                         f"Hkv must match")
+    cdef Py_ssize_t total_q = q.shape[0], total_k = K.shape[0]
+    cdef Py_ssize_t H = q.shape[1], Hkv = K.shape[1], d = q.shape[2], dv = V.shape[2]
+    if Hkv != H and Hkv != 1 and not (enable_gqa and Hkv != 0 and H % Hkv == 0):
+        if enable_gqa:
+            raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
+                             f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
+                             f"{K.shape}): H % Hkv must be 0")
+        raise ValueError(f"query has {H} heads but keys and values have {Hkv} (query {q.shape}, "
+                         f"keys {K.shape}): pass enable_gqa=True for grouped-query attention")
+    cdef Py_ssize_t G = H // Hkv if Hkv else 1
+    cq = _cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q)
+    ck = _cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k)
+    if cq.shape[0] != ck.shape[0]:
+        raise ValueError(f"cu_seqlens_q has {cq.shape[0]} offsets but cu_seqlens_k has "
+                         f"{ck.shape[0]}: both are B + 1 long (B sequences)")
+    cdef Py_ssize_t B = cq.shape[0] - 1
+    cdef Py_ssize_t isz = dt.itemsize
+    a = None
+    cdef ptrdiff_t a_seq = 0, a_head = 0
+    if alibi_slopes is not None:
+        a = _as_real(alibi_slopes, "alibi_slopes", dt)
+        while a.ndim > 2 and a.shape[0] == 1:
+            a = a[0]
+        try:
+            a = np.broadcast_to(a, (B, H))
+        except ValueError:
+            raise ValueError(f"alibi_slopes has shape {a.shape}: expected (H,) or (B, H) with "
+                             f"H = {H}, B = {B}") from None
+        a_seq = 0 if B == 1 else a.strides[0] // isz
+        a_head = 0 if H == 1 else a.strides[1] // isz
+    # outputs
+    if return_lse:
+        if out is None:
+            out = (None, None)
+        elif cnp.PyArray_Check(out):
+            out = (out, None)
+        elif not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("with return_lse=True, out must be an array for the result or a "
+                             "pair (out, lse_out)")
+    else:
+        out = (out, None)
+    ins = [q, K, V, a]
+    res = _result(out[0], (total_q, H, dv), ins, dt)
+    lse = _result(out[1], (total_q, H), ins + [res], dt) if return_lse else None
+    cdef int nt = _threads(num_threads)
+    # head-major copies (views when there is one head): the C core reads rows
+    # contiguous, d apart
+    Qt = np.ascontiguousarray(q.transpose(1, 0, 2))
+    Kt = np.ascontiguousarray(K.transpose(1, 0, 2))
+    Vt = np.ascontiguousarray(V.transpose(1, 0, 2))
+    cdef bint direct = H == 1        # results land in place: (1, Lq_s, dv) is (Lq_s, 1, dv)
+    Ot = res if direct else np.empty(total_q * H * dv, dt)
+    Lt = None if lse is None else (lse if direct else np.empty(total_q * H, dt))
+    cdef size_t bshape[2]
+    cdef ptrdiff_t qs[2]
+    cdef ptrdiff_t ks[2]
+    cdef ptrdiff_t vs[2]
+    cdef ptrdiff_t als[2]
+    bshape[0], bshape[1] = Hkv, G
+    qs[0], qs[1] = G * total_q * d, total_q * d
+    ks[0], ks[1] = total_k * d, 0
+    vs[0], vs[1] = total_k * dv, 0
+    als[0], als[1] = G * a_head, a_head
+    cdef ak.attnx_attention_params p
+    memset(&p, 0, sizeof(p))
+    p.size = sizeof(p)
+    p.nbatch, p.batch_shape = 2, bshape
+    p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
+    p.d, p.dv = d, dv
+    p.scale = sc
+    p.causal = sh.causal
+    p.lower_right = 1
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
+    p.window_left, p.window_right = sh.window_left, sh.window_right
+    p.softcap = sh.softcap
+    p.num_threads = nt
+    if a is not None:
+        p.alibi_strides = als
+    cdef char *qb = <char *>_data(Qt)
+    cdef char *kb = <char *>_data(Kt)
+    cdef char *vb = <char *>_data(Vt)
+    cdef char *ob = <char *>_data(Ot)
+    cdef char *lb = NULL if Lt is None else <char *>_data(Lt)
+    cdef char *ab = NULL if a is None else <char *>_data(a)
+    cdef char *rb = <char *>_data(res)
+    cdef char *lrb = NULL if lse is None else <char *>_data(lse)
+    cdef const long long *cqp = <const long long *>_data(cq)
+    cdef const long long *ckp = <const long long *>_data(ck)
+    cdef Py_ssize_t s, h, i, j, lq, tk, q0, k0
+    cdef int rc = 0
+    cdef double work = 0
+    for s in range(B):
+        work += <double>(cqp[s + 1] - cqp[s]) * (ckp[s + 1] - ckp[s])
+    work *= H * (d + dv + 1)
+    cdef PyThreadState *ts = _release_gil(work >= NOGIL_WORK)
+    for s in range(B):
+        q0, k0 = cqp[s], ckp[s]
+        lq, tk = cqp[s + 1] - q0, ckp[s + 1] - k0
+        if lq == 0:
+            continue
+        if tk == 0:             # nothing to see: zeros, lse -inf
+            memset(ob + q0 * H * dv * isz, 0, lq * H * dv * isz)
+            if lb != NULL:
+                for i in range(lq * H):
+                    if isz == 8:
+                        (<double *>lb)[q0 * H + i] = -INFINITY
+                    else:
+                        (<float *>lb)[q0 * H + i] = -INFINITY
+            continue
+        p.query, p.keys, p.values = qb + q0 * d * isz, kb + k0 * d * isz, vb + k0 * dv * isz
+        p.Lq, p.T = lq, tk
+        p.out = ob + q0 * H * dv * isz
+        p.lse = NULL if lb == NULL else lb + q0 * H * isz
+        if ab != NULL:
+            p.alibi_slopes = ab + s * a_seq * isz
+        rc = ak.attention_f32(&p) if isz == 4 else ak.attention(&p)
+        if rc != 0:
+            break
+    if rc == 0 and not direct:
+        # sequence s was written (H, lq, dv) at row q0: back to (lq, H, dv)
+        for s in range(B):
+            q0, lq = cqp[s], cqp[s + 1] - cqp[s]
+            for h in range(H):
+                for i in range(lq):
+                    memcpy(rb + ((q0 + i) * H + h) * dv * isz,
+                           ob + (q0 * H + h * lq + i) * dv * isz, dv * isz)
+                    if lb != NULL:
+                        memcpy(lrb + ((q0 + i) * H + h) * isz, lb + (q0 * H + h * lq + i) * isz,
+                               isz)
+    _reacquire_gil(ts)
+    if rc != 0:
+        _raise_status(rc)
+    return (res, lse) if return_lse else res
 
 
 # --- gradients ------------------------------------------------------------------
@@ -1225,7 +1774,9 @@ cdef object _unbroadcast(object g, tuple shape):
 
 
 def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=None,
-                    bint causal=False, key_offset=0, query_offset=0, num_threads=None):
+                    causal=False, key_offset=0, query_offset=0, num_threads=None,
+                    bias=None, alibi_slopes=None, enable_gqa=False, window=None,
+                    key_lengths=None, softcap=None):
     """Gradients of `attend` with respect to query, keys and values.
 
     The FlashAttention-2 backward: the attention weights are recomputed from
@@ -1244,6 +1795,11 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         What ``attend(query, keys, values, ..., return_lse=True)`` returned.
     scale, mask, causal, key_offset, query_offset, num_threads
         As given to the forward call.
+    bias, alibi_slopes, enable_gqa, window, key_lengths, softcap
+        As given to the forward call: the weights are recomputed with them
+        (the softcap's tanh derivative included). They are constants here:
+        no gradient is returned for the bias or the slopes. With
+        `enable_gqa`, each kv head's gradient sums over its query group.
 
     Returns
     -------
@@ -1267,6 +1823,10 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     cdef double sc = _as_scale(scale)
     cdef ptrdiff_t koff = _offset(key_offset, "key_offset")
     cdef ptrdiff_t qoff = _offset(query_offset, "query_offset")
+    cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
+                                         "enable_gqa": enable_gqa, "window": window,
+                                         "key_lengths": key_lengths, "softcap": softcap})
+    cdef bint causal_ = sh.causal
     shared = values is None
     dt = _work_dtype((query, keys, values, out, grad_out, lse))
     q = _as_real(query, "query", dt)
@@ -1277,13 +1837,17 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     L = _as_real(lse, "lse", dt)
     _check_qkv(q, K, V)
     single = q.ndim == 1
-    q_shape = q.shape
+    q_shape, k_shape, v_shape = q.shape, K.shape, V.shape
     d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
     Lq = 1 if single else q.shape[-2]
+    H = 0
+    if sh.gqa:
+        q, K, V, H = _gqa_views(q, K, V)
     batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
                               (V, 2, "values")])
-    ctx_shape = batch + ((dv,) if single else (Lq, dv))
-    lse_shape = batch + (() if single else (Lq,))
+    ext = batch[:-2] + (H,) if sh.gqa else batch
+    ctx_shape = ext + ((dv,) if single else (Lq, dv))
+    lse_shape = ext + (() if single else (Lq,))
     if O.shape != ctx_shape:
         raise ValueError(f"out has shape {O.shape}, but the forward's result has shape "
                          f"{ctx_shape}: pass the out that attend returned")
@@ -1293,9 +1857,12 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     if L.shape != lse_shape:
         raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
                          f"{lse_shape}: pass the lse that attend(..., return_lse=True) returned")
+    O = np.ascontiguousarray(O).reshape(batch + ((dv,) if single else (Lq, dv)))
+    dO = np.ascontiguousarray(dO).reshape(O.shape)
+    L = np.ascontiguousarray(L).reshape(batch + (() if single else (Lq,)))
     if single:
         q, O, dO, L = q[..., None, :], O[..., None, :], dO[..., None, :], L[..., None]
-    scores_shape = batch + (Lq, T)
+    scores_shape = ext + (Lq, T)
     cdef size_t nb = len(batch), i
     cdef size_t bshape[32]
     cdef ptrdiff_t qs[32]
@@ -1310,18 +1877,41 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     m = None
     if mask is not None:
         m = _bool_mask(mask, scores_shape, single)
+        if sh.gqa:
+            m = m.reshape(batch + (Lq, T))
         mrow = m.strides[-2]
         _fill_strides(m, 2, 1, batch, ms)
         mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
     for i in range(nb):
         bshape[i] = batch[i]
     cdef Py_ssize_t isz = dt.itemsize
+    cdef ptrdiff_t bis[32]
+    cdef ptrdiff_t als[32]
+    cdef ptrdiff_t kls[32]
+    cdef ptrdiff_t brow = 0, bcol = 0
+    b = bv = a = kl = None
+    if sh.bias is not None:
+        # the forward's scores are (..., T) for a single query: the bias too
+        b, bv = _fit_bias(sh.bias, dt, ext + ((T,) if single else (Lq, T)),
+                          batch + ((T,) if single else (Lq, T)))
+        if single:
+            bv = bv[..., None, :]
+        _batch_strides(bv, nb, isz, bis)
+        if Lq > 1:
+            brow = bv.strides[-2] // isz
+        if T > 1:
+            bcol = bv.strides[-1] // isz
+    if sh.alibi_slopes is not None:
+        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
+        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
+        _batch_strides(a, nb, isz, als)
+    if sh.key_lengths is not None:
+        kl = _fit_key_lengths(sh.key_lengths, T)
+        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
+        _batch_strides(kl, nb, kl.itemsize, kls)
     _fill_strides(q, 2, isz, batch, qs)
     _fill_strides(K, 2, isz, batch, ks)
     _fill_strides(V, 2, isz, batch, vs)
-    O = np.ascontiguousarray(O)
-    dO = np.ascontiguousarray(dO)
-    L = np.ascontiguousarray(L)
     _fill_strides(O, 2, isz, batch, os_)
     _fill_strides(dO, 2, isz, batch, ds)
     _fill_strides(L, 1, isz, batch, ls)
@@ -1337,10 +1927,22 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     p.Lq, p.T, p.d, p.dv = Lq, T, d, dv
     p.scale = sc
     p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
-    p.causal = causal
+    p.causal = causal_
     p.query_offset, p.key_offset = qoff, koff
     p.out, p.lse = _data(O), _data(L)
     p.num_threads = _threads(num_threads)
+    if bv is not None:
+        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), bis
+        p.bias_row_stride, p.bias_col_stride = brow, bcol
+    if a is not None:
+        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), als
+    if kl is not None:
+        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
+        p.key_lengths_strides = kls
+    p.lower_right = sh.lower_right
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
+    p.window_left, p.window_right = sh.window_left, sh.window_right
+    p.softcap = sh.softcap
     cdef void *dop = _data(dO)
     cdef void *gqp = _data(gq)
     cdef void *gkp = _data(gk)
@@ -1360,10 +1962,14 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         _raise_status(rc)
     if single:
         gq = gq[..., 0, :]
+    if sh.gqa:   # (..., Hkv, G, .): the query heads back, kv heads summed over G
+        gq = gq.reshape(ext + gq.shape[len(batch):])
+        gk = gk.sum(axis=len(batch) - 1)
+        gv = gv.sum(axis=len(batch) - 1)
     gq = _unbroadcast(gq, q_shape)
     if shared:
-        return gq, _unbroadcast(gk + gv, K.shape), None
-    return gq, _unbroadcast(gk, K.shape), _unbroadcast(gv, V.shape)
+        return gq, _unbroadcast(gk + gv, k_shape), None
+    return gq, _unbroadcast(gk, k_shape), _unbroadcast(gv, v_shape)
 
 
 # --- merging partial results ----------------------------------------------------

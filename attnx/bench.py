@@ -203,7 +203,7 @@ def machine():
 
 
 ROWS = ("tiny", "cache", "long", "softmax", "gemm", "batched", "float32", "cliff", "loop",
-        "threads")
+        "threads", "bias", "window", "key_lengths", "gqa", "varlen")
 
 
 def gemm_rate(n, dtype, rounds):
@@ -531,7 +531,111 @@ def run(quick=False, threads=None, only=None):
                 note = ""
             table.add(f"merge: 64 chunks of T=2^{T.bit_length() - 1}, dv={V.shape[1]}", res,
                       base="merge_attention of 64 partials", note=note)
+        _feature_rows(table, only, quick, rng, rounds, min_time, d)
     return table
+
+
+def _feature_rows(table, only, quick, rng, rounds, min_time, d):
+    """Issue 13's options against attnx without them, in the same run, one
+    thread: what each costs or saves, with the target in the note."""
+    r = max(3, rounds // 3)
+    scale = d ** -0.5
+    # a few % apart: more rounds of a smaller batch than the batched rows'
+    B, H, L = (2, 4, 256) if quick else (4, 4, 512)
+    if "bias" in only or "key_lengths" in only:
+        Q, K, V = (rng.standard_normal((B, H, L, d)) for _ in range(3))
+        out = np.empty_like(Q)
+    if "bias" in only:
+        bias = rng.standard_normal((1, 1, L, L))
+        res = compare({"attnx, no bias": lambda: _core.attend(Q, K, V, scale=scale, out=out,
+                                                               num_threads=1),
+                       "attnx, bias (1, 1, L, L)": lambda: _core.attend(
+                           Q, K, V, scale=scale, bias=bias, out=out, num_threads=1)},
+                      rounds, min_time)
+        cost = res["attnx, bias (1, 1, L, L)"] / res["attnx, no bias"] - 1
+        table.add(f"bias: B={B} H={H} L={L} d={d}, 1 thread", res, base="attnx, no bias",
+                  note=f"a broadcast bias costs {100 * cost:+.0f}% (target <= 15%)")
+    if "key_lengths" in only:
+        half = np.full((B, 1), L // 2)
+        res = compare({"attnx, all T keys": lambda: _core.attend(Q, K, V, scale=scale, out=out,
+                                                                  num_threads=1),
+                       "attnx, key_lengths = T/2": lambda: _core.attend(
+                           Q, K, V, scale=scale, key_lengths=half, out=out, num_threads=1)},
+                      rounds, min_time)
+        gain = res["attnx, all T keys"] / res["attnx, key_lengths = T/2"]
+        table.add(f"key_lengths: B={B} H={H} L=T={L} d={d}, 1 thread", res,
+                  base="attnx, all T keys",
+                  note=f"{gain:.2f}x faster at half the keys (target >= 1.8x)")
+    if "window" in only:
+        Lw = 2048 if quick else 4096
+        Qw, Kw, Vw = (rng.standard_normal((1, 1, Lw, d)) for _ in range(3))
+        ow = np.empty_like(Qw)
+        res = compare({"attnx, causal": lambda: _core.attend(Qw, Kw, Vw, scale=scale,
+                                                              causal=True, out=ow,
+                                                              num_threads=1),
+                       "attnx, causal window=(256, 0)": lambda: _core.attend(
+                           Qw, Kw, Vw, scale=scale, causal=True, window=(256, 0), out=ow,
+                           num_threads=1)}, r, min_time)
+        gain = res["attnx, causal"] / res["attnx, causal window=(256, 0)"]
+        table.add(f"window: L={Lw} d={d}, 1 thread", res, base="attnx, causal",
+                  note=f"{gain:.2f}x faster than full causal (target >= 5x at L=4096)")
+    if "gqa" in only:
+        Hq, Hkv = 16, 2
+        Lg = 256 if quick else 512
+        Qg = rng.standard_normal((2, Hq, Lg, d))
+        Kg, Vg = (rng.standard_normal((2, Hkv, Lg, d)) for _ in range(2))
+        Km, Vm = (rng.standard_normal((2, Hq, Lg, d)) for _ in range(2))
+        og = np.empty_like(Qg)
+        res = compare({"attnx, MHA (16 kv heads)": lambda: _core.attend(
+                           Qg, Km, Vm, scale=scale, causal=True, out=og, num_threads=1),
+                       "attnx, GQA (2 kv heads)": lambda: _core.attend(
+                           Qg, Kg, Vg, scale=scale, causal=True, enable_gqa=True, out=og,
+                           num_threads=1)}, r, min_time)
+        ratio = res["attnx, MHA (16 kv heads)"] / res["attnx, GQA (2 kv heads)"]
+        table.add(f"GQA H/Hkv=8: B=2 H=16 L={Lg} d={d} causal, 1 thread", res,
+                  base="attnx, MHA (16 kv heads)",
+                  note=f"GQA {ratio:.2f}x the speed of MHA (target >= 1x)")
+        # decoding: one query row per head over a long cache, where K and V dominate
+        Td = 4096 if quick else 16384
+        q1 = rng.standard_normal((1, Hq, 1, d))
+        Kg1, Vg1 = (rng.standard_normal((1, Hkv, Td, d)) for _ in range(2))
+        Km1, Vm1 = (rng.standard_normal((1, Hq, Td, d)) for _ in range(2))
+        o1 = np.empty_like(q1)
+        res = compare({"attnx, MHA (16 kv heads)": lambda: _core.attend(
+                           q1, Km1, Vm1, scale=scale, out=o1, num_threads=1),
+                       "attnx, GQA (2 kv heads)": lambda: _core.attend(
+                           q1, Kg1, Vg1, scale=scale, enable_gqa=True, out=o1, num_threads=1)},
+                      r, min_time)
+        ratio = res["attnx, MHA (16 kv heads)"] / res["attnx, GQA (2 kv heads)"]
+        table.add(f"GQA decode: H=16 Hkv=2 Lq=1 T={Td} d={d}, 1 thread", res,
+                  base="attnx, MHA (16 kv heads)",
+                  note=f"GQA {ratio:.2f}x the speed of MHA (8x fewer K/V bytes)")
+    if "varlen" in only:
+        lens = np.array([64, 128, 256, 512, 1024, 96, 384, 768]) // (4 if quick else 1)
+        Hv, Lmax, n = 4, int(lens.max()), int(lens.sum())
+        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        qv, kv, vv = (rng.standard_normal((n, Hv, d)) for _ in range(3))
+        ov = np.empty_like(qv)
+        # the same sequences padded to the longest: (8, H, Lmax, d), key_lengths
+        pads = []
+        for x in (qv, kv, vv):
+            p = np.zeros((len(lens), Hv, Lmax, d))
+            for s in range(len(lens)):
+                p[s, :, :lens[s]] = x[cu[s]:cu[s + 1]].transpose(1, 0, 2)
+            pads.append(p)
+        Qp, Kp, Vp = pads
+        op = np.empty_like(Qp)
+        kl = lens[:, None]
+        res = compare({"attnx, padded + key_lengths": lambda: _core.attend(
+                           Qp, Kp, Vp, scale=scale, causal=True, key_lengths=kl, out=op,
+                           num_threads=1),
+                       "attnx attend_varlen": lambda: _core.attend_varlen(
+                           qv, kv, vv, cu, cu, scale=scale, causal=True, out=ov,
+                           num_threads=1)}, r, min_time)
+        gain = res["attnx, padded + key_lengths"] / res["attnx attend_varlen"]
+        table.add(f"varlen: 8 sequences of {lens.min()}..{Lmax} tokens, H={Hv} d={d} causal, "
+                  f"1 thread", res, base="attnx, padded + key_lengths",
+                  note=f"varlen {gain:.2f}x faster than padding to the longest (target > 1x)")
 
 
 def sweep(quick=False):

@@ -129,6 +129,7 @@ cdef extern from *:
             const long long *key_lengths;
             const ptrdiff_t *key_lengths_strides;
             int lower_right;
+            int window;
             ptrdiff_t window_left, window_right;
             double softcap;
         } attnx_attention_params;
@@ -168,6 +169,7 @@ cdef extern from *:
         const long long *key_lengths
         const ptrdiff_t *key_lengths_strides
         int lower_right
+        int window
         ptrdiff_t window_left
         ptrdiff_t window_right
         double softcap
@@ -194,5 +196,5 @@ cdef int additive_attention(const double *A, const double *Kp, const double *v,
                             const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
                             size_t dv, const unsigned char *mask,
                             const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
-                            int causal, double *ctx, double *weights,
-                            int num_threads) noexcept nogil
+                            int causal, ptrdiff_t query_offset, ptrdiff_t key_offset,
+                            double *ctx, double *weights, int num_threads) noexcept nogil

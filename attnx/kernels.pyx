@@ -93,7 +93,8 @@ cdef extern from "attnx.h" nogil:
                                  const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
                                  size_t dv, const unsigned char *mask,
                                  const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
-                                 int causal, double *ctx, double *weights, int num_threads)
+                                 int causal, ptrdiff_t query_offset, ptrdiff_t key_offset,
+                                 double *ctx, double *weights, int num_threads)
     const char *attnx_strerror(int status)
     const char *attnx_simd_level()
     int attnx_set_simd_level(const char *name)
@@ -252,11 +253,12 @@ cdef int additive_attention(const double *A, const double *Kp, const double *v,
                             const ptrdiff_t *v_strides, size_t Lq, size_t T, size_t h,
                             size_t dv, const unsigned char *mask,
                             const ptrdiff_t *mask_strides, ptrdiff_t mask_row_stride,
-                            int causal, double *ctx, double *weights,
-                            int num_threads) noexcept nogil:
+                            int causal, ptrdiff_t query_offset, ptrdiff_t key_offset,
+                            double *ctx, double *weights, int num_threads) noexcept nogil:
     return attnx_additive_attention(A, Kp, v, V, nbatch, batch_shape, a_strides, kp_strides,
                                     v_strides, Lq, T, h, dv, mask, mask_strides,
-                                    mask_row_stride, causal, ctx, weights, num_threads)
+                                    mask_row_stride, causal, query_offset, key_offset, ctx,
+                                    weights, num_threads)
 
 cdef const char *strerror(int status) noexcept nogil:
     return attnx_strerror(status)

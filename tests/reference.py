@@ -163,3 +163,79 @@ def attend_grad(q, K, V, dO, scale=1.0, allowed=None):
     dP = dO @ np.swapaxes(V, -1, -2)
     dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))
     return scale * dS @ K, scale * np.swapaxes(dS, -1, -2) @ q, dV
+
+
+def attention(q, K, V=None, scale=1.0, mask=None, causal=False, bias=None, alibi_slopes=None,
+              enable_gqa=False, window=None, key_lengths=None, softcap=None,
+              query_offset=0, key_offset=0):
+    """Attention with everything that shapes the scores (issue 13), by the
+    book in float64, with the (..., Lq, T) scores materialised: scale *
+    q.k, softcap * tanh(s / softcap), + bias, - slope * |pos_i - t|; key t
+    seen iff t < key_lengths, the mask, causal (t <= pos_i) and the window
+    (pos_i - left <= t <= pos_i + right) allow it, with pos_i = i +
+    query_offset - key_offset (+ key_lengths - Lq for causal="lower_right").
+    GQA repeats the kv heads (query head h reads kv head h // (H // Hkv)).
+    Returns (context, weights, lse) in float64; a row that sees nothing (or
+    whose seen scores are all -inf) gets zeros and lse = -inf."""
+    q = np.asarray(q, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    V = K if V is None else np.asarray(V, dtype=np.float64)
+    single = q.ndim == 1
+    if single:
+        q = q[None, :]
+    if enable_gqa:
+        G = q.shape[-3] // K.shape[-3]
+        K, V = np.repeat(K, G, axis=-3), np.repeat(V, G, axis=-3)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = scale * (q @ np.swapaxes(K, -1, -2))
+    Lq, T = s.shape[-2:]
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float64)
+        s = np.broadcast_to(s, np.broadcast_shapes(s.shape, b[..., None, :].shape if single
+                                                   else b.shape))
+    batch = s.shape[:-2]
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
+    if bias is not None:
+        s = s + (b[..., None, :] if single else b)
+    kl = np.full(batch, T) if key_lengths is None else _to_batch(key_lengths, batch)
+    kl = kl[..., None, None]
+    i = np.arange(Lq)[:, None]
+    t = np.arange(T)[None, :]
+    pos = i + query_offset - key_offset + ((kl - Lq) if causal == "lower_right" else 0)
+    if alibi_slopes is not None:
+        sl = _to_batch(np.asarray(alibi_slopes, dtype=np.float64), batch)
+        s = s - sl[..., None, None] * np.abs(pos - t)
+    seen = t < kl
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        seen = seen & (m[..., None, :] if single else m)
+    if causal:
+        seen = seen & (t <= pos)
+    if window is not None:
+        left, right = window
+        if left is not None:
+            seen = seen & (t >= pos - left)
+        if right is not None:
+            seen = seen & (t <= pos + right)
+    seen = np.broadcast_to(seen, s.shape)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore", divide="ignore"):
+        s = np.where(seen, s, -np.inf)
+        m = np.max(s, axis=-1, keepdims=True)
+        nothing = m == -np.inf
+        e = np.exp(s - np.where(nothing, 0, m))
+        tot = e.sum(axis=-1, keepdims=True)
+        w = np.where(nothing, 0, e / np.where(nothing, 1, tot))
+        lse = np.where(nothing, -np.inf, m + np.log(np.where(nothing, 1, tot)))[..., 0]
+        ctx = w @ V          # finite values only: 0 * V adds nothing
+    if single:
+        ctx, w, lse = ctx[..., 0, :], w[..., 0, :], lse[..., 0]
+    return ctx, w, lse
+
+
+def _to_batch(x, batch):
+    """x broadcast to the batch shape, leading length-1 axes beyond it dropped."""
+    x = np.asarray(x)
+    while x.ndim > len(batch) and x.shape[0] == 1:
+        x = x[0]
+    return np.broadcast_to(x, batch)

@@ -15,9 +15,9 @@ from attnx import demo
 
 pytestmark = pytest.mark.simd_independent
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = [attnx.attend, attnx.softmax, attnx.log_softmax, attnx.context, attnx.dot_score,
-          attnx.general_score, attnx.additive_score, attnx.project_keys, attnx.get_include,
-          attnx.KVCache, attnx.simd_level]
+PUBLIC = [attnx.attend, attnx.attend_varlen, attnx.softmax, attnx.log_softmax, attnx.context,
+          attnx.dot_score, attnx.general_score, attnx.additive_score, attnx.project_keys,
+          attnx.get_include, attnx.KVCache, attnx.simd_level]
 
 
 def run_module(*args, env=None):

@@ -170,7 +170,7 @@ def test_additive_computes_in_float64():
 
 # --- attend(score="additive") is one C call: mask and causality applied in C ---
 
-def additive_attend_ref(Q, Kp, V, W_q, v, mask=None, causal=False):
+def additive_attend_ref(Q, Kp, V, W_q, v, mask=None, causal=False, diag=0):
     """attend(score="additive") in NumPy float64 from the definitions: only
     the keys a query sees enter its softmax and its context (NaN or inf in
     the others' rows of keys_proj or values cannot reach the result)."""
@@ -179,7 +179,7 @@ def additive_attend_ref(Q, Kp, V, W_q, v, mask=None, causal=False):
     if mask is not None:
         seen &= np.broadcast_to(mask, s.shape)
     if causal:
-        seen &= np.tril(np.ones(s.shape[-2:], bool))
+        seen &= np.tril(np.ones(s.shape[-2:], bool), diag)
     with np.errstate(invalid="ignore", over="ignore"):
         s = np.where(seen, s, -np.inf)
         m = s.max(axis=-1, keepdims=True)
@@ -275,3 +275,21 @@ def test_attend_additive_values_broadcast_like_dot():
     for b in range(2):
         np.testing.assert_array_equal(ctx[b], attnx.attend(q, K, V[b], score="additive", W_q=W_q,
                                                            W_k=W_k, v=v))
+
+
+@pytest.mark.parametrize("Lq", [1, 5, 9])
+def test_attend_additive_lower_right_in_c(Lq):
+    """causal="lower_right": query row i sees keys t <= i + T - Lq (none at
+    all for the first rows when Lq > T), applied in C as top-left is."""
+    g = np.random.default_rng(16)
+    T, h = 7, 5
+    Q, Kp, V = g.standard_normal((2, Lq, 3)), g.standard_normal((2, T, h)), g.standard_normal((2, T, 4))
+    W_q, v = g.standard_normal((h, 3)), g.standard_normal(h)
+    K = np.zeros((2, T, 1))
+    ctx, w = attnx.attend(Q, K, V, score="additive", keys_proj=Kp, W_q=W_q, v=v,
+                          causal="lower_right", return_weights=True)
+    want_ctx, want_w = additive_attend_ref(Q, Kp, V, W_q, v, causal=True, diag=T - Lq)
+    np.testing.assert_allclose(ctx, want_ctx, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(w, want_w, rtol=1e-12, atol=1e-300)
+    if Lq > T:
+        assert (ctx[:, :Lq - T] == 0).all() and (w[:, :Lq - T] == 0).all()

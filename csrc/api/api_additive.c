@@ -78,6 +78,7 @@ typedef struct {
     const unsigned char *mask;
     ptrdiff_t mask_row_stride;
     int causal;
+    ptrdiff_t diag;                          /* query_offset - key_offset */
     size_t rows, Lq, T, h, dv, group, chunk, nchunks;
     double *s;                               /* rows x T: scores, then weights */
     double *ctx;                             /* rows x dv, or NULL: scores only */
@@ -88,10 +89,13 @@ static ptrdiff_t item_offset(const additive_job *j, const ptrdiff_t *strides, si
     return j->nbatch ? attnx_batch_offset(j->nbatch, j->batch_shape, strides, b) : 0;
 }
 
-/* Keys query row i sees: t <= i with causality (top-left aligned). */
+/* Keys [0, lim) query row i sees: with causality t <= i + diag (the key's
+ * position at or before the query's); may be none. */
 static size_t row_lim(const additive_job *j, size_t i)
 {
-    return j->causal && i + 1 < j->T ? i + 1 : j->T;
+    if (!j->causal) return j->T;
+    ptrdiff_t lim = (ptrdiff_t)i + 1 + j->diag;
+    return lim <= 0 ? 0 : (size_t)lim < j->T ? (size_t)lim : j->T;
 }
 
 /* The scores of keys [t0, t1) of one row: a key masked out or past lim
@@ -228,7 +232,7 @@ int attnx_additive_scores_batch(const double *A, const double *Kp, const double 
             return ATTNX_ERR_OVERLAP;
     }
     additive_job job = {additive_kernels(), NULL, A, Kp, v, NULL, nbatch, batch_shape, a_strides,
-                        kp_strides, NULL, NULL, NULL, 0, 0, rows, Lq, T, h, 0, 0, 0, 0, scores, NULL};
+                        kp_strides, NULL, NULL, NULL, 0, 0, 0, rows, Lq, T, h, 0, 0, 0, 0, scores, NULL};
     additive_run(&job, num_threads);
     return ATTNX_OK;
 }
@@ -240,13 +244,16 @@ int attnx_additive_attention(const double *A, const double *Kp, const double *v,
                              const ptrdiff_t *kp_strides, const ptrdiff_t *v_strides,
                              size_t Lq, size_t T, size_t h, size_t dv,
                              const unsigned char *mask, const ptrdiff_t *mask_strides,
-                             ptrdiff_t mask_row_stride, int causal,
-                             double *ctx, double *weights, int num_threads)
+                             ptrdiff_t mask_row_stride, int causal, ptrdiff_t query_offset,
+                             ptrdiff_t key_offset, double *ctx, double *weights, int num_threads)
 {
     size_t count, rows, tmp;
     int rc;
     if (!A || !Kp || !v || !V || !ctx) return ATTNX_ERR_NULL;
-    if (num_threads < 0) return ATTNX_ERR_ARG;
+    if (num_threads < 0 || causal < 0 || causal > 1) return ATTNX_ERR_ARG;
+    if (key_offset < 0 ? query_offset > PTRDIFF_MAX + key_offset
+                       : query_offset < PTRDIFF_MIN + key_offset)
+        return ATTNX_ERR_OVERFLOW;              /* query_offset - key_offset would */
     if ((rc = attnx_batch_count(nbatch, batch_shape, &count)) != ATTNX_OK) return rc;
     if (nbatch && (!a_strides || !kp_strides || !v_strides || (mask && !mask_strides)))
         return ATTNX_ERR_NULL;
@@ -275,7 +282,7 @@ int attnx_additive_attention(const double *A, const double *Kp, const double *v,
     if (!s) return ATTNX_ERR_NOMEM;
     additive_job job = {additive_kernels(), attnx_kernels_get(), A, Kp, v, V, nbatch, batch_shape,
                         a_strides, kp_strides, v_strides, mask_strides, mask, mask_row_stride,
-                        causal != 0, rows, Lq, T, h, dv, 0, 0, 0, s, ctx};
+                        causal, query_offset - key_offset, rows, Lq, T, h, dv, 0, 0, 0, s, ctx};
     additive_run(&job, num_threads);
     if (!weights) free(s);
     return ATTNX_OK;

@@ -56,9 +56,37 @@ static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
     return (AX_T)s;
 }
 
+/* The scores s[0..n) of row r of an item against keys t0 .. t0 + n, which
+ * the row sees, as the forward computed them (md: the item's mods, row r
+ * relative to it). With a softcap, g[t] = its derivative 1 - tanh^2 (the
+ * forward's tanh: the capped score over softcap), else g is untouched. */
+static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
+                       const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
+{
+    attnx_mods rm = attnx_mods_row(md, r, t0, sizeof(AX_T));
+    const unsigned char *mk = mrow ? mrow + t0 : NULL;
+    if (!(rm.softcap > 0)) {
+        masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, &rm, s);
+        return;
+    }
+    attnx_mods cap = rm;              /* the softcap alone first */
+    cap.bias = NULL;
+    cap.slope = 0;
+    masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, &cap, s);
+    for (size_t t = 0; t < n; t++) {
+        AX_T u = s[t] / (AX_T)rm.softcap;
+        g[t] = (AX_T)1 - u * u;
+    }
+    rm.softcap = 0;                   /* then bias and ALiBi on the capped scores */
+    if (attnx_mods_shape(&rm))
+        for (size_t t = 0; t < n; t++)
+            if (!mk || mk[t]) a->kt->shape_scores(&rm, 0, t, 1, s + t);
+}
+
 /* p (n entries) = exp(s - lse) in place, 0 where s = -inf (a masked key) or
- * the row attends nothing (lse = -inf); dp becomes ds = p (dp - D). */
-static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D)
+ * the row attends nothing (lse = -inf); dp becomes ds = p (dp - D), times
+ * the softcap's derivative g where g is not NULL. */
+static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D, const AX_T *g)
 {
     if (lse == -INFINITY) {
         fill(s, n, 0);
@@ -68,6 +96,8 @@ static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T ls
     for (size_t t = 0; t < n; t++) s[t] = s[t] - lse;
     kt->exp(s, n, s);
     for (size_t t = 0; t < n; t++) dp[t] = s[t] * (dp[t] - D);
+    if (g)
+        for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? dp[t] * g[t] : 0;
 }
 
 /* Pass 1: dQ for the rows of item it (batch item, chunk of BWD_ROWS rows). */
@@ -76,12 +106,12 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
     bwd_job *j = (bwd_job *)ptr;
     const attn_args *a = j->a;
     const size_t per = (a->Lq + BWD_ROWS - 1) / BWD_ROWS;
-    AX_T *s = (AX_T *)malloc(2 * a->T * sizeof(AX_T));
+    AX_T *s = (AX_T *)malloc(3 * a->T * sizeof(AX_T));
     if (!s) {
         j->failed = 1;
         return;
     }
-    AX_T *dp = s + a->T;
+    AX_T *dp = s + a->T, *g = a->softcap > 0 ? dp + a->T : NULL;
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, r0 = (it % per) * BWD_ROWS;
         size_t r1 = r0 + BWD_ROWS < a->Lq ? r0 + BWD_ROWS : a->Lq;
@@ -89,17 +119,21 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
         const unsigned char *m;
         item_ptrs(a, b, &q, &k, &v, &m);
         bwd_ptrs(j, b, &O, &dO, &lse);
+        attnx_mods md;
+        size_t Tb = item_mods(a, b, &md);
         for (size_t r = r0; r < r1; r++) {
             AX_T *dq = j->dQ + (b * a->Lq + r) * a->d;
-            size_t lim = causal_lim(a->causal, a->diag, r, a->T);
+            size_t lo, hi;
+            attnx_mods_range(&md, r, Tb, &lo, &hi);
             fill(dq, a->d, 0);
-            if (lim == 0) continue;
+            if (lo == hi) continue;
+            const size_t n = hi - lo;
             const AX_T *dor = dO + r * a->dv;
-            masked_scores(a->kt, q + r * a->d, k, lim, a->d, a->scale,
-                          m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, s);
-            a->kt->dot_scores(dor, v, lim, a->dv, (AX_T)1, dp);
-            bwd_probs(a->kt, s, dp, lim, lse[r], dot_n(dor, O + r * a->dv, a->dv));
-            a->kt->context(dp, k, lim, a->d, dq);
+            bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n,
+                       s, g);
+            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g);
+            a->kt->context(dp, k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
         }
     }
@@ -113,7 +147,7 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
     bwd_job *j = (bwd_job *)ptr;
     const attn_args *a = j->a;
     const size_t per = (a->T + BWD_KEYS - 1) / BWD_KEYS;
-    AX_T s[BWD_KEYS], dp[BWD_KEYS];
+    AX_T s[BWD_KEYS], dp[BWD_KEYS], gs[BWD_KEYS], *g = a->softcap > 0 ? gs : NULL;
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, t0 = (it % per) * BWD_KEYS;
         size_t nb = t0 + BWD_KEYS < a->T ? BWD_KEYS : a->T - t0;
@@ -124,18 +158,22 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
         AX_T *dk = j->dK + (b * a->T + t0) * a->d, *dv = j->dV + (b * a->T + t0) * a->dv;
         fill(dk, nb * a->d, 0);
         fill(dv, nb * a->dv, 0);
+        attnx_mods md;
+        size_t Tb = item_mods(a, b, &md);
         for (size_t r = 0; r < a->Lq; r++) {
-            size_t lim = causal_lim(a->causal, a->diag, r, a->T);
-            if (lim <= t0) continue;
-            size_t n = lim - t0 < nb ? lim - t0 : nb;
+            size_t lo, hi;
+            attnx_mods_range(&md, r, Tb, &lo, &hi);
+            if (lo < t0) lo = t0;
+            if (hi > t0 + nb) hi = t0 + nb;
+            if (lo >= hi) continue;
+            const size_t n = hi - lo, o = lo - t0;
             const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
-            masked_scores(a->kt, qr, k + t0 * a->d, n, a->d, a->scale,
-                          m ? m + (ptrdiff_t)r * a->mask_row_stride + t0 : NULL, s);
-            a->kt->dot_scores(dor, v + t0 * a->dv, n, a->dv, (AX_T)1, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv));
+            bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
+            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = a->scale * dp[t];
-                AX_T *dvt = dv + t * a->dv, *dkt = dk + t * a->d;
+                AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
                 if (pt != 0)
                     for (size_t c = 0; c < a->dv; c++) dvt[c] += pt * dor[c];
                 if (dst != 0)
@@ -145,34 +183,113 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
     }
 }
 
+/* -- the tiled backward: the SIMD level's kernel, one pass per batch item
+ * (and key partition). Work items are (item, partition); partitions exist
+ * only when there are fewer than 8 items, and their number and bounds
+ * depend on the shapes alone. Each partition's dQ goes to its own buffer,
+ * summed in partition order: the bits never depend on the thread count. */
+typedef struct {
+    bwd_job *j;
+    size_t nparts, keys;
+    AX_T *dqp;                /* count * nparts * Lq * d, or NULL (one partition) */
+} bwd_tiled_job;
+
+static void bwd_tiled(void *ptr, size_t i0, size_t i1)
+{
+    bwd_tiled_job *tj = (bwd_tiled_job *)ptr;
+    bwd_job *j = tj->j;
+    const attn_args *a = j->a;
+    const size_t Lq = a->Lq, T = a->T, d = a->d, dv = a->dv;
+    AX_T *D = (AX_T *)malloc((Lq ? Lq : 1) * sizeof(AX_T));
+    if (!D) {
+        j->failed = 1;
+        return;
+    }
+    for (size_t it = i0; it < i1; it++) {
+        const size_t b = it / tj->nparts, part = it % tj->nparts;
+        const AX_T *q, *k, *v, *O, *dO, *lse;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        bwd_ptrs(j, b, &O, &dO, &lse);
+        attnx_mods md;
+        const size_t Tb = item_mods(a, b, &md);
+        size_t k0 = part * tj->keys, k1 = k0 + tj->keys < T ? k0 + tj->keys : T;
+        AX_T *dq = tj->dqp ? tj->dqp + it * Lq * d : j->dQ + b * Lq * d;
+        AX_T *dk = j->dK + b * T * d, *dvo = j->dV + b * T * dv;
+        fill(dq, Lq * d, 0);
+        for (size_t r = 0; r < Lq; r++) D[r] = dot_n(dO + r * dv, O + r * dv, dv);
+        const size_t e0 = k0 < Tb ? k0 : Tb, e1 = k1 < Tb ? k1 : Tb;
+        if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
+                                   &md, e0, e1, dq, dk, dvo))
+            j->failed = 1;
+        fill(dk + e1 * d, (k1 - e1) * d, 0);      /* keys beyond the item's length */
+        fill(dvo + e1 * dv, (k1 - e1) * dv, 0);
+        for (size_t i = k0 * d; i < k1 * d; i++) dk[i] *= a->scale;
+    }
+    free(D);
+}
+
+static int bwd_run_tiled(bwd_job *j, int num_threads, double work)
+{
+    const attn_args *a = j->a;
+    bwd_tiled_job tj = {j, 1, a->T, NULL};
+    if (a->count < 8) {
+        const size_t want = (8 + a->count - 1) / a->count;
+        size_t keys = (a->T + want - 1) / want;
+        keys = keys < 256 ? 256 : (keys + 63) / 64 * 64;
+        tj.nparts = (a->T + keys - 1) / keys;
+        tj.keys = keys;
+    }
+    if (tj.nparts > 1) {
+        tj.dqp = (AX_T *)malloc(a->count * tj.nparts * a->Lq * (a->d ? a->d : 1) * sizeof(AX_T));
+        if (!tj.dqp) return ATTNX_ERR_NOMEM;
+    }
+    const size_t n = a->count * tj.nparts;
+    attnx_parallel_for(attnx_pick_threads(num_threads, n, work), n, bwd_tiled, &tj);
+    const size_t nq = a->Lq * a->d;
+    for (size_t b = 0; b < a->count; b++) {
+        AX_T *dq = j->dQ + b * nq;
+        if (tj.dqp) {
+            const AX_T *src = tj.dqp + b * tj.nparts * nq;
+            for (size_t i = 0; i < nq; i++) dq[i] = src[i];
+            for (size_t p = 1; p < tj.nparts; p++)
+                for (size_t i = 0; i < nq; i++) dq[i] += src[p * nq + i];
+        }
+        for (size_t i = 0; i < nq; i++) dq[i] *= a->scale;
+    }
+    free(tj.dqp);
+    return j->failed ? ATTNX_ERR_NOMEM : ATTNX_OK;
+}
+
 int AX_API(attention_backward)(const attnx_attention_params *params, const void *grad_out,
                              const ptrdiff_t *grad_out_strides, const ptrdiff_t *out_strides,
                              const ptrdiff_t *lse_strides, void *grad_query, void *grad_keys,
                              void *grad_values)
 {
     attnx_attention_params p;
+    attn_args a;
     size_t tmp;
     int rc;
-    if (!params) return ATTNX_ERR_NULL;
-    if (params->size < ATTNX_ATTENTION_PARAMS_V1_SIZE) return ATTNX_ERR_ARG;
-    memset(&p, 0, sizeof p);
-    memcpy(&p, params, params->size < sizeof p ? params->size : sizeof p);
+    if ((rc = params_copy(params, &p)) != ATTNX_OK) return rc;
     if (!p.query || !p.keys || !p.values || !p.out || !p.lse || !grad_out || !grad_query ||
         !grad_keys || !grad_values)
         return ATTNX_ERR_NULL;
-    if (p.weights || p.causal < 0 || p.causal > 1 || p.num_threads < 0) return ATTNX_ERR_ARG;
-    if (p.key_offset < 0 ? p.query_offset > PTRDIFF_MAX + p.key_offset
-                         : p.query_offset < PTRDIFF_MIN + p.key_offset)
-        return ATTNX_ERR_OVERFLOW;
-    attn_args a = {NULL, (const AX_T *)p.query, (const AX_T *)p.keys, (const AX_T *)p.values,
-                   p.nbatch, p.batch_shape, p.query_strides, p.key_strides, p.value_strides,
-                   p.mask, p.mask_strides, p.mask_row_stride, p.Lq, p.T, p.d, p.dv,
-                   (AX_T)p.scale, p.causal, p.query_offset - p.key_offset, NULL, NULL, NULL,
-                   0, 0};
+    if (p.weights || p.num_threads < 0) return ATTNX_ERR_ARG;
+    if ((rc = args_from_params(&p, &a)) != ATTNX_OK) return rc;
+    a.ctx = a.lse = NULL;
     if ((rc = attnx_batch_count(a.nbatch, a.batch_shape, &a.count)) != ATTNX_OK) return rc;
     if (a.nbatch && (!a.q_strides || !a.k_strides || !a.v_strides || (a.mask && !a.mask_strides) ||
-                     !grad_out_strides || !out_strides || !lse_strides))
+                     (a.bias && !a.bias_strides) || (a.slopes && !a.slope_strides) ||
+                     (a.klen && !a.klen_strides) || !grad_out_strides || !out_strides || !lse_strides))
         return ATTNX_ERR_NULL;
+    if (!(a.softcap >= 0) || a.softcap == INFINITY || (a.bias && a.bias_col != 0 && a.bias_col != 1) ||
+        (a.lower_right != 0 && a.lower_right != 1))
+        return ATTNX_ERR_ARG;
+    if (a.klen)
+        for (size_t b = 0; b < a.count; b++) {
+            long long n = a.klen[a.nbatch ? attnx_batch_offset(a.nbatch, a.batch_shape, a.klen_strides, b) : 0];
+            if (n < 0 || (unsigned long long)n > (unsigned long long)a.T) return ATTNX_ERR_ARG;
+        }
     if (a.T == 0) return ATTNX_ERR_EMPTY;
     if (!elems(a.count, a.Lq, &a.rows) || !elems(a.rows, a.d, &tmp) || !elems(a.rows, a.dv, &tmp) ||
         !elems(a.count, a.T, &tmp) || !elems(tmp, a.d + a.dv, &tmp) || !elems(a.T, 2, &tmp))
@@ -207,6 +324,8 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
     j.nrow_items = a.count * ((a.Lq + BWD_ROWS - 1) / BWD_ROWS);
     j.nkey_items = a.count * ((a.T + BWD_KEYS - 1) / BWD_KEYS);
     const double work = (double)a.rows * (double)a.T * (double)(a.d + a.dv + 1);
+    if (a.kt->attend_backward)
+        return bwd_run_tiled(&j, p.num_threads, work);
     if (a.rows)
         attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nrow_items, work), j.nrow_items,
                            bwd_rows, &j);

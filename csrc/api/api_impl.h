@@ -40,24 +40,23 @@ static void fill(AX_T *y, size_t n, AX_T v)
 /* ---------------------------------------------------------------- kernels */
 
 /* Scores of the keys the mask lets through, in runs of consecutive keys, so
- * that masked rows are never read; masked scores are -inf. */
+ * that masked rows are never read; masked scores are -inf. md (NULL: none)
+ * shapes them as the fused kernels do (it is this row's: attnx_mods_row). */
 static void masked_scores(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                           size_t T, size_t d, AX_T scale, const unsigned char *mask,
-                          AX_T *s)
+                          const attnx_mods *md, AX_T *s)
 {
-    if (!mask) {
-        kt->dot_scores(q, K, T, d, scale, s);
-        return;
-    }
+    if (!attnx_mods_shape(md)) md = NULL;
     size_t t = 0;
     while (t < T) {
-        if (!mask[t]) {
+        if (mask && !mask[t]) {
             s[t++] = -INFINITY;
             continue;
         }
         size_t u = t + 1;
-        while (u < T && mask[u]) u++;
+        while (u < T && (!mask || mask[u])) u++;
         kt->dot_scores(q, K + t * d, u - t, d, scale, s + t);
+        if (md) kt->shape_scores(md, 0, t, u - t, s + t);
         t = u;
     }
 }
@@ -81,9 +80,9 @@ static void weights_then_context(const AX_KERNELS *kt, const AX_T *V, size_t T, 
 
 static void attend_two_pass(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                             const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                            const unsigned char *mask, AX_T *ctx, AX_T *w)
+                            const unsigned char *mask, const attnx_mods *md, AX_T *ctx, AX_T *w)
 {
-    masked_scores(kt, q, K, T, d, scale, mask, w);
+    masked_scores(kt, q, K, T, d, scale, mask, md, w);
     weights_then_context(kt, V, T, dv, ctx, w);
 }
 
@@ -151,32 +150,28 @@ static int finish_checked(double m, double l, AX_T *c, size_t dv)
  * even that fail, the fused result stands). */
 static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
                         size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
-                        AX_T *ctx)
+                        const attnx_mods *md, AX_T *ctx)
 {
+    if (T == 0) return;
     AX_T *w = (AX_T *)malloc(T * sizeof(AX_T));
     if (!w) return;
-    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, md, ctx, w);
     free(w);
 }
 
 /* The natural-log logsumexp of a row's scores from its online state:
  * m + log(l); -inf when nothing was attended, NaN when poisoned. */
-static AX_T state_lse(double m, double l)
-{
-    if (l != l) return (AX_T)NAN;
-    if (m == -INFINITY) return (AX_T)-INFINITY;
-    return (AX_T)(m + attnx_log_f64(l));
-}
+static AX_T state_lse(double m, double l) { return (AX_T)attnx_state_lse(m, l); }
 
 /* One query, fused; its logsumexp into *lse unless lse is NULL. */
 static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                          const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                         const unsigned char *mask, AX_T *ctx, AX_T *lse)
+                         const unsigned char *mask, const attnx_mods *md, AX_T *ctx, AX_T *lse)
 {
     attnx_online st = {-INFINITY, 0.0};
     fill(ctx, dv, 0);
-    kt->attend_online(q, K, V, T, d, dv, scale, mask, &st, ctx);
-    if (finish_checked(st.m, st.l, ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, ctx);
+    kt->attend_online(q, K, V, T, d, dv, scale, mask, md, &st, ctx);
+    if (finish_checked(st.m, st.l, ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, md, ctx);
     if (lse) *lse = state_lse(st.m, st.l);
 }
 
@@ -185,13 +180,14 @@ static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
  * softmax's 4 ulp), so lse = m - log(w_j). */
 static void attend_two_pass_lse(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
                                 const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                                const unsigned char *mask, AX_T *ctx, AX_T *w, AX_T *lse)
+                                const unsigned char *mask, const attnx_mods *md, AX_T *ctx,
+                                AX_T *w, AX_T *lse)
 {
     if (!lse) {
-        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, w);
+        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, md, ctx, w);
         return;
     }
-    masked_scores(kt, q, K, T, d, scale, mask, w);
+    masked_scores(kt, q, K, T, d, scale, mask, md, w);
     size_t jmax = 0;
     for (size_t t = 1; t < T; t++)
         if (w[t] > w[jmax] || w[jmax] != w[jmax]) jmax = t;
@@ -202,60 +198,48 @@ static void attend_two_pass_lse(const AX_KERNELS *kt, const AX_T *q, const AX_T 
     else *lse = (AX_T)(m - attnx_log_f64((double)w[jmax]));
 }
 
-/* Keys a query row sees under causality: query row i (at position
- * query_offset + i) sees keys t with key_offset + t <= query_offset + i, that
- * is t < i + 1 + diag with diag = query_offset - key_offset; all T without
- * causality. May be 0. */
-static size_t causal_lim(int causal, ptrdiff_t diag, size_t i, size_t T)
+/* Queries [0, nq) of one batch item (a chunk of its rows): Q, ctx, w, lse
+ * and mask point at the chunk's first row, md is relative to it (row 0),
+ * T is the item's key count (its key length), Tw the weights' row length.
+ * Without weights the SIMD level's tiled kernel takes every row; with
+ * weights each row is two-pass over its own keys. */
+static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, const AX_T *K, const AX_T *V,
+                        size_t T, size_t Tw, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
+                        ptrdiff_t mask_row_stride, const attnx_mods *md, AX_T *ctx, AX_T *w, AX_T *lse)
 {
-    if (!causal) return T;
-    ptrdiff_t lim = (ptrdiff_t)i + 1 + diag;
-    return lim <= 0 ? 0 : (size_t)lim < T ? (size_t)lim : T;
-}
-
-/* Queries [q0, q0 + nq) of one batch item: Q, ctx, w, lse and mask point at
- * row q0. With neither weights nor lse, the SIMD level's tiled kernel takes
- * the rows it can (those that see at least one key); the kernel reports no
- * logsumexp, so with lse every row is folded on its own. */
-static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, size_t q0,
-                        const AX_T *K, const AX_T *V, size_t T, size_t d, size_t dv,
-                        AX_T scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                        int causal, ptrdiff_t diag, AX_T *ctx, AX_T *w, AX_T *lse)
-{
-    size_t r = 0;
-    /* rows before the first key (a negative diag): nothing to attend */
-    while (r < nq && causal_lim(causal, diag, q0 + r, T) == 0) {
-        fill(ctx + r * dv, dv, 0);
-        if (w) fill(w + r * T, T, 0);
-        if (lse) lse[r] = (AX_T)-INFINITY;
-        r++;
-    }
-    if (!w && !lse && kt->attend_rows && r < nq) {
-        /* the kernel's causal rule is t <= its q0 + row: shift by diag */
-        const size_t kq0 = causal ? (size_t)((ptrdiff_t)(q0 + r) + diag) : q0 + r;
-        const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
-        kt->attend_rows(Q + r * d, nq - r, kq0, K, V, T, d, dv, scale, mr, mask_row_stride,
-                        causal, ctx + r * dv);
-        for (; r < nq; r++) {
+    if (!w && kt->attend_rows) {
+        kt->attend_rows(Q, nq, K, V, T, d, dv, scale, mask, mask_row_stride, md, ctx, lse);
+        for (size_t r = 0; r < nq; r++) {
             if (!nonfinite(ctx + r * dv, dv)) continue;
-            attend_safe(kt, Q + r * d, K, V, causal_lim(causal, diag, q0 + r, T), d, dv, scale,
-                        mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL, ctx + r * dv);
+            size_t t0, t1;
+            attnx_mods_range(md, r, T, &t0, &t1);
+            attnx_mods rm = attnx_mods_row(md, r, t0, sizeof(AX_T));
+            attend_safe(kt, Q + r * d, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
+                        mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL, &rm, ctx + r * dv);
         }
         return;
     }
-    for (; r < nq; r++) {
-        size_t lim = causal_lim(causal, diag, q0 + r, T);
-        const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL;
-        if (w) {
-            attend_two_pass_lse(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv,
-                                w + r * T, lse ? lse + r : NULL);
-            /* causally excluded keys weigh 0, or NaN in a NaN row: the
+    for (size_t r = 0; r < nq; r++) {
+        size_t t0, t1;
+        attnx_mods_range(md, r, T, &t0, &t1);
+        attnx_mods rm = attnx_mods_row(md, r, t0, sizeof(AX_T));
+        const unsigned char *mr = mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL;
+        const AX_T *qr = Q + r * d, *Kr = K + t0 * d, *Vr = V + t0 * dv;
+        AX_T *c = ctx + r * dv, *lr = lse ? lse + r : NULL;
+        if (t0 == t1) {
+            fill(c, dv, 0);
+            if (lr) *lr = (AX_T)-INFINITY;
+            if (w) fill(w + r * Tw, Tw, 0);
+        } else if (w) {
+            AX_T *wr = w + r * Tw;
+            attend_two_pass_lse(kt, qr, Kr, Vr, t1 - t0, d, dv, scale, mr, &rm, c, wr + t0, lr);
+            /* keys the row does not see weigh 0, or NaN in a NaN row: the
              * rule of masked keys */
-            AX_T w0 = w[r * T];
-            fill(w + r * T + lim, T - lim, w0 != w0 ? w0 : (AX_T)0);
+            AX_T w0 = wr[t0], z = w0 != w0 ? w0 : (AX_T)0;
+            fill(wr, t0, z);
+            fill(wr + t1, Tw - t1, z);
         } else {
-            attend_fused(kt, Q + r * d, K, V, lim, d, dv, scale, mr, ctx + r * dv,
-                         lse ? lse + r : NULL);
+            attend_fused(kt, qr, Kr, Vr, t1 - t0, d, dv, scale, mr, &rm, c, lr);
         }
     }
 }
@@ -314,9 +298,9 @@ int AX_API(attend)(const AX_T *q, const AX_T *K, const AX_T *V,
     if (dv == 0 && !weights) return ATTNX_OK;   /* nothing to write: no O(T) walk */
     const AX_KERNELS *kt = AX_KERNELS_GET();
     if (weights)
-        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, ctx, weights);
+        attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, NULL, ctx, weights);
     else
-        attend_fused(kt, q, K, V, T, d, dv, scale, mask, ctx, NULL);
+        attend_fused(kt, q, K, V, T, d, dv, scale, mask, NULL, ctx, NULL);
     return ATTNX_OK;
 }
 
@@ -478,7 +462,66 @@ typedef struct {
     ptrdiff_t diag;           /* query_offset - key_offset */
     AX_T *ctx, *weights, *lse;
     size_t count, rows;       /* batch items, and count * Lq */
+    /* what shapes the scores (attnx_attention_params, version 4) */
+    const AX_T *bias;
+    const ptrdiff_t *bias_strides;
+    ptrdiff_t bias_row, bias_col;
+    const AX_T *slopes;
+    const ptrdiff_t *slope_strides;
+    const long long *klen;
+    const ptrdiff_t *klen_strides;
+    int lower_right;
+    ptrdiff_t wl, wr;         /* < 0: unbounded */
+    double softcap;
 } attn_args;
+
+/* x clamped to [-2^60, 2^60]: positions beyond see all keys or none alike
+ * (sizes stay below 2^60), and sums of two never overflow */
+#define POS_LIM ((ptrdiff_t)1 << 60)
+static ptrdiff_t pos_clamp(ptrdiff_t x) { return x < -POS_LIM ? -POS_LIM : x > POS_LIM ? POS_LIM : x; }
+
+/* Batch item b's keys seen at most (its key length) and its mods, for its
+ * query row 0: the window and causal rules as offsets, bias, ALiBi slope,
+ * softcap. */
+static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
+{
+    size_t Tb = a->T;
+    ptrdiff_t off;
+    if (a->klen) {
+        off = a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->klen_strides, b) : 0;
+        Tb = (size_t)a->klen[off];
+    }
+    ptrdiff_t pos = pos_clamp(a->diag);
+    if (a->lower_right) pos = pos_clamp(pos + (ptrdiff_t)Tb - (ptrdiff_t)a->Lq);
+    md->bias = NULL;
+    md->bias_row = a->bias_row;
+    md->bias_col = a->bias_col;
+    if (a->bias)
+        md->bias = a->bias + (a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->bias_strides, b) : 0);
+    md->slope = 0;
+    if (a->slopes) {
+        off = a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->slope_strides, b) : 0;
+        md->slope = (double)a->slopes[off];
+    }
+    md->softcap = a->softcap;
+    md->pos = pos;
+    md->lo = a->wl >= 0 ? pos - pos_clamp(a->wl) : ATTNX_NO_LO;
+    md->hi = ATTNX_NO_HI;
+    if (a->causal) md->hi = pos + 1;
+    if (a->wr >= 0 && pos + pos_clamp(a->wr) + 1 < md->hi) md->hi = pos + pos_clamp(a->wr) + 1;
+    return Tb;
+}
+
+/* md moved down to row i of its item */
+static attnx_mods mods_from(const attnx_mods *md, size_t i)
+{
+    attnx_mods o = *md;
+    if (o.bias) o.bias = (const AX_T *)o.bias + (ptrdiff_t)i * o.bias_row;
+    o.pos += (ptrdiff_t)i;
+    o.lo += (ptrdiff_t)i;   /* the unbounded stay unbounded: |i| < 2^60 */
+    o.hi += (ptrdiff_t)i;
+    return o;
+}
 
 /* Operands of batch item b. */
 static void item_ptrs(const attn_args *a, size_t b, const AX_T **q, const AX_T **k,
@@ -534,17 +577,23 @@ static void split_parts(void *ptr, size_t i0, size_t i1)
         const AX_T *q, *k, *v;
         const unsigned char *m;
         item_ptrs(a, b, &q, &k, &v, &m);
-        size_t lim = causal_lim(a->causal, a->diag, r, a->T);
-        size_t t0 = p * j->keys, t1 = t0 + j->keys < lim ? t0 + j->keys : lim;
+        attnx_mods md;
+        size_t lo, hi, Tb = item_mods(a, b, &md);
+        attnx_mods_range(&md, r, Tb, &lo, &hi);
+        size_t t0 = p * j->keys, t1 = t0 + j->keys;
+        if (t0 < lo) t0 = lo;
+        if (t1 > hi) t1 = hi;
         attnx_online *st = j->st + i;
         AX_T *acc = j->acc + i * a->dv;
         st->m = -INFINITY;
         st->l = 0.0;
         fill(acc, a->dv, 0);
-        if (t0 < t1)
+        if (t0 < t1) {
+            attnx_mods rm = attnx_mods_row(&md, r, t0, sizeof(AX_T));
             a->kt->attend_online(q + r * a->d, k + t0 * a->d, v + t0 * a->dv, t1 - t0, a->d,
                                  a->dv, a->scale,
-                                 m ? m + (ptrdiff_t)r * a->mask_row_stride + t0 : NULL, st, acc);
+                                 m ? m + (ptrdiff_t)r * a->mask_row_stride + t0 : NULL, &rm, st, acc);
+        }
     }
 }
 
@@ -596,9 +645,14 @@ static int attend_split(const attn_args *a, int nt)
         const unsigned char *m;
         size_t r = row % a->Lq;
         item_ptrs(a, row / a->Lq, &q, &k, &v, &m);
-        if (nonfinite(c, dv))
-            attend_safe(a->kt, q + r * a->d, k, v, causal_lim(a->causal, a->diag, r, a->T), a->d,
-                        dv, a->scale, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, c);
+        if (nonfinite(c, dv)) {
+            attnx_mods md;
+            size_t lo, hi, Tb = item_mods(a, row / a->Lq, &md);
+            attnx_mods_range(&md, r, Tb, &lo, &hi);
+            attnx_mods rm = attnx_mods_row(&md, r, lo, sizeof(AX_T));
+            attend_safe(a->kt, q + r * a->d, k + lo * a->d, v + lo * dv, hi - lo, a->d, dv, a->scale,
+                        m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, &rm, c);
+        }
         if (a->lse) a->lse[row] = state_lse(s->m, s->l);
     }
     free(st);
@@ -627,8 +681,11 @@ static void attn_items(void *ptr, size_t it0, size_t it1)
         item_ptrs(a, b, &qb, &kb, &vb, &mb);
         if (mb) mb += (ptrdiff_t)i0 * a->mask_row_stride;
         size_t row = b * a->Lq + i0;
-        attend_rows(a->kt, qb + i0 * a->d, nq, i0, kb, vb, a->T, a->d, a->dv, a->scale, mb,
-                    a->mask_row_stride, a->causal, a->diag, a->ctx + row * a->dv,
+        attnx_mods md;
+        size_t Tb = item_mods(a, b, &md);
+        attnx_mods mc = mods_from(&md, i0);
+        attend_rows(a->kt, qb + i0 * a->d, nq, kb, vb, Tb, a->T, a->d, a->dv, a->scale, mb,
+                    a->mask_row_stride, &mc, a->ctx + row * a->dv,
                     a->weights ? a->weights + row * a->T : NULL, a->lse ? a->lse + row : NULL);
     }
 }
@@ -644,14 +701,23 @@ static int attention(attn_args *a, int num_threads)
     if (num_threads < 0) return ATTNX_ERR_ARG;
     if ((rc = attnx_batch_count(a->nbatch, a->batch_shape, &a->count)) != ATTNX_OK) return rc;
     if (a->nbatch && (!a->q_strides || !a->k_strides || !a->v_strides ||
-                      (a->mask && !a->mask_strides)))
+                      (a->mask && !a->mask_strides) || (a->bias && !a->bias_strides) ||
+                      (a->slopes && !a->slope_strides) || (a->klen && !a->klen_strides)))
         return ATTNX_ERR_NULL;
+    if (!(a->softcap >= 0) || a->softcap == INFINITY || (a->bias && a->bias_col != 0 && a->bias_col != 1) ||
+        (a->lower_right != 0 && a->lower_right != 1))
+        return ATTNX_ERR_ARG;
     const size_t Lq = a->Lq, T = a->T, d = a->d, dv = a->dv;
     if (T == 0) return ATTNX_ERR_EMPTY;
     if (!elems(a->count, Lq, &a->rows) || !elems(a->rows, dv, &tmp) || !elems(a->rows, T, &tmp) ||
         !elems(Lq, d, &tmp) || !elems(T, d, &tmp) || !elems(T, dv, &tmp))
         return ATTNX_ERR_OVERFLOW;
     const size_t rows = a->rows;
+    if (a->klen)
+        for (size_t b = 0; b < a->count; b++) {
+            long long n = a->klen[a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->klen_strides, b) : 0];
+            if (n < 0 || (unsigned long long)n > (unsigned long long)T) return ATTNX_ERR_ARG;
+        }
     if (rows == 0 || (dv == 0 && !a->weights && !a->lse)) return ATTNX_OK;   /* nothing to write */
     {
         const size_t nbatch = a->nbatch, *bs = a->batch_shape;
@@ -663,6 +729,11 @@ static int attention(attn_args *a, int num_threads)
         uintptr_t mrow = mrs < 0 ? 0 - (uintptr_t)mrs : (uintptr_t)mrs;
         size_t mi = (Lq - 1) * mrow + T;
         const void *m0 = mrs < 0 ? (const void *)((uintptr_t)a->mask - (Lq - 1) * mrow) : a->mask;
+        /* a bias item: Lq rows bias_row apart, of T entries bias_col apart */
+        const ptrdiff_t brs = a->bias_row;
+        uintptr_t brow = brs < 0 ? 0 - (uintptr_t)brs : (uintptr_t)brs;
+        size_t bi = ((Lq - 1) * brow + (T - 1) * (size_t)a->bias_col + 1) * sizeof(AX_T);
+        const AX_T *b0 = brs < 0 ? a->bias - (Lq - 1) * brow : a->bias;
         void *outs[3] = {a->ctx, a->weights, a->lse};
         const size_t ob[3] = {cb, wb, lb};
         for (int o = 0; o < 3; o++) {
@@ -670,7 +741,12 @@ static int attention(attn_args *a, int num_threads)
             if (attnx_overlaps_batched(outs[o], ob[o], a->Q, sizeof(AX_T), nbatch, bs, a->q_strides, qi) ||
                 attnx_overlaps_batched(outs[o], ob[o], a->K, sizeof(AX_T), nbatch, bs, a->k_strides, ki) ||
                 attnx_overlaps_batched(outs[o], ob[o], a->V, sizeof(AX_T), nbatch, bs, a->v_strides, vi) ||
-                (a->mask && attnx_overlaps_batched(outs[o], ob[o], m0, 1, nbatch, bs, a->mask_strides, mi)))
+                (a->mask && attnx_overlaps_batched(outs[o], ob[o], m0, 1, nbatch, bs, a->mask_strides, mi)) ||
+                (a->bias && attnx_overlaps_batched(outs[o], ob[o], b0, sizeof(AX_T), nbatch, bs, a->bias_strides, bi)) ||
+                (a->slopes && attnx_overlaps_batched(outs[o], ob[o], a->slopes, sizeof(AX_T), nbatch, bs,
+                                                     a->slope_strides, sizeof(AX_T))) ||
+                (a->klen && attnx_overlaps_batched(outs[o], ob[o], a->klen, sizeof(long long), nbatch, bs,
+                                                   a->klen_strides, sizeof(long long))))
                 return ATTNX_ERR_OVERLAP;
             for (int o2 = 0; o2 < o; o2++)
                 if (outs[o2] && attnx_overlap(outs[o], ob[o], outs[o2], ob[o2])) return ATTNX_ERR_OVERLAP;
@@ -704,32 +780,65 @@ int AX_API(attend_batch)(const AX_T *Q, const AX_T *K, const AX_T *V,
                        ptrdiff_t mask_row_stride, int causal,
                        AX_T *ctx, AX_T *weights, int num_threads)
 {
-    attn_args a = {NULL, Q, K, V, nbatch, batch_shape, q_strides, k_strides, v_strides,
-                   mask, mask_strides, mask_row_stride, Lq, T, d, dv, scale, causal != 0, 0,
-                   ctx, weights, NULL, 0, 0};
+    attn_args a;
+    memset(&a, 0, sizeof a);
+    a.Q = Q, a.K = K, a.V = V;
+    a.nbatch = nbatch, a.batch_shape = batch_shape;
+    a.q_strides = q_strides, a.k_strides = k_strides, a.v_strides = v_strides;
+    a.mask = mask, a.mask_strides = mask_strides, a.mask_row_stride = mask_row_stride;
+    a.Lq = Lq, a.T = T, a.d = d, a.dv = dv, a.scale = scale, a.causal = causal != 0;
+    a.ctx = ctx, a.weights = weights;
+    a.wl = a.wr = -1;
     return attention(&a, num_threads);
+}
+
+/* The caller's params as this library's struct: a shorter (older) one
+ * reads 0 beyond its size; a longer (newer) one is refused unless the
+ * fields this library does not know are all 0. */
+static int params_copy(const attnx_attention_params *params, attnx_attention_params *p)
+{
+    if (!params) return ATTNX_ERR_NULL;
+    if (params->size < ATTNX_ATTENTION_PARAMS_V1_SIZE) return ATTNX_ERR_ARG;
+    memset(p, 0, sizeof *p);
+    memcpy(p, params, params->size < sizeof *p ? params->size : sizeof *p);
+    for (size_t i = sizeof *p; i < params->size; i++)
+        if (((const unsigned char *)params)[i]) return ATTNX_ERR_ARG;
+    return ATTNX_OK;
+}
+
+/* attn_args from validated-size params (the checks of attention() follow) */
+static int args_from_params(const attnx_attention_params *p, attn_args *a)
+{
+    if (p->causal < 0 || p->causal > 1 || p->window < 0 || p->window > 1) return ATTNX_ERR_ARG;
+    if (p->key_offset < 0 ? p->query_offset > PTRDIFF_MAX + p->key_offset
+                          : p->query_offset < PTRDIFF_MIN + p->key_offset)
+        return ATTNX_ERR_OVERFLOW;              /* query_offset - key_offset would */
+    memset(a, 0, sizeof *a);
+    a->Q = (const AX_T *)p->query, a->K = (const AX_T *)p->keys, a->V = (const AX_T *)p->values;
+    a->nbatch = p->nbatch, a->batch_shape = p->batch_shape;
+    a->q_strides = p->query_strides, a->k_strides = p->key_strides, a->v_strides = p->value_strides;
+    a->mask = p->mask, a->mask_strides = p->mask_strides, a->mask_row_stride = p->mask_row_stride;
+    a->Lq = p->Lq, a->T = p->T, a->d = p->d, a->dv = p->dv, a->scale = (AX_T)p->scale;
+    a->causal = p->causal, a->diag = p->query_offset - p->key_offset;
+    a->ctx = (AX_T *)p->out, a->weights = (AX_T *)p->weights, a->lse = (AX_T *)p->lse;
+    a->bias = (const AX_T *)p->bias, a->bias_strides = p->bias_strides;
+    a->bias_row = p->bias_row_stride, a->bias_col = p->bias_col_stride;
+    a->slopes = (const AX_T *)p->alibi_slopes, a->slope_strides = p->alibi_strides;
+    a->klen = p->key_lengths, a->klen_strides = p->key_lengths_strides;
+    a->lower_right = p->lower_right;
+    a->wl = !p->window || p->window_left < 0 ? -1 : p->window_left;
+    a->wr = !p->window || p->window_right < 0 ? -1 : p->window_right;
+    a->softcap = p->softcap;
+    return ATTNX_OK;
 }
 
 int AX_API(attention)(const attnx_attention_params *params)
 {
     attnx_attention_params p;
-    if (!params) return ATTNX_ERR_NULL;
-    /* a caller built against an older header passes a shorter struct: the
-     * fields it does not know are 0 */
-    if (params->size < ATTNX_ATTENTION_PARAMS_V1_SIZE) return ATTNX_ERR_ARG;
-    memset(&p, 0, sizeof p);
-    memcpy(&p, params, params->size < sizeof p ? params->size : sizeof p);
-    if (p.causal < 0 || p.causal > 1) return ATTNX_ERR_ARG;
-    if (p.key_offset < 0 ? p.query_offset > PTRDIFF_MAX + p.key_offset
-                         : p.query_offset < PTRDIFF_MIN + p.key_offset)
-        return ATTNX_ERR_OVERFLOW;              /* query_offset - key_offset would */
-    const ptrdiff_t diag = p.query_offset - p.key_offset;
-    attn_args a = {NULL, (const AX_T *)p.query, (const AX_T *)p.keys, (const AX_T *)p.values,
-                   p.nbatch, p.batch_shape, p.query_strides, p.key_strides, p.value_strides,
-                   p.mask, p.mask_strides, p.mask_row_stride, p.Lq, p.T, p.d, p.dv,
-                   (AX_T)p.scale, p.causal, diag, (AX_T *)p.out, (AX_T *)p.weights,
-                   (AX_T *)p.lse, 0, 0};
-    return attention(&a, p.num_threads);
+    attn_args a;
+    int rc = params_copy(params, &p);
+    if (rc == ATTNX_OK) rc = args_from_params(&p, &a);
+    return rc == ATTNX_OK ? attention(&a, p.num_threads) : rc;
 }
 
 /* ----------------------------------------------------------------- merging */

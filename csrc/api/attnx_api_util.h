@@ -13,10 +13,6 @@
 #include "attnx_internal.h"
 #include "attnx_threads.h"
 
-/* log(x) for finite x >= DBL_MIN, about 1 ulp, without libm (whose log
- * would tie wheels to a newer glibc): api_log_softmax.c. */
-double attnx_log_f64(double x);
-
 /* Below this many multiply-adds a call stays on one thread: waking a team
  * costs a few microseconds. */
 #define ATTNX_MIN_WORK_PER_THREAD ((double)(1 << 16))

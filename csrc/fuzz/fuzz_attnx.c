@@ -49,7 +49,8 @@
  *   9  broadcast bits of Q/W (0-2) and K (3-5); gap between matrices (6-7)
  *   10 broadcast bits of V (0-2) and mask (3-5); mask row stride mode (6-7)
  *   11 negative-stride bits, one an operand
- *   12 scale: bits 0-1 pick 1, 1/sqrt(d), a value from the data, -(b>>2)/8
+ *   12 scale: bits 0-1 pick 1, 1/sqrt(d), a value from the data, -(b>>2)/8;
+ *      additive attention: (int8_t)b / 4 is query_offset - key_offset
  *   13 unit: ordinary values are multiples of 2^(b % 16 - 6)
  *   14 mask mode (bits 0-1: from the data, all masked, all attend, window)
  *   15, 16 mask parameters   17, 18 misalignment of each buffer (doubles)
@@ -1373,9 +1374,13 @@ static int spoil(const header *h, bargs *a, size_t count, size_t per_row, int at
     }
 }
 
+/* additive attention: query_offset - key_offset, from the scale byte (the
+ * additive score has no scale) */
+static ptrdiff_t g_diag;
+
 /* attnx_attend_batch, or with v (additive attention) attnx_additive_attention
  * on the same operands: Q and K the projected queries and keys, d their
- * width h, no scale */
+ * width h, no scale, the queries at g_diag */
 static int attention_call(const double *v, const double *Q, const double *K, const double *V, size_t nbatch,
                           const size_t *shape, const ptrdiff_t *sq, const ptrdiff_t *sk, const ptrdiff_t *sv,
                           size_t Lq, size_t T, size_t d, size_t dv, double scale, const unsigned char *M,
@@ -1383,7 +1388,7 @@ static int attention_call(const double *v, const double *Q, const double *K, con
 {
     if (v)
         return attnx_additive_attention(Q, K, v, V, nbatch, shape, sq, sk, sv, Lq, T, d, dv, M, sm, mrs, causal,
-                                        ctx, w, threads);
+                                        g_diag, 0, ctx, w, threads);
     return attnx_attend_batch(Q, K, V, nbatch, shape, sq, sk, sv, Lq, T, d, dv, scale, M, sm, mrs, causal, ctx, w,
                               threads);
 }
@@ -1422,6 +1427,7 @@ static void op_attend_batch(reader *r, header *h, int additive)
     int causal = (h->flags & F_CAUSAL) != 0, want_w = (h->flags & F_WEIGHTS) != 0;
     int use_mask = (h->flags & F_MASK) != 0;
     double scale = read_scale(r, h);
+    g_diag = additive ? (ptrdiff_t)((int8_t)h->scale_mode / 4) : 0;
     cur.op = additive ? "additive_attention" : "attend_batch";
     cur.T = T;
     cur.Lq = Lq;
@@ -1520,7 +1526,8 @@ static void op_attend_batch(reader *r, header *h, int additive)
             a->K = Kb + item_off(h, &lk, b);
             a->V = Vb + item_off(h, &lv, b);
             a->mask = Mb ? Mb + item_off(h, &lm, b) + (ptrdiff_t)i * mrs : NULL;
-            a->lim = causal && i + 1 < T ? i + 1 : T;
+            ptrdiff_t lim = (ptrdiff_t)i + 1 + g_diag;   /* causal: keys t <= i + g_diag */
+            a->lim = !causal || lim >= (ptrdiff_t)T ? T : lim < 0 ? 0 : (size_t)lim;
             nlive[row] = row_live(a, T, live + row * T);
             for (size_t t = 0; t < T; t++) {
                 if (!live[row * T + t]) continue;

@@ -99,6 +99,7 @@ typedef struct attnx_attention_params {
     const long long *key_lengths;      /* NULL, or keys seen per batch item */
     const ptrdiff_t *key_lengths_strides;
     int lower_right;                   /* 1: align the last query, last key */
+    int window;                        /* 1: window_left/right apply */
     ptrdiff_t window_left, window_right;   /* < 0: unbounded on that side */
     double softcap;                    /* 0: none; else > 0 */
 } attnx_attention_params;

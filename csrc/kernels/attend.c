@@ -108,6 +108,60 @@ static void rescale_acc(vx_float *acc, size_t n, vx_float c)
     }
 }
 
+/* -------------------------------------------------- shaping the scores */
+
+/* lane i holds i: key offsets within a vector */
+#if defined(_MSC_VER)
+__declspec(align(64)) static const vx_float lane_iota[16]
+#else
+static const vx_float lane_iota[16] __attribute__((aligned(64)))
+#endif
+    = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* The scores s[g] of keys t0 + g VX_W + lane (g < nv) of row `row`, shaped
+ * by md (attnx_mods: softcap, bias, ALiBi, in that order). Only the first n
+ * keys' bias is read. One function for every kernel, so the fused, tiled
+ * and two-pass paths shape a score the same way, bit for bit. */
+VX_INLINE void shape_vec(const attnx_mods *md, size_t row, size_t t0, size_t n, vx_t *s, int nv)
+{
+    const vx_float *b = md->bias ? (const vx_float *)md->bias + (ptrdiff_t)row * md->bias_row : NULL;
+    const vx_t cap = vx_set1((vx_float)md->softcap), slope = vx_set1((vx_float)md->slope);
+    for (int g = 0; g < nv; g++) {
+        const size_t k = (size_t)g * VX_W, tg = t0 + k;
+        vx_t x = s[g];
+        if (md->softcap > 0) x = vx_mul(cap, vx_tanh(vx_div(x, cap)));
+        if (b && k < n) {
+            if (!md->bias_col)
+                x = vx_add(x, vx_set1(b[0]));
+            else
+                x = vx_add(x, n - k >= VX_W ? vx_load(b + tg) : vx_load_part(b + tg, vx_tail(n - k)));
+        }
+        if (md->slope != 0) {
+            /* |pos + row - t|, exact in vx_float up to 2^24 (float) keys */
+            const vx_float rel = (vx_float)((double)(md->pos + (ptrdiff_t)row) - (double)tg);
+            x = vx_fnma(slope, vx_abs(vx_sub(vx_set1(rel), vx_load(lane_iota))), x);
+        }
+        s[g] = x;
+    }
+}
+
+/* s[0..n) = the scores of keys t0.. of row `row`, shaped in place. */
+static void K_shape_scores(const attnx_mods *md, size_t row, size_t t0, size_t n, vx_float *s)
+{
+    size_t i = 0;
+    for (; i + VX_W <= n; i += VX_W) {
+        vx_t x = vx_load(s + i);
+        shape_vec(md, row, t0 + i, n - i, &x, 1);
+        vx_store(s + i, x);
+    }
+    if (i < n) {
+        const vx_mask_t k = vx_tail(n - i);
+        vx_t x = vx_load_part(s + i, k);
+        shape_vec(md, row, t0 + i, n - i, &x, 1);
+        vx_store_part(s + i, k, x);
+    }
+}
+
 /* ------------------------------------------------------ one query (fold) */
 
 /* Attended keys of [t0, t0 + nb), nb <= OB. */
@@ -146,8 +200,8 @@ VX_INLINE void dot_rows_al(const vx_float *qs, const vx_float *const *k, size_t 
 
 /* Scores of keys [t0, t0 + OB): -inf where not live. Rows that are not
  * live are not read: their lanes dot q with itself and are overwritten. */
-VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, size_t d, vx_t sc,
-                            unsigned live, int al, unsigned km, vx_t *s)
+VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, size_t nb, size_t d, vx_t sc,
+                            const attnx_mods *md, unsigned live, int al, unsigned km, vx_t *s)
 {
     const vx_float *k[OB];
     vx_t v[DOT_NV];
@@ -162,8 +216,9 @@ VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, siz
 #endif
         dot_rows(q, k, d, v);
     (void)al, (void)km;
-    for (int g = 0; g < DOT_NV; g++)
-        s[g] = vx_select(vx_lanes(live >> (g * VX_W)), vx_set1(-INFINITY), vx_mul(sc, v[g]));
+    for (int g = 0; g < DOT_NV; g++) v[g] = vx_mul(sc, v[g]);
+    if (md) shape_vec(md, 0, t0, nb, v, DOT_NV);
+    for (int g = 0; g < DOT_NV; g++) s[g] = vx_select(vx_lanes(live >> (g * VX_W)), vx_set1(-INFINITY), v[g]);
 }
 
 /* One VX_W-column chunk of acc += sum_i p_i V_i over the OB rows v[i]:
@@ -270,8 +325,9 @@ VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, 
 /* The fold over keys [0, T): q and acc are the caller's (al == 0) or the
  * shifted aligned copies (al == 1, nacc = dv + VX_W). */
 VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                          size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
-                          vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm, int pf)
+                          size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                          double *m, double *l, vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm,
+                          int pf)
 {
     const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
     vx_float p[OB];
@@ -279,13 +335,13 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
     vx_t s[DOT_NV], sn[DOT_NV];
     for (int g = 0; g < DOT_NV; g++) s[g] = sn[g] = ninf;
     unsigned live = block_live(mask, 0, T < OB ? T : OB), live_next = 0;
-    if (live) block_scores(q, K, 0, d, sc, live, al, km, s);
+    if (live) block_scores(q, K, 0, T, d, sc, md, live, al, km, s);
     for (size_t t0 = 0; t0 < T; t0 += OB) {
         if (t0 + OB < T) {
             size_t t1 = t0 + OB, nn = T - t1 < OB ? T - t1 : OB;
             live_next = block_live(mask, t1, nn);
             for (int g = 0; g < DOT_NV; g++) sn[g] = ninf;
-            if (live_next) block_scores(q, K, t1, d, sc, live_next, al, km, sn);
+            if (live_next) block_scores(q, K, t1, T - t1, d, sc, md, live_next, al, km, sn);
         }
         if (pf && t0 + OB + PF_KEYS <= T) {
             const char *pk = (const char *)(K + (t0 + PF_KEYS) * d), *pv = (const char *)(V + (t0 + PF_KEYS) * dv);
@@ -322,8 +378,8 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
  * row at vm: the fold reads rows from their aligned bases against copies
  * of q and acc shifted by km and vm. */
 static void online_aligned(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                           size_t dv, vx_float scale, const unsigned char *mask, double *m, double *l,
-                           vx_float *acc, int pf)
+                           size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                           double *m, double *l, vx_float *acc, int pf)
 {
     vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W];
     vx_float *qs = (vx_float *)(uintptr_t)(((uintptr_t)qbuf + VB - 1) & ~(uintptr_t)(VB - 1));
@@ -332,35 +388,39 @@ static void online_aligned(const vx_float *q, const vx_float *K, const vx_float 
     const unsigned vm = (unsigned)((uintptr_t)V / sizeof(vx_float)) % VX_W;
     for (size_t j = 0; j < d + VX_W; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0;
     for (size_t j = 0; j < dv + VX_W; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
-    online_run(qs, K, V, T, d, dv, scale, mask, m, l, as, dv + VX_W, 1, km, vm, pf);
+    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, dv + VX_W, 1, km, vm, pf);
     for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
 }
 #endif
 
 /* Fold keys [0, T) into the state (st, acc); pf: prefetch K and V ahead. */
 static void online_fold(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                        size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
-                        vx_float *acc, int pf)
+                        size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                        attnx_online *st, vx_float *acc, int pf)
 {
     if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
     double m = st->m, l = st->l;
+    if (!attnx_mods_shape(md)) md = NULL;
 #if VX_ALIGN_ROWS
     const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
     if ((kv & (VB - 1)) && (kv & (sizeof(vx_float) - 1)) == 0 && d % VX_W == 0 && dv % VX_W == 0 && d &&
         dv && d <= AL_MAX && dv <= AL_MAX)
-        online_aligned(q, K, V, T, d, dv, scale, mask, &m, &l, acc, pf);
+        online_aligned(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, pf);
     else
 #endif
-        online_run(q, K, V, T, d, dv, scale, mask, &m, &l, acc, dv, 0, 0, 0, pf);
+        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, dv, 0, 0, 0, pf);
     st->m = m;
     st->l = l;
 }
 
+/* The fold of one query over keys [0, T): md's bias and ALiBi position
+ * are those of this query (row 0); its window is not applied (the caller
+ * cuts the keys to the row's range). */
 static void K_attend_online(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
-                            size_t dv, vx_float scale, const unsigned char *mask, attnx_online *st,
-                            vx_float *acc)
+                            size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
+                            attnx_online *st, vx_float *acc)
 {
-    online_fold(q, K, V, T, d, dv, scale, mask, st, acc, T * (d + dv) * sizeof(vx_float) > PF_MIN_BYTES);
+    online_fold(q, K, V, T, d, dv, scale, mask, md, st, acc, T * (d + dv) * sizeof(vx_float) > PF_MIN_BYTES);
 }
 
 #if VX_ROWS_KERNEL
@@ -388,8 +448,9 @@ static void pack_kt(const vx_float *Kb, size_t d, unsigned any, vx_float *Kt)
     }
 }
 
-/* s[r][0..KB) = dot(Q_r, key k) for r < mr, keys packed as Kt[j][k]. */
-VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int mr, vx_float *s)
+/* s[r * lds + k] = dot(Q_r, key k), k < KB, for r < mr, keys packed as
+ * Kt[j][k]. */
+VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int mr, vx_float *s, size_t lds)
 {
     vx_t a[MR][2];
     for (int r = 0; r < mr; r++) a[r][0] = a[r][1] = vx_zero();
@@ -402,35 +463,39 @@ VX_INLINE void score_tile(const vx_float *Q, size_t d, const vx_float *Kt, int m
         }
     }
     for (int r = 0; r < mr; r++) {
-        vx_store(s + KB * r, a[r][0]);
-        vx_store(s + KB * r + VX_W, a[r][1]);
+        vx_store(s + lds * (size_t)r, a[r][0]);
+        vx_store(s + lds * (size_t)r + VX_W, a[r][1]);
     }
 }
 
-/* One KB-column slice of C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr;
- * masked: k0, k1 cover the last columns of a row. */
-VX_INLINE void pv_slice(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
-                        int mr, vx_float *C, size_t c, vx_mask_t k0, vx_mask_t k1, int masked, int full)
+/* One 2 VX_W-column slice (columns c..) of C_r += sum_i A[r][k_i] B[k_i]
+ * for r < mr: A[r][k] at A[r * ars + k * acs] (any strides: the forward's
+ * weights, the backward's transposed ones), k_i = kidx[i] (or i when kidx
+ * is NULL), B rows ldb apart, C rows ldc apart; masked: k0, k1 cover the
+ * last columns of a row. */
+VX_INLINE void mm_slice(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const unsigned char *kidx, int nk,
+                        const vx_float *B, size_t ldb, int mr, vx_float *C, size_t ldc, size_t c, vx_mask_t k0,
+                        vx_mask_t k1, int masked)
 {
     vx_t a[MR][2];
     for (int r = 0; r < mr; r++) {
-        const vx_float *cr = C + (size_t)r * dv + c;
+        const vx_float *cr = C + (size_t)r * ldc + c;
         a[r][0] = masked ? vx_load_part(cr, k0) : vx_load(cr);
         a[r][1] = masked ? vx_load_part(cr + VX_W, k1) : vx_load(cr + VX_W);
     }
     for (int i = 0; i < nk; i++) {
-        const int kk = full ? i : kidx[i];
-        const vx_float *vr = Vb + (size_t)kk * dv + c;
-        vx_t v0 = masked ? vx_load_part(vr, k0) : vx_load(vr);
-        vx_t v1 = masked ? vx_load_part(vr + VX_W, k1) : vx_load(vr + VX_W);
+        const int kk = kidx ? kidx[i] : i;
+        const vx_float *br = B + (size_t)kk * ldb + c;
+        vx_t v0 = masked ? vx_load_part(br, k0) : vx_load(br);
+        vx_t v1 = masked ? vx_load_part(br + VX_W, k1) : vx_load(br + VX_W);
         for (int r = 0; r < mr; r++) {
-            vx_t b = vx_set1(P[KB * r + kk]);
+            vx_t b = vx_set1(A[r * ars + kk * acs]);
             a[r][0] = vx_fma(b, v0, a[r][0]);
             a[r][1] = vx_fma(b, v1, a[r][1]);
         }
     }
     for (int r = 0; r < mr; r++) {
-        vx_float *cr = C + (size_t)r * dv + c;
+        vx_float *cr = C + (size_t)r * ldc + c;
         if (masked) {
             vx_store_part(cr, k0, a[r][0]);
             vx_store_part(cr + VX_W, k1, a[r][1]);
@@ -441,23 +506,23 @@ VX_INLINE void pv_slice(const vx_float *P, const unsigned char *kidx, int nk, co
     }
 }
 
-/* C_r += sum_i P[r][kidx[i]] V[kidx[i]] for r < mr: ctx rows C (stride
- * dv), KB columns at a time in registers. Every listed key has p != 0 in
- * every row; nk == KB means all keys of the block, in order. */
-VX_INLINE void pv_tile(const vx_float *P, const unsigned char *kidx, int nk, const vx_float *Vb, size_t dv,
-                       int mr, vx_float *C)
+/* C_r[0..n) += sum_i A[r][k_i] B[k_i] for r < mr (see mm_slice), 2 VX_W
+ * columns at a time in registers. The forward's P.V (A = P, rows KB apart)
+ * and the backward's dV, dK and dQ products. */
+VX_INLINE void mm_tile(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const unsigned char *kidx, int nk,
+                       const vx_float *B, size_t ldb, size_t n, int mr, vx_float *C, size_t ldc)
 {
     const vx_mask_t all = vx_tail(VX_W);
     size_t c = 0;
-    if (nk == KB) {
-        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, KB, Vb, dv, mr, C, c, all, all, 0, 1);
+    if (!kidx) {
+        for (; c + KB <= n; c += KB) mm_slice(A, ars, acs, NULL, nk, B, ldb, mr, C, ldc, c, all, all, 0);
     } else {
-        for (; c + KB <= dv; c += KB) pv_slice(P, kidx, nk, Vb, dv, mr, C, c, all, all, 0, 0);
+        for (; c + KB <= n; c += KB) mm_slice(A, ars, acs, kidx, nk, B, ldb, mr, C, ldc, c, all, all, 0);
     }
-    if (c < dv) {
-        size_t rem = dv - c;
-        pv_slice(P, kidx, nk, Vb, dv, mr, C, c, vx_tail(rem >= VX_W ? VX_W : rem),
-                 vx_tail(rem > VX_W ? rem - VX_W : 0), 1, 0);
+    if (c < n) {
+        size_t rem = n - c;
+        mm_slice(A, ars, acs, kidx, nk, B, ldb, mr, C, ldc, c, vx_tail(rem >= VX_W ? VX_W : rem),
+                 vx_tail(rem > VX_W ? rem - VX_W : 0), 1);
     }
 }
 
@@ -471,139 +536,242 @@ VX_INLINE void pv_tile(const vx_float *P, const unsigned char *kidx, int nk, con
     default: CALL(MR); break;                                                            \
     }
 
-/* Queries [qa, qa + nr) (nr <= RQ), all against keys [0, T). */
+/* Scratch of rows_chunk: the scores, then weights, of RQ rows against a
+ * superblock of KS keys, and per (row, key block) the keys each row sees
+ * and the weights that are not 0. */
+#define KS 256                /* keys per superblock: one max, rescale and sum per row */
+#define NSUB (KS / KB)
+typedef struct {
+    vx_float S[RQ * KS];
+    unsigned live[RQ * NSUB], nz[RQ * NSUB];
+    unsigned char kidx[KS];
+} rows_scratch;
+
+/* Rows [qa, qa + nr) of the call (nr <= RQ): row r sees the keys of
+ * [rlo, rhi) that md's window gives it (all of [0, T) without md); the key
+ * loop runs over the union only, so tiles outside every row's window are
+ * skipped. Keys come in superblocks of KS: their scores as register tiles
+ * over K packed KB keys at a time, then per row one max, at most one
+ * rescale, the exps and their sum, then P.V as register tiles over the
+ * whole superblock (the ctx accumulators loaded and stored once per KS
+ * keys). Keys that some but not all rows of a tile weigh are added row by
+ * row; a key no row weighs is never read. */
 static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
                        size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                       int causal, vx_float *ctx, vx_float *Kt)
+                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, rows_scratch *w)
 {
     double m[RQ], l[RQ];
-    vx_float S[MR * KB], P[MR * KB];
-    unsigned live[RQ];
-    unsigned char kidx[KB];
-    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY), zero = vx_zero();
+    size_t rlo[RQ], rhi[RQ];
+    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
+    const attnx_mods *shp = attnx_mods_shape(md) ? md : NULL;
+    size_t tbeg = T, tend = 0;
     for (size_t r = 0; r < nr; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0;
+        attnx_mods_range(md, qa + r, T, &rlo[r], &rhi[r]);
+        if (rlo[r] < rhi[r]) {
+            if (rlo[r] < tbeg) tbeg = rlo[r];
+            if (rhi[r] > tend) tend = rhi[r];
+        }
     }
     for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
-    /* causal: the last query attends keys < qa + nr */
-    size_t tend = causal && qa + nr < T ? qa + nr : T;
-    for (size_t t0 = 0; t0 < tend; t0 += KB) {
-        size_t kn = tend - t0 < KB ? tend - t0 : KB;
-        const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
-        unsigned any = 0;
-        for (size_t r = 0; r < nr; r++) {
-            unsigned lv = base;
-            if (causal) {
-                size_t i = qa + r;
-                lv = i < t0 ? 0u : i - t0 < KB - 1 ? lv & ((2u << (i - t0)) - 1u) : lv;
+    for (size_t T0 = tbeg; T0 < tend; T0 += KS) {
+        const size_t ks = tend - T0 < KS ? tend - T0 : KS, nsub = (ks + KB - 1) / KB;
+        /* 1. which keys each row sees; the scores of the tiles that see any */
+        int anyrow = 0;
+        for (size_t b = 0; b < nsub; b++) {
+            const size_t t0 = T0 + b * KB, kn = ks - b * KB < KB ? ks - b * KB : KB;
+            const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
+            unsigned any = 0;
+            for (size_t r = 0; r < nr; r++) {
+                unsigned lv = base;
+                if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
+                else {
+                    if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
+                    if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
+                }
+                if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
+                if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
+                w->live[r * NSUB + b] = lv;
+                any |= lv;
             }
-            if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
-            if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
-            live[r] = lv;
-            any |= lv;
-        }
-        if (!any) continue;
-        pack_kt(K + t0 * d, d, any, Kt);
-        const vx_float *Vb = V + t0 * dv;
-        for (size_t g = 0; g < nr; g += MR) {
-            int mr = nr - g < MR ? (int)(nr - g) : MR;
-            unsigned gl = 0;
-            for (int r = 0; r < mr; r++) gl |= live[g + r];
-            if (!gl) continue;
-            const vx_float *Qg = Q + g * d;
-#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S)
-            TILE_SWITCH(mr, SCORE_CALL)
+            if (!any) continue;
+            anyrow = 1;
+            pack_kt(K + t0 * d, d, any, Kt);
+            for (size_t g = 0; g < nr; g += MR) {
+                const int mr = nr - g < MR ? (int)(nr - g) : MR;
+                unsigned gl = 0;
+                for (int r = 0; r < mr; r++) gl |= w->live[(g + (size_t)r) * NSUB + b];
+                if (!gl) continue;
+                const vx_float *Qg = Q + g * d;
+                vx_float *Sg = w->S + g * KS + b * KB;
+#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, Sg, KS)
+                TILE_SWITCH(mr, SCORE_CALL)
 #undef SCORE_CALL
-            unsigned colall = KB_ALL, colany = 0;
-            for (int r = 0; r < mr; r++) {
-                size_t row = g + (size_t)r;
-                unsigned lv = live[row];
-                vx_t s0 = vx_select(vx_lanes(lv), ninf, vx_mul(sc, vx_load(S + KB * r)));
-                vx_t s1 = vx_select(vx_lanes(lv >> VX_W), ninf, vx_mul(sc, vx_load(S + KB * r + VX_W)));
-                vx_float bm = -INFINITY;
-                if (lv) {
-                    if (vx_any(vx_unord(s0, s1)))
-                        l[row] = NAN;
-                    else
-                        bm = vx_hmax(vx_max(s0, s1));
-                }
-                if (bm == -INFINITY) {
-                    vx_store(P + KB * r, zero);
-                    vx_store(P + KB * r + VX_W, zero);
-                    colall = 0;
-                    continue;
-                }
-                if (bm > m[row]) {
-                    double c = RESCALE(m[row], bm);
-                    l[row] *= c;
-                    rescale_acc(ctx + row * dv, dv, (vx_float)c);
-                    m[row] = bm;
-                }
-                const vx_t mv = vx_set1((vx_float)m[row]);
-                vx_t p[2] = {vx_exp_diff(s0, mv), vx_exp_diff(s1, mv)};
-                l[row] += lane_sum(p, 2);
-                unsigned nz = vx_nz_bits(p[0]) | vx_nz_bits(p[1]) << VX_W;
-                if (l[row] != l[row]) nz = 0;   /* +inf score: poisoned, skip */
-                if (!nz) p[0] = p[1] = zero;
-                vx_store(P + KB * r, p[0]);
-                vx_store(P + KB * r + VX_W, p[1]);
-                colall &= nz;
-                colany |= nz;
             }
-            /* keys every row of the tile weighs: the register-blocked tile */
-            int nk = 0;
-            for (unsigned b = colall; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
+        }
+        if (!anyrow) continue;
+        /* 2. per row: shape and mask, max, rescale, exps and their sum */
+        for (size_t r = 0; r < nr; r++) {
+            vx_float *Sr = w->S + r * KS;
+            unsigned *lvr = w->live + r * NSUB, *nzr = w->nz + r * NSUB;
+            vx_t vmax = ninf;
+            vx_bool_t nan = vx_false();
+            unsigned rowany = 0;
+            for (size_t b = 0; b < nsub; b++) {
+                const unsigned lv = lvr[b];
+                rowany |= lv;
+                nzr[b] = 0;
+                if (!lv) continue;
+                const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
+                vx_t sv[2] = {vx_mul(sc, vx_load(Sr + b * KB)), vx_mul(sc, vx_load(Sr + b * KB + VX_W))};
+                if (shp) shape_vec(shp, qa + r, T0 + b * KB, kn, sv, 2);
+                for (int h = 0; h < 2; h++) {
+                    vx_t x = vx_select(vx_lanes(lv >> (h * VX_W)), ninf, sv[h]);
+                    nan = vx_or_b(nan, vx_unord(x, x));
+                    vmax = vx_max(vmax, x);
+                    vx_store(Sr + b * KB + h * VX_W, x);
+                }
+            }
+            if (!rowany) continue;
+            if (vx_any(nan)) {
+                l[r] = NAN;             /* finish makes the row NaN */
+                continue;
+            }
+            const vx_float bm = vx_hmax(vmax);
+            if (bm == -INFINITY) continue;
+            if (bm > m[r]) {
+                double c = RESCALE(m[r], bm);
+                l[r] *= c;
+                rescale_acc(ctx + r * dv, dv, (vx_float)c);
+                m[r] = bm;
+            }
+            const vx_t mv = vx_set1((vx_float)m[r]);
+            vx_t ps[2];
+            double lsum = 0;
+#if defined(ATTNX_F32)
+            vx_wide_t wsum = vx_wide_zero();
+#else
+            vx_t vsum = vx_zero();
+#endif
+            for (size_t b = 0; b < nsub; b++) {
+                if (!lvr[b]) continue;
+                unsigned nz = 0;
+                for (int h = 0; h < 2; h++) {
+                    vx_t p = vx_exp_diff(vx_load(Sr + b * KB + h * VX_W), mv);
+                    vx_store(Sr + b * KB + h * VX_W, p);
+                    nz |= vx_nz_bits(p) << (h * VX_W);
+                    ps[h] = p;
+                }
+#if defined(ATTNX_F32)
+                wsum = vx_wide_add(vx_wide_add(wsum, ps[0]), ps[1]);
+#else
+                vsum = vx_add(vsum, vx_add(ps[0], ps[1]));
+#endif
+                nzr[b] = nz;
+            }
+#if defined(ATTNX_F32)
+            lsum = vx_wide_hsum(wsum);
+#else
+            lsum = vx_hsum(vsum);
+#endif
+            l[r] += lsum;
+            if (l[r] != l[r]) {          /* +inf score: poisoned, nothing more */
+                for (size_t b = 0; b < nsub; b++) nzr[b] = 0;
+            }
+        }
+        /* 3. ctx += P V over the superblock, MR rows at a time */
+        const vx_float *Vs = V + T0 * dv;
+        for (size_t g = 0; g < nr; g += MR) {
+            const int mr = nr - g < MR ? (int)(nr - g) : MR;
+            int nk = 0, dense = 1, some = 0;
+            for (size_t b = 0; b < nsub; b++) {
+                unsigned all = ~0u, one = 0;
+                for (int r = 0; r < mr; r++) {
+                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                    all &= z;
+                    one |= z;
+                }
+                const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
+                if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
+                if (one & ~all) some = 1;
+                for (unsigned bb = all; bb; bb &= bb - 1) w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
+            }
+            vx_float *Cg = ctx + g * dv;
+            const vx_float *Pg = w->S + g * KS;
             if (nk) {
-                vx_float *Cg = ctx + g * dv;
-#define PV_CALL(n) pv_tile(P, kidx, nk, Vb, dv, n, Cg)
+#define PV_CALL(n) mm_tile(Pg, KS, 1, dense ? NULL : w->kidx, nk, Vs, dv, dv, n, Cg, dv)
                 TILE_SWITCH(mr, PV_CALL)
 #undef PV_CALL
             }
-            /* keys only some rows weigh: row by row, skipping p == 0 */
-            for (unsigned b = colany & ~colall; b; b &= b - 1) {
-                unsigned k = lowest_bit(b);
+            if (!some) continue;
+            /* keys only some rows of the tile weigh: row by row */
+            for (size_t b = 0; b < nsub; b++) {
+                unsigned all = ~0u, one = 0;
                 for (int r = 0; r < mr; r++) {
-                    vx_float pr = P[KB * r + k];
-                    if (pr != 0) axpy1(ctx + (g + (size_t)r) * dv, pr, Vb + (size_t)k * dv, dv, 0, 0);
+                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                    all &= z;
+                    one |= z;
+                }
+                for (unsigned bb = one & ~all; bb; bb &= bb - 1) {
+                    const size_t k = b * KB + lowest_bit(bb);
+                    for (int r = 0; r < mr; r++) {
+                        const vx_float pr = Pg[(size_t)r * KS + k];
+                        const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
+                        if ((z >> (k - b * KB)) & 1) axpy1(Cg + (size_t)r * dv, pr, Vs + k * dv, dv, 0, 0);
+                    }
                 }
             }
         }
     }
-    for (size_t r = 0; r < nr; r++) FINISH(m[r], l[r], ctx + r * dv, dv);
+    for (size_t r = 0; r < nr; r++) {
+        FINISH(m[r], l[r], ctx + r * dv, dv);
+        if (lse) lse[r] = (vx_float)attnx_state_lse(m[r], l[r]);
+    }
 }
 
-/* Queries [q0, q0 + nq) against keys [0, T) (causal: query i sees keys
- * <= i): few queries fold one by one; more go through rows_chunk, RQ at a
- * time, with K packed transposed (on the stack up to d == KT_STACK). */
-static void K_attend_rows(const vx_float *Q, size_t nq, size_t q0, const vx_float *K, const vx_float *V, size_t T,
-                          size_t d, size_t dv, vx_float scale, const unsigned char *mask,
-                          ptrdiff_t mask_row_stride, int causal, vx_float *ctx)
+/* Queries [0, nq) against keys [0, T), each seeing what md lets through
+ * (see attnx_kernels): few queries fold one by one; more go through
+ * rows_chunk, RQ at a time, with K packed transposed (on the stack up to
+ * d == KT_STACK). */
+static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const vx_float *V, size_t T, size_t d,
+                          size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
+                          const attnx_mods *md, vx_float *ctx, vx_float *lse)
 {
     vx_float kt_stack[(KT_STACK + VX_W) * KB];
     vx_float *Kt = kt_stack;
-    if (nq >= FEW_QUERIES && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
-    if (nq < FEW_QUERIES || !Kt) {
+    rows_scratch *w = NULL;
+    if (nq >= FEW_QUERIES) {
+        w = (rows_scratch *)malloc(sizeof *w);
+        if (w && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
+    }
+    if (nq < FEW_QUERIES || !w || !Kt) {
+        free(w);
         /* one fused pass per query (also the fallback without memory) */
-        const int pf = T * (d + dv) * sizeof(vx_float) > PF_BATCH_BYTES;
         for (size_t r = 0; r < nq; r++) {
-            size_t lim = causal && q0 + r + 1 < T ? q0 + r + 1 : T;
+            size_t t0, t1;
+            attnx_mods_range(md, r, T, &t0, &t1);
+            attnx_mods rm;
+            if (md) rm = attnx_mods_row(md, r, t0, sizeof(vx_float));
             attnx_online st = {-INFINITY, 0.0};
             vx_float *c = ctx + r * dv;
             for (size_t j = 0; j < dv; j++) c[j] = 0;
-            online_fold(Q + r * d, K, V, lim, d, dv, scale, mask ? mask + (ptrdiff_t)r * mask_row_stride : NULL,
-                        &st, c, pf);
+            online_fold(Q + r * d, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
+                        mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL, md ? &rm : NULL, &st, c,
+                        (t1 - t0) * (d + dv) * sizeof(vx_float) > PF_BATCH_BYTES);
             FINISH(st.m, st.l, c, dv);
+            if (lse) lse[r] = (vx_float)attnx_state_lse(st.m, st.l);
         }
         return;
     }
     for (size_t r0 = 0; r0 < nq; r0 += RQ) {
         size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
-        rows_chunk(Q + r0 * d, nr, q0 + r0, K, V, T, d, dv, scale,
-                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, causal, ctx + r0 * dv,
-                   Kt);
+        rows_chunk(Q + r0 * d, nr, r0, K, V, T, d, dv, scale,
+                   mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, md, ctx + r0 * dv,
+                   lse ? lse + r0 : NULL, Kt, w);
     }
     if (Kt != kt_stack) free(Kt);
+    free(w);
 }
 #define K_ATTEND_ROWS K_attend_rows
 #else

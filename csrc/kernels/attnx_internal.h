@@ -34,6 +34,74 @@ typedef struct attnx_online {
     double l;
 } attnx_online;
 
+/* log(x) for finite x >= DBL_MIN, about 1 ulp, without libm (whose log
+ * would tie wheels to a newer glibc): api_log_softmax.c. Out of line, so
+ * the kernels' logsumexp is the same at every level. */
+double attnx_log_f64(double x);
+
+/* The natural-log logsumexp m + log(l) of an online state: -inf when
+ * nothing was seen (m = -inf), NaN when poisoned (l NaN). */
+static inline double attnx_state_lse(double m, double l)
+{
+    if (l != l) return NAN;
+    if (m == -INFINITY) return -INFINITY;
+    return m + attnx_log_f64(l);
+}
+
+/* What shapes the scores of a fused call beyond scale * dot(q, k) (the
+ * version-4 fields of attnx_attention_params, resolved by the entry point
+ * for one batch item). Row r of the call (0-based), key t of its K:
+ *   s = scale * dot(q_r, k_t)
+ *   s = softcap * tanh(s / softcap)          softcap > 0
+ *   s += bias[r * bias_row + t * bias_col]   bias != NULL (kernel's type)
+ *   s -= slope * |pos + r - t|               slope != 0
+ * and the key is seen only where lo + r <= t < hi + r (the window, causal
+ * and lower-right rules folded into two offsets; ATTNX_NO_LO / ATTNX_NO_HI
+ * when unbounded), besides the mask and t < T. A kernel given NULL mods
+ * sees every key of [0, T) unshaped. */
+typedef struct attnx_mods {
+    const void *bias;
+    ptrdiff_t bias_row, bias_col;
+    double slope, softcap;
+    ptrdiff_t pos, lo, hi;
+} attnx_mods;
+#define ATTNX_NO_LO (-(PTRDIFF_MAX / 4))
+#define ATTNX_NO_HI (PTRDIFF_MAX / 4)
+
+/* Whether mods change any score (else only the window matters). */
+static inline int attnx_mods_shape(const attnx_mods *md)
+{
+    return md && (md->bias || md->slope != 0 || md->softcap > 0);
+}
+
+/* Row r's keys [*t0, *t1) within [0, T) under md (all of them for NULL). */
+static inline void attnx_mods_range(const attnx_mods *md, size_t r, size_t T, size_t *t0, size_t *t1)
+{
+    ptrdiff_t a = 0, b = (ptrdiff_t)T;
+    if (md) {
+        if (md->lo + (ptrdiff_t)r > a) a = md->lo + (ptrdiff_t)r;
+        if (md->hi + (ptrdiff_t)r < b) b = md->hi + (ptrdiff_t)r;
+    }
+    if (b < a) b = a;
+    if (a > (ptrdiff_t)T) a = b = (ptrdiff_t)T;
+    *t0 = (size_t)a;
+    *t1 = (size_t)b;
+}
+
+/* The mods of row r alone, its keys starting at t0 (a one-row call on
+ * K + t0 d): the bias and ALiBi position moved, no window (the caller has
+ * cut the keys to the row's range). elsize: the element size. */
+static inline attnx_mods attnx_mods_row(const attnx_mods *md, size_t r, size_t t0, size_t elsize)
+{
+    attnx_mods o = *md;
+    if (o.bias)
+        o.bias = (const char *)o.bias + ((ptrdiff_t)r * o.bias_row + (ptrdiff_t)t0 * o.bias_col) * (ptrdiff_t)elsize;
+    o.pos = md->pos + (ptrdiff_t)r - (ptrdiff_t)t0;
+    o.lo = ATTNX_NO_LO;
+    o.hi = ATTNX_NO_HI;
+    return o;
+}
+
 /* The kernels of one SIMD level. Sizes are validated by the caller (api.c):
  * kernels never see NULL pointers or overflowing sizes. */
 typedef struct attnx_kernels {
@@ -58,18 +126,35 @@ typedef struct attnx_kernels {
      * mask[t] == 0 are skipped unread (mask may be NULL). */
     void (*attend_online)(const double *q, const double *K, const double *V,
                           size_t T, size_t d, size_t dv, double scale,
-                          const unsigned char *mask, attnx_online *st,
-                          double *acc);
+                          const unsigned char *mask, const attnx_mods *mods,
+                          attnx_online *st, double *acc);
+
+    /* s[0..n) (keys t0.. of row `row`) shaped by mods (softcap, bias,
+     * ALiBi; not the window), in place, exactly as the fused kernels do. */
+    void (*shape_scores)(const attnx_mods *mods, size_t row, size_t t0, size_t n, double *s);
 
     /* Fused attention for nq consecutive queries Q[0..nq) (row stride d)
-     * against the same K and V; query r has absolute index q0 + r (causal:
-     * it attends keys t <= q0 + r). mask row r is mask + r * mask_row_stride
-     * (mask may be NULL). ctx rows are contiguous. NULL in a table means the
-     * generic loop over attend_online in api.c. */
-    void (*attend_rows)(const double *Q, size_t nq, size_t q0,
-                        const double *K, const double *V, size_t T, size_t d,
-                        size_t dv, double scale, const unsigned char *mask,
-                        ptrdiff_t mask_row_stride, int causal, double *ctx);
+     * against the same K and V: row r sees the keys mods lets through
+     * (attnx_mods; NULL: all), shaped by it. mask row r is mask + r *
+     * mask_row_stride (mask may be NULL). ctx rows are contiguous; lse[r]
+     * (lse may be NULL) gets m + log(l) of row r, -inf when nothing is seen,
+     * NaN for a NaN row. NULL in a table means the generic loop over
+     * attend_online in api.c. */
+    void (*attend_rows)(const double *Q, size_t nq, const double *K, const double *V,
+                        size_t T, size_t d, size_t dv, double scale,
+                        const unsigned char *mask, ptrdiff_t mask_row_stride,
+                        const attnx_mods *mods, double *ctx, double *lse);
+
+    /* Gradients of one batch item (queries [0, Lq), rows contiguous)
+     * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
+     * dK and dQ lack the factor scale. D[r] = dO_r . O_r. mods as
+     * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
+     * api_backward.h's row-by-row passes. */
+    int (*attend_backward)(const double *Q, const double *K, const double *V, const double *dO,
+                           const double *lse, const double *D, size_t Lq, size_t T, size_t d,
+                           size_t dv, double scale, const unsigned char *mask,
+                           ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
+                           size_t k1, double *dQ, double *dK, double *dV);
 } attnx_kernels;
 
 extern const attnx_kernels attnx_kernels_scalar;

@@ -114,16 +114,31 @@ typedef struct attnx_kernels_f32 {
      * mask[t] == 0 are skipped unread (mask may be NULL). */
     void (*attend_online)(const float *q, const float *K, const float *V,
                           size_t T, size_t d, size_t dv, float scale,
-                          const unsigned char *mask, attnx_online *st,
-                          float *acc);
+                          const unsigned char *mask, const attnx_mods *mods,
+                          attnx_online *st, float *acc);
+
+    /* s[0..n) (keys t0.. of row `row`) shaped by mods (softcap, bias,
+     * ALiBi; not the window), in place, exactly as the fused kernels do. */
+    void (*shape_scores)(const attnx_mods *mods, size_t row, size_t t0, size_t n, float *s);
 
     /* Fused attention for nq consecutive queries (see attnx_kernels in
      * attnx_internal.h: same arguments, same meaning). NULL: the generic
      * loop over attend_online in api_f32.c. */
-    void (*attend_rows)(const float *Q, size_t nq, size_t q0,
-                        const float *K, const float *V, size_t T, size_t d,
-                        size_t dv, float scale, const unsigned char *mask,
-                        ptrdiff_t mask_row_stride, int causal, float *ctx);
+    void (*attend_rows)(const float *Q, size_t nq, const float *K, const float *V,
+                        size_t T, size_t d, size_t dv, float scale,
+                        const unsigned char *mask, ptrdiff_t mask_row_stride,
+                        const attnx_mods *mods, float *ctx, float *lse);
+
+    /* Gradients of one batch item (queries [0, Lq), rows contiguous)
+     * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
+     * dK and dQ lack the factor scale. D[r] = dO_r . O_r. mods as
+     * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
+     * api_backward.h's row-by-row passes. */
+    int (*attend_backward)(const float *Q, const float *K, const float *V, const float *dO,
+                           const float *lse, const float *D, size_t Lq, size_t T, size_t d,
+                           size_t dv, float scale, const unsigned char *mask,
+                           ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
+                           size_t k1, float *dQ, float *dK, float *dV);
 } attnx_kernels_f32;
 
 extern const attnx_kernels_f32 attnx_kernels_f32_scalar;

@@ -30,6 +30,10 @@
                                    attend_online_f32_scalar, attend_online_f32_avx2, attend_online_f32_avx512, attend_online_f32_neon)
 #define K_attend_rows ATTNX_NAME(attend_rows_f64_scalar, attend_rows_f64_avx2, attend_rows_f64_avx512, attend_rows_f64_neon, \
                                  attend_rows_f32_scalar, attend_rows_f32_avx2, attend_rows_f32_avx512, attend_rows_f32_neon)
+#define K_attend_backward ATTNX_NAME(attend_backward_f64_scalar, attend_backward_f64_avx2, attend_backward_f64_avx512, attend_backward_f64_neon, \
+                                     attend_backward_f32_scalar, attend_backward_f32_avx2, attend_backward_f32_avx512, attend_backward_f32_neon)
+#define K_shape_scores ATTNX_NAME(shape_scores_f64_scalar, shape_scores_f64_avx2, shape_scores_f64_avx512, shape_scores_f64_neon, \
+                                  shape_scores_f32_scalar, shape_scores_f32_avx2, shape_scores_f32_avx512, shape_scores_f32_neon)
 #define K_tanh ATTNX_NAME(tanh_f64_scalar, tanh_f64_avx2, tanh_f64_avx512, tanh_f64_neon, \
                           tanh_f32_none, tanh_f32_none, tanh_f32_none, tanh_f32_none)
 #define K_additive_scores ATTNX_NAME(additive_scores_f64_scalar, additive_scores_f64_avx2, additive_scores_f64_avx512, \

@@ -7,10 +7,8 @@
 
 #include "kernels/names.h"
 #include "kernels/vexp.h"
-#if !defined(ATTNX_F32)
 #include "attnx_internal_additive.h"
-#include "kernels/vtanh.h"
-#endif
+#include "kernels/vtanh.h"   /* the additive scores and softcap */
 #include "kernels/exp.c"
 #include "kernels/dot_scores.c"
 #include "kernels/context.c"
@@ -19,6 +17,7 @@
 #include "kernels/log_softmax.c"
 #endif
 #include "kernels/attend.c"
+#include "kernels/backward.c"
 #include "kernels/table.c"
 #if !defined(ATTNX_F32)
 #include "kernels/additive.c"

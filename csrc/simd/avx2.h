@@ -34,7 +34,7 @@
  *   vx_transpose_store(r, o, s)  row c of the transpose of the VX_W x VX_W
  *                            block r to o + c * s
  *   vx_bytes_nz(m, n)        bit k set where the byte m[k] != 0, n <= 32
- *   vx_abs, vx_sign, vx_or_bits   float64: |x|, x's sign bit alone, a | b
+ *   vx_abs, vx_sign, vx_or_bits   |x|, x's sign bit alone, a | b
  *
  * and the tuning constants that differ by register file (not by algorithm):
  *
@@ -167,6 +167,11 @@ VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXB(_mm256_srli)(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXB(_mm256_slli)(a, VX_MANT); }
 
 #if defined(ATTNX_F32)
+/* |x|, the sign bit of x alone, and a bitwise or (tanh) */
+VX_INLINE vx_t vx_abs(vx_t x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+VX_INLINE vx_t vx_sign(vx_t x) { return _mm256_and_ps(x, _mm256_set1_ps(-0.0f)); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm256_or_ps(a, b); }
+
 VX_INLINE vx_float vx_hmax(vx_t v)
 {
     __m128 b = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

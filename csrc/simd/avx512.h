@@ -100,6 +100,11 @@ VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXB(_mm512_srli)(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXB(_mm512_slli)(a, VX_MANT); }
 
 #if defined(ATTNX_F32)
+/* |x|, the sign bit of x alone, and a bitwise or (tanh), AVX-512F alone */
+VX_INLINE vx_t vx_abs(vx_t x) { return _mm512_castsi512_ps(_mm512_and_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF))); }
+VX_INLINE vx_t vx_sign(vx_t x) { return _mm512_castsi512_ps(_mm512_andnot_epi32(_mm512_set1_epi32(0x7FFFFFFF), _mm512_castps_si512(x))); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return _mm512_castsi512_ps(_mm512_or_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b))); }
+
 /* the upper 8 floats, with AVX-512F alone (no DQ) */
 VX_INLINE __m256 vx_upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 

@@ -111,6 +111,11 @@ VX_INLINE vx_bits_t vb_shr1(vx_bits_t a) { return VXU(vshrq_n)(a, 1); }
 VX_INLINE vx_bits_t vb_shl_mant(vx_bits_t a) { return VXU(vshlq_n)(a, VX_MANT); }
 
 #if defined(ATTNX_F32)
+/* |x|, the sign bit of x alone, and a bitwise or (tanh) */
+VX_INLINE vx_t vx_abs(vx_t x) { return vabsq_f32(x); }
+VX_INLINE vx_t vx_sign(vx_t x) { return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(x), vdupq_n_u32(0x80000000u))); }
+VX_INLINE vx_t vx_or_bits(vx_t a, vx_t b) { return vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(a), vreinterpretq_u32_f32(b))); }
+
 typedef float64x2_t vx_wide_t;
 VX_INLINE vx_wide_t vx_wide_zero(void) { return vdupq_n_f64(0.0); }
 VX_INLINE vx_wide_t vx_wide_add(vx_wide_t s, vx_t v)

@@ -501,27 +501,32 @@ static void test_attention(void)
     const int threads[] = {1, 2, 0};
     for (int shared = 0; shared < 2; shared++) {
         const ptrdiff_t mrs = shared ? 0 : T;
-        for (int causal = 0; causal < 2; causal++) {
+        /* no causality; causal top-left, lower-right (query_offset T - LQ),
+         * and with the queries before the keys (their offsets 3 and 5) */
+        static const ptrdiff_t qoffs[4] = {0, 0, T - LQ, 3}, koffs[4] = {0, 0, 0, 5};
+        for (int mode = 0; mode < 4; mode++) {
+            const int causal = mode > 0;
             for (size_t row = 0; row < ITEMS * LQ; row++) {
                 size_t b = row / LQ, i = row % LQ, b0 = b / 3, b1 = b % 3;
                 const unsigned char *m = mask + b * LQ * T + (ptrdiff_t)i * mrs;
+                ptrdiff_t lim = causal ? (ptrdiff_t)i + 1 + qoffs[mode] - koffs[mode] : T;
                 composed_row(A0 - (ptrdiff_t)(b1 * LQ * H) + i * H, Kp + b0 * T * H, v, V + b0 * T * DV, m,
-                             causal && i + 1 < T ? i + 1 : T, T, H, DV, want_c + row * DV, want_w + row * T);
+                             lim < 0 ? 0 : (size_t)lim, T, H, DV, want_c + row * DV, want_w + row * T);
             }
             for (int ti = 0; ti < 3; ti++)
                 for (int ww = 0; ww < 2; ww++) {
                     memset(got_c, 0xff, sizeof got_c);
                     memset(got_w, 0xff, sizeof got_w);
                     int rc = attnx_additive_attention(A0, Kp, v, V, 2, shape, a_str, k_str, v_str, LQ, T, H, DV,
-                                                      mask, m_str, mrs, causal, got_c, ww ? got_w : NULL,
-                                                      threads[ti]);
+                                                      mask, m_str, mrs, causal, qoffs[mode], koffs[mode], got_c,
+                                                      ww ? got_w : NULL, threads[ti]);
                     CHECK(rc == ATTNX_OK, "status %d", rc);
                     CHECK(memcmp(got_c, want_c, sizeof got_c) == 0,
-                          "context == composed calls, bit for bit (shared %d causal %d threads %d weights %d)",
-                          shared, causal, threads[ti], ww);
+                          "context == composed calls, bit for bit (shared %d causal mode %d threads %d weights %d)",
+                          shared, mode, threads[ti], ww);
                     if (ww)
                         CHECK(memcmp(got_w, want_w, sizeof got_w) == 0,
-                              "weights == composed calls (shared %d causal %d threads %d)", shared, causal,
+                              "weights == composed calls (shared %d causal mode %d threads %d)", shared, mode,
                               threads[ti]);
                 }
             int zeros = 1;
@@ -530,26 +535,28 @@ static void test_attention(void)
             CHECK(shared || zeros, "a query that attends nothing: zero context and weights");
         }
     }
-    /* a NaN score: that row's weights and context are NaN, the others not */
-    Kp[7 * H + 1] = NAN;   /* item b0 = 0, key 7 */
+    /* a NaN score (key 5's row of Kp holds NaN): the rows that see it are
+     * NaN, weights and context, the others not (queries at 3..6, causal) */
     unsigned char all[LQ * T];
     memset(all, 1, sizeof all);
-    CHECK(attnx_additive_attention(A0, Kp, v, V, 0, NULL, NULL, NULL, NULL, LQ, T, H, DV, all, NULL, T, 1, got_c,
-                                   got_w, 1) == ATTNX_OK, "NaN row status");
+    CHECK(attnx_additive_attention(A0, Kp, v, V, 0, NULL, NULL, NULL, NULL, LQ, T, H, DV, all, NULL, T, 1, 3, 0,
+                                   got_c, got_w, 1) == ATTNX_OK, "NaN row status");
     int nan_ok = 1;
-    for (size_t i = 0; i < LQ; i++)
-        for (size_t k = 0; k < DV; k++) nan_ok &= isnan(got_c[i * DV + k]) == (i >= 7);
-    CHECK(nan_ok, "causal: rows that see key 7 are NaN, the rows before it are not");
+    for (size_t i = 0; i < LQ; i++) {
+        for (size_t k = 0; k < DV; k++) nan_ok &= (isnan(got_c[i * DV + k]) != 0) == (i >= 2);
+        for (size_t t = 0; t < T; t++) nan_ok &= (isnan(got_w[i * T + t]) != 0) == (i >= 2);
+    }
+    CHECK(nan_ok, "causal, queries at 3..6: the rows that see key 5 are NaN, the rows before it are not");
     /* a long single query: the keys split across threads, same bits */
     const size_t T2 = 5000, h2 = 32, dv2 = 5;
     double *a2 = rand_array(h2, 1.0), *K2 = rand_array(T2 * h2, 1.0), *V2 = rand_array(T2 * dv2, 1.0);
     double *w1 = alloc_d(T2), *w2 = alloc_d(T2), c1[5], c2[5], c3[5];
     CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
-                                   NULL, 0, 0, c1, w1, 1) == ATTNX_OK, "long query");
+                                   NULL, 0, 0, 0, 0, c1, w1, 1) == ATTNX_OK, "long query");
     CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
-                                   NULL, 0, 0, c2, w2, 4) == ATTNX_OK, "long query, 4 threads");
+                                   NULL, 0, 0, 0, 0, c2, w2, 4) == ATTNX_OK, "long query, 4 threads");
     CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, h2 < H ? h2 : H, dv2, NULL,
-                                   NULL, 0, 0, c3, NULL, 0) == ATTNX_OK, "long query, fused");
+                                   NULL, 0, 0, 0, 0, c3, NULL, 0) == ATTNX_OK, "long query, fused");
     CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(w1, w2, T2 * sizeof(double)) == 0 &&
               memcmp(c1, c3, sizeof c1) == 0,
           "long query: the same bits at any thread count, with or without weights");
@@ -560,8 +567,8 @@ static void test_attention(void)
     const size_t hh = h2 < H ? h2 : H;
     composed_row(a2, K2, v, V2, m2, T2, T2, hh, dv2, c1, w1);
     for (int nt = 1; nt <= 4; nt += 3) {
-        CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, hh, dv2, m2, NULL, 0, 0,
-                                       c2, w2, nt) == ATTNX_OK, "long masked query");
+        CHECK(attnx_additive_attention(a2, K2, v, V2, 0, NULL, NULL, NULL, NULL, 1, T2, hh, dv2, m2, NULL, 0, 0, 0,
+                                       0, c2, w2, nt) == ATTNX_OK, "long masked query");
         CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(w1, w2, T2 * sizeof(double)) == 0,
               "long masked query == composed calls, %d threads", nt);
     }
@@ -584,7 +591,7 @@ static void test_attention_status(void)
     size_t shape[1] = {2}, big[2] = {SIZE_MAX / 4, 8};
     ptrdiff_t st[1] = {0}, st2[2] = {0, 0};
 #define AA(A_, K_, v_, V_, nb, sh, sa, sk, sv, Lq, T, h, dv, M, sm, mrs, ca, C, W, nt) \
-    attnx_additive_attention(A_, K_, v_, V_, nb, sh, sa, sk, sv, Lq, T, h, dv, M, sm, mrs, ca, C, W, nt)
+    attnx_additive_attention(A_, K_, v_, V_, nb, sh, sa, sk, sv, Lq, T, h, dv, M, sm, mrs, ca, 0, 0, C, W, nt)
     CHECK(AA(NULL, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL A");
     CHECK(AA(a, NULL, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL Kp");
     CHECK(AA(a, k, NULL, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL v");
@@ -595,6 +602,9 @@ static void test_attention_status(void)
     CHECK(AA(a, k, vv, V, 1, NULL, st, st, st, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_NULL, "NULL shape");
     CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 0, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_EMPTY, "T = 0");
     CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, -1) == ATTNX_ERR_ARG, "threads < 0");
+    CHECK(AA(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 2, c, w, 1) == ATTNX_ERR_ARG, "causal 2");
+    CHECK(attnx_additive_attention(a, k, vv, V, 0, NULL, NULL, NULL, NULL, 1, 2, 2, 2, NULL, NULL, 0, 1, PTRDIFF_MIN, 1,
+                                   c, w, 1) == ATTNX_ERR_OVERFLOW, "query_offset - key_offset overflows");
     CHECK(AA(a, k, vv, V, ATTNX_MAX_BATCH_DIMS + 1, shape, st, st, st, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) ==
               ATTNX_ERR_ARG, "too many batch dims");
     CHECK(AA(a, k, vv, V, 2, big, st2, st2, st2, 1, 2, 2, 2, NULL, NULL, 0, 0, c, w, 1) == ATTNX_ERR_OVERFLOW,

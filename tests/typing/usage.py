@@ -82,3 +82,16 @@ def generic_cache() -> None:
     assert_type(w, NDArray[np.float32])
     named: attnx.KVCache[np.float32] = attnx.KVCache(3, dtype="float32")
     assert_type(named.dtype, np.dtype[np.float32])
+
+
+def issue13_tour(q: NDArray[np.float64], keys: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The keywords of issue 13, and attend_varlen."""
+    ctx: NDArray[np.float64] = attnx.attend(
+        q, keys, keys, bias=np.zeros(4), causal="lower_right", window=(2, None),
+        key_lengths=np.array(3), softcap=30.0, alibi_slopes=np.ones(1), enable_gqa=False)
+    cu = np.array([0, 2, 4], dtype=np.int32)
+    q3, k3 = np.ones((4, 2, 3)), np.ones((4, 1, 3))
+    o: NDArray[np.float64] = attnx.attend_varlen(q3, k3, k3, cu, cu, causal=True, window=(1, 0))
+    o2, lse = attnx.attend_varlen(q3, k3, k3, cu, cu, return_lse=True)
+    assert o2.shape == (4, 2, 3) and lse.shape == (4, 2) and o.shape == o2.shape
+    return ctx

@@ -1,0 +1,163 @@
+/*
+ * kernels/backward.c -- the gradient of attention for one batch item, tiled
+ * (the FlashAttention-2 backward in one pass over the keys), over the same
+ * pieces as the forward's tiled kernel (kernels/attend.c: pack_kt,
+ * score_tile, mm_tile, shape_vec).
+ *
+ * For a block of KB keys [t0, t0 + KB) and every query row r that sees one
+ * of them, MR rows at a time:
+ *   S  = scale Q_r K^T (shaped: softcap, bias, ALiBi)  dP = dO_r V^T
+ *   P  = exp(S - lse_r)  (0 for a key the row does not see)
+ *   dS = P (dP - D_r)    (times 1 - tanh^2 under a softcap)
+ *   dV_t += sum_r P_rt dO_r     dK_t += sum_r dS_rt Q_r     dQ_r += dS_rt K_t
+ * dK and dV of the block accumulate in a local buffer, rows in order, and
+ * are written once; dQ rows accumulate in the caller's buffer, key blocks
+ * in order. Every sum runs in an order fixed by the shapes: the caller
+ * splits work by batch item (and key range), never by thread. dK and dQ
+ * are returned without the factor scale, which the caller applies.
+ * Memory: O(KB (d + dv)) of scratch; nothing of size Lq x T.
+ */
+
+#if VX_ROWS_KERNEL
+#define BK_STACK (8192 / sizeof(vx_float))   /* d, dv up to this pack on the stack */
+
+/* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
+ * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
+ * apart) accumulated into. D_r = dO_r . O_r; lse as the forward returned
+ * it; mask rows mask_row_stride apart (NULL: none); md the item's mods
+ * (never NULL). Returns 0, or -1 when scratch could not be allocated. */
+static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_float *V, const vx_float *dO,
+                             const vx_float *lse, const vx_float *D, size_t Lq, size_t T, size_t d, size_t dv,
+                             vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
+                             const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV)
+{
+    vx_float stack[4 * (BK_STACK + VX_W) * KB];
+    vx_float *buf = stack;
+    const size_t dp = d + VX_W, vp = dv + VX_W;
+    unsigned *lives = (unsigned *)malloc((Lq ? Lq : 1) * sizeof(unsigned));
+    if (lives && (d > BK_STACK || dv > BK_STACK)) buf = (vx_float *)malloc(2 * (dp + vp) * KB * sizeof(vx_float));
+    if (!lives || !buf) {
+        free(lives);
+        return -1;
+    }
+    vx_float *Kt = buf, *Vt = Kt + dp * KB, *dKb = Vt + vp * KB, *dVb = dKb + dp * KB;
+    vx_float S[MR * KB], dS[MR * KB];
+    unsigned char kidx[KB];
+    const vx_t sc = vx_set1(scale), zero = vx_zero();
+    const int capped = md->softcap > 0;
+    attnx_mods cap = *md, rest = *md;       /* the softcap alone, then the rest */
+    cap.bias = NULL;
+    cap.slope = 0;
+    rest.softcap = 0;
+    const int shaped = attnx_mods_shape(&rest);
+    size_t rfirst = 0;                      /* rows before it see no key from here on */
+    for (size_t t0 = k0; t0 < k1; t0 += KB) {
+        const size_t kn = k1 - t0 < KB ? k1 - t0 : KB;
+        const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
+        for (size_t j = 0; j < kn * d; j++) dKb[j] = 0;
+        for (size_t j = 0; j < kn * dv; j++) dVb[j] = 0;
+        while (rfirst < Lq) {               /* row ranges only move right */
+            size_t a, b;
+            attnx_mods_range(md, rfirst, T, &a, &b);
+            if (b > t0 || a >= b) break;
+            rfirst++;
+        }
+        /* which rows see which keys of the block; the rows that see one
+         * end at rend (row ranges start in order) */
+        unsigned any = 0;
+        size_t rend = rfirst;
+        for (size_t row = rfirst; row < Lq; row++) {
+            size_t a, b;
+            attnx_mods_range(md, row, T, &a, &b);
+            if (a >= t0 + kn && a < b) break;
+            unsigned lv = base;
+            if (a >= t0 + kn || b <= t0) lv = 0;
+            else {
+                if (a > t0) lv &= ~((1u << (a - t0)) - 1u);
+                if (b < t0 + kn) lv &= (1u << (b - t0)) - 1u;
+            }
+            if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)row * mask_row_stride + (ptrdiff_t)t0, kn);
+            if (lse[row] == -INFINITY) lv = 0;   /* the row attends nothing */
+            lives[row] = lv;
+            any |= lv;
+            rend = row + 1;
+        }
+        if (any) {
+            pack_kt(K + t0 * d, d, any, Kt);    /* keys no row sees stay unread */
+            pack_kt(V + t0 * dv, dv, any, Vt);
+        }
+        int nk = 0;
+        for (unsigned b = any; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
+        for (size_t g = rfirst; any && g < rend; g += MR) {
+            const int mr = rend - g < MR ? (int)(rend - g) : MR;
+            const unsigned *live = lives + g;
+            unsigned gl = 0;
+            for (int r = 0; r < mr; r++) gl |= live[r];
+            if (!gl) continue;
+            const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
+#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S, KB)
+            TILE_SWITCH(mr, SCORE_CALL)
+#undef SCORE_CALL
+#define DP_CALL(n) score_tile(dOg, dv, Vt, n, dS, KB)
+            TILE_SWITCH(mr, DP_CALL)
+#undef DP_CALL
+            for (int r = 0; r < mr; r++) {
+                const size_t row = g + (size_t)r;
+                const unsigned lv = live[r];
+                if (!lv) {
+                    for (int h = 0; h < 2; h++) {
+                        vx_store(S + KB * r + h * VX_W, zero);
+                        vx_store(dS + KB * r + h * VX_W, zero);
+                    }
+                    continue;
+                }
+                vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
+                vx_t gv[2] = {zero, zero};
+                if (capped) {
+                    const vx_t cv = vx_set1((vx_float)md->softcap), one = vx_set1(1);
+                    shape_vec(&cap, row, t0, kn, sv, 2);
+                    for (int h = 0; h < 2; h++) {
+                        vx_t u = vx_div(sv[h], cv);
+                        gv[h] = vx_fnma(u, u, one);
+                    }
+                }
+                if (shaped) shape_vec(&rest, row, t0, kn, sv, 2);
+                const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
+                for (int h = 0; h < 2; h++) {
+                    const vx_bool_t on = vx_lanes(lv >> (h * VX_W));
+                    vx_t p = vx_select(on, zero, vx_exp_diff(sv[h], lv_));
+                    vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
+                    if (capped) ds = vx_mul(ds, gv[h]);
+                    /* an unseen key: ds is 0, whatever D */
+                    ds = vx_select(on, zero, ds);
+                    vx_store(S + KB * r + h * VX_W, p);
+                    vx_store(dS + KB * r + h * VX_W, ds);
+                }
+            }
+            /* dQ_g += dS K_block: rows of the group, keys of the block */
+            vx_float *dQg = dQ + g * d;
+#define DQ_CALL(n) mm_tile(dS, KB, 1, nk == KB ? NULL : kidx, nk, K + t0 * d, d, d, n, dQg, d)
+            TILE_SWITCH(mr, DQ_CALL)
+#undef DQ_CALL
+            /* dV_block += P^T dO_g, dK_block += dS^T Q_g: keys as rows */
+            for (size_t t = 0; t < kn; t += MR) {
+                const int mt = kn - t < MR ? (int)(kn - t) : MR;
+#define DV_CALL(n) mm_tile(S + t, 1, KB, NULL, mr, dOg, dv, dv, n, dVb + t * dv, dv)
+                TILE_SWITCH(mt, DV_CALL)
+#undef DV_CALL
+#define DK_CALL(n) mm_tile(dS + t, 1, KB, NULL, mr, Qg, d, d, n, dKb + t * d, d)
+                TILE_SWITCH(mt, DK_CALL)
+#undef DK_CALL
+            }
+        }
+        for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
+        for (size_t j = 0; j < kn * dv; j++) dV[t0 * dv + j] = dVb[j];
+    }
+    if (buf != stack) free(buf);
+    free(lives);
+    return 0;
+}
+#define K_ATTEND_BACKWARD K_attend_backward
+#else
+#define K_ATTEND_BACKWARD NULL   /* api_backward.h's row-by-row passes */
+#endif
