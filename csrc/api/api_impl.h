@@ -837,6 +837,7 @@ int AX_API(attention)(const attnx_attention_params *params)
     attnx_attention_params p;
     attn_args a;
     int rc = params_copy(params, &p);
+    if (rc == ATTNX_OK && p.grad_bias) rc = ATTNX_ERR_ARG;   /* a backward output */
     if (rc == ATTNX_OK) rc = args_from_params(&p, &a);
     return rc == ATTNX_OK ? attention(&a, p.num_threads) : rc;
 }
