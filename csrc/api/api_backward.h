@@ -96,7 +96,8 @@ static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T ls
     }
     for (size_t t = 0; t < n; t++) s[t] = s[t] - lse;
     kt->exp(s, n, s);
-    for (size_t t = 0; t < n; t++) dp[t] = s[t] * (dp[t] - D);
+    /* a masked key (its dp -inf: its value row unread) has p = 0 and ds 0 */
+    for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? s[t] * (dp[t] - D) : 0;
     if (gb)   /* the bias's gradient: before the softcap's derivative */
         for (size_t t = 0; t < n; t++) gb[t] = dp[t];
     if (g)
@@ -136,7 +137,8 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
             const AX_T *dor = dO + r * a->dv;
             bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n,
                        s, g);
-            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
+            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
             bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, gb ? gb + lo : NULL);
             a->kt->context(dp, k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
@@ -174,7 +176,8 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
             const size_t n = hi - lo, o = lo - t0;
             const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
             bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
-            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
+            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
             bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, NULL);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = a->scale * dp[t];
@@ -315,6 +318,10 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
                                a.Lq * a.dv * es, a.Lq * a.dv * es, a.Lq * es};
         for (int o = 0; o < 4; o++) {
             if (!outs[o]) continue;
+            if ((a.slopes && attnx_overlaps_batched(outs[o], ob[o], a.slopes, es, nb, bs, a.slope_strides, es)) ||
+                (a.klen && attnx_overlaps_batched(outs[o], ob[o], a.klen, sizeof(long long), nb, bs,
+                                                  a.klen_strides, sizeof(long long))))
+                return ATTNX_ERR_OVERLAP;
             if (a.bias && a.Lq) {   /* a bias item: Lq rows bias_row apart (see attention()) */
                 const uintptr_t brow = a.bias_row < 0 ? 0 - (uintptr_t)a.bias_row : (uintptr_t)a.bias_row;
                 const AX_T *b0 = a.bias_row < 0 ? a.bias - (a.Lq - 1) * brow : a.bias;
