@@ -298,7 +298,8 @@ def attend_backward(
     window: _Window | None = None,
     key_lengths: ArrayLike | None = None,
     softcap: float | None = None,
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None]: ...
+    grad_bias: bool = False,
+) -> tuple[NDArray[Any], ...]: ...
 @overload
 def attend_varlen(  # type: ignore[overload-overlap, unused-ignore]
     query: _Lo,

@@ -1776,8 +1776,8 @@ cdef object _unbroadcast(object g, tuple shape):
 def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=None,
                     causal=False, key_offset=0, query_offset=0, num_threads=None,
                     bias=None, alibi_slopes=None, enable_gqa=False, window=None,
-                    key_lengths=None, softcap=None):
-    """Gradients of `attend` with respect to query, keys and values.
+                    key_lengths=None, softcap=None, grad_bias=False):
+    """Gradients of `attend` with respect to query, keys and values (and bias).
 
     The FlashAttention-2 backward: the attention weights are recomputed from
     the forward's `lse`, tile by tile, and never stored, so the extra memory
@@ -1797,9 +1797,13 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         As given to the forward call.
     bias, alibi_slopes, enable_gqa, window, key_lengths, softcap
         As given to the forward call: the weights are recomputed with them
-        (the softcap's tanh derivative included). They are constants here:
-        no gradient is returned for the bias or the slopes. With
-        `enable_gqa`, each kv head's gradient sums over its query group.
+        (the softcap's tanh derivative included). With `enable_gqa`, each kv
+        head's gradient sums over its query group. The ALiBi slopes get no
+        gradient.
+    grad_bias : bool
+        Also return the gradient with respect to `bias`, shaped like the bias
+        as given (summed over the dimensions it broadcasts over). It passes
+        through a buffer of the scores' full shape (..., Lq, T).
 
     Returns
     -------
@@ -1807,6 +1811,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         Shaped like query, keys and values (a broadcast operand's gradient is
         summed over its broadcast dimensions); `grad_values` is None when
         `values` is None.
+    grad_bias : ndarray
+        With ``grad_bias=True`` only: shaped like `bias`.
 
     Examples
     --------
@@ -1827,6 +1833,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})
     cdef bint causal_ = sh.causal
+    if grad_bias and bias is None:
+        raise ValueError("grad_bias=True asks for the gradient of a bias, but no bias was given")
     shared = values is None
     dt = _work_dtype((query, keys, values, out, grad_out, lse))
     q = _as_real(query, "query", dt)
@@ -1918,6 +1926,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     gq = np.empty(batch + (Lq, d), dt)
     gk = np.empty(batch + (T, d), dt)
     gv = np.empty(batch + (T, dv), dt)
+    gb = np.empty(batch + (Lq, T), dt) if grad_bias else None
     cdef ak.attnx_attention_params p
     memset(&p, 0, sizeof(p))
     p.size = sizeof(p)
@@ -1943,6 +1952,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     p.window = sh.window_left >= 0 or sh.window_right >= 0
     p.window_left, p.window_right = sh.window_left, sh.window_right
     p.softcap = sh.softcap
+    if gb is not None:
+        p.grad_bias = _data(gb)
     cdef void *dop = _data(dO)
     cdef void *gqp = _data(gq)
     cdef void *gkp = _data(gk)
@@ -1967,9 +1978,12 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         gk = gk.sum(axis=len(batch) - 1)
         gv = gv.sum(axis=len(batch) - 1)
     gq = _unbroadcast(gq, q_shape)
-    if shared:
-        return gq, _unbroadcast(gk + gv, k_shape), None
-    return gq, _unbroadcast(gk, k_shape), _unbroadcast(gv, v_shape)
+    res = (gq, _unbroadcast(gk + gv, k_shape), None) if shared else \
+        (gq, _unbroadcast(gk, k_shape), _unbroadcast(gv, v_shape))
+    if gb is not None:
+        gb = gb.reshape(ext + ((T,) if single else (Lq, T)))
+        res += (_unbroadcast(gb, tuple(np.shape(b))),)
+    return res
 
 
 # --- merging partial results ----------------------------------------------------

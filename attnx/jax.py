@@ -10,7 +10,8 @@ gradients. It works under `jax.jit` and `jax.grad`; float64 needs
 Differences from jax.nn.dot_product_attention:
 - a query row whose every key is masked gets zeros (and zero gradients);
   JAX's XLA implementation gives it the plain mean of all the value rows;
-- `bias` is a NotImplementedError until attnx.attend has ``bias=`` (issue 13);
+- `bias` gets its gradient through attnx's ``grad_bias`` (a buffer of the
+  scores' full shape in the backward);
 - the sequence-length, window and implementation options are not offered.
 
 Importing ``attnx`` never imports this module (nor jax); ``import
@@ -39,41 +40,44 @@ def _host(a):
     return None if a is None else np.asarray(a)
 
 
-def _forward_host(q, k, v, mask, causal, scale):
+def _forward_host(q, k, v, mask, bias, causal, scale):
     return attnx.attend(_host(q), _host(k), _host(v), scale=scale, mask=_host(mask),
-                        causal=causal, return_lse=True)
+                        bias=_host(bias), causal=causal, return_lse=True)
 
 
-def _backward_host(g, q, k, v, mask, out, lse, causal, scale):
+def _backward_host(g, q, k, v, mask, bias, out, lse, causal, scale):
     return attnx.attend_backward(*(_host(a) for a in (g, q, k, v, out, lse)), scale=scale,
-                                 mask=_host(mask), causal=causal)
+                                 mask=_host(mask), bias=_host(bias), causal=causal,
+                                 grad_bias=bias is not None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attend(q, k, v, mask, causal, scale):
-    return _attend_fwd(q, k, v, mask, causal, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attend(q, k, v, mask, bias, causal, scale):
+    return _attend_fwd(q, k, v, mask, bias, causal, scale)[0]
 
 
-def _attend_fwd(q, k, v, mask, causal, scale):
-    shapes = [q.shape, k.shape, v.shape] + ([] if mask is None else [mask.shape])
+def _attend_fwd(q, k, v, mask, bias, causal, scale):
+    shapes = [q.shape, k.shape, v.shape] + [x.shape for x in (mask, bias) if x is not None]
     batch = _batch(*shapes)
     L, dv = q.shape[-2], v.shape[-1]
     result = (jax.ShapeDtypeStruct((*batch, L, dv), q.dtype),
               jax.ShapeDtypeStruct((*batch, L), q.dtype))
     out, lse = jax.pure_callback(
-        lambda q_, k_, v_, m_: _forward_host(q_, k_, v_, m_, causal, scale),
-        result, q, k, v, mask, vmap_method="broadcast_all")
-    return out, (q, k, v, mask, out, lse)
+        lambda q_, k_, v_, m_, b_: _forward_host(q_, k_, v_, m_, b_, causal, scale),
+        result, q, k, v, mask, bias, vmap_method="broadcast_all")
+    return out, (q, k, v, mask, bias, out, lse)
 
 
 def _attend_bwd(causal, scale, res, g):
-    q, k, v, mask, out, lse = res
-    result = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (q, k, v))
-    dq, dk, dv = jax.pure_callback(
-        lambda g_, q_, k_, v_, m_, o_, l_: _backward_host(g_, q_, k_, v_, m_, o_, l_,
-                                                          causal, scale),
-        result, g, q, k, v, mask, out, lse, vmap_method="broadcast_all")
-    return dq, dk, dv, None
+    q, k, v, mask, bias, out, lse = res
+    result = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
+                   for a in (q, k, v) + (() if bias is None else (bias,)))
+    grads = jax.pure_callback(
+        lambda g_, q_, k_, v_, m_, b_, o_, l_: _backward_host(g_, q_, k_, v_, m_, b_, o_, l_,
+                                                              causal, scale)[:len(result)],
+        result, g, q, k, v, mask, bias, out, lse, vmap_method="broadcast_all")
+    dq, dk, dv = grads[:3]
+    return dq, dk, dv, None, (None if bias is None else grads[3])
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -97,9 +101,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
     key, value : array, shape (B, S, K, H) or (S, K, H)
         N must be a multiple of K (grouped-query attention: query head n uses
         kv head ``n // (N // K)``). All three share one dtype.
-    bias : None
-        An additive bias is a NotImplementedError until attnx has ``bias=``
-        (issue 13).
+    bias : array, optional
+        Broadcastable to (B, N, T, S), of the query's dtype: added to the
+        scaled scores (``-inf`` masks a key). Differentiable.
     mask : array of bool, optional
         Broadcastable to (B, N, T, S); True means "attends".
     scale : float, optional
@@ -122,9 +126,6 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
     >>> bool(jnp.allclose(out, ref, atol=1e-5))
     True
     """
-    if bias is not None:
-        raise NotImplementedError("bias: an additive bias needs attnx.attend's bias= argument, "
-                                  "which is not there yet (issue 13); pass a bool mask instead")
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     for name, x in (("query", query), ("key", key), ("value", value)):
         _check(name, x)
@@ -164,6 +165,16 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
         # keep its broadcast dimensions (no (B, N, T, S) copy): split a full
         # head axis into (K, G), or give a size-1 one a second size-1 axis
         m = m.reshape(m.shape[0], K, G, *m.shape[2:]) if m.shape[1] == N else m[:, :, None]
-    out = _attend(q, k, v, m, bool(is_causal), scale)          # (B, K, G, T, Hv)
+    bb = None
+    if bias is not None:
+        bb = jnp.asarray(bias)
+        if bb.dtype != query.dtype:
+            raise TypeError(f"bias has dtype {bb.dtype}: it must have the query's dtype "
+                            f"{query.dtype}")
+        if bb.ndim > 4:
+            raise ValueError(f"bias must broadcast to (B, N, T, S), got shape {bb.shape}")
+        bb = bb.reshape((1,) * (4 - bb.ndim) + bb.shape)
+        bb = bb.reshape(bb.shape[0], K, G, *bb.shape[2:]) if bb.shape[1] == N else bb[:, :, None]
+    out = _attend(q, k, v, m, bb, bool(is_causal), scale)     # (B, K, G, T, Hv)
     out = out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, value.shape[-1])
     return out[0] if single else out

@@ -132,6 +132,7 @@ cdef extern from *:
             int window;
             ptrdiff_t window_left, window_right;
             double softcap;
+            void *grad_bias;
         } attnx_attention_params;
     #endif
     """
@@ -173,6 +174,7 @@ cdef extern from *:
         ptrdiff_t window_left
         ptrdiff_t window_right
         double softcap
+        void *grad_bias
 
 cdef int attention(const attnx_attention_params *params) noexcept nogil
 cdef int attention_f32(const attnx_attention_params *params) noexcept nogil

@@ -15,7 +15,8 @@ NumPy arrays handed to torch with `torch.from_numpy`, also without a copy.
 
 Not supported (a clear error naming the argument): ``dropout_p != 0``,
 tensors on other devices, dtypes other than float32/float64, and a float
-(additive) `attn_mask` (it needs attnx's ``bias=``, issue 13). A query
+`attn_mask` whose dtype is not the query's. A float `attn_mask` that
+requires grad gets its gradient (attnx's ``grad_bias``). A query
 whose every key is masked gets zeros and zero gradients, as torch 2.13's own
 CPU sdpa does.
 
@@ -40,6 +41,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def _mask_kw(attn_mask):
+    # a bool attn_mask is attnx's mask (True = attends); a float one is added
+    # to the scores: attnx's bias
+    if attn_mask is None:
+        return {}
+    if attn_mask.dtype == torch.bool:
+        return {"mask": _np(attn_mask)}
+    return {"bias": _np(attn_mask)}
+
+
 def _batch_shape(query, key, value, attn_mask):
     shapes = [query.shape[:-2], key.shape[:-2], value.shape[:-2]]
     if attn_mask is not None:
@@ -53,8 +64,7 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse): attention and each query row's logsumexp (saved for the backward)."""
     out, lse = attnx.attend(_np(query), _np(key), _np(value), scale=scale,
-                            mask=None if attn_mask is None else _np(attn_mask),
-                            causal=is_causal, return_lse=True)
+                            causal=is_causal, return_lse=True, **_mask_kw(attn_mask))
     return torch.from_numpy(out), torch.from_numpy(lse)
 
 
@@ -69,19 +79,23 @@ def _sdpa_fake(query, key, value, attn_mask, is_causal, scale):
 def _sdpa_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                    value: torch.Tensor, attn_mask: Optional[torch.Tensor],
                    out: torch.Tensor, lse: torch.Tensor, is_causal: bool,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for query, key and value, each shaped like its operand
-    (attnx sums a broadcast operand's gradient over the broadcast dimensions)."""
+                   scale: float, mask_grad: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for query, key, value and (mask_grad: a float attn_mask; else
+    an empty tensor), each shaped like its operand (attnx sums a broadcast
+    operand's gradient over the broadcast dimensions)."""
     grads = attnx.attend_backward(_np(grad_out), _np(query), _np(key), _np(value),
-                                  _np(out), _np(lse), scale=scale,
-                                  mask=None if attn_mask is None else _np(attn_mask),
-                                  causal=is_causal)
-    return tuple(torch.from_numpy(g) for g in grads)
+                                  _np(out), _np(lse), scale=scale, causal=is_causal,
+                                  grad_bias=mask_grad, **_mask_kw(attn_mask))
+    dm = torch.from_numpy(grads[3]) if mask_grad else query.new_empty((0,))
+    return tuple(torch.from_numpy(g) for g in grads[:3]) + (dm,)
 
 
 @_sdpa_backward.register_fake
-def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale):
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale,
+                        mask_grad):
+    dm = torch.empty_like(attn_mask) if mask_grad else query.new_empty((0,))
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), dm
 
 
 def _setup_context(ctx, inputs, output):
@@ -95,9 +109,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, attn_mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = _sdpa_backward(grad_out.contiguous(), query, key, value, attn_mask, out, lse,
-                                ctx.is_causal, ctx.scale)
-    return dq, dk, dv, None, None, None
+    mask_grad = bool(ctx.needs_input_grad[3]) and attn_mask is not None \
+        and attn_mask.dtype != torch.bool
+    dq, dk, dv, dm = _sdpa_backward(grad_out.contiguous(), query, key, value, attn_mask, out,
+                                    lse, ctx.is_causal, ctx.scale, mask_grad)
+    return dq, dk, dv, (dm if mask_grad else None), None, None
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -135,10 +151,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     key : Tensor, shape (..., H, S, E)
     value : Tensor, shape (..., H, S, Ev)
         CPU tensors, all float32 or all float64. Leading dimensions broadcast.
-    attn_mask : Tensor of bool, optional
-        Broadcastable to (..., Hq, L, S); True means "attends". A float
-        (additive) mask is a NotImplementedError until attnx has ``bias=``
-        (issue 13).
+    attn_mask : Tensor, optional
+        Broadcastable to (..., Hq, L, S). Bool: True means "attends". Float
+        (the query's dtype): added to the scaled scores (attnx's ``bias=``),
+        ``-inf`` masking a key; differentiable when it requires grad.
     dropout_p : float
         Must be 0.0 (dropout is out of scope: a ValueError otherwise).
     is_causal : bool
@@ -181,11 +197,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         if attn_mask.device.type != "cpu":
             raise ValueError(f"attn_mask is on device {attn_mask.device}: attnx.torch runs on "
                              f"CPU tensors only")
-        if attn_mask.dtype != torch.bool:
-            raise NotImplementedError(
-                f"attn_mask has dtype {attn_mask.dtype}: a float (additive) attn_mask needs "
-                f"attnx.attend's bias= argument, which is not there yet (issue 13); pass a "
-                f"bool mask (True = attends)")
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
+            raise TypeError(f"attn_mask has dtype {attn_mask.dtype}: a bool mask, or a float "
+                            f"(additive) one of the query's dtype {query.dtype}")
         if is_causal:
             # torch's own rule (attnx.attend could AND the two; the drop-in keeps torch's)
             raise RuntimeError("attn_mask and is_causal=True were both given: as torch's sdpa, "

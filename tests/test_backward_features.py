@@ -115,3 +115,30 @@ def test_feature_gradients_do_not_depend_on_threads(simd):
             assert a.tobytes() == b.tobytes()
     # keys beyond a row's key length get no gradient
     assert not runs[0][1][2, 17:].any() and not runs[0][2][1, 31:].any()
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9), (1, 9), (5, 1), (2, 1, 1)], ids=str)
+@pytest.mark.parametrize("extra", [{}, {"softcap": 1.5, "window": (3, 1)}], ids=["plain", "cap+window"])
+def test_grad_bias_matches_finite_differences(simd, shape, extra):
+    """grad_bias=True: the gradient with respect to the bias, summed to the
+    bias's own (broadcast) shape, against central differences of attend."""
+    rng = np.random.default_rng(21)
+    q, K, V = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 9, 4)), rng.standard_normal((2, 9, 3))
+    bias = rng.standard_normal(shape)
+    kw = dict(scale=0.7, causal="lower_right", **extra)
+    out, lse = attnx.attend(q, K, V, bias=bias, return_lse=True, **kw)
+    G = rng.standard_normal(out.shape)
+    dq, dK, dV, db = attnx.attend_backward(G, q, K, V, out, lse, bias=bias, grad_bias=True, **kw)
+    assert db.shape == bias.shape
+    nb = _numeric(lambda x: attnx.attend(q, K, V, bias=x, **kw), bias, G)
+    np.testing.assert_allclose(db, nb, rtol=2e-6, atol=2e-7)
+    # the other gradients are those of the call without grad_bias
+    for a, b in zip((dq, dK, dV), attnx.attend_backward(G, q, K, V, out, lse, bias=bias, **kw)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_grad_bias_needs_a_bias():
+    q = np.ones((2, 3))
+    out, lse = attnx.attend(q, q, q, return_lse=True)
+    with pytest.raises(ValueError, match="grad_bias"):
+        attnx.attend_backward(out, q, q, q, out, lse, grad_bias=True)

@@ -145,8 +145,8 @@ def test_errors_name_the_argument():
     q, k, v = randn(1, 2, 3, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 4)
     with pytest.raises(ValueError, match="dropout_p"):
         at.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
-    with pytest.raises(NotImplementedError, match="attn_mask.*issue 13"):
-        at.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(3, 5, dtype=q.dtype))
+    with pytest.raises(TypeError, match="attn_mask has dtype torch.float32"):
+        at.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(3, 5))
     with pytest.raises(TypeError, match="query has dtype torch.float16"):
         at.scaled_dot_product_attention(q.half(), k.half(), v.half())
     with pytest.raises(TypeError, match="key has dtype torch.bfloat16"):
@@ -168,3 +168,28 @@ def test_docstring_example_runs():
     runner = doctest.DocTestRunner()
     runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_float_attn_mask_matches_torch_forward_and_backward(dtype, gqa):
+    """A float (additive) attn_mask is attnx's bias: forward and gradients for
+    query, key, value and the mask itself (broadcast over the batch) as
+    torch's own sdpa, with -inf masking keys."""
+    g = torch.Generator().manual_seed(5)
+    hkv = 2 if gqa else 4
+    q = torch.randn(2, 4, 6, 8, dtype=dtype, generator=g, requires_grad=True)
+    k = torch.randn(2, hkv, 9, 8, dtype=dtype, generator=g, requires_grad=True)
+    v = torch.randn(2, hkv, 9, 5, dtype=dtype, generator=g, requires_grad=True)
+    m = torch.randn(4, 6, 9, dtype=dtype, generator=g)
+    m[:, :, 3] = -torch.inf
+    m.requires_grad_()
+    out = at.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    G = torch.randn(out.shape, dtype=dtype, generator=g)
+    got = torch.autograd.grad(out, (q, k, v, m), G)
+    want = torch.autograd.grad(ref, (q, k, v, m), G)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=100 * tol, atol=100 * tol)

@@ -29,7 +29,7 @@ typedef struct {
     const attn_args *a;
     const AX_T *O, *dO, *lse;
     const ptrdiff_t *o_strides, *do_strides, *lse_strides;
-    AX_T *dQ, *dK, *dV;
+    AX_T *dQ, *dK, *dV, *dS;  /* dS: the bias's gradient, or NULL */
     size_t nrow_items, nkey_items;
     int failed;               /* scratch could not be allocated */
 } bwd_job;
@@ -86,7 +86,8 @@ static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const 
 /* p (n entries) = exp(s - lse) in place, 0 where s = -inf (a masked key) or
  * the row attends nothing (lse = -inf); dp becomes ds = p (dp - D), times
  * the softcap's derivative g where g is not NULL. */
-static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D, const AX_T *g)
+static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D, const AX_T *g,
+                      AX_T *gb)
 {
     if (lse == -INFINITY) {
         fill(s, n, 0);
@@ -95,7 +96,10 @@ static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T ls
     }
     for (size_t t = 0; t < n; t++) s[t] = s[t] - lse;
     kt->exp(s, n, s);
-    for (size_t t = 0; t < n; t++) dp[t] = s[t] * (dp[t] - D);
+    /* a masked key (its dp -inf: its value row unread) has p = 0 and ds 0 */
+    for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? s[t] * (dp[t] - D) : 0;
+    if (gb)   /* the bias's gradient: before the softcap's derivative */
+        for (size_t t = 0; t < n; t++) gb[t] = dp[t];
     if (g)
         for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? dp[t] * g[t] : 0;
 }
@@ -123,16 +127,19 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
         size_t Tb = item_mods(a, b, &md);
         for (size_t r = r0; r < r1; r++) {
             AX_T *dq = j->dQ + (b * a->Lq + r) * a->d;
+            AX_T *gb = j->dS ? j->dS + (b * a->Lq + r) * a->T : NULL;
             size_t lo, hi;
             attnx_mods_range(&md, r, Tb, &lo, &hi);
             fill(dq, a->d, 0);
+            if (gb) fill(gb, a->T, 0);
             if (lo == hi) continue;
             const size_t n = hi - lo;
             const AX_T *dor = dO + r * a->dv;
             bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n,
                        s, g);
-            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g);
+            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, gb ? gb + lo : NULL);
             a->kt->context(dp, k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
         }
@@ -169,8 +176,9 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
             const size_t n = hi - lo, o = lo - t0;
             const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
             bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
-            a->kt->dot_scores(dor, v + lo * a->dv, n, a->dv, (AX_T)1, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g);
+            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
+                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, NULL);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = a->scale * dp[t];
                 AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
@@ -217,10 +225,13 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
         AX_T *dq = tj->dqp ? tj->dqp + it * Lq * d : j->dQ + b * Lq * d;
         AX_T *dk = j->dK + b * T * d, *dvo = j->dV + b * T * dv;
         fill(dq, Lq * d, 0);
+        AX_T *gb = j->dS ? j->dS + b * Lq * T : NULL;
+        if (gb)
+            for (size_t r = 0; r < Lq; r++) fill(gb + r * T + k0, k1 - k0, 0);
         for (size_t r = 0; r < Lq; r++) D[r] = dot_n(dO + r * dv, O + r * dv, dv);
         const size_t e0 = k0 < Tb ? k0 : Tb, e1 = k1 < Tb ? k1 : Tb;
         if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
-                                   &md, e0, e1, dq, dk, dvo))
+                                   &md, e0, e1, dq, dk, dvo, gb, T))
             j->failed = 1;
         fill(dk + e1 * d, (k1 - e1) * d, 0);      /* keys beyond the item's length */
         fill(dvo + e1 * dv, (k1 - e1) * dv, 0);
@@ -292,18 +303,32 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
         }
     if (a.T == 0) return ATTNX_ERR_EMPTY;
     if (!elems(a.count, a.Lq, &a.rows) || !elems(a.rows, a.d, &tmp) || !elems(a.rows, a.dv, &tmp) ||
-        !elems(a.count, a.T, &tmp) || !elems(tmp, a.d + a.dv, &tmp) || !elems(a.T, 2, &tmp))
+        !elems(a.count, a.T, &tmp) || !elems(tmp, a.d + a.dv, &tmp) || !elems(a.T, 2, &tmp) ||
+        !elems(a.rows, a.T, &tmp))
         return ATTNX_ERR_OVERFLOW;
     {   /* outputs (contiguous) on no input and on no other output */
         const size_t nb = a.nbatch, *bs = a.batch_shape, es = sizeof(AX_T);
-        const size_t ob[3] = {a.rows * a.d * es, a.count * a.T * a.d * es, a.count * a.T * a.dv * es};
-        void *outs[3] = {grad_query, grad_keys, grad_values};
+        const size_t ob[4] = {a.rows * a.d * es, a.count * a.T * a.d * es, a.count * a.T * a.dv * es,
+                              a.rows * a.T * es};
+        void *outs[4] = {grad_query, grad_keys, grad_values, p.grad_bias};
         const void *ins[6] = {a.Q, a.K, a.V, p.out, grad_out, p.lse};
         const ptrdiff_t *ist[6] = {a.q_strides, a.k_strides, a.v_strides, out_strides,
                                    grad_out_strides, lse_strides};
         const size_t isz[6] = {a.Lq * a.d * es, a.T * a.d * es, a.T * a.dv * es,
                                a.Lq * a.dv * es, a.Lq * a.dv * es, a.Lq * es};
-        for (int o = 0; o < 3; o++) {
+        for (int o = 0; o < 4; o++) {
+            if (!outs[o]) continue;
+            if ((a.slopes && attnx_overlaps_batched(outs[o], ob[o], a.slopes, es, nb, bs, a.slope_strides, es)) ||
+                (a.klen && attnx_overlaps_batched(outs[o], ob[o], a.klen, sizeof(long long), nb, bs,
+                                                  a.klen_strides, sizeof(long long))))
+                return ATTNX_ERR_OVERLAP;
+            if (a.bias && a.Lq) {   /* a bias item: Lq rows bias_row apart (see attention()) */
+                const uintptr_t brow = a.bias_row < 0 ? 0 - (uintptr_t)a.bias_row : (uintptr_t)a.bias_row;
+                const AX_T *b0 = a.bias_row < 0 ? a.bias - (a.Lq - 1) * brow : a.bias;
+                if (attnx_overlaps_batched(outs[o], ob[o], b0, es, nb, bs, a.bias_strides,
+                                           ((a.Lq - 1) * brow + (a.T - 1) * (size_t)a.bias_col + 1) * es))
+                    return ATTNX_ERR_OVERLAP;
+            }
             for (int i = 0; i < 6; i++)
                 if (attnx_overlaps_batched(outs[o], ob[o], ins[i], es, nb, bs, ist[i], isz[i]))
                     return ATTNX_ERR_OVERLAP;
@@ -320,7 +345,7 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
     a.kt = AX_KERNELS_GET();
     bwd_job j = {&a, (const AX_T *)p.out, (const AX_T *)grad_out, (const AX_T *)p.lse,
                  out_strides, grad_out_strides, lse_strides, (AX_T *)grad_query,
-                 (AX_T *)grad_keys, (AX_T *)grad_values, 0, 0, 0};
+                 (AX_T *)grad_keys, (AX_T *)grad_values, (AX_T *)p.grad_bias, 0, 0, 0};
     j.nrow_items = a.count * ((a.Lq + BWD_ROWS - 1) / BWD_ROWS);
     j.nkey_items = a.count * ((a.T + BWD_KEYS - 1) / BWD_KEYS);
     const double work = (double)a.rows * (double)a.T * (double)(a.d + a.dv + 1);

@@ -503,7 +503,9 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
         off = a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->slope_strides, b) : 0;
         md->slope = (double)a->slopes[off];
     }
-    md->softcap = a->softcap;
+    /* a cap beyond the element type's range caps nothing there (x / inf
+     * would be 0, and inf * tanh(0) NaN) */
+    md->softcap = (AX_T)a->softcap == (AX_T)INFINITY ? 0.0 : a->softcap;
     md->pos = pos;
     md->lo = a->wl >= 0 ? pos - pos_clamp(a->wl) : ATTNX_NO_LO;
     md->hi = ATTNX_NO_HI;
@@ -837,6 +839,7 @@ int AX_API(attention)(const attnx_attention_params *params)
     attnx_attention_params p;
     attn_args a;
     int rc = params_copy(params, &p);
+    if (rc == ATTNX_OK && p.grad_bias) rc = ATTNX_ERR_ARG;   /* a backward output */
     if (rc == ATTNX_OK) rc = args_from_params(&p, &a);
     return rc == ATTNX_OK ? attention(&a, p.num_threads) : rc;
 }

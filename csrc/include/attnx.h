@@ -102,6 +102,7 @@ typedef struct attnx_attention_params {
     int window;                        /* 1: window_left/right apply */
     ptrdiff_t window_left, window_right;   /* < 0: unbounded on that side */
     double softcap;                    /* 0: none; else > 0 */
+    void *grad_bias;                   /* attnx_attention_backward: NULL, or dS */
 } attnx_attention_params;
 #endif
 

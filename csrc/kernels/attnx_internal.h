@@ -147,14 +147,17 @@ typedef struct attnx_kernels {
 
     /* Gradients of one batch item (queries [0, Lq), rows contiguous)
      * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
-     * dK and dQ lack the factor scale. D[r] = dO_r . O_r. mods as
+     * dK and dQ lack the factor scale. D[r] = dO_r . O_r. dS (NULL: not
+     * wanted; rows ldS apart) gets the bias's gradient at the keys each row
+     * sees. mods as
      * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
      * api_backward.h's row-by-row passes. */
     int (*attend_backward)(const double *Q, const double *K, const double *V, const double *dO,
                            const double *lse, const double *D, size_t Lq, size_t T, size_t d,
                            size_t dv, double scale, const unsigned char *mask,
                            ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
-                           size_t k1, double *dQ, double *dK, double *dV);
+                           size_t k1, double *dQ, double *dK, double *dV, double *dS,
+                           size_t ldS);
 } attnx_kernels;
 
 extern const attnx_kernels attnx_kernels_scalar;

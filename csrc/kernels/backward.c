@@ -23,13 +23,15 @@
 
 /* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
  * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
- * apart) accumulated into. D_r = dO_r . O_r; lse as the forward returned
+ * apart) accumulated into; dSo (NULL: not wanted; rows ldS apart) gets dS
+ * of the keys each row sees (the caller zeroes the rest). D_r = dO_r . O_r; lse as the forward returned
  * it; mask rows mask_row_stride apart (NULL: none); md the item's mods
  * (never NULL). Returns 0, or -1 when scratch could not be allocated. */
 static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_float *V, const vx_float *dO,
                              const vx_float *lse, const vx_float *D, size_t Lq, size_t T, size_t d, size_t dv,
                              vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                             const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV)
+                             const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV,
+                             vx_float *dSo, size_t ldS)
 {
     vx_float stack[4 * (BK_STACK + VX_W) * KB];
     vx_float *buf = stack;
@@ -127,9 +129,15 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     const vx_bool_t on = vx_lanes(lv >> (h * VX_W));
                     vx_t p = vx_select(on, zero, vx_exp_diff(sv[h], lv_));
                     vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
-                    if (capped) ds = vx_mul(ds, gv[h]);
                     /* an unseen key: ds is 0, whatever D */
                     ds = vx_select(on, zero, ds);
+                    if (dSo && (size_t)h * VX_W < kn) {   /* the bias's gradient: before the softcap's */
+                        vx_float *o = dSo + row * ldS + t0 + (size_t)h * VX_W;
+                        const size_t nl = kn - (size_t)h * VX_W;
+                        if (nl >= VX_W) vx_store(o, ds);
+                        else vx_store_part(o, vx_tail(nl), ds);
+                    }
+                    if (capped) ds = vx_mul(ds, gv[h]);
                     vx_store(S + KB * r + h * VX_W, p);
                     vx_store(dS + KB * r + h * VX_W, ds);
                 }
