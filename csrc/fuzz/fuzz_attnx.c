@@ -2390,7 +2390,9 @@ static void att_check(const att *a, const aref *R, const double *out, const doub
             if (l) lse_is(*l, NAN, name, row);
             continue;
         }
-        if (wr && cls != ROW_NORMAL) fail("%s: tame row with seen keys, weights of class %d", name, cls);
+        if (wr && cls != ROW_NORMAL)
+            fail("%s: tame row with seen keys (reference lse %.17g), yet the weights are all %s", name, rr->lse,
+                 cls == ROW_NAN ? "NaN" : "0");
         for (size_t j = 0; j < dv; j++)
             if (!isfinite(o[j])) fail("%s: tame row, out[%zu] = %g", name, j, o[j]);
         if (l && !isfinite(*l)) fail("%s: tame row, lse %g", name, *l);
@@ -2442,12 +2444,12 @@ static void same_bits_n(const double *x, const double *y, size_t n, const char *
 /* ---- invalid arguments and overlapping outputs, shared by attention and backward */
 
 /* Spoil one argument of p (the full struct; *psize: the size the caller
- * claims, *tail: a nonzero byte past our struct). Returns the status
+ * claims, *tail: a nonzero byte past our struct); k varies the spoiling
+ * (its number, which stride). Returns the status
  * expected, or -1 when the case does not apply. */
-static int att_spoil(const att *a, const header *h, attnx_attention_params *p, unsigned sel, size_t *psize,
-                     unsigned char *tail, int *null_params)
+static int att_spoil(const att *a, const header *h, attnx_attention_params *p, unsigned sel, unsigned k,
+                     size_t *psize, unsigned char *tail, int *null_params)
 {
-    unsigned k = h->inval >> 5;
     size_t es = a->es;
     static size_t shape_big[ATTNX_MAX_BATCH_DIMS + 16];
     static ptrdiff_t str_big[ATTNX_MAX_BATCH_DIMS + 16];
@@ -2568,9 +2570,9 @@ static void op_attention(reader *r, header *h)
         size_t psize = sizeof p;
         unsigned char tail = 0;
         int nullp = 0;
-        unsigned sel = h->inval % 20;
+        unsigned sel = h->inval % 20, k = h->inval / 20;
         if (sel == 16 && a->KL) sel = 2;   /* T = 0 would spoil the key lengths too */
-        int expect = att_spoil(a, h, &p, sel, &psize, &tail, &nullp);
+        int expect = att_spoil(a, h, &p, sel, k, &psize, &tail, &nullp);
         if (expect < 0) {
             att_free(a);
             return;
@@ -2595,7 +2597,7 @@ static void op_attention(reader *r, header *h)
             att_free(a);
             return;
         }
-        unsigned sel = h->inval % 12, k = h->inval >> 4;
+        unsigned sel = h->inval % 12, k = h->inval / 12;
         size_t ob = rows * dv * es, wb = rows * T * es, lb = rows * es;
         void *o = NULL, *w = NULL, *l = NULL;
         buf *tgt = NULL;
@@ -2919,7 +2921,7 @@ static void op_merge_raw(reader *r, header *h)
     }
     if (pick_overlap(h)) {
         /* out on outs or lses, lse on outs, lses or out */
-        unsigned sel = h->inval % 5, k = h->inval >> 3;
+        unsigned sel = h->inval % 5, k = h->inval / 5;
         void *o = NULL, *l = NULL;
         size_t ob = rows * dv * es, lb = rows * es;
         if (sel == 0 && ob && P * rows * dv >= rows * dv) o = (char *)bO->p + (k % (P * rows * dv - rows * dv + 1)) * es;
@@ -3231,10 +3233,10 @@ static void op_backward(reader *r, header *h)
         size_t psize = sizeof p;
         unsigned char tail = 0;
         int nullp = 0, expect;
-        unsigned sel = h->inval % 27, k = h->inval >> 5;
+        unsigned sel = h->inval % 27, k = h->inval / 27;
         if (sel < 20) {
             if (sel == 16 && a->KL) sel = 2;   /* T = 0 would spoil the key lengths too */
-            expect = att_spoil(a, h, &p, sel, &psize, &tail, &nullp);
+            expect = att_spoil(a, h, &p, sel, k, &psize, &tail, &nullp);
             if (sel == 17 && !a->count) expect = -1;
         } else {
             expect = ATTNX_ERR_NULL;
@@ -3282,7 +3284,7 @@ static void op_backward(reader *r, header *h)
             att_free(a);
             return;
         }
-        unsigned sel = h->inval % 13, k = h->inval >> 4;
+        unsigned sel = h->inval % 13, k = h->inval / 13;
         size_t nb[3] = {rows * d, count * T * d, count * T * dv};
         void *g3[3] = {NULL, NULL, NULL};
         if (sel < 10) {
