@@ -22,18 +22,26 @@
  *
  * Out of reach by design: the flash-decoding split of one long query
  * (T >= 4096 and threads; .ci/fuzz.sh builds with -DATTNX_NO_THREADS so
- * that runs are deterministic); .ci/sanitize.sh's pytest run covers it.
+ * that runs are deterministic) and attnx_attention's split-K (T >= 8192);
+ * .ci/sanitize.sh's pytest run and csrc/tests/test_attention.c cover them.
  *
  * One input drives one operation, chosen by its first byte, at every SIMD
  * level (attnx_set_simd_level), scalar first as the reference:
  *   attnx_attend (fused and two-pass), attnx_softmax (in place and not),
  *   attnx_dot_scores, attnx_context, attnx_exp, attnx_attend_batch,
- *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch.
+ *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch;
+ *   and (first byte >= 0x80) attnx_attention with every option (fused and
+ *   two-pass), chunks of keys merged by attnx_merge_attention,
+ *   attnx_merge_attention on partials from the data, and
+ *   attnx_attention_backward, each in float64 or float32.
  *
  * Input layout (bytes past the end read as 0 in the header; past the end of
  * the data, values come from a small generator seeded by the input):
- *   0  op (mod 10: 0,1 attend; 2 softmax; 3 dot_scores; 4 context; 5 exp;
- *      6 attend_batch; 7 softmax_rows; 8 dot_scores_batch; 9 context_batch)
+ *   0  op: below 0x80, mod 10: 0,1 attend; 2 softmax; 3 dot_scores;
+ *      4 context; 5 exp; 6 attend_batch; 7 softmax_rows; 8 dot_scores_batch;
+ *      9 context_batch. From 0x80 (no input of older harnesses has one),
+ *      bits 0-1: 10 attention; 11 merge of key chunks; 12 merge of partials
+ *      from the data; 13 attention_backward; bit 2: the _f32 function
  *   1  flags: 1 mask, 2 causal, 4 weights (two-pass), 8 in place,
  *      16 overlapping outputs, 32 one invalid argument, 64 wide sizes
  *      (d to 200; dv to 127, then b + 45 up to 300; T to 40), 128 V is K
@@ -52,12 +60,38 @@
  *   19 which invalid argument / overlap   20 num_threads selector
  *   21... values: a selector byte each, see value()
  *
+ * Ops 10, 11 and 13 read the header above, then 12 more bytes (xheader;
+ * make_corpus.py writes them), then their values:
+ *   21 options: 1 bias, 2 ALiBi slopes, 4 key lengths, 8 window,
+ *      16 lower_right, 32 softcap, 64 lse wanted
+ *   22 bias: bits 0-1 row stride (T, 0, padded, -T), bit 2 column stride 0,
+ *      bits 3-5 batch broadcast, bit 6 NaN at one entry a seen key adds
+ *      (picked by byte 23), bit 7 NaN at every entry no seen key adds
+ *   24 broadcast bits of the slopes (0-2) and key lengths (3-5); how the key
+ *      lengths are drawn (6-7: data, T, up to T/2, first 0)
+ *   25, 26 window_left, window_right (signed: < 0 unbounded)
+ *   27, 28 query_offset, key_offset (signed)
+ *   29 offsets: bits 0-1 as they are, + T - Lq, 2^61 apart (no ALiBi), x 16
+ *   30 softcap: bits 0-2 from the data or 1, 5, 30, 0.5, 1e-3, 1e4, 2
+ *   31 struct size: bits 0-1 ours, version 3's (no version-4 field), larger
+ *      with a zero tail
+ *   32 merge: chunks - 1 (mod 4); backward: grad_out broadcast bits
+ * and then: scale, softcap, Q, K, V, mask, bias, slopes, key lengths (a byte
+ * each), chunk cuts or grad_out. Op 12 (merge of partials) takes P = 1 +
+ * d % 8, rows = Lq and dv from the header; outs, then lses (with mask: a
+ * byte a partial, odd makes its lse -inf). The struct is handed over in a
+ * buffer of exactly its size, so reading past it is an ASan report.
+ *
  * Every buffer is allocated for exactly its contents, behind and ahead of
  * poisoned guard zones that hold canaries (ASan reports any access; without
  * ASan the canaries still catch stray writes). Memory the contract says is
  * never read is poisoned for the duration of each call: masked (and, with
  * causal, future) key and value rows, value rows whose weight is exactly 0
- * in attnx_context, and the gaps between batch items.
+ * in attnx_context, and the gaps between batch items. For attnx_attention
+ * and its backward: the key and value rows no row of any item sharing them
+ * sees (beyond its key length, outside its window or causal range, masked),
+ * bias padding between rows (the bias of unseen keys may be read); for the
+ * merge, the partial outs whose lse is -inf.
  *
  * Checks (any failure prints the case and calls abort()):
  *   - status codes: NULL, EMPTY, OVERFLOW, OVERLAP, ARG for invalid calls,
@@ -79,6 +113,37 @@
  *     from the fused pass too;
  *   - exp agrees across levels within 2 ulp everywhere; in-place results
  *     equal out-of-place ones bit for bit.
+ * attnx_attention (ops 10, 11): every status code of attnx_api.def one
+ * invalid argument at a time (NULL params or pointers, size too small, a
+ * newer struct with a nonzero unknown field, num_threads, nbatch, NULL
+ * shape or strides, causal / window / lower_right not 0 or 1, softcap < 0,
+ * NaN or inf, bias_col_stride, a key length outside [0, T], T == 0, Lq and
+ * offset overflows) and every output over every input or over another
+ * output, nothing written; then, at each level, fused and two-pass:
+ *   - against a reference in long double spelled out from attnx_api.def
+ *     (the seen set from key lengths, mask, causal, window, lower_right and
+ *     offsets; scores scaled, softcapped with tanhl, biased, minus slope *
+ *     |pos - t|): a row that sees nothing gives zeros, lse -inf and zero
+ *     weights; unseen keys weigh exactly 0 (NaN in a NaN row); NaN reaching
+ *     a seen score (query, scale, key row, bias entry, slope) makes the row
+ *     NaN; on tame rows the class (NaN exactly when a seen bias entry is)
+ *     and, when well conditioned, weights, out and lse within bounds that
+ *     grow with the scores' error (the same bounds at float32's epsilon);
+ *   - fused within twice that of two-pass, each level of scalar, and a
+ *     fused out finite wherever the two-pass one is;
+ *   - NaN at bias entries no seen key adds changes no bit (a clean copy);
+ *   - op 11: the keys cut in up to 4 chunks (key_offset moved, key lengths
+ *     cut), each attended with lse, merged: within the reference's bound.
+ * attnx_merge_attention (op 12): status codes; a NaN lse makes its row NaN,
+ * all -inf gives zeros and -inf; else out and lse within a bound of a long
+ * double reference; the same bits at every level.
+ * attnx_attention_backward (op 13): the status codes (those of the forward,
+ * NULL gradients, out, lse, grad_out or their strides, weights set) and
+ * overlaps (a gradient over any input or another gradient); the forward's
+ * out and lse as inputs; every gradient written; a row that sees nothing
+ * and a key no row sees get exactly 0 (unless a NaN row of the item makes
+ * them NaN); dQ, dK, dV against the long double gradients of the reference
+ * within bounds from their terms' magnitudes, and each level against scalar.
  */
 #define _POSIX_C_SOURCE 200112L
 
@@ -2593,7 +2658,7 @@ static void op_attention(reader *r, header *h)
     if (pick_overlap(h)) {
         /* one output over an input (item 0's first element) or two outputs
          * sharing memory: OVERLAP, nothing written */
-        if (!rows) {
+        if (!rows || !T) {
             att_free(a);
             return;
         }
@@ -3061,10 +3126,12 @@ static void gref_free(gref *g)
 }
 
 /* Whether every row of item b has a finite or -inf lse and finite out and
- * grad_out: else a key the item's rows do not see may still get NaN (the
- * weights of unseen keys are NaN in a NaN row; 0 * NaN for the others). */
+ * grad_out, and the scale is finite: else a key the item's rows do not see
+ * may still get NaN (the weights of unseen keys are NaN in a NaN row;
+ * 0 * NaN for the others). */
 static int bwd_item_clean(const att *a, size_t b, const void *O, const void *Ls, const char *G, const layout *lg)
 {
+    if (!isfinite(a->f32 ? (double)(float)a->scale : a->scale)) return 0;   /* 0 * scale */
     for (size_t i = 0; i < a->Lq; i++) {
         size_t row = b * a->Lq + i;
         double l = elv(Ls, (ptrdiff_t)row, a->f32);
@@ -3095,7 +3162,10 @@ static void bwd_reference(const att *a, const aref *R, const void *O, const void
         for (size_t i = 0; i < Lq; i++) {
             size_t row = b * Lq + i;
             const rref *rr = &R->r[row];
-            if (!a->nseen[row]) continue;
+            if (!a->nseen[row]) {   /* 0, unless 0 * a non-finite scale */
+                if (!isfinite(f ? (double)(float)a->scale : a->scale)) memset(gq->ok + row * d, 0, d);
+                continue;
+            }
             ptrdiff_t gi = item_off(a->h, lg, b) + (ptrdiff_t)(i * dv), qi = q_at(a, b, i);
             int ok = rr->tame && rr->numeric && rr->cls == ROW_NORMAL;
             long double D = 0, Dmag = 0;
@@ -3367,7 +3437,7 @@ static void op_backward(reader *r, header *h)
         /* on any input: a row that sees nothing has no gradient; a key no
          * row of its item sees has none (unless a NaN row of the item makes
          * unseen keys NaN, as it makes their weights) */
-        for (size_t row = 0; row < rows; row++)
+        for (size_t row = 0; row < rows && isfinite(f32 ? (double)(float)a->scale : a->scale); row++)
             if (!a->nseen[row]) all_equal(q1 + row * d, d, 0.0, "grad_query (a row that sees no key)");
         for (size_t b = 0; b < count; b++)
             for (size_t t = 0; t < T && bwd_item_clean(a, b, bO->p, bLs->p, G, &lg); t++) {
