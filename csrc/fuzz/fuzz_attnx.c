@@ -16,7 +16,7 @@
  * Without libFuzzer (gcc, or to replay under a debugger) build with
  * -DFUZZ_STANDALONE: main() then runs every file named on the command line.
  *     make -C csrc BUILD=/tmp/fz SANITIZE=1 /tmp/fz/libattnx.a
- *     gcc -std=c99 -g -fsanitize=address,undefined -DFUZZ_STANDALONE -Icsrc \
+ *     gcc -std=c99 -g -fsanitize=address,undefined -DFUZZ_STANDALONE -Icsrc -Icsrc/include \
  *         csrc/fuzz/fuzz_attnx.c /tmp/fz/libattnx.a -lm -pthread -o /tmp/fz/replay
  *     /tmp/fz/replay csrc/fuzz/corpus/seed-* csrc/fuzz/corpus/bug-*
  *
