@@ -504,8 +504,14 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
         md->slope = (double)a->slopes[off];
     }
     /* a cap beyond the element type's range caps nothing there (x / inf
-     * would be 0, and inf * tanh(0) NaN) */
-    md->softcap = (AX_T)a->softcap == (AX_T)INFINITY ? 0.0 : a->softcap;
+     * would be 0, and inf * tanh(0) NaN); one below its normal range caps
+     * at the smallest normal (0 / 0 would be NaN) */
+    md->softcap = a->softcap;
+    if (md->softcap > 0) {
+        const double tiny = sizeof(AX_T) == 4 ? 0x1p-126 : 0x1p-1022;
+        if ((AX_T)md->softcap == (AX_T)INFINITY) md->softcap = 0.0;
+        else if (md->softcap < tiny) md->softcap = tiny;
+    }
     md->pos = pos;
     md->lo = a->wl >= 0 ? pos - pos_clamp(a->wl) : ATTNX_NO_LO;
     md->hi = ATTNX_NO_HI;

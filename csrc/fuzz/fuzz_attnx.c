@@ -16,28 +16,37 @@
  * Without libFuzzer (gcc, or to replay under a debugger) build with
  * -DFUZZ_STANDALONE: main() then runs every file named on the command line.
  *     make -C csrc BUILD=/tmp/fz SANITIZE=1 /tmp/fz/libattnx.a
- *     gcc -std=c99 -g -fsanitize=address,undefined -DFUZZ_STANDALONE -Icsrc \
+ *     gcc -std=c99 -g -fsanitize=address,undefined -DFUZZ_STANDALONE -Icsrc -Icsrc/include \
  *         csrc/fuzz/fuzz_attnx.c /tmp/fz/libattnx.a -lm -pthread -o /tmp/fz/replay
  *     /tmp/fz/replay csrc/fuzz/corpus/seed-* csrc/fuzz/corpus/bug-*
  *
  * Out of reach by design: the flash-decoding split of one long query
  * (T >= 4096 and threads; .ci/fuzz.sh builds with -DATTNX_NO_THREADS so
- * that runs are deterministic); .ci/sanitize.sh's pytest run covers it.
+ * that runs are deterministic) and attnx_attention's split-K (T >= 8192);
+ * .ci/sanitize.sh's pytest run and csrc/tests/test_attention.c cover them.
  *
  * One input drives one operation, chosen by its first byte, at every SIMD
  * level (attnx_set_simd_level), scalar first as the reference:
  *   attnx_attend (fused and two-pass), attnx_softmax (in place and not),
  *   attnx_dot_scores, attnx_context, attnx_exp, attnx_attend_batch,
- *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch,
+ *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch;
+ *   and (first byte >= 0x80) attnx_attention with every option (fused and
+ *   two-pass), chunks of keys merged by attnx_merge_attention,
+ *   attnx_merge_attention on partials from the data, and
+ *   attnx_attention_backward, each in float64 or float32; and
  *   attnx_additive_attention.
  *
  * Input layout (bytes past the end read as 0 in the header; past the end of
  * the data, values come from a small generator seeded by the input):
- *   0  op (mod 10: 0,1 attend; 2 softmax; 3 dot_scores; 4 context; 5 exp;
- *      6 attend_batch; 7 softmax_rows; 8 dot_scores_batch; 9 context_batch;
- *      but 230 and up: additive_attention, read as attend_batch with d the
+ *   0  op: below 0x80, mod 10: 0,1 attend; 2 softmax; 3 dot_scores;
+ *      4 context; 5 exp; 6 attend_batch; 7 softmax_rows; 8 dot_scores_batch;
+ *      9 context_batch. From 0x80 (no input of older harnesses has one),
+ *      bits 0-1: 10 attention; 11 merge of key chunks; 12 merge of partials
+ *      from the data; 13 attention_backward; bit 2: the _f32 function.
+ *      But with bits 3 and 4 set too (0x98-0x9f, 0xb8-0xbf, 0xd8-0xdf,
+ *      0xf8-0xff): additive_attention, read as attend_batch with d the
  *      additive width h, Q and K the projected queries and keys, and v
- *      (h values) after V)
+ *      (h values) after V
  *   1  flags: 1 mask, 2 causal, 4 weights (two-pass), 8 in place,
  *      16 overlapping outputs, 32 one invalid argument, 64 wide sizes
  *      (d to 200; dv to 127, then b + 45 up to 300; T to 40), 128 V is K
@@ -57,12 +66,38 @@
  *   19 which invalid argument / overlap   20 num_threads selector
  *   21... values: a selector byte each, see value()
  *
+ * Ops 10, 11 and 13 read the header above, then 12 more bytes (xheader;
+ * make_corpus.py writes them), then their values:
+ *   21 options: 1 bias, 2 ALiBi slopes, 4 key lengths, 8 window,
+ *      16 lower_right, 32 softcap, 64 lse wanted
+ *   22 bias: bits 0-1 row stride (T, 0, padded, -T), bit 2 column stride 0,
+ *      bits 3-5 batch broadcast, bit 6 NaN at one entry a seen key adds
+ *      (picked by byte 23), bit 7 NaN at every entry no seen key adds
+ *   24 broadcast bits of the slopes (0-2) and key lengths (3-5); how the key
+ *      lengths are drawn (6-7: data, T, up to T/2, first 0)
+ *   25, 26 window_left, window_right (signed: < 0 unbounded)
+ *   27, 28 query_offset, key_offset (signed)
+ *   29 offsets: bits 0-1 as they are, + T - Lq, 2^61 apart (no ALiBi), x 16
+ *   30 softcap: bits 0-2 from the data or 1, 5, 30, 0.5, 1e-3, 1e4, 2
+ *   31 struct size: bits 0-1 ours, version 3's (no version-4 field), larger
+ *      with a zero tail
+ *   32 merge: chunks - 1 (mod 4); backward: grad_out broadcast bits
+ * and then: scale, softcap, Q, K, V, mask, bias, slopes, key lengths (a byte
+ * each), chunk cuts or grad_out. Op 12 (merge of partials) takes P = 1 +
+ * d % 8, rows = Lq and dv from the header; outs, then lses (with mask: a
+ * byte a partial, odd makes its lse -inf). The struct is handed over in a
+ * buffer of exactly its size, so reading past it is an ASan report.
+ *
  * Every buffer is allocated for exactly its contents, behind and ahead of
  * poisoned guard zones that hold canaries (ASan reports any access; without
  * ASan the canaries still catch stray writes). Memory the contract says is
  * never read is poisoned for the duration of each call: masked (and, with
  * causal, future) key and value rows, value rows whose weight is exactly 0
- * in attnx_context, and the gaps between batch items.
+ * in attnx_context, and the gaps between batch items. For attnx_attention
+ * and its backward: the key and value rows no row of any item sharing them
+ * sees (beyond its key length, outside its window or causal range, masked),
+ * bias padding between rows (the bias of unseen keys may be read); for the
+ * merge, the partial outs whose lse is -inf.
  *
  * Checks (any failure prints the case and calls abort()):
  *   - status codes: NULL, EMPTY, OVERFLOW, OVERLAP, ARG for invalid calls,
@@ -84,6 +119,37 @@
  *     from the fused pass too;
  *   - exp agrees across levels within 2 ulp everywhere; in-place results
  *     equal out-of-place ones bit for bit.
+ * attnx_attention (ops 10, 11): every status code of attnx_api.def one
+ * invalid argument at a time (NULL params or pointers, size too small, a
+ * newer struct with a nonzero unknown field, num_threads, nbatch, NULL
+ * shape or strides, causal / window / lower_right not 0 or 1, softcap < 0,
+ * NaN or inf, bias_col_stride, a key length outside [0, T], T == 0, Lq and
+ * offset overflows) and every output over every input or over another
+ * output, nothing written; then, at each level, fused and two-pass:
+ *   - against a reference in long double spelled out from attnx_api.def
+ *     (the seen set from key lengths, mask, causal, window, lower_right and
+ *     offsets; scores scaled, softcapped with tanhl, biased, minus slope *
+ *     |pos - t|): a row that sees nothing gives zeros, lse -inf and zero
+ *     weights; unseen keys weigh exactly 0 (NaN in a NaN row); NaN reaching
+ *     a seen score (query, scale, key row, bias entry, slope) makes the row
+ *     NaN; on tame rows the class (NaN exactly when a seen bias entry is)
+ *     and, when well conditioned, weights, out and lse within bounds that
+ *     grow with the scores' error (the same bounds at float32's epsilon);
+ *   - fused within twice that of two-pass, each level of scalar, and a
+ *     fused out finite wherever the two-pass one is;
+ *   - NaN at bias entries no seen key adds changes no bit (a clean copy);
+ *   - op 11: the keys cut in up to 4 chunks (key_offset moved, key lengths
+ *     cut), each attended with lse, merged: within the reference's bound.
+ * attnx_merge_attention (op 12): status codes; a NaN lse makes its row NaN,
+ * all -inf gives zeros and -inf; else out and lse within a bound of a long
+ * double reference; the same bits at every level.
+ * attnx_attention_backward (op 13): the status codes (those of the forward,
+ * NULL gradients, out, lse, grad_out or their strides, weights set) and
+ * overlaps (a gradient over any input or another gradient); the forward's
+ * out and lse as inputs; every gradient written; a row that sees nothing
+ * and a key no row sees get exactly 0 (unless a NaN row of the item makes
+ * them NaN); dQ, dK, dV against the long double gradients of the reference
+ * within bounds from their terms' magnitudes, and each level against scalar.
  */
 #define _POSIX_C_SOURCE 200112L
 
@@ -128,6 +194,7 @@
  * quiet NaNs), so finding one in an output means "not written". */
 #define CANARY_BITS 0x7ff4c0ffeec0ffeeULL
 #define UNWRITTEN_BITS 0x7ff4deadbeef0001ULL
+#define UNWRITTEN_F32_BITS 0x7fa0beefU   /* a float signalling NaN */
 
 /* ------------------------------------------------------------- failure */
 
@@ -230,7 +297,7 @@ static double value(reader *r)
 }
 
 typedef struct {
-    unsigned op, flags;
+    unsigned op, f32, flags;
     size_t T, d, dv, Lq;
     size_t nbatch, shape[3];
     unsigned bc_q, bc_k, bc_v, bc_m, gap, mrs_mode, neg;
@@ -241,9 +308,8 @@ typedef struct {
     int threads;
 } header;
 
-/* op bytes from here on: additive attention (below: op % 10, so the kept
- * corpus keeps its meaning) */
-#define OP_ADDITIVE_FROM 230
+/* the op number of additive attention (first bytes: see the top) */
+#define OP_ADDITIVE 14
 
 enum {
     F_MASK = 1, F_CAUSAL = 2, F_WEIGHTS = 4, F_INPLACE = 8, F_OVERLAP = 16, F_INVALID = 32,
@@ -252,8 +318,12 @@ enum {
 
 static void read_header(reader *r, header *h)
 {
+    /* < 0x80: the ops of the first ten (as ever); >= 0x80: the struct entry
+     * point and friends (10 + bits 0-1), bit 2 their float32 form; bits 3
+     * and 4 both set: additive attention */
     unsigned op = hdr(r);
-    h->op = op >= OP_ADDITIVE_FROM ? 10 : op % 10;
+    h->op = op < 0x80 ? op % 10 : (op & 0x18) == 0x18 ? OP_ADDITIVE : 10 + (op & 3);
+    h->f32 = op >= 0x80 && (op & 4) && h->op != OP_ADDITIVE;
     h->flags = hdr(r);
     unsigned t = hdr(r);
     t |= (unsigned)hdr(r) << 8;
@@ -317,7 +387,7 @@ typedef struct {
     int output;            /* reset before each call; may be written */
 } buf;
 
-#define MAX_BUFS 24
+#define MAX_BUFS 64
 static buf g_pool[MAX_BUFS];   /* static: they outlive the op that made them */
 static size_t g_nbufs;
 
@@ -352,6 +422,8 @@ static buf *buf_new(const char *name, size_t esize, size_t n, size_t front, size
     buf_fill_canary(b, b->raw + (front + n) * esize, back * esize);
     if (output && esize == sizeof(double)) {
         for (size_t i = 0; i < n; i++) memcpy(b->init + 8 * i, &(uint64_t){UNWRITTEN_BITS}, 8);
+    } else if (output && esize == sizeof(float)) {
+        for (size_t i = 0; i < n; i++) memcpy(b->init + 4 * i, &(uint32_t){UNWRITTEN_F32_BITS}, 4);
     } else {
         memset(b->init, 0, n * esize);
     }
@@ -1745,6 +1817,1727 @@ static void op_batch2(reader *r, header *h, int ctx_form)
     free(rtame);
 }
 
+/* ================================================================== */
+/* attnx_attention (every option), attnx_merge_attention and           */
+/* attnx_attention_backward, float64 and float32 (ops 10-13)           */
+/* ================================================================== */
+
+#define TAME_F32 1e8   /* float32: |x| below this keeps scores, sums and gradients finite */
+
+/* element i of a float64 or float32 array, as a double */
+static double elv(const void *base, ptrdiff_t i, int f32)
+{
+    return f32 ? (double)((const float *)base)[i] : ((const double *)base)[i];
+}
+
+static void elset(void *base, ptrdiff_t i, double x, int f32)
+{
+    if (f32) ((float *)base)[i] = (float)x;
+    else ((double *)base)[i] = x;
+}
+
+static int tame_lim(double x, double lim) { return fabs(x) < lim; }
+
+/* An output of either element type: every element written, then as doubles */
+static void read_out(const buf *b, double *dst, const char *what)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->esize == sizeof(float)) {
+            uint32_t u;
+            memcpy(&u, (const unsigned char *)b->p + 4 * i, 4);
+            if (u == UNWRITTEN_F32_BITS) fail("%s[%zu] not written", what, i);
+        } else if (bits_of(dp(b)[i]) == UNWRITTEN_BITS) {
+            fail("%s[%zu] not written", what, i);
+        }
+        dst[i] = elv(b->p, (ptrdiff_t)i, b->esize == sizeof(float));
+    }
+}
+
+static double *dalloc(size_t n)
+{
+    double *x = (double *)calloc(n + 1, sizeof(double));
+    if (!x) abort();
+    return x;
+}
+
+static buf *in_new_e(const char *name, size_t n, unsigned mis, size_t es)
+{
+    return buf_new(name, es, n, mis & 7, 1, 0);
+}
+
+static buf *out_new_e(const char *name, size_t n, unsigned mis, size_t es)
+{
+    return buf_new(name, es, n, GUARD + (mis & 7), GUARD, 1);
+}
+
+static void fill_values_e(reader *r, buf *b, int f32)
+{
+    for (size_t i = 0; i < b->n; i++) elset(b->p, (ptrdiff_t)i, value(r), f32);
+    buf_seal(b);
+}
+
+/* a count whose product with per (>= 1) elements of es bytes overflows size_t */
+static size_t huge_count_e(const header *h, size_t per, size_t es)
+{
+    return SIZE_MAX / (per ? per : 1) / es + 1 + (h->inval >> 4);
+}
+
+/* A batched operand of either type, `pad` spare (denied) elements after its
+ * extent (room for an output placed over it). Returns the base pointer. */
+static void *batch_operand_e(reader *r, const header *h, buf **out, const char *name, const layout *L,
+                             size_t count, int f32, size_t pad)
+{
+    size_t es = f32 ? 4 : 8;
+    buf *b = in_new_e(name, L->extent + pad, next_mis(), es);
+    fill_values_e(r, b, f32);
+    char *base = (char *)b->p - L->min_off * (ptrdiff_t)es;
+    buf_deny(b, 0, b->n);
+    for (size_t i = 0; i < count && L->msize; i++)
+        memset(b->deny + (item_off(h, L, i) - L->min_off), 0, L->msize);
+    *out = b;
+    return base;
+}
+
+/* The extension header of ops 10-13: 12 bytes after the 21 of the header. */
+typedef struct {
+    unsigned opts;
+    unsigned bias_mode, bias_pick;
+    unsigned bc_slope, bc_klen, klen_mode;
+    int wl, wr, qoff, koff;
+    unsigned off_mode, cap_mode, size_mode, aux;
+} xheader;
+
+enum {
+    A_BIAS = 1, A_ALIBI = 2, A_KLEN = 4, A_WINDOW = 8, A_LOWER_RIGHT = 16, A_SOFTCAP = 32, A_LSE = 64,
+    A_V4 = A_BIAS | A_ALIBI | A_KLEN | A_WINDOW | A_LOWER_RIGHT | A_SOFTCAP
+};
+
+static int sbyte(unsigned b) { return b < 128 ? (int)b : (int)b - 256; }
+
+static void read_xheader(reader *r, xheader *x)
+{
+    x->opts = hdr(r);
+    x->bias_mode = hdr(r);
+    x->bias_pick = hdr(r);
+    unsigned b = hdr(r);
+    x->bc_slope = b & 7;
+    x->bc_klen = (b >> 3) & 7;
+    x->klen_mode = b >> 6;
+    x->wl = sbyte(hdr(r));
+    x->wr = sbyte(hdr(r));
+    x->qoff = sbyte(hdr(r));
+    x->koff = sbyte(hdr(r));
+    x->off_mode = hdr(r);
+    x->cap_mode = hdr(r);
+    x->size_mode = hdr(r);
+    x->aux = hdr(r);
+}
+
+/* Everything one attention call reads, and what the rules make of it. */
+typedef struct {
+    const header *h;
+    int f32;
+    size_t es;
+    double eps, tl, tiny;     /* rounding unit, tame limit, absolute tolerance unit */
+    size_t count, Lq, T, d, dv, rows;
+    unsigned opts;            /* the A_* options in force */
+    layout lq, lk, lv, lm, lb, ls, ll;
+    buf *bQ, *bK, *bV, *bM, *bB, *bBc, *bS, *bL;
+    const char *Q, *K, *V, *B, *Bc, *S;   /* bases (B, Bc: row 0 of item 0's layout) */
+    const unsigned char *M;
+    const long long *KL;
+    ptrdiff_t mrs, brs, bcs, bmin;
+    double scale, softcap;
+    int causal, lower_right, window, alias;
+    ptrdiff_t wl, wr, qoff, koff;
+    size_t psize;             /* the params struct's size */
+    /* derived */
+    unsigned char *seen;      /* rows x T: key t seen by row */
+    size_t *nseen;            /* rows */
+    size_t *Tb;               /* count: keys of each item */
+    long double *pos;         /* rows: the query's position in key indices */
+} att;
+
+static void att_free(att *a)
+{
+    free(a->seen);
+    free(a->nseen);
+    free(a->Tb);
+    free(a->pos);
+}
+
+/* element offsets of item b's row i from each base */
+static ptrdiff_t q_at(const att *a, size_t b, size_t i) { return item_off(a->h, &a->lq, b) + (ptrdiff_t)(i * a->d); }
+static ptrdiff_t k_at(const att *a, size_t b, size_t t) { return item_off(a->h, &a->lk, b) + (ptrdiff_t)(t * a->d); }
+static ptrdiff_t v_at(const att *a, size_t b, size_t t)
+{
+    return item_off(a->h, a->alias ? &a->lk : &a->lv, b) + (ptrdiff_t)(t * a->dv);
+}
+static ptrdiff_t b_at(const att *a, size_t b, size_t i, size_t t)
+{
+    return item_off(a->h, &a->lb, b) + (ptrdiff_t)i * a->brs + (ptrdiff_t)t * a->bcs;
+}
+
+static size_t overlap_pad(const att *a, const header *h, size_t es)
+{
+    if (!(h->flags & F_OVERLAP)) return 0;
+    return (a->rows * (a->T + a->dv + a->d + 1) * 8 + 64) / es;
+}
+
+/* Read the operands (scale, softcap, Q, K, V, mask, bias, slopes, key
+ * lengths, in that order from the data) and find the keys each row sees.
+ * merge: positions as explicit offsets (lower_right folded in when it can
+ * be), so that chunks of keys are the same problem with key_offset moved. */
+static void att_setup(reader *r, header *h, const xheader *x, att *a, int merge)
+{
+    memset(a, 0, sizeof *a);
+    if (pick_invalid(h) && h->T == 0) h->T = 1;   /* one invalid argument at a time */
+    size_t count = batch_items(h);
+    budget(h, count, h->d + h->dv);
+    a->h = h;
+    a->f32 = (int)h->f32;
+    a->es = a->f32 ? 4 : 8;
+    a->eps = a->f32 ? FLT_EPSILON : EPS;
+    a->tl = a->f32 ? TAME_F32 : TAME;
+    a->tiny = a->f32 ? 1e-37 : 1e-300;
+    a->count = count;
+    a->Lq = h->Lq;
+    a->T = h->T;
+    a->d = h->d;
+    a->dv = h->dv;
+    a->rows = count * h->Lq;
+    size_t T = a->T, Lq = a->Lq, es = a->es;
+    unsigned sm = x->size_mode & 3;
+    a->psize = sm == 1 ? ATTNX_ATTENTION_PARAMS_V1_SIZE
+             : sm == 2 ? sizeof(attnx_attention_params) + 8 * (1 + ((x->size_mode >> 2) & 3))
+                       : sizeof(attnx_attention_params);
+    a->opts = x->opts;
+    if (sm == 1) a->opts &= ~(unsigned)A_V4;   /* a version-3 caller has none of them */
+    cur.op = h->f32 ? "attention_f32" : "attention";
+    cur.T = T;
+    cur.Lq = Lq;
+    cur.nbatch = h->nbatch;
+
+    a->scale = read_scale(r, h);
+    if (a->opts & A_SOFTCAP) {
+        static const double caps[8] = {0, 1.0, 5.0, 30.0, 0.5, 1e-3, 1e4, 2.0};
+        unsigned m = x->cap_mode & 7;
+        a->softcap = m ? caps[m] : fabs(value(r));
+        if ((x->cap_mode & 0x38) == 0x38) a->softcap = ldexp(1.0, (int)(x->cap_mode >> 6) * 40 - 60);
+        if (!(a->softcap > 0) || isinf(a->softcap)) a->softcap = 1.0;   /* valid: > 0, finite */
+    }
+    a->causal = (h->flags & F_CAUSAL) != 0;
+    size_t pad = 0;
+    make_layout(&a->lq, h, Lq * a->d, h->bc_q, 1, h->gap);
+    make_layout(&a->lk, h, T * a->d, h->bc_k, 1, h->gap);
+    make_layout(&a->lv, h, T * a->dv, h->bc_v, 1, h->gap);
+    pad = overlap_pad(a, h, es);
+    a->Q = (const char *)batch_operand_e(r, h, &a->bQ, "Q", &a->lq, count, a->f32, pad);
+    a->K = (const char *)batch_operand_e(r, h, &a->bK, "K", &a->lk, count, a->f32, pad);
+    a->alias = (h->flags & F_ALIAS) && a->dv == a->d && h->bc_v == h->bc_k;
+    if (a->alias) {
+        a->V = a->K;
+        a->bV = a->bK;
+    } else {
+        a->V = (const char *)batch_operand_e(r, h, &a->bV, "V", &a->lv, count, a->f32, pad);
+    }
+    /* mask rows: T apart, shared (stride 0), or padded (as attend_batch) */
+    a->mrs = h->mrs_mode == 1 ? 0 : h->mrs_mode == 2 ? (ptrdiff_t)T + 1 + (h->mask_b & 7) : (ptrdiff_t)T;
+    if (h->flags & F_MASK) {
+        size_t mitem = Lq == 0 ? 0 : (size_t)(Lq - 1) * (size_t)a->mrs + T;
+        make_layout(&a->lm, h, mitem, h->bc_m, 0, 0);
+        size_t mp = overlap_pad(a, h, 1);
+        a->bM = buf_new("mask", 1, a->lm.extent + mp, 0, 0, 0);
+        unsigned char *m = (unsigned char *)a->bM->p;
+        for (size_t from = 0, row = 0; from < a->lm.extent; from += T ? T : 1, row++)
+            fill_mask(r, h, m + from, a->lm.extent - from < T ? a->lm.extent - from : T, row);
+        buf_seal(a->bM);
+        buf_deny(a->bM, a->lm.extent, mp);
+        a->M = m;
+    }
+    if (a->opts & A_BIAS) {
+        /* Lq rows brs apart of T entries bcs apart (bcs 0: one per row) */
+        a->bcs = (x->bias_mode & 4) ? 0 : 1;
+        ptrdiff_t unit = a->bcs ? (ptrdiff_t)T : 1;
+        switch (x->bias_mode & 3) {
+        case 0: a->brs = unit; break;
+        case 1: a->brs = 0; break;
+        case 2: a->brs = unit + 1 + (ptrdiff_t)(x->bias_pick & 3); break;
+        default: a->brs = -unit; break;
+        }
+        ptrdiff_t lo = 0, hi = 0;
+        if (Lq && T) {
+            ptrdiff_t span = (ptrdiff_t)(Lq - 1) * a->brs;
+            lo = span < 0 ? span : 0;
+            hi = (span > 0 ? span : 0) + (ptrdiff_t)(T - 1) * a->bcs;
+        }
+        a->bmin = lo;
+        make_layout(&a->lb, h, (size_t)(hi - lo + 1), (x->bias_mode >> 3) & 7, 1, h->gap);
+        char *base = (char *)batch_operand_e(r, h, &a->bB, "bias", &a->lb, count, a->f32, overlap_pad(a, h, es));
+        a->B = base - lo * (ptrdiff_t)es;   /* row 0 of item 0 */
+        /* deny what no (item, row, key) addresses: padding between rows */
+        unsigned char *addr = (unsigned char *)calloc(a->bB->n + 1, 1);
+        if (!addr) abort();
+        for (size_t b = 0; b < count; b++)
+            for (size_t i = 0; i < Lq; i++)
+                for (size_t t = 0; t < T; t++)
+                    addr[(a->B - (const char *)a->bB->p) / (ptrdiff_t)es + b_at(a, b, i, t)] = 1;
+        for (size_t e = 0; e < a->bB->n; e++)
+            if (!addr[e]) a->bB->deny[e] = 1;
+        free(addr);
+    }
+    if (a->opts & A_ALIBI) {
+        make_layout(&a->ls, h, 1, x->bc_slope, 1, 0);
+        a->S = (const char *)batch_operand_e(r, h, &a->bS, "alibi_slopes", &a->ls, count, a->f32,
+                                             overlap_pad(a, h, es));
+    }
+    if (a->opts & A_KLEN) {
+        make_layout(&a->ll, h, 1, x->bc_klen, 1, 0);
+        size_t lp = overlap_pad(a, h, 8);
+        a->bL = buf_new("key_lengths", sizeof(long long), a->ll.extent + lp, next_mis() & 7, 1, 0);
+        long long *kl = (long long *)a->bL->p;
+        for (size_t e = 0; e < a->bL->n; e++) {
+            unsigned v = data8(r);
+            switch (x->klen_mode) {
+            case 0: kl[e] = (long long)(v % (T + 1)); break;
+            case 1: kl[e] = (long long)T; break;
+            case 2: kl[e] = (long long)(v % (T / 2 + 1)); break;
+            default: kl[e] = e == 0 ? 0 : (long long)(T - v % (T / 4 + 1)); break;
+            }
+        }
+        buf_seal(a->bL);
+        buf_deny(a->bL, a->ll.extent, lp);
+        a->KL = kl - a->ll.min_off;
+    }
+    if (a->opts & A_WINDOW) {
+        a->window = 1;
+        a->wl = x->wl;
+        a->wr = x->wr;
+    }
+    a->lower_right = (a->opts & A_LOWER_RIGHT) != 0;
+    a->qoff = x->qoff;
+    a->koff = x->koff;
+    switch (x->off_mode & 3) {
+    case 1: a->qoff += (ptrdiff_t)T - (ptrdiff_t)Lq; break;   /* a decoder's cache */
+    case 2:
+        /* far apart: past the library's 2^60 clamp of positions (no ALiBi,
+         * whose distances a double cannot hold there) */
+        if (!a->S) a->qoff += (x->off_mode & 4) ? -((ptrdiff_t)1 << 61) : ((ptrdiff_t)1 << 61);
+        break;
+    case 3: a->qoff *= 16, a->koff *= 16; break;
+    default: break;
+    }
+    if (merge && a->lower_right) {
+        /* chunks have their own key lengths: fold the alignment into the
+         * offsets where every item has T keys, else drop it */
+        if (!a->KL) a->qoff += (ptrdiff_t)T - (ptrdiff_t)Lq;
+        a->lower_right = 0;
+    }
+}
+
+/* The keys each row sees (attnx_api.def's rule), once the key lengths are valid. */
+static void att_seen(att *a)
+{
+    size_t T = a->T, Lq = a->Lq, rows = a->rows;
+    a->seen = (unsigned char *)calloc(rows * T + 1, 1);
+    a->nseen = (size_t *)calloc(rows + 1, sizeof(size_t));
+    a->Tb = (size_t *)calloc(a->count + 1, sizeof(size_t));
+    a->pos = (long double *)calloc(rows + 1, sizeof(long double));
+    if (!a->seen || !a->nseen || !a->Tb || !a->pos) abort();
+    for (size_t b = 0; b < a->count; b++) {
+        size_t Tb = a->KL ? (size_t)a->KL[item_off(a->h, &a->ll, b)] : T;
+        a->Tb[b] = Tb;
+        const unsigned char *mb = a->M ? a->M + item_off(a->h, &a->lm, b) : NULL;
+        for (size_t i = 0; i < Lq; i++) {
+            size_t row = b * Lq + i;
+            long double pos = (long double)i + (long double)a->qoff - (long double)a->koff;
+            if (a->lower_right) pos += (long double)Tb - (long double)Lq;
+            a->pos[row] = pos;
+            for (size_t t = 0; t < T; t++) {
+                long double tt = (long double)t;
+                int s = t < Tb && (!mb || mb[(ptrdiff_t)i * a->mrs + (ptrdiff_t)t]);
+                s = s && (!a->causal || tt <= pos);
+                s = s && (!a->window || a->wl < 0 || tt >= pos - (long double)a->wl);
+                s = s && (!a->window || a->wr < 0 || tt <= pos + (long double)a->wr);
+                a->seen[row * T + t] = (unsigned char)s;
+                a->nseen[row] += (size_t)s;
+            }
+        }
+    }
+}
+
+/* NaN in the bias: bit 6 of bias_mode, at one entry a seen key adds (its
+ * rows become NaN); bit 7, at every entry no seen key adds (nothing may
+ * change: a clean copy runs beside it and must give the same bits). */
+static void att_bias_nan(reader *r, att *a, const xheader *x)
+{
+    (void)r;
+    if (!a->B || !(x->bias_mode & 0xc0)) return;
+    size_t n = a->bB->n, es = a->es;
+    ptrdiff_t b0 = (a->B - (const char *)a->bB->p) / (ptrdiff_t)es;
+    unsigned char *used = (unsigned char *)calloc(n + 1, 1);
+    if (!used) abort();
+    size_t nused = 0;
+    for (size_t b = 0; b < a->count; b++)
+        for (size_t i = 0; i < a->Lq; i++)
+            for (size_t t = 0; t < a->T; t++)
+                if (a->seen[(b * a->Lq + i) * a->T + t]) {
+                    size_t e = (size_t)(b0 + b_at(a, b, i, t));
+                    nused += !used[e];
+                    used[e] = 1;
+                }
+    if ((x->bias_mode & 0x40) && nused) {
+        size_t k = x->bias_pick % nused;
+        for (size_t e = 0; e < n; e++)
+            if (used[e] && k-- == 0) {
+                elset(a->bB->p, (ptrdiff_t)e, NAN, a->f32);
+                break;
+            }
+    }
+    if (x->bias_mode & 0x80) {
+        /* the clean copy first: the same layout, other memory */
+        a->bBc = buf_new("bias (clean)", es, n, next_mis() & 7, 1, 0);
+        memcpy(a->bBc->p, a->bB->p, n * es);
+        buf_seal(a->bBc);
+        if (a->bB->deny) {
+            a->bBc->deny = (unsigned char *)malloc(n + 1);
+            if (!a->bBc->deny) abort();
+            memcpy(a->bBc->deny, a->bB->deny, n);
+        }
+        a->Bc = (const char *)a->bBc->p + b0 * (ptrdiff_t)es;
+        for (size_t e = 0; e < n; e++)
+            if (!used[e] && !(a->bB->deny && a->bB->deny[e])) elset(a->bB->p, (ptrdiff_t)e, NAN, a->f32);
+    }
+    buf_seal(a->bB);
+    free(used);
+}
+
+/* Key and value rows no row of any item sees are never read: deny them. */
+static void att_deny_unseen(att *a)
+{
+    size_t T = a->T;
+    unsigned char *kt = (unsigned char *)calloc(a->bK->n + 1, 1), *vt = (unsigned char *)calloc(a->bV->n + 1, 1);
+    if (!kt || !vt) abort();
+    ptrdiff_t k0 = (a->K - (const char *)a->bK->p) / (ptrdiff_t)a->es;
+    ptrdiff_t v0 = (a->V - (const char *)a->bV->p) / (ptrdiff_t)a->es;
+    for (size_t b = 0; b < a->count; b++)
+        for (size_t i = 0; i < a->Lq; i++)
+            for (size_t t = 0; t < T; t++) {
+                if (!a->seen[(b * a->Lq + i) * T + t]) continue;
+                memset(kt + k0 + k_at(a, b, t), 1, a->d);
+                memset(vt + v0 + v_at(a, b, t), 1, a->dv);
+            }
+    if (a->alias)
+        for (size_t e = 0; e < a->bK->n; e++) kt[e] |= vt[e];
+    buf_deny(a->bK, 0, 0);
+    for (size_t e = 0; e < a->bK->n; e++)
+        if (!kt[e]) buf_deny(a->bK, e, 1);
+    if (!a->alias)
+        for (size_t e = 0; e < a->bV->n; e++)
+            if (!vt[e]) buf_deny(a->bV, e, 1);
+    free(kt);
+    free(vt);
+}
+
+static attnx_attention_params att_params(const att *a)
+{
+    attnx_attention_params p;
+    memset(&p, 0, sizeof p);
+    p.size = sizeof p;
+    p.query = a->Q;
+    p.keys = a->K;
+    p.values = a->V;
+    p.nbatch = a->h->nbatch;
+    p.batch_shape = a->h->shape;
+    p.query_strides = a->lq.strides;
+    p.key_strides = a->lk.strides;
+    p.value_strides = a->alias ? a->lk.strides : a->lv.strides;
+    p.Lq = a->Lq;
+    p.T = a->T;
+    p.d = a->d;
+    p.dv = a->dv;
+    p.scale = a->scale;
+    p.mask = a->M;
+    p.mask_strides = a->M ? a->lm.strides : NULL;
+    p.mask_row_stride = a->mrs;
+    p.causal = a->causal;
+    p.query_offset = a->qoff;
+    p.key_offset = a->koff;
+    p.num_threads = a->h->threads;
+    p.bias = a->B;
+    p.bias_strides = a->B ? a->lb.strides : NULL;
+    p.bias_row_stride = a->brs;
+    p.bias_col_stride = a->bcs;
+    p.alibi_slopes = a->S;
+    p.alibi_strides = a->S ? a->ls.strides : NULL;
+    p.key_lengths = a->KL;
+    p.key_lengths_strides = a->KL ? a->ll.strides : NULL;
+    p.lower_right = a->lower_right;
+    p.window = a->window;
+    p.window_left = a->wl;
+    p.window_right = a->wr;
+    p.softcap = a->softcap;
+    return p;
+}
+
+/* The struct as a caller of size `bytes` hands it over: a buffer of exactly
+ * that many bytes (reading past it is an ASan report), the fields beyond
+ * ours 0 unless tail != 0. */
+static void params_store(buf *bp, const attnx_attention_params *p, size_t size_field, unsigned char tail)
+{
+    attnx_attention_params q = *p;
+    q.size = size_field;
+    memset(bp->p, 0, bp->n);
+    memcpy(bp->p, &q, bp->n < sizeof q ? bp->n : sizeof q);
+    if (bp->n > sizeof q) ((unsigned char *)bp->p)[bp->n - 1 - (tail & 7)] = tail;
+    buf_seal(bp);
+}
+
+static int run_attention(const att *a, buf *bp, const attnx_attention_params *p)
+{
+    params_store(bp, p, a->psize, 0);
+    return a->f32 ? attnx_attention_f32(bp->p) : attnx_attention(bp->p);
+}
+
+/* ---- the reference, in long double, from attnx_api.def's rules */
+
+typedef struct {
+    int tame, numeric, nan_forced;
+    int cls;                 /* tame rows: ROW_ZERO, ROW_NORMAL or ROW_NAN */
+    double E;                /* bound on the error of any seen score */
+    double tol_w, rel_c, abs_c, tol_lse, lse;
+} rref;
+
+typedef struct {
+    rref *r;                 /* rows */
+    double *w, *c, *mag;     /* rows x T, rows x dv, rows x dv */
+    long double *s, *g;      /* rows x T: shaped scores; softcap derivative */
+} aref;
+
+static void aref_free(aref *R)
+{
+    free(R->r);
+    free(R->w);
+    free(R->c);
+    free(R->mag);
+    free(R->s);
+    free(R->g);
+}
+
+static void att_reference(const att *a, aref *R)
+{
+    size_t T = a->T, d = a->d, dv = a->dv, Lq = a->Lq, rows = a->rows;
+    int f = a->f32;
+    double eps = a->eps;
+    R->r = (rref *)calloc(rows + 1, sizeof(rref));
+    R->w = dalloc(rows * T);
+    R->c = dalloc(rows * dv);
+    R->mag = dalloc(rows * dv);
+    R->s = (long double *)calloc(rows * T + 1, sizeof(long double));
+    R->g = (long double *)calloc(rows * T + 1, sizeof(long double));
+    if (!R->r || !R->s || !R->g) abort();
+    long double sc = a->softcap;
+    long double *cl = (long double *)calloc(dv + 1, sizeof(long double));
+    if (!cl) abort();
+    for (size_t b = 0; b < a->count; b++) {
+        double slope = a->S ? elv(a->S, item_off(a->h, &a->ls, b), f) : 0.0;
+        for (size_t i = 0; i < Lq; i++) {
+            size_t row = b * Lq + i;
+            rref *rr = &R->r[row];
+            const unsigned char *sn = a->seen + row * T;
+            ptrdiff_t qi = q_at(a, b, i);
+            int qnan = d > 0 && isnan(a->scale), tm = tame_lim(a->scale, a->tl);
+            for (size_t j = 0; j < d; j++) {
+                double q = elv(a->Q, qi + (ptrdiff_t)j, f);
+                qnan |= isnan(q) != 0;
+                tm &= tame_lim(q, a->tl);
+            }
+            if (a->S) tm &= tame_lim(slope, a->tl);
+            int bnan = 0, nan = 0;
+            long double m = -INFINITY;
+            double E = 0.0, vmax = 0.0;
+            for (size_t t = 0; t < T; t++) {
+                if (!sn[t]) continue;
+                ptrdiff_t ki = k_at(a, b, t), vi = v_at(a, b, t);
+                long double dot = 0, smag = 0;
+                for (size_t j = 0; j < d; j++) {
+                    double q = elv(a->Q, qi + (ptrdiff_t)j, f), k = elv(a->K, ki + (ptrdiff_t)j, f);
+                    qnan |= isnan(k) != 0;
+                    tm &= tame_lim(k, a->tl);
+                    dot += (long double)q * k;
+                    smag += fabsl((long double)q * k);
+                }
+                for (size_t j = 0; j < dv; j++) {
+                    double v = elv(a->V, vi + (ptrdiff_t)j, f);
+                    tm &= tame_lim(v, a->tl);
+                    vmax = fmax(vmax, fabs(v));
+                }
+                long double x = (long double)a->scale * dot;
+                double Et = 2.0 * (double)(d + 2) * eps * (double)(fabsl((long double)a->scale) * smag) +
+                            2.0 * eps * (double)fabsl(x);
+                R->g[row * T + t] = 1;
+                if (a->softcap > 0) {
+                    long double th = tanhl(x / sc);
+                    x = sc * th;
+                    R->g[row * T + t] = 1 - th * th;
+                    Et += 16.0 * eps * (double)fabsl(x) + 2.0 * eps * a->softcap;
+                }
+                if (a->B) {
+                    double bv = elv(a->B, b_at(a, b, i, t), f);
+                    if (isnan(bv)) bnan = 1;
+                    else tm &= tame_lim(bv, a->tl);
+                    Et += 4.0 * eps * ((double)fabsl(x) + fabs(bv));
+                    x += bv;
+                }
+                if (a->S) {
+                    long double al = (long double)slope * fabsl(a->pos[row] - (long double)t);
+                    Et += 4.0 * eps * (double)fabsl(al);
+                    x -= al;
+                }
+                Et += 2.0 * eps * (double)fabsl(x);
+                if (Et > E) E = Et;
+                R->s[row * T + t] = x;
+                if (isnan(x)) nan = 1;
+                else if (x > m) m = x;
+            }
+            rr->nan_forced = a->nseen[row] && (qnan || bnan || (a->S && isnan(slope)));
+            rr->tame = tm;
+            rr->E = E;
+            if (!tm) continue;
+            if (a->nseen[row] == 0) {
+                rr->cls = ROW_ZERO;
+                rr->lse = -INFINITY;
+                rr->numeric = 1;
+                continue;
+            }
+            if (nan) {
+                rr->cls = ROW_NAN;
+                rr->lse = NAN;
+                continue;
+            }
+            rr->cls = ROW_NORMAL;
+            long double l = 0;
+            for (size_t t = 0; t < T; t++)
+                if (sn[t]) l += expl(R->s[row * T + t] - m);
+            long double lse = m + logl(l);
+            rr->lse = (double)lse;
+            for (size_t j = 0; j < dv; j++) cl[j] = 0;
+            for (size_t t = 0; t < T; t++) {
+                long double w = sn[t] ? expl(R->s[row * T + t] - m) / l : 0;
+                R->w[row * T + t] = (double)w;
+                if (!sn[t]) continue;
+                ptrdiff_t vi = v_at(a, b, t);
+                for (size_t j = 0; j < dv; j++) {
+                    long double v = elv(a->V, vi + (ptrdiff_t)j, f);
+                    cl[j] += w * v;
+                    R->mag[row * dv + j] += (double)(w * fabsl(v));
+                }
+            }
+            for (size_t j = 0; j < dv; j++) R->c[row * dv + j] = (double)cl[j];
+            rr->tol_w = 2.5 * E + 32.0 * eps;
+            rr->numeric = rr->tol_w < 1e-2;
+            rr->rel_c = rr->tol_w + 4.0 * (double)(T + dv + 8) * eps;
+            rr->abs_c = (double)(T + 1) * a->tiny * (vmax + 1.0);
+            rr->tol_lse = 2.0 * E + (double)(T + 16) * eps + 4.0 * eps * fabs(rr->lse);
+        }
+    }
+    free(cl);
+}
+
+/* ---- checks of one call's results (as doubles; w, lse may be NULL) */
+
+/* A row of weights: all NaN or none; else in [0, 1], unseen keys exactly 0,
+ * all 0 or summing to 1. Returns the row class. */
+static int weights_row_e(const double *w, size_t n, const unsigned char *live, double eps, const char *what)
+{
+    size_t nan = 0;
+    for (size_t t = 0; t < n; t++) nan += isnan(w[t]) != 0;
+    if (nan) {
+        if (nan != n) fail("%s: %zu of %zu weights NaN (a row is all NaN or none)", what, nan, n);
+        return ROW_NAN;
+    }
+    long double s = 0.0L;
+    int any = 0;
+    for (size_t t = 0; t < n; t++) {
+        if (!(w[t] >= 0.0 && w[t] <= 1.0)) fail("%s[%zu] = %.17g is outside [0, 1]", what, t, w[t]);
+        if (!live[t] && w[t] != 0.0) fail("%s[%zu] = %.17g for a key the row does not see", what, t, w[t]);
+        s += w[t];
+        any |= w[t] != 0.0;
+    }
+    if (!any) return ROW_ZERO;
+    long double tol = (long double)(n + 8) * eps;
+    if (fabsl(s - 1.0L) > tol) fail("%s: weights sum to 1 + %.3Lg (n = %zu, tolerance %.3Lg)", what, s - 1.0L, n, tol);
+    return ROW_NORMAL;
+}
+
+static void lse_is(double got, double want, const char *what, size_t row)
+{
+    if (!(got == want || (isnan(got) && isnan(want))))
+        fail("%s lse[%zu] = %.17g, expected %g", what, row, got, want);
+}
+
+/* The rules on any input, then the reference on tame rows. */
+static void att_check(const att *a, const aref *R, const double *out, const double *w, const double *lse,
+                      const char *what)
+{
+    size_t T = a->T, dv = a->dv;
+    char name[160];
+    for (size_t row = 0; row < a->rows; row++) {
+        const rref *rr = &R->r[row];
+        const double *o = out + row * dv, *wr = w ? w + row * T : NULL;
+        const double *l = lse ? lse + row : NULL;
+        const unsigned char *sn = a->seen + row * T;
+        snprintf(name, sizeof name, "%s row %zu (item %zu, query %zu, sees %zu of %zu keys)", what, row,
+                 row / (a->Lq ? a->Lq : 1), row % (a->Lq ? a->Lq : 1), a->nseen[row], T);
+        int cls = -1;
+        if (wr) cls = weights_row_e(wr, T, sn, a->eps, name);
+        if (a->nseen[row] == 0) {
+            if (wr && cls != ROW_ZERO) fail("%s: sees no key, yet the weights are not all 0", name);
+            all_equal(o, dv, 0.0, name);
+            if (l) lse_is(*l, -INFINITY, name, row);
+            continue;
+        }
+        if (rr->nan_forced) {
+            /* NaN in the query, the scale, a seen key row, a seen bias entry
+             * or the slope reaches a seen score */
+            if (wr && cls != ROW_NAN) fail("%s: NaN reaches a seen score, weights not NaN", name);
+            all_equal(o, dv, NAN, name);
+            if (l) lse_is(*l, NAN, name, row);
+        }
+        if (cls == ROW_NAN) {
+            all_equal(o, dv, NAN, name);
+            if (l) lse_is(*l, NAN, name, row);
+        } else if (cls == ROW_ZERO) {   /* every seen score -inf */
+            all_equal(o, dv, 0.0, name);
+            if (l) lse_is(*l, -INFINITY, name, row);
+        } else if (cls == ROW_NORMAL && l && (isnan(*l) || *l == -INFINITY)) {
+            fail("%s: a normal row, lse %g", name, *l);
+        }
+        if (l && !wr) {   /* the fused pass: lse and context tell the same */
+            if (isnan(*l)) all_equal(o, dv, NAN, name);
+            if (*l == -INFINITY) all_equal(o, dv, 0.0, name);
+        }
+        if (!rr->tame) continue;
+        /* tame: the reference's class, then its numbers */
+        if (rr->cls == ROW_NAN) {
+            if (wr && cls != ROW_NAN) fail("%s: a seen bias entry is NaN, the weights are not", name);
+            all_equal(o, dv, NAN, name);
+            if (l) lse_is(*l, NAN, name, row);
+            continue;
+        }
+        if (wr && cls != ROW_NORMAL)
+            fail("%s: tame row with seen keys (reference lse %.17g), yet the weights are all %s", name, rr->lse,
+                 cls == ROW_NAN ? "NaN" : "0");
+        for (size_t j = 0; j < dv; j++)
+            if (!isfinite(o[j])) fail("%s: tame row, out[%zu] = %g", name, j, o[j]);
+        if (l && !isfinite(*l)) fail("%s: tame row, lse %g", name, *l);
+        if (!rr->numeric) continue;
+        char nm[200];
+        if (wr) {
+            snprintf(nm, sizeof nm, "%s weights vs reference", name);
+            close_to(wr, R->w + row * T, NULL, T, rr->tol_w, a->tiny, nm);
+        }
+        snprintf(nm, sizeof nm, "%s out vs reference", name);
+        close_to(o, R->c + row * dv, R->mag + row * dv, dv, rr->rel_c, rr->abs_c, nm);
+        if (l && !(fabs(*l - rr->lse) <= rr->tol_lse))
+            fail("%s: lse %.17g, reference %.17g: |diff| %.3g > tolerance %.3g (E %.3g)", name, *l, rr->lse,
+                 fabs(*l - rr->lse), rr->tol_lse, rr->E);
+    }
+}
+
+/* Two results of the same call (fused and two-pass, or a level and scalar):
+ * on tame rows within twice the reference's tolerance of each other. */
+static void att_pair(const att *a, const aref *R, const double *o1, const double *o2, const double *w1,
+                     const double *w2, const double *l1, const double *l2, const char *what)
+{
+    size_t T = a->T, dv = a->dv;
+    char name[160];
+    for (size_t row = 0; row < a->rows; row++) {
+        const rref *rr = &R->r[row];
+        snprintf(name, sizeof name, "%s row %zu", what, row);
+        /* on any input: a context one pass computes finite is finite from the other too */
+        if (!w1 && w2)
+            for (size_t j = 0; j < dv; j++)
+                if (isfinite(o2[row * dv + j]) && !isfinite(o1[row * dv + j]))
+                    fail("%s: out[%zu] = %g where the two-pass one is %.17g", name, j, o1[row * dv + j],
+                         o2[row * dv + j]);
+        if (!rr->tame || !rr->numeric || rr->cls != ROW_NORMAL) continue;
+        close_to(o1 + row * dv, o2 + row * dv, R->mag + row * dv, dv, 2.0 * rr->rel_c, 2.0 * rr->abs_c, name);
+        if (w1 && w2) close_to(w1 + row * T, w2 + row * T, NULL, T, 2.0 * rr->tol_w, a->tiny, name);
+        if (l1 && l2 && !(fabs(l1[row] - l2[row]) <= 2.0 * rr->tol_lse))
+            fail("%s: lse %.17g vs %.17g, tolerance %.3g", name, l1[row], l2[row], 2.0 * rr->tol_lse);
+    }
+}
+
+static void same_bits_n(const double *x, const double *y, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bits_of(x[i]) != bits_of(y[i]))
+            fail("%s[%zu] = %.17g, the same call without the NaN bias of unseen keys %.17g", what, i, x[i], y[i]);
+}
+
+/* ---- invalid arguments and overlapping outputs, shared by attention and backward */
+
+/* Spoil one argument of p (the full struct; *psize: the size the caller
+ * claims, *tail: a nonzero byte past our struct); k varies the spoiling
+ * (its number, which stride). Returns the status
+ * expected, or -1 when the case does not apply. */
+static int att_spoil(const att *a, const header *h, attnx_attention_params *p, unsigned sel, unsigned k,
+                     size_t *psize, unsigned char *tail, int *null_params)
+{
+    size_t es = a->es;
+    static size_t shape_big[ATTNX_MAX_BATCH_DIMS + 16];
+    static ptrdiff_t str_big[ATTNX_MAX_BATCH_DIMS + 16];
+    switch (sel) {
+    case 0: *null_params = 1; return ATTNX_ERR_NULL;
+    case 1: *psize = ATTNX_ATTENTION_PARAMS_V1_SIZE - 1 - k % 64; return ATTNX_ERR_ARG;
+    case 2: p->query = NULL; return ATTNX_ERR_NULL;
+    case 3: p->keys = NULL; return ATTNX_ERR_NULL;
+    case 4: p->values = NULL; return ATTNX_ERR_NULL;
+    case 5: p->out = NULL; return ATTNX_ERR_NULL;
+    case 6: p->num_threads = -1 - (int)k; return ATTNX_ERR_ARG;
+    case 7:
+        p->nbatch = ATTNX_MAX_BATCH_DIMS + 1 + k;
+        for (size_t i = 0; i < ATTNX_MAX_BATCH_DIMS + 16; i++) shape_big[i] = 1, str_big[i] = 0;
+        p->batch_shape = shape_big;
+        p->query_strides = p->key_strides = p->value_strides = p->mask_strides = str_big;
+        if (p->bias) p->bias_strides = str_big;
+        if (p->alibi_slopes) p->alibi_strides = str_big;
+        if (p->key_lengths) p->key_lengths_strides = str_big;
+        return ATTNX_ERR_ARG;
+    case 8:
+        if (!p->nbatch) return -1;
+        p->batch_shape = NULL;
+        return ATTNX_ERR_NULL;
+    case 9: {
+        if (!p->nbatch) return -1;
+        const ptrdiff_t **s[7] = {&p->query_strides, &p->key_strides, &p->value_strides, &p->mask_strides,
+                                  &p->bias_strides, &p->alibi_strides, &p->key_lengths_strides};
+        const void *set[7] = {p, p, p, p->mask, p->bias, p->alibi_slopes, p->key_lengths};
+        unsigned n = 0;
+        for (int i = 0; i < 7; i++) n += set[i] != NULL;
+        unsigned pick = k % n;
+        for (int i = 0; i < 7; i++)
+            if (set[i] && pick-- == 0) *s[i] = NULL;
+        return ATTNX_ERR_NULL;
+    }
+    case 10: p->causal = (k & 1) ? -1 : 2 + (int)(k >> 1); return ATTNX_ERR_ARG;
+    case 11: p->window = (k & 1) ? -1 : 2 + (int)(k >> 1); return ATTNX_ERR_ARG;
+    case 12: {
+        static const double bad[4] = {-1.0, NAN, INFINITY, -1e-300};
+        p->softcap = bad[k & 3];
+        return ATTNX_ERR_ARG;
+    }
+    case 13:
+        if (!p->bias) return -1;
+        p->bias_col_stride = (k & 1) ? -1 : 2 + (ptrdiff_t)(k >> 1);
+        return ATTNX_ERR_ARG;
+    case 14: p->lower_right = (k & 1) ? -1 : 2 + (int)(k >> 1); return ATTNX_ERR_ARG;
+    case 15: {
+        if (!a->KL) return -1;
+        /* one stored length out of [0, T] (the buffer is an input: sealed anew) */
+        long long *kl = (long long *)a->bL->p;
+        kl[k % a->ll.extent] = (k & 32) ? -1 - (long long)(k & 7) : (long long)a->T + 1 + (long long)(k & 7);
+        buf_seal(a->bL);
+        return a->count ? ATTNX_ERR_ARG : ATTNX_OK;
+    }
+    case 16: p->T = 0; return ATTNX_ERR_EMPTY;
+    case 17:
+        /* Lq huge: count * Lq or Lq * d overflows, unless both are 0 */
+        p->Lq = huge_count_e(h, 1, es);
+        return a->count || a->d ? ATTNX_ERR_OVERFLOW : ATTNX_OK;
+    case 18:
+        /* query_offset - key_offset overflows ptrdiff_t */
+        if (k & 1) {
+            p->query_offset = PTRDIFF_MAX - (ptrdiff_t)((k >> 1) & 7);
+            p->key_offset = -1 - (ptrdiff_t)((k >> 1) & 7) - (ptrdiff_t)(k >> 4);
+        } else {
+            p->query_offset = PTRDIFF_MIN + (ptrdiff_t)((k >> 1) & 7);
+            p->key_offset = 1 + (ptrdiff_t)((k >> 1) & 7) + (ptrdiff_t)(k >> 4);
+        }
+        return ATTNX_ERR_OVERFLOW;
+    default:
+        /* a newer caller's struct with a field we do not know set */
+        *psize = sizeof(attnx_attention_params) + 8 + 8 * (k & 3);
+        *tail = (unsigned char)(1 + (k >> 2) % 255);
+        return ATTNX_ERR_ARG;
+    }
+}
+
+/* A pointer to `bytes` bytes inside b overlapping its element e, aligned to
+ * es; NULL when it does not fit. The overlapped part is made readable (a
+ * status check reports, not ASan). */
+static void *place_over(buf *b, size_t e, size_t bytes, size_t es)
+{
+    size_t tb = b->n * b->esize, sb = e * b->esize;
+    sb -= sb % es;
+    if (!bytes || sb + bytes > tb || sb >= tb) return NULL;
+    if (b->deny) {
+        size_t e0 = sb / b->esize, e1 = (sb + bytes + b->esize - 1) / b->esize;
+        memset(b->deny + e0, 0, e1 - e0);
+    }
+    return (unsigned char *)b->p + sb;
+}
+
+/* the element of b that item 0 of an operand starts at (base: row 0) */
+static size_t first_el(const buf *b, const void *base, const layout *L, const header *h)
+{
+    return (size_t)(((const char *)base - (const char *)b->p) / (ptrdiff_t)b->esize + item_off(h, L, 0));
+}
+
+/* ---- attnx_attention / attnx_attention_f32 */
+static void op_attention(reader *r, header *h)
+{
+    xheader x;
+    read_xheader(r, &x);
+    att A, *a = &A;
+    att_setup(r, h, &x, a, 0);
+    size_t T = a->T, dv = a->dv, rows = a->rows, es = a->es;
+    int use_lse = (a->opts & A_LSE) != 0;
+    attnx_attention_params p = att_params(a);
+
+    if (pick_invalid(h)) {
+        buf *bo = out_new_e("out", rows * dv, next_mis(), es), *bw = out_new_e("weights", rows * T, next_mis(), es);
+        buf *bl = out_new_e("lse", rows, next_mis(), es);
+        p.out = bo->p;
+        p.weights = (h->flags & F_WEIGHTS) ? bw->p : NULL;
+        p.lse = use_lse ? bl->p : NULL;
+        size_t psize = sizeof p;
+        unsigned char tail = 0;
+        int nullp = 0;
+        unsigned sel = h->inval % 20, k = h->inval / 20;
+        if (sel == 16 && a->KL) sel = 2;   /* T = 0 would spoil the key lengths too */
+        int expect = att_spoil(a, h, &p, sel, k, &psize, &tail, &nullp);
+        if (expect < 0) {
+            att_free(a);
+            return;
+        }
+        buf *bp = buf_new("params", 1, psize > sizeof p ? psize : sizeof p, 0, 8, 0);
+        params_store(bp, &p, psize, tail);
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_attention (invalid)");
+            const attnx_attention_params *pp = nullp ? NULL : (const attnx_attention_params *)bp->p;
+            int rc = a->f32 ? attnx_attention_f32(pp) : attnx_attention(pp);
+            call_end(rc, expect);
+        }
+        att_free(a);
+        return;
+    }
+
+    if (pick_overlap(h)) {
+        /* one output over an input (item 0's first element) or two outputs
+         * sharing memory: OVERLAP, nothing written */
+        if (!rows || !T) {
+            att_free(a);
+            return;
+        }
+        unsigned sel = h->inval % 12, k = h->inval / 12;
+        size_t ob = rows * dv * es, wb = rows * T * es, lb = rows * es;
+        void *o = NULL, *w = NULL, *l = NULL;
+        buf *tgt = NULL;
+        const void *tb = NULL;
+        const layout *tl = NULL;
+        size_t bytes = ob;
+        switch (sel < 7 ? sel : sel == 7 ? k % 3 : sel == 8 ? 3 + k % 4 : 99) {
+        case 0: tgt = a->bQ, tb = a->Q, tl = &a->lq; break;
+        case 1: tgt = a->bK, tb = a->K, tl = &a->lk; break;
+        case 2: tgt = a->bV, tb = a->V, tl = a->alias ? &a->lk : &a->lv; break;
+        case 3: tgt = a->bM, tb = a->M, tl = &a->lm; break;
+        case 4: tgt = a->bB, tb = a->B, tl = &a->lb; break;
+        case 5: tgt = a->bS, tb = a->S, tl = &a->ls; break;
+        case 6: tgt = a->bL, tb = a->KL, tl = &a->ll; break;
+        default: break;
+        }
+        if (sel == 7) bytes = wb;
+        if (sel == 8) bytes = lb;
+        if (sel <= 8) {
+            if (!tgt || !tl->msize) {
+                att_free(a);
+                return;
+            }
+            void *at = place_over(tgt, first_el(tgt, tb, tl, h), bytes, es);
+            if (!at) {
+                att_free(a);
+                return;
+            }
+            if (sel < 7) o = at;
+            else if (sel == 7) w = at;
+            else l = at;
+        } else {
+            size_t n1 = sel == 11 ? rows * T : rows * dv, n2 = sel == 9 ? rows * T : rows;
+            if (!n1 || !n2) {
+                att_free(a);
+                return;
+            }
+            size_t off = k % n1;
+            buf *sh = out_new_e("shared outputs", off + n2 > n1 ? off + n2 : n1, next_mis(), es);
+            char *b0 = (char *)sh->p;
+            if (sel == 9) o = b0, w = b0 + off * es;
+            else if (sel == 10) o = b0, l = b0 + off * es;
+            else w = b0, l = b0 + off * es;
+        }
+        if (!o) o = out_new_e("out", rows * dv, next_mis(), es)->p;
+        p.out = o;
+        p.weights = w;
+        p.lse = l;
+        buf *bp = buf_new("params", 1, sizeof p, 0, 8, 0);
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_attention (overlapping output)");
+            params_store(bp, &p, sizeof p, 0);
+            int rc = a->f32 ? attnx_attention_f32(bp->p) : attnx_attention(bp->p);
+            call_end(rc, ATTNX_ERR_OVERLAP);
+        }
+        att_free(a);
+        return;
+    }
+
+    att_seen(a);
+    att_bias_nan(r, a, &x);
+    att_deny_unseen(a);
+    aref R;
+    memset(&R, 0, sizeof R);
+    att_reference(a, &R);
+    buf *bo = out_new_e("out", rows * dv, next_mis(), es), *bw = out_new_e("weights", rows * T, next_mis(), es);
+    buf *bl = out_new_e("lse", rows, next_mis(), es);
+    buf *bp = buf_new("params", 1, a->psize, 0, 8, 0);
+    int expect = T == 0 ? ATTNX_ERR_EMPTY : ATTNX_OK;
+    double *o1 = dalloc(rows * dv), *o2 = dalloc(rows * dv), *w2 = dalloc(rows * T);
+    double *l1 = dalloc(rows), *l2 = dalloc(rows);
+    double *so1 = dalloc(rows * dv), *so2 = dalloc(rows * dv), *sw2 = dalloc(rows * T);
+    double *sl1 = dalloc(rows), *sl2 = dalloc(rows);
+    double *t1 = dalloc(rows * dv + rows * T + rows);
+    const double *L1 = use_lse ? l1 : NULL, *L2 = use_lse ? l2 : NULL;
+    for (size_t L = 0; L < g_nlevels; L++) {
+        set_level(g_levels[L]);
+        p.out = bo->p;
+        p.weights = bw->p;
+        p.lse = use_lse ? bl->p : NULL;
+        call_begin("attnx_attention (weights)");
+        call_end(run_attention(a, bp, &p), expect);
+        if (expect != ATTNX_OK) {
+            p.weights = NULL;
+            call_begin("attnx_attention (fused)");
+            call_end(run_attention(a, bp, &p), expect);
+            continue;
+        }
+        read_out(bo, o2, "out");
+        read_out(bw, w2, "weights");
+        if (use_lse) read_out(bl, l2, "lse");
+        att_check(a, &R, o2, w2, L2, "two-pass");
+        p.weights = NULL;
+        call_begin("attnx_attention (fused)");
+        call_end(run_attention(a, bp, &p), expect);
+        read_out(bo, o1, "out");
+        if (use_lse) read_out(bl, l1, "lse");
+        att_check(a, &R, o1, NULL, L1, "fused");
+        att_pair(a, &R, o1, o2, NULL, w2, L1, L2, "fused vs two-pass");
+        if (a->Bc) {
+            /* NaN bias entries no seen key adds change nothing, bit for bit */
+            p.bias = a->Bc;
+            p.weights = bw->p;
+            call_begin("attnx_attention (weights, clean bias)");
+            call_end(run_attention(a, bp, &p), expect);
+            read_out(bo, t1, "out");
+            same_bits_n(o2, t1, rows * dv, "two-pass out");
+            read_out(bw, t1, "weights");
+            same_bits_n(w2, t1, rows * T, "weights");
+            if (use_lse) {
+                read_out(bl, t1, "lse");
+                same_bits_n(l2, t1, rows, "two-pass lse");
+            }
+            p.weights = NULL;
+            call_begin("attnx_attention (fused, clean bias)");
+            call_end(run_attention(a, bp, &p), expect);
+            read_out(bo, t1, "out");
+            same_bits_n(o1, t1, rows * dv, "fused out");
+            if (use_lse) {
+                read_out(bl, t1, "lse");
+                same_bits_n(l1, t1, rows, "fused lse");
+            }
+            p.bias = a->B;
+        }
+        if (L == 0) {
+            memcpy(so1, o1, rows * dv * sizeof(double));
+            memcpy(so2, o2, rows * dv * sizeof(double));
+            memcpy(sw2, w2, rows * T * sizeof(double));
+            memcpy(sl1, l1, rows * sizeof(double));
+            memcpy(sl2, l2, rows * sizeof(double));
+            continue;
+        }
+        att_pair(a, &R, o2, so2, w2, sw2, L2, use_lse ? sl2 : NULL, "two-pass vs scalar");
+        att_pair(a, &R, o1, so1, NULL, NULL, L1, use_lse ? sl1 : NULL, "fused vs scalar");
+    }
+    free(o1), free(o2), free(w2), free(l1), free(l2), free(t1);
+    free(so1), free(so2), free(sw2), free(sl1), free(sl2);
+    aref_free(&R);
+    att_free(a);
+}
+
+/* ---- attnx_merge_attention over chunks of the keys */
+static void op_merge_chunks(reader *r, header *h)
+{
+    xheader x;
+    read_xheader(r, &x);
+    h->flags &= ~(unsigned)(F_INVALID | F_OVERLAP);   /* the raw merge op has those */
+    x.bias_mode &= 0x7f;
+    att A, *a = &A;
+    att_setup(r, h, &x, a, 1);
+    cur.op = a->f32 ? "merge_chunks_f32" : "merge_chunks";
+    size_t T = a->T, dv = a->dv, rows = a->rows, es = a->es;
+    if (T == 0 || rows == 0) {
+        att_free(a);
+        return;
+    }
+    att_seen(a);
+    att_bias_nan(r, a, &x);
+    att_deny_unseen(a);
+    aref R;
+    memset(&R, 0, sizeof R);
+    att_reference(a, &R);
+    /* P chunks [cut[c], cut[c + 1]), each at least one key */
+    size_t cut[6], P = 1 + x.aux % 4;
+    if (P > T) P = T;
+    cut[0] = 0;
+    size_t np = 1;
+    for (size_t c = 1; c < P; c++) {
+        size_t v = 1 + data8(r) % (T - 1);
+        size_t j = np;
+        while (j > 1 && cut[j - 1] > v) j--;
+        if (cut[j - 1] == v) continue;
+        memmove(cut + j + 1, cut + j, (np - j) * sizeof(size_t));
+        cut[j] = v;
+        np++;
+    }
+    P = np;
+    cut[P] = T;
+    buf *bo = out_new_e("out", rows * dv, next_mis(), es), *bl = out_new_e("lse", rows, next_mis(), es);
+    buf *boc[5], *blc[5], *bkc[5] = {NULL, NULL, NULL, NULL, NULL};
+    for (size_t c = 0; c < P; c++) {
+        boc[c] = out_new_e("chunk out", rows * dv, next_mis(), es);
+        blc[c] = out_new_e("chunk lse", rows, next_mis(), es);
+        if (a->KL) {
+            /* each item's key length within the chunk, in the same layout */
+            size_t Tc = cut[c + 1] - cut[c];
+            bkc[c] = buf_new("chunk key_lengths", sizeof(long long), a->ll.extent, 0, 1, 0);
+            const long long *src = a->KL + a->ll.min_off;
+            for (size_t e = 0; e < a->ll.extent; e++) {
+                long long v = src[e] - (long long)cut[c];
+                ((long long *)bkc[c]->p)[e] = v < 0 ? 0 : v > (long long)Tc ? (long long)Tc : v;
+            }
+            buf_seal(bkc[c]);
+        }
+    }
+    buf *bouts = in_new_e("outs", P * rows * dv, next_mis(), es), *blses = in_new_e("lses", P * rows, next_mis(), es);
+    buf *bmo = out_new_e("merged out", rows * dv, next_mis(), es), *bml = out_new_e("merged lse", rows, next_mis(), es);
+    buf *bp = buf_new("params", 1, a->psize, 0, 8, 0);
+    double *o = dalloc(rows * dv), *l = dalloc(rows), *mo = dalloc(rows * dv), *ml = dalloc(rows);
+    double *cl = dalloc(rows);
+    attnx_attention_params p = att_params(a);
+    for (size_t L = 0; L < g_nlevels; L++) {
+        set_level(g_levels[L]);
+        p.out = bo->p;
+        p.lse = bl->p;
+        call_begin("attnx_attention (whole)");
+        call_end(run_attention(a, bp, &p), ATTNX_OK);
+        read_out(bo, o, "out");
+        read_out(bl, l, "lse");
+        att_check(a, &R, o, NULL, l, "whole");
+        for (size_t c = 0; c < P; c++) {
+            size_t c0 = cut[c];
+            attnx_attention_params pc = p;
+            pc.keys = a->K + c0 * a->d * es;
+            pc.values = a->V + c0 * a->dv * es;
+            pc.T = cut[c + 1] - c0;
+            pc.mask = a->M ? a->M + c0 : NULL;
+            pc.bias = a->B ? a->B + (ptrdiff_t)c0 * a->bcs * (ptrdiff_t)es : NULL;
+            pc.key_lengths = a->KL ? (const long long *)bkc[c]->p - a->ll.min_off : NULL;
+            pc.key_offset = a->koff + (ptrdiff_t)c0;
+            pc.out = boc[c]->p;
+            pc.lse = blc[c]->p;
+            call_begin("attnx_attention (chunk)");
+            call_end(run_attention(a, bp, &pc), ATTNX_OK);
+            read_out(boc[c], mo, "chunk out");   /* every element written */
+            read_out(blc[c], cl, "chunk lse");
+            memcpy((char *)bouts->p + c * rows * dv * es, boc[c]->p, rows * dv * es);
+            memcpy((char *)blses->p + c * rows * es, blc[c]->p, rows * es);
+            buf_seal(bouts);   /* inputs of the merge: the next chunk's call leaves them be */
+            buf_seal(blses);
+        }
+        /* a partial with lse -inf weighs nothing: its out is not read */
+        free(bouts->deny);
+        bouts->deny = NULL;
+        for (size_t c = 0; c < P; c++)
+            for (size_t row = 0; row < rows; row++)
+                if (elv(blses->p, (ptrdiff_t)(c * rows + row), a->f32) == -INFINITY)
+                    buf_deny(bouts, (c * rows + row) * dv, dv);
+        call_begin("attnx_merge_attention (chunks)");
+        int rc = a->f32 ? attnx_merge_attention_f32(P, rows, dv, (const float *)bouts->p, (const float *)blses->p,
+                                                    (float *)bmo->p, (float *)bml->p)
+                        : attnx_merge_attention(P, rows, dv, dp(bouts), dp(blses), dp(bmo), dp(bml));
+        call_end(rc, ATTNX_OK);
+        read_out(bmo, mo, "merged out");
+        read_out(bml, ml, "merged lse");
+        char name[160];
+        for (size_t row = 0; row < rows; row++) {
+            const rref *rr = &R.r[row];
+            snprintf(name, sizeof name, "merged (%zu chunks) row %zu (sees %zu of %zu keys)", P, row,
+                     a->nseen[row], T);
+            if (a->nseen[row] == 0) {
+                all_equal(mo + row * dv, dv, 0.0, name);
+                lse_is(ml[row], -INFINITY, name, row);
+                continue;
+            }
+            if (!rr->tame) continue;
+            if (rr->cls == ROW_NAN) {
+                all_equal(mo + row * dv, dv, NAN, name);
+                lse_is(ml[row], NAN, name, row);
+                continue;
+            }
+            if (!rr->numeric) continue;
+            double rel = rr->rel_c + 2.0 * rr->tol_lse + 4.0 * (double)(P + 4) * a->eps;
+            close_to(mo + row * dv, R.c + row * dv, R.mag + row * dv, dv, rel, rr->abs_c, name);
+            double tl = rr->tol_lse + (double)(P + 8) * a->eps * (1.0 + fabs(rr->lse));
+            if (!(fabs(ml[row] - rr->lse) <= tl))
+                fail("%s: lse %.17g, reference %.17g, whole %.17g: |diff| %.3g > %.3g", name, ml[row], rr->lse,
+                     l[row], fabs(ml[row] - rr->lse), tl);
+        }
+    }
+    free(o), free(l), free(mo), free(ml), free(cl);
+    aref_free(&R);
+    att_free(a);
+}
+
+/* ---- attnx_merge_attention on partials from the data: the rules, a
+ * long double reference, the status codes */
+static void op_merge_raw(reader *r, header *h)
+{
+    int f32 = (int)h->f32;
+    size_t es = f32 ? 4 : 8;
+    size_t P = 1 + h->d % 8, rows = h->Lq, dv = h->dv;
+    while (rows > 1 && P * rows * (dv + 1) > 60000) rows /= 2;
+    double eps = f32 ? FLT_EPSILON : EPS, tiny = f32 ? 1e-37 : 1e-300;
+    cur.op = f32 ? "merge_attention_f32" : "merge_attention";
+    cur.T = P;
+    cur.Lq = rows;
+    buf *bO = in_new_e("outs", P * rows * dv, next_mis(), es), *bL = in_new_e("lses", P * rows, next_mis(), es);
+    fill_values_e(r, bO, f32);
+    fill_values_e(r, bL, f32);
+    if (h->flags & F_MASK) {   /* partials that attended nothing */
+        for (size_t i = 0; i < P * rows; i++)
+            if (data8(r) & 1) elset(bL->p, (ptrdiff_t)i, -INFINITY, f32);
+        buf_seal(bL);
+    }
+    if (pick_invalid(h)) {
+        buf *bo = out_new_e("out", rows * dv, next_mis(), es), *bl = out_new_e("lse", rows, next_mis(), es);
+        const void *O = bO->p, *Ls = bL->p;
+        void *o = bo->p, *l = bl->p;
+        size_t Pa = P, ra = rows;
+        int expect;
+        switch (h->inval % 6) {
+        case 0: O = NULL; expect = ATTNX_ERR_NULL; break;
+        case 1: Ls = NULL; expect = ATTNX_ERR_NULL; break;
+        case 2: o = NULL; expect = ATTNX_ERR_NULL; break;
+        case 3: l = NULL; expect = ATTNX_ERR_NULL; break;
+        case 4: Pa = 0; expect = ATTNX_ERR_EMPTY; break;
+        default: ra = huge_count_e(h, dv ? dv : 1, es); expect = ATTNX_ERR_OVERFLOW; break;
+        }
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_merge_attention (invalid)");
+            int rc = f32 ? attnx_merge_attention_f32(Pa, ra, dv, (const float *)O, (const float *)Ls, (float *)o,
+                                                     (float *)l)
+                         : attnx_merge_attention(Pa, ra, dv, (const double *)O, (const double *)Ls, (double *)o,
+                                                 (double *)l);
+            call_end(rc, expect);
+        }
+        return;
+    }
+    if (pick_overlap(h)) {
+        /* out on outs or lses, lse on outs, lses or out */
+        unsigned sel = h->inval % 5, k = h->inval / 5;
+        void *o = NULL, *l = NULL;
+        size_t ob = rows * dv * es, lb = rows * es;
+        if (sel == 0 && ob && P * rows * dv >= rows * dv) o = (char *)bO->p + (k % (P * rows * dv - rows * dv + 1)) * es;
+        else if (sel == 1 && ob && P * rows >= rows * dv) o = (char *)bL->p + (k % (P * rows - rows * dv + 1)) * es;
+        else if (sel == 2 && lb && P * rows * dv >= rows) l = (char *)bO->p + (k % (P * rows * dv - rows + 1)) * es;
+        else if (sel == 3 && lb) l = (char *)bL->p + (k % (P * rows - rows + 1)) * es;
+        else if (sel == 4 && ob && lb) {
+            size_t off = k % (rows * dv);
+            buf *sh = out_new_e("out+lse", off + rows > rows * dv ? off + rows : rows * dv, next_mis(), es);
+            o = sh->p;
+            l = (char *)sh->p + off * es;
+        } else {
+            return;
+        }
+        if (!o) o = out_new_e("out", rows * dv, next_mis(), es)->p;
+        if (!l) l = out_new_e("lse", rows, next_mis(), es)->p;
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_merge_attention (overlap)");
+            int rc = f32 ? attnx_merge_attention_f32(P, rows, dv, (const float *)bO->p, (const float *)bL->p,
+                                                     (float *)o, (float *)l)
+                         : attnx_merge_attention(P, rows, dv, dp(bO), dp(bL), (double *)o, (double *)l);
+            call_end(rc, ATTNX_ERR_OVERLAP);
+        }
+        return;
+    }
+    for (size_t i = 0; i < P * rows; i++)
+        if (elv(bL->p, (ptrdiff_t)i, f32) == -INFINITY) buf_deny(bO, i * dv, dv);
+    buf *bo = out_new_e("out", rows * dv, next_mis(), es), *bl = out_new_e("lse", rows, next_mis(), es);
+    double *o = dalloc(rows * dv), *l = dalloc(rows), *so = dalloc(rows * dv), *sl = dalloc(rows);
+    char name[128];
+    for (size_t L = 0; L < g_nlevels; L++) {
+        set_level(g_levels[L]);
+        call_begin("attnx_merge_attention");
+        int rc = f32 ? attnx_merge_attention_f32(P, rows, dv, (const float *)bO->p, (const float *)bL->p,
+                                                 (float *)bo->p, (float *)bl->p)
+                     : attnx_merge_attention(P, rows, dv, dp(bO), dp(bL), dp(bo), dp(bl));
+        call_end(rc, ATTNX_OK);
+        read_out(bo, o, "out");
+        read_out(bl, l, "lse");
+        if (L > 0) {   /* max-first in double, in a fixed order: the same bits at every level */
+            for (size_t i = 0; i < rows * dv; i++)
+                if (bits_of(o[i]) != bits_of(so[i])) fail("merged out[%zu] = %.17g, scalar level %.17g", i, o[i], so[i]);
+            for (size_t i = 0; i < rows; i++)
+                if (bits_of(l[i]) != bits_of(sl[i])) fail("merged lse[%zu] = %.17g, scalar level %.17g", i, l[i], sl[i]);
+        } else {
+            memcpy(so, o, rows * dv * sizeof(double));
+            memcpy(sl, l, rows * sizeof(double));
+        }
+        for (size_t row = 0; row < rows; row++) {
+            snprintf(name, sizeof name, "merge row %zu of %zu partials", row, P);
+            int nan = 0, pinf = 0;
+            long double M = -INFINITY;
+            for (size_t q = 0; q < P; q++) {
+                double x = elv(bL->p, (ptrdiff_t)(q * rows + row), f32);
+                nan |= isnan(x) != 0;
+                pinf |= x == INFINITY;
+                if (x > M) M = x;
+            }
+            if (nan) {
+                all_equal(o + row * dv, dv, NAN, name);
+                lse_is(l[row], NAN, name, row);
+                continue;
+            }
+            if (pinf) continue;   /* the contract says nothing of +inf */
+            if (M == -INFINITY) {
+                all_equal(o + row * dv, dv, 0.0, name);
+                lse_is(l[row], -INFINITY, name, row);
+                continue;
+            }
+            long double S = 0;
+            double maxdiff = 0;
+            for (size_t q = 0; q < P; q++) {
+                double x = elv(bL->p, (ptrdiff_t)(q * rows + row), f32);
+                if (x == -INFINITY) continue;
+                S += expl((long double)x - M);
+                if ((double)(M - x) < 800.0 && (double)(M - x) > maxdiff) maxdiff = (double)(M - x);
+            }
+            long double Lr = M + logl(S);
+            double tl = 4.0 * eps * fabs((double)Lr) + 4.0 * EPS * fabs((double)M) + (double)(P + 8) * EPS;
+            if (!(fabs(l[row] - (double)Lr) <= tl))
+                fail("%s: lse %.17g, reference %.17Lg: |diff| %.3g > %.3g", name, l[row], Lr, fabs(l[row] - (double)Lr), tl);
+            double rel = 2.0 * EPS * (maxdiff + 4.0) + (double)(P + 4) * EPS + 2.0 * eps;
+            for (size_t j = 0; j < dv; j++) {
+                long double ref = 0, mag = 0, far = 0;
+                int tm = 1;
+                for (size_t q = 0; q < P; q++) {
+                    double x = elv(bL->p, (ptrdiff_t)(q * rows + row), f32);
+                    if (x == -INFINITY) continue;
+                    double v = elv(bO->p, (ptrdiff_t)((q * rows + row) * dv + j), f32);
+                    long double c = expl((long double)x - M) / S;
+                    tm &= isfinite(v) && fabs(v) < TAME;
+                    ref += c * v;
+                    mag += c * fabsl((long double)v);
+                    if (M - x > 700) far += c * fabsl((long double)v);   /* exp near or past underflow */
+                }
+                if (!tm) continue;
+                double got = o[row * dv + j], want = (double)ref;
+                double tol = rel * (double)mag + 2.0 * (double)far + tiny * (double)(P + 1);
+                if (!(fabs(got - want) <= tol))
+                    fail("%s: out[%zu] = %.17g, reference %.17g: |diff| %.3g > %.3g", name, j, got, want,
+                         fabs(got - want), tol);
+            }
+        }
+    }
+    free(o), free(l), free(so), free(sl);
+}
+
+/* ---- attnx_attention_backward / _f32 */
+
+/* The gradients in long double from the reference's scores (the FlashAttention
+ * formulas of api_backward.h are the calculus of attnx_api.def's rules), with
+ * D from the forward out the call is given. Per element: the reference, a
+ * magnitude (sum of |terms|), a relative tolerance, and whether it is
+ * comparable (every row it sums over tame and well conditioned). */
+typedef struct {
+    double *ref, *mag, *rel;
+    unsigned char *ok;
+} gref;
+
+static void gref_new(gref *g, size_t n)
+{
+    g->ref = dalloc(n);
+    g->mag = dalloc(n);
+    g->rel = dalloc(n);
+    g->ok = (unsigned char *)malloc(n + 1);
+    if (!g->ok) abort();
+    memset(g->ok, 1, n + 1);
+}
+
+static void gref_free(gref *g)
+{
+    free(g->ref);
+    free(g->mag);
+    free(g->rel);
+    free(g->ok);
+}
+
+/* Whether every row of item b has a finite or -inf lse and finite out and
+ * grad_out, and the scale is finite: else a key the item's rows do not see
+ * may still get NaN (the weights of unseen keys are NaN in a NaN row;
+ * 0 * NaN for the others). */
+static int bwd_item_clean(const att *a, size_t b, const void *O, const void *Ls, const char *G, const layout *lg)
+{
+    if (!isfinite(a->f32 ? (double)(float)a->scale : a->scale)) return 0;   /* 0 * scale */
+    for (size_t i = 0; i < a->Lq; i++) {
+        size_t row = b * a->Lq + i;
+        double l = elv(Ls, (ptrdiff_t)row, a->f32);
+        if (isnan(l) || l == INFINITY) return 0;
+        ptrdiff_t gi = item_off(a->h, lg, b) + (ptrdiff_t)(i * a->dv);
+        for (size_t j = 0; j < a->dv; j++)
+            if (!isfinite(elv(G, gi + (ptrdiff_t)j, a->f32)) || !isfinite(elv(O, (ptrdiff_t)(row * a->dv + j), a->f32)))
+                return 0;
+    }
+    return 1;
+}
+
+static void bwd_reference(const att *a, const aref *R, const void *O, const void *Ls, const char *G, const layout *lg,
+                          gref *gq, gref *gk, gref *gv)
+{
+    size_t T = a->T, d = a->d, dv = a->dv, Lq = a->Lq;
+    int f = a->f32;
+    double eps = a->eps, big = f ? 1e30 : 1e300;
+    long double *rq = (long double *)calloc(a->rows * d + 1, sizeof(long double));
+    long double *rk = (long double *)calloc(a->count * T * d + 1, sizeof(long double));
+    long double *rv = (long double *)calloc(a->count * T * dv + 1, sizeof(long double));
+    if (!rq || !rk || !rv) abort();
+    for (size_t b = 0; b < a->count; b++) {
+        if (!bwd_item_clean(a, b, O, Ls, G, lg)) {
+            memset(gk->ok + b * T * d, 0, T * d);
+            memset(gv->ok + b * T * dv, 0, T * dv);
+        }
+        for (size_t i = 0; i < Lq; i++) {
+            size_t row = b * Lq + i;
+            const rref *rr = &R->r[row];
+            if (!a->nseen[row]) {   /* 0, unless 0 * a non-finite scale */
+                if (!isfinite(f ? (double)(float)a->scale : a->scale)) memset(gq->ok + row * d, 0, d);
+                continue;
+            }
+            ptrdiff_t gi = item_off(a->h, lg, b) + (ptrdiff_t)(i * dv), qi = q_at(a, b, i);
+            int ok = rr->tame && rr->numeric && rr->cls == ROW_NORMAL;
+            long double D = 0, Dmag = 0;
+            for (size_t j = 0; j < dv; j++) {
+                double g = elv(G, gi + (ptrdiff_t)j, f), o = elv(O, (ptrdiff_t)(row * dv + j), f);
+                ok &= tame_lim(g, a->tl) && tame_lim(o, a->tl);
+                D += (long double)g * o;
+                Dmag += fabsl((long double)g * o);
+            }
+            double rel_p = ok ? rr->tol_w + rr->tol_lse : 1.0;
+            double err_g = a->softcap > 0 ? 2.0 * rr->E / a->softcap + 4.0 * eps : 0.0;
+            double rel_ds = rel_p + (double)(dv + 4) * eps + err_g;
+            for (size_t c = 0; c < d; c++) {
+                gq->ok[row * d + c] = (unsigned char)ok;
+                gq->rel[row * d + c] = rel_ds + (double)(T + 4) * eps;
+            }
+            for (size_t t = 0; t < T; t++) {
+                if (!a->seen[row * T + t]) continue;
+                ptrdiff_t ki = k_at(a, b, t), vi = v_at(a, b, t);
+                size_t kr = (b * T + t) * d, vr = (b * T + t) * dv;
+                long double p = ok ? expl(R->s[row * T + t] - (long double)rr->lse) : 0;
+                long double dp = 0, dpmag = 0;
+                for (size_t j = 0; j < dv; j++) {
+                    long double g = elv(G, gi + (ptrdiff_t)j, f), v = elv(a->V, vi + (ptrdiff_t)j, f);
+                    dp += g * v;
+                    dpmag += fabsl(g * v);
+                }
+                long double ds = p * (dp - D) * R->g[row * T + t], Am = p * (dpmag + Dmag);
+                long double sc = a->scale;
+                for (size_t c = 0; c < d; c++) {
+                    long double k = elv(a->K, ki + (ptrdiff_t)c, f), q = elv(a->Q, qi + (ptrdiff_t)c, f);
+                    rq[row * d + c] += sc * ds * k;
+                    gq->mag[row * d + c] += (double)(fabsl(sc) * Am * fabsl(k));
+                    rk[kr + c] += sc * ds * q;
+                    gk->mag[kr + c] += (double)(fabsl(sc) * Am * fabsl(q));
+                    gk->ok[kr + c] &= (unsigned char)ok;
+                    if (rel_ds + (double)(Lq + 4) * eps > gk->rel[kr + c]) gk->rel[kr + c] = rel_ds + (double)(Lq + 4) * eps;
+                }
+                for (size_t c = 0; c < dv; c++) {
+                    long double g = elv(G, gi + (ptrdiff_t)c, f);
+                    rv[vr + c] += p * g;
+                    gv->mag[vr + c] += (double)(p * fabsl(g));
+                    gv->ok[vr + c] &= (unsigned char)ok;
+                    if (rel_p + (double)(Lq + 4) * eps > gv->rel[vr + c]) gv->rel[vr + c] = rel_p + (double)(Lq + 4) * eps;
+                }
+            }
+        }
+    }
+    for (size_t e = 0; e < a->rows * d; e++) {
+        gq->ref[e] = (double)rq[e];
+        gq->ok[e] &= gq->mag[e] < big;
+    }
+    for (size_t e = 0; e < a->count * T * d; e++) {
+        gk->ref[e] = (double)rk[e];
+        gk->ok[e] &= gk->mag[e] < big;
+    }
+    for (size_t e = 0; e < a->count * T * dv; e++) {
+        gv->ref[e] = (double)rv[e];
+        gv->ok[e] &= gv->mag[e] < big;
+    }
+    free(rq);
+    free(rk);
+    free(rv);
+}
+
+/* got against want (a reference, or another level at twice the tolerance) */
+static void grad_close(const double *got, const double *want, const gref *g, size_t n, double factor, double abs_tol,
+                       const char *what)
+{
+    for (size_t e = 0; e < n; e++) {
+        if (!g->ok[e]) continue;
+        double tol = factor * (g->rel[e] * g->mag[e]) + abs_tol;
+        if (!(fabs(got[e] - want[e]) <= tol))
+            fail("%s[%zu] = %.17g, expected %.17g: |diff| %.3g > tolerance %.3g (rel %.3g, magnitude %.3g)", what, e,
+                 got[e], want[e], fabs(got[e] - want[e]), tol, g->rel[e], g->mag[e]);
+    }
+}
+
+static void op_backward(reader *r, header *h)
+{
+    xheader x;
+    read_xheader(r, &x);
+    x.bias_mode &= 0x7f;   /* no clean-copy run here */
+    att A, *a = &A;
+    att_setup(r, h, &x, a, 0);
+    cur.op = a->f32 ? "attention_backward_f32" : "attention_backward";
+    size_t T = a->T, d = a->d, dv = a->dv, Lq = a->Lq, rows = a->rows, count = a->count, es = a->es;
+    int f32 = a->f32;
+    layout lg, lo, ll;
+    make_layout(&lg, h, Lq * dv, x.aux & 7, 1, h->gap);
+    make_layout(&lo, h, Lq * dv, 0, 0, 0);
+    make_layout(&ll, h, Lq, 0, 0, 0);
+    size_t pad = overlap_pad(a, h, es);
+    buf *bG;
+    const char *G = (const char *)batch_operand_e(r, h, &bG, "grad_out", &lg, count, f32, pad);
+    buf *bO = in_new_e("out", lo.extent + pad, next_mis(), es), *bLs = in_new_e("lse", ll.extent + pad, next_mis(), es);
+    buf_deny(bO, lo.extent, pad);
+    buf_deny(bLs, ll.extent, pad);
+    int valid = !pick_invalid(h) && !pick_overlap(h);
+    if (valid) {
+        att_seen(a);
+        att_bias_nan(r, a, &x);
+        att_deny_unseen(a);   /* the forward's rule: keys no row sees are never read */
+    }
+    attnx_attention_params p = att_params(a);
+    buf *bp = buf_new("params", 1, valid ? a->psize : sizeof p, 0, 8, 0);
+    if (T > 0 && rows > 0) {
+        /* out and lse: the forward's, at the scalar level */
+        buf *fo = out_new_e("forward out", rows * dv, next_mis(), es), *fl = out_new_e("forward lse", rows, next_mis(), es);
+        set_level("scalar");
+        p.out = fo->p;
+        p.lse = fl->p;
+        call_begin("attnx_attention (the forward)");
+        if (valid) {
+            call_end(run_attention(a, bp, &p), ATTNX_OK);
+        } else {
+            params_store(bp, &p, sizeof p, 0);
+            call_end(f32 ? attnx_attention_f32(bp->p) : attnx_attention(bp->p), ATTNX_OK);
+        }
+        memcpy(bO->p, fo->p, rows * dv * es);
+        memcpy(bLs->p, fl->p, rows * es);
+        buf_seal(bO);
+        buf_seal(bLs);
+    }
+    p.out = bO->p;
+    p.lse = bLs->p;
+    p.weights = NULL;
+    const ptrdiff_t *gs = lg.strides, *os = lo.strides, *ls = ll.strides;
+    void *gQ, *gK, *gV;
+
+    if (pick_invalid(h)) {
+        buf *b1 = out_new_e("grad_query", rows * d, next_mis(), es), *b2 = out_new_e("grad_keys", count * T * d, next_mis(), es);
+        buf *b3 = out_new_e("grad_values", count * T * dv, next_mis(), es);
+        gQ = b1->p, gK = b2->p, gV = b3->p;
+        size_t psize = sizeof p;
+        unsigned char tail = 0;
+        int nullp = 0, expect;
+        unsigned sel = h->inval % 27, k = h->inval / 27;
+        if (sel < 20) {
+            if (sel == 16 && a->KL) sel = 2;   /* T = 0 would spoil the key lengths too */
+            expect = att_spoil(a, h, &p, sel, k, &psize, &tail, &nullp);
+            if (sel == 17 && !a->count) expect = -1;
+        } else {
+            expect = ATTNX_ERR_NULL;
+            switch (sel) {
+            case 20: p.lse = NULL; break;
+            case 21: G = NULL; break;
+            case 22: gQ = NULL; break;
+            case 23: gK = NULL; break;
+            case 24: gV = NULL; break;
+            case 25: p.weights = out_new_e("weights", rows * T, next_mis(), es)->p; expect = ATTNX_ERR_ARG; break;
+            default:
+                if (!h->nbatch) {
+                    expect = -1;
+                } else if (k % 3 == 0) {
+                    gs = NULL;
+                } else if (k % 3 == 1) {
+                    os = NULL;
+                } else {
+                    ls = NULL;
+                }
+                break;
+            }
+        }
+        if (expect < 0) {
+            att_free(a);
+            return;
+        }
+        buf *bpi = buf_new("params", 1, psize > sizeof p ? psize : sizeof p, 0, 8, 0);
+        params_store(bpi, &p, psize, tail);
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_attention_backward (invalid)");
+            const attnx_attention_params *pp = nullp ? NULL : (const attnx_attention_params *)bpi->p;
+            int rc = f32 ? attnx_attention_backward_f32(pp, G, gs, os, ls, gQ, gK, gV)
+                         : attnx_attention_backward(pp, G, gs, os, ls, gQ, gK, gV);
+            call_end(rc, expect);
+        }
+        att_free(a);
+        return;
+    }
+
+    if (pick_overlap(h)) {
+        /* a gradient over an input (item 0), or two gradients sharing memory */
+        if (!rows || !T) {
+            att_free(a);
+            return;
+        }
+        unsigned sel = h->inval % 13, k = h->inval / 13;
+        size_t nb[3] = {rows * d, count * T * d, count * T * dv};
+        void *g3[3] = {NULL, NULL, NULL};
+        if (sel < 10) {
+            unsigned which = k % 3;
+            buf *tgt = NULL;
+            const void *tb = NULL;
+            const layout *tl = NULL;
+            switch (sel) {
+            case 0: tgt = a->bQ, tb = a->Q, tl = &a->lq; break;
+            case 1: tgt = a->bK, tb = a->K, tl = &a->lk; break;
+            case 2: tgt = a->bV, tb = a->V, tl = a->alias ? &a->lk : &a->lv; break;
+            case 3: tgt = bO, tb = bO->p, tl = &lo; break;
+            case 4: tgt = bLs, tb = bLs->p, tl = &ll; break;
+            case 5: tgt = bG, tb = G, tl = &lg; break;
+            case 6: tgt = a->bM, tb = a->M, tl = &a->lm; break;
+            case 7: tgt = a->bB, tb = a->B, tl = &a->lb; break;
+            case 8: tgt = a->bS, tb = a->S, tl = &a->ls; break;
+            default: tgt = a->bL, tb = a->KL, tl = &a->ll; break;
+            }
+            if (!tgt || !tl->msize || !nb[which]) {
+                att_free(a);
+                return;
+            }
+            g3[which] = place_over(tgt, first_el(tgt, tb, tl, h), nb[which] * es, es);
+            if (!g3[which]) {
+                att_free(a);
+                return;
+            }
+        } else {
+            unsigned i1 = sel == 12 ? 1 : 0, i2 = sel == 10 ? 1 : 2;
+            if (!nb[i1] || !nb[i2]) {
+                att_free(a);
+                return;
+            }
+            size_t off = k % nb[i1];
+            buf *sh = out_new_e("shared gradients", off + nb[i2] > nb[i1] ? off + nb[i2] : nb[i1], next_mis(), es);
+            g3[i1] = sh->p;
+            g3[i2] = (char *)sh->p + off * es;
+        }
+        static const char *gn[3] = {"grad_query", "grad_keys", "grad_values"};
+        for (int i = 0; i < 3; i++)
+            if (!g3[i]) g3[i] = out_new_e(gn[i], nb[i], next_mis(), es)->p;
+        params_store(bp, &p, sizeof p, 0);
+        for (size_t L = 0; L < g_nlevels; L++) {
+            set_level(g_levels[L]);
+            call_begin("attnx_attention_backward (overlapping output)");
+            int rc = f32 ? attnx_attention_backward_f32(bp->p, G, gs, os, ls, g3[0], g3[1], g3[2])
+                         : attnx_attention_backward(bp->p, G, gs, os, ls, g3[0], g3[1], g3[2]);
+            call_end(rc, ATTNX_ERR_OVERLAP);
+        }
+        att_free(a);
+        return;
+    }
+
+    aref R;
+    memset(&R, 0, sizeof R);
+    att_reference(a, &R);
+    gref rq, rk, rv;
+    gref_new(&rq, rows * d);
+    gref_new(&rk, count * T * d);
+    gref_new(&rv, count * T * dv);
+    bwd_reference(a, &R, bO->p, bLs->p, G, &lg, &rq, &rk, &rv);
+    buf *b1 = out_new_e("grad_query", rows * d, next_mis(), es), *b2 = out_new_e("grad_keys", count * T * d, next_mis(), es);
+    buf *b3 = out_new_e("grad_values", count * T * dv, next_mis(), es);
+    double *q1 = dalloc(rows * d), *k1 = dalloc(count * T * d), *v1 = dalloc(count * T * dv);
+    double *sq = dalloc(rows * d), *sk = dalloc(count * T * d), *sv = dalloc(count * T * dv);
+    double abs_tol = a->tiny * (double)(T + Lq + d + dv + 1);
+    int expect = T == 0 ? ATTNX_ERR_EMPTY : ATTNX_OK;
+    for (size_t L = 0; L < g_nlevels; L++) {
+        set_level(g_levels[L]);
+        call_begin("attnx_attention_backward");
+        params_store(bp, &p, a->psize, 0);
+        int rc = f32 ? attnx_attention_backward_f32(bp->p, G, gs, os, ls, b1->p, b2->p, b3->p)
+                     : attnx_attention_backward(bp->p, G, gs, os, ls, b1->p, b2->p, b3->p);
+        call_end(rc, expect);
+        if (rc != ATTNX_OK) continue;
+        read_out(b1, q1, "grad_query");
+        read_out(b2, k1, "grad_keys");
+        read_out(b3, v1, "grad_values");
+        /* on any input: a row that sees nothing has no gradient; a key no
+         * row of its item sees has none (unless a NaN row of the item makes
+         * unseen keys NaN, as it makes their weights) */
+        for (size_t row = 0; row < rows && isfinite(f32 ? (double)(float)a->scale : a->scale); row++)
+            if (!a->nseen[row]) all_equal(q1 + row * d, d, 0.0, "grad_query (a row that sees no key)");
+        for (size_t b = 0; b < count; b++)
+            for (size_t t = 0; t < T && bwd_item_clean(a, b, bO->p, bLs->p, G, &lg); t++) {
+                int any = 0;
+                for (size_t i = 0; i < Lq && !any; i++) any = a->seen[(b * Lq + i) * T + t];
+                if (any) continue;
+                all_equal(k1 + (b * T + t) * d, d, 0.0, "grad_keys (a key no row sees)");
+                all_equal(v1 + (b * T + t) * dv, dv, 0.0, "grad_values (a key no row sees)");
+            }
+        grad_close(q1, rq.ref, &rq, rows * d, 1.0, abs_tol, "grad_query vs reference");
+        grad_close(k1, rk.ref, &rk, count * T * d, 1.0, abs_tol, "grad_keys vs reference");
+        grad_close(v1, rv.ref, &rv, count * T * dv, 1.0, abs_tol, "grad_values vs reference");
+        if (L == 0) {
+            memcpy(sq, q1, rows * d * sizeof(double));
+            memcpy(sk, k1, count * T * d * sizeof(double));
+            memcpy(sv, v1, count * T * dv * sizeof(double));
+            continue;
+        }
+        grad_close(q1, sq, &rq, rows * d, 2.0, 2.0 * abs_tol, "grad_query vs scalar");
+        grad_close(k1, sk, &rk, count * T * d, 2.0, 2.0 * abs_tol, "grad_keys vs scalar");
+        grad_close(v1, sv, &rv, count * T * dv, 2.0, 2.0 * abs_tol, "grad_values vs scalar");
+    }
+    free(q1), free(k1), free(v1), free(sq), free(sk), free(sv);
+    gref_free(&rq);
+    gref_free(&rk);
+    gref_free(&rv);
+    aref_free(&R);
+    att_free(a);
+}
+
 /* ------------------------------------------------------------- entry */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -1799,7 +3592,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 7: op_softmax(&r, &h, 1); break;
     case 8: op_batch2(&r, &h, 0); break;
     case 9: op_batch2(&r, &h, 1); break;
-    default: op_attend_batch(&r, &h, 1); break;
+    case 10: op_attention(&r, &h); break;
+    case 11: op_merge_chunks(&r, &h); break;
+    case 12: op_merge_raw(&r, &h); break;
+    case OP_ADDITIVE: op_attend_batch(&r, &h, 1); break;
+    default: op_backward(&r, &h); break;
     }
     bufs_free();
     return 0;
