@@ -21,9 +21,13 @@ Figures:
 - attend on keys and values already in the workers' memory: 1 worker /
   2 workers. They are persisted as each worker would load its shard: key
   chunks [a, b) and value chunks [a, b) on one worker;
-- per-task times, from the scheduler's task stream, for both runs: on these
-  two cores a task is slower when the other worker runs beside it (shared
-  memory bandwidth, shared host), which is what bounds the ratio;
+- per-task times, from the scheduler's task stream, and the CPU time the
+  worker processes used, for both runs. What a task costs more in CPU time
+  on 2 workers (memory bandwidth and caches shared with the other worker,
+  and with anything else running) bounds the ratio at 2 x (CPU time on 1
+  worker) / (CPU time on 2 workers) even with both CPUs free; wall time
+  beyond that is CPU the workers did not get (the other load, shown before
+  and after, and the average CPUs the workers had);
 - merge overhead at 64 chunks: the compute time of the merge tasks over that
   of the attention tasks, and the wall time of the whole graph over that of
   the same 64 partial results computed with no merge.
@@ -109,23 +113,27 @@ def run(n_workers, T, d, chunk, repeat):
             rng = da.random.default_rng(2026)
             return (rng.random((T, d), chunks=(chunk, d)), rng.random((T, d), chunks=(chunk, d)))
 
+        def cpu():  # CPU seconds the worker processes have used
+            return sum(client.run(lambda: sum(os.times()[:2])).values())
+
         def timed(x):
-            """Best of `repeat` (after one untimed run), with the task
-            stream of the best run."""
+            """Best of `repeat` (after one untimed run): wall seconds, the
+            workers' CPU seconds and the task stream of that run."""
             x.compute()
-            best = (float("inf"), None)
+            best = (float("inf"), None, None)
             for _ in range(repeat):
+                c0 = cpu()
                 with get_task_stream(client) as ts:
                     t0 = time.perf_counter()
                     x.compute()
                     dt = time.perf_counter() - t0
-                best = min(best, (dt, ts.data), key=lambda b: b[0])
+                best = min(best, (dt, cpu() - c0, ts.data), key=lambda b: b[0])
             return best
 
         res["busy_before"] = busy_cpus()
         K, V = data()
         out = attnx.dask.attend(q, K, V, scale=scale)
-        res["e2e"], stream = timed(out)
+        res["e2e"], res["e2e_cpu"], stream = timed(out)
         res["e2e_stream"] = stream_stats(stream)
         ctx_e2e = out.compute()
 
@@ -143,7 +151,7 @@ def run(n_workers, T, d, chunk, repeat):
         wait([Kp, Vp])
         assert Kp.chunks == K.chunks and Vp.chunks == V.chunks
         out = attnx.dask.attend(q, Kp, Vp, scale=scale)
-        res["attend"], stream = timed(out)
+        res["attend"], res["attend_cpu"], stream = timed(out)
         res["attend_stream"] = stream_stats(stream)
         ctx = out.compute()
         assert np.array_equal(ctx, ctx_e2e), "persisted and end-to-end runs differ"
@@ -196,7 +204,11 @@ def main():
             moved = sum(k[2] for k in kinds.values())
             print(f"    {n} worker(s): {p[0]} attend tasks ({'+'.join(map(str, split))} per "
                   f"worker), {p[1] / max(1, p[0]) * 1e3:.1f} ms each, {p[1]:.2f} s in all; "
-                  f"{moved} transfers between workers")
+                  f"{moved} transfers between workers; the workers used {r[key + '_cpu']:.2f} "
+                  f"CPU s = {r[key + '_cpu'] / r[key]:.2f} CPUs on average")
+        c1, c2 = r1[key + "_cpu"], r2[key + "_cpu"]
+        print(f"    the same work took {c2 / c1:.2f}x the CPU time on 2 workers: with 2 CPUs "
+              f"free to them, 2 workers could at best be {2 * c1 / c2:.2f}x one worker")
     for n, r in ((1, r1), (2, r2)):
         kinds = r["attend_stream"][0]
         b_merge, b_part = kinds.get("merge", [0, 0.0])[1], kinds["partial"][1]
