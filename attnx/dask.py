@@ -4,7 +4,10 @@ Keys and values are dask arrays chunked along the sequence (T) and along any
 batch dimension. Every key chunk is attended on a worker by `attnx.attend`
 with ``return_lse=True`` and its position (``key_offset``), and the partial
 results are merged by `attnx.merge_attention` in a fixed tree over the chunk
-index. No task ever reads more than one chunk of the keys or of the values.
+index. No task ever reads more than one chunk of the keys or of the values;
+a chunk made straight from its source (dask.array.random, a chunk task that
+reads no other task) is made inside the task that attends it, so it is never
+moved between workers.
 
 This module needs Dask (``pip install "attnx[dask]"``); ``import attnx``
 never imports it.
@@ -18,6 +21,7 @@ try:
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
+    from dask._task_spec import Task, TaskRef
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "attnx.dask needs Dask: pip install \"attnx[dask]\" "
@@ -262,6 +266,8 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     def bkey(x, bidx, *core):
         return (x.name,) + tuple(b if x.numblocks[a] > 1 else 0 for a, b in enumerate(bidx)) + core
 
+    made_here = _ChunkSources()
+    kept = set()  # names of the key/value arrays some task still reads by key
     tree, out_tasks, lse_tasks = {}, {}, {}
     for bidx in product(*(range(len(c)) for c in bchunks)):
         for i in range(len(qchunks)):
@@ -273,9 +279,17 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
                 mk = None if m is None else bkey(
                     m, bidx, i if m.numblocks[-2] > 1 else 0, j if m.numblocks[-1] > 1 else 0)
                 lk = None if kl is None else bkey(kl, bidx)
-                tree[key] = (_partial, bkey(q, bidx, i, 0), bkey(k, bidx, j, 0),
-                             bkey(v, bidx, j, 0), mk, lk, scale, causal, qstarts[i],
-                             kstarts[j], T)
+                # a key (value) chunk made straight from its source is made
+                # in this task (see _ChunkSources); any other is read by key
+                kk, vk = bkey(k, bidx, j, 0), bkey(v, bidx, j, 0)
+                kt, vt = made_here(k, kk), made_here(v, vk)
+                kept.update(x.name for x, t in ((k, kt), (v, vt)) if t is None)
+                kt = TaskRef(kk) if kt is None else kt
+                vt = TaskRef(vk) if vt is None else vt
+                # the same chunk as keys and values (values=None) is passed once
+                tree[key] = Task(key, _partial, _ref(mk), _ref(lk), scale, causal,
+                                 qstarts[i], kstarts[j], T, _ref(bkey(q, bidx, i, 0)),
+                                 kt, *(() if vk == kk else (vt,)))
                 level.append(key)
             depth = 0
             while len(level) > 1:
@@ -292,7 +306,8 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
             out_tasks[(oname,) + bidx + (i, 0)] = (operator.getitem, level[0], 0)
             lse_tasks[(lname,) + bidx + (i,)] = (operator.getitem, level[0], 1)
 
-    deps = [x for x in (q, k, v, m, kl) if x is not None]
+    deps = [x for x in (q, m, kl) if x is not None]
+    deps += [x for x in ((k,) if v is k else (k, v)) if x.name in kept]
     meta = np.empty((0,) * (nb + 2), dtype)
     out = da.Array(HighLevelGraph.from_collections(oname, {**tree, **out_tasks}, deps),
                    oname, bchunks + (qchunks, (dv,)), meta=meta)
@@ -334,8 +349,56 @@ def _split_heads(x, axis, H, Hkv, G, name):
                      f"has {H} (want {H} or 1)")
 
 
-def _partial(q, k, v, mask, key_lengths, scale, causal, query_offset, key_offset, T):
-    """One key chunk: (context, lse) over keys key_offset ... + len(k)."""
+class _ChunkSources:
+    """Finds the tasks that make chunks straight from a source, so that the
+    task attending key chunk j can make key chunk j and value chunk j itself.
+
+    A chunk of ``dask.array.random`` (or of any array whose chunk task reads
+    no other task: ``from_delayed`` of a function of constants, ``ones``, a
+    chunk made from a seed) is cheap to describe and large to move. Left as
+    its own task, the distributed scheduler hands the key chunks and the
+    value chunks to whichever worker is free, so key chunk j and value chunk
+    j are made on different workers and one of them (here 32 MiB) crosses
+    between processes before they can be attended (measured at T = 2**22 on
+    2 workers: 38 of 64 attention tasks waited for such a transfer, 2.0 s of
+    transfers against 1.0 s of attention). Made inside the task that attends
+    them, they are made where they are attended and only the small
+    (context, lse) partial leaves the worker. Dask's own fuse_roots
+    optimization means to do this, but its fuse no longer applies to the
+    task specs Dask now builds.
+
+    A chunk that reads another task (a persisted or loaded array, a rechunk,
+    a slice, a NumPy array handed to from_array) is read by key as before.
+    Inlined, a chunk that something else also reads in the same compute is
+    made twice (the same values, so the result does not change)."""
+
+    def __init__(self):
+        self.layers = {}
+
+    def __call__(self, x, key):
+        layer = self.layers.get(x.name, False)
+        if layer is False:
+            graph = x.__dask_graph__()
+            layer = getattr(graph, "layers", {}).get(x.name)
+            if layer is not None and graph.dependencies.get(x.name):
+                layer = None  # the array's chunks read another layer's
+            self.layers[x.name] = layer
+        task = None if layer is None else layer.get(key)
+        if type(task) is Task and not task.dependencies:
+            return task
+        return None
+
+
+def _ref(key):
+    return None if key is None else TaskRef(key)
+
+
+def _partial(mask, key_lengths, scale, causal, query_offset, key_offset, T, q, k, v=None):
+    """One key chunk: (context, lse) over keys key_offset ... + len(k);
+    `v` None means the values are the keys."""
+    same = v is None
+    q, k = _aligned(q), _aligned(k)
+    v = k if same else _aligned(v)
     if key_lengths is not None:
         if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > T):
             raise ValueError(f"key_lengths must lie in [0, T={T}], got values from "
@@ -345,6 +408,20 @@ def _partial(q, k, v, mask, key_lengths, scale, causal, query_offset, key_offset
         mask = seen if mask is None else mask & seen
     return attnx.attend(q, k, v, scale=scale, mask=mask, causal=causal, return_lse=True,
                         key_offset=key_offset, query_offset=query_offset)
+
+
+def _aligned(x):
+    """x, or a copy of it on a 16-byte boundary.
+
+    A chunk that crossed between workers arrives in a buffer Dask received
+    it in, which may start 8 bytes off a 16-byte boundary; attnx's float64
+    kernels then take another path for the keys and round differently
+    (1e-16), so a chunk's bits would depend on whether it moved. The copy
+    (only of such a chunk, which has just been moved anyway) keeps the result
+    a function of the chunking alone."""
+    if isinstance(x, np.ndarray) and x.size and x.ctypes.data % 16:
+        return np.array(x, copy=True)
+    return x
 
 
 def _merge(parts):

@@ -190,6 +190,60 @@ def test_no_task_reads_more_than_one_key_chunk_and_nothing_runs_early():
         out.compute(scheduler="sync")
 
 
+def test_chunks_made_from_a_source_are_made_where_they_are_attended(two_workers):
+    """Keys and values from dask.array.random: each task makes its key chunk
+    and its value chunk and attends them, so no chunk crosses between the
+    workers (only the small partials do), and the bits are those of the
+    same values persisted first."""
+    client = two_workers
+    rng = da.random.default_rng(11)
+    K = rng.standard_normal((4096, 16), chunks=(256, 16))
+    V = rng.standard_normal((4096, 8), chunks=(256, 8))
+    q = np.random.default_rng(12).standard_normal((2, 16))
+    out = attnx.dask.attend(q, K, V, causal=True)
+    dsk = dict(out.__dask_graph__())
+    assert not any(isinstance(k, tuple) and k[0] in (K.name, V.name) for k in dsk), \
+        "the chunk tasks should be inside the attention tasks"
+    with distributed.get_task_stream(client) as ts:
+        got = client.compute(out).result()
+    assert not [t["key"] for t in ts.data if isinstance(t["key"], tuple) and
+                t["key"][0] in (K.name, V.name)], "a chunk was made in a task of its own"
+    # what an attention task waits for: the query's one chunk, nothing of K or V
+    partials = [key for key in dsk if isinstance(key, tuple) and key[0].startswith("attnx-partial")]
+    assert len(partials) == 16
+    for key in partials:
+        assert len(dask.core.get_dependencies(dsk, key)) == 1
+    Kp, Vp = client.persist([K, V])
+    distributed.wait([Kp, Vp])
+    np.testing.assert_array_equal(attnx.dask.attend(q, Kp, Vp, causal=True).compute(), got)
+    assert_close(got, attnx.attend(q, K.compute(), V.compute(), causal=True), 1e-13)
+    # values=None: the keys are made once per task and read as the values too
+    np.testing.assert_array_equal(attnx.dask.attend(q, K).compute(),
+                                  attnx.dask.attend(q, Kp).compute())
+
+
+def test_bits_do_not_depend_on_where_a_chunk_lies_in_memory():
+    """A chunk that crossed between workers may start 8 bytes off a 16-byte
+    boundary; the result is still the same bits."""
+    g = np.random.default_rng(13)
+    q, K, V = g.standard_normal((2, 64)), g.standard_normal((2048, 64)), g.standard_normal((2048, 8))
+    dk, dv = da.from_array(K, chunks=(512, 64)), da.from_array(V, chunks=(512, 8))
+    want = attnx.dask.attend(q, dk, dv).compute(scheduler="sync")
+    seen = []
+
+    def off_by_8(block):
+        buf = np.empty(block.nbytes + 32, np.uint8)
+        at = (-buf.ctypes.data) % 16 + 8
+        moved = buf[at:at + block.nbytes].view(block.dtype).reshape(block.shape)
+        moved[...] = block
+        seen.append(moved.ctypes.data % 16)
+        return moved
+
+    got = attnx.dask.attend(q, dk.map_blocks(off_by_8, meta=K[:0]), dv).compute(scheduler="sync")
+    assert seen == [8] * 4
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_worker_killed_mid_computation_changes_nothing(two_workers, tmp_path):
     """A task SIGKILLs its worker process once: the nanny restarts it, the
     scheduler recomputes what was lost, and the result has the same bits."""
