@@ -122,9 +122,12 @@ def test_opcheck():
                                                          .requires_grad_(), None, False, 0.4))
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(tmp_path, monkeypatch):
     """One small compiled function (the first compile costs ~30 s): forward
-    and backward of causal GQA agree with eager."""
+    and backward of causal GQA agree with eager. Inductor's cache goes to a
+    directory of this test's own: a cache another attnx build left behind
+    could hold an operator of another signature."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
 
     def f(q, k, v):
