@@ -685,16 +685,17 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         for (size_t g = 0; g < nr; g += MR) {
             const int mr = nr - g < MR ? (int)(nr - g) : MR;
             int nk = 0, dense = 1, some = 0;
+            unsigned part[NSUB];             /* keys only some rows of the tile weigh */
             for (size_t b = 0; b < nsub; b++) {
                 unsigned all = ~0u, one = 0;
                 for (int r = 0; r < mr; r++) {
-                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
-                    all &= z;
-                    one |= z;
+                    all &= w->nz[(g + (size_t)r) * NSUB + b];
+                    one |= w->nz[(g + (size_t)r) * NSUB + b];
                 }
                 const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
                 if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
-                if (one & ~all) some = 1;
+                part[b] = one & ~all;
+                some |= part[b] != 0;
                 for (unsigned bb = all; bb; bb &= bb - 1) w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
             }
             vx_float *Cg = ctx + g * dv;
@@ -705,23 +706,15 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
 #undef PV_CALL
             }
             if (!some) continue;
-            /* keys only some rows of the tile weigh: row by row */
-            for (size_t b = 0; b < nsub; b++) {
-                unsigned all = ~0u, one = 0;
-                for (int r = 0; r < mr; r++) {
-                    const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
-                    all &= z;
-                    one |= z;
+            /* keys only some rows of the tile weigh: row by row, p != 0 only */
+            for (size_t b = 0; b < nsub; b++)
+                for (unsigned bb = part[b]; bb; bb &= bb - 1) {
+                    const unsigned i = lowest_bit(bb);
+                    const size_t k = b * KB + i;
+                    for (int r = 0; r < mr; r++)
+                        if ((w->nz[(g + (size_t)r) * NSUB + b] >> i) & 1)
+                            axpy1(Cg + (size_t)r * dv, Pg[(size_t)r * KS + k], Vs + k * dv, dv, 0, 0);
                 }
-                for (unsigned bb = one & ~all; bb; bb &= bb - 1) {
-                    const size_t k = b * KB + lowest_bit(bb);
-                    for (int r = 0; r < mr; r++) {
-                        const vx_float pr = Pg[(size_t)r * KS + k];
-                        const unsigned z = w->live[(g + (size_t)r) * NSUB + b] ? w->nz[(g + (size_t)r) * NSUB + b] : 0;
-                        if ((z >> (k - b * KB)) & 1) axpy1(Cg + (size_t)r * dv, pr, Vs + k * dv, dv, 0, 0);
-                    }
-                }
-            }
         }
     }
     for (size_t r = 0; r < nr; r++) {
