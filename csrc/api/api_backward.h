@@ -94,7 +94,9 @@ static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T ls
         fill(dp, n, 0);
         return;
     }
-    for (size_t t = 0; t < n; t++) s[t] = s[t] - lse;
+    /* a masked key (score -inf) weighs 0 whatever lse is (a NaN lse must
+     * not make it NaN: its key and value rows are never read) */
+    for (size_t t = 0; t < n; t++) s[t] = s[t] == -INFINITY ? s[t] : s[t] - lse;
     kt->exp(s, n, s);
     /* a masked key (its dp -inf: its value row unread) has p = 0 and ds 0 */
     for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? s[t] * (dp[t] - D) : 0;
