@@ -536,11 +536,53 @@ VX_INLINE void mm_tile(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const un
     default: CALL(MR); break;                                                            \
     }
 
+/* The tiles of mr rows are functions, one copy per level and layout, which
+ * the forward and the backward call: inlined at each call site (8 row
+ * counts x 3 slices each) they made one level file take minutes to
+ * compile, ten under the sanitizers, for no speed. */
+#if defined(__GNUC__) || defined(__clang__)
+#define TILE_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define TILE_NOINLINE __declspec(noinline)
+#else
+#define TILE_NOINLINE
+#endif
+
+/* score_tile for any mr <= MR */
+VX_INLINE void score_tiles(int mr, const vx_float *Q, size_t d, const vx_float *Kt, vx_float *s,
+                                      size_t lds)
+{
+#define SCORE_CALL(n) score_tile(Q, d, Kt, n, s, lds)
+    TILE_SWITCH(mr, SCORE_CALL)
+#undef SCORE_CALL
+}
+
+/* mm_tile for any mr <= MR, one function per layout of A, whose strides
+ * are constants there (as inlined they were): A row-major with rows ARS
+ * apart (the forward's P, rows KS apart; the backward's dS, KB), or
+ * transposed, columns KB apart (the backward's P^T and dS^T) */
+#define MM_TILE_CASE(m, ARS, ACS)                                                        \
+    case m:                                                                              \
+        mm_tile(A, ARS, ACS, kidx, nk, B, ldb, n, (m) < MR ? (m) : MR, C, ldc);          \
+        break;
+#define MM_TILES(name, ARS, ACS)                                                         \
+    static TILE_NOINLINE void name(int mr, const vx_float *A, const unsigned char *kidx, int nk,   \
+                                   const vx_float *B, size_t ldb, size_t n, vx_float *C, size_t ldc) \
+    {                                                                                    \
+        switch (mr) {                                                                    \
+        MM_TILE_CASE(1, ARS, ACS) MM_TILE_CASE(2, ARS, ACS) MM_TILE_CASE(3, ARS, ACS)    \
+        MM_TILE_CASE(4, ARS, ACS) MM_TILE_CASE(5, ARS, ACS) MM_TILE_CASE(6, ARS, ACS)    \
+        MM_TILE_CASE(7, ARS, ACS)                                                        \
+        default: mm_tile(A, ARS, ACS, kidx, nk, B, ldb, n, MR, C, ldc); break;            \
+        }                                                                                \
+    }
+
 /* Scratch of rows_chunk: the scores, then weights, of RQ rows against a
  * superblock of KS keys, and per (row, key block) the keys each row sees
  * and the weights that are not 0. */
 #define KS 256                /* keys per superblock: one max, rescale and sum per row */
 #define NSUB (KS / KB)
+MM_TILES(mm_tiles_ks, KS, 1)   /* C += P V, P rows KS apart */
 typedef struct {
     vx_float S[RQ * KS];
     unsigned live[RQ * NSUB], nz[RQ * NSUB];
@@ -605,9 +647,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 if (!gl) continue;
                 const vx_float *Qg = Q + g * d;
                 vx_float *Sg = w->S + g * KS + b * KB;
-#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, Sg, KS)
-                TILE_SWITCH(mr, SCORE_CALL)
-#undef SCORE_CALL
+                score_tiles(mr, Qg, d, Kt, Sg, KS);
             }
         }
         if (!anyrow) continue;
@@ -701,9 +741,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             vx_float *Cg = ctx + g * dv;
             const vx_float *Pg = w->S + g * KS;
             if (nk) {
-#define PV_CALL(n) mm_tile(Pg, KS, 1, dense ? NULL : w->kidx, nk, Vs, dv, dv, n, Cg, dv)
-                TILE_SWITCH(mr, PV_CALL)
-#undef PV_CALL
+                mm_tiles_ks(mr, Pg, dense ? NULL : w->kidx, nk, Vs, dv, dv, Cg, dv);
             }
             if (!some) continue;
             /* keys only some rows of the tile weigh: row by row, p != 0 only */

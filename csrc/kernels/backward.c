@@ -20,6 +20,8 @@
 
 #if VX_ROWS_KERNEL
 #define BK_STACK (8192 / sizeof(vx_float))   /* d, dv up to this pack on the stack */
+MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
+MM_TILES(mm_tiles_t, 1, KB)    /* C += P^T B, P rows KB apart */
 
 /* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
  * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
@@ -44,7 +46,6 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
     }
     vx_float *Kt = buf, *Vt = Kt + dp * KB, *dKb = Vt + vp * KB, *dVb = dKb + dp * KB;
     vx_float S[MR * KB], dS[MR * KB];
-    unsigned char kidx[KB];
     const vx_t sc = vx_set1(scale), zero = vx_zero();
     const int capped = md->softcap > 0;
     attnx_mods cap = *md, rest = *md;       /* the softcap alone, then the rest */
@@ -88,8 +89,6 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             pack_kt(K + t0 * d, d, any, Kt);    /* keys no row sees stay unread */
             pack_kt(V + t0 * dv, dv, any, Vt);
         }
-        int nk = 0;
-        for (unsigned b = any; b; b &= b - 1) kidx[nk++] = (unsigned char)lowest_bit(b);
         for (size_t g = rfirst; any && g < rend; g += MR) {
             const int mr = rend - g < MR ? (int)(rend - g) : MR;
             const unsigned *live = lives + g;
@@ -97,12 +96,8 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             for (int r = 0; r < mr; r++) gl |= live[r];
             if (!gl) continue;
             const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
-#define SCORE_CALL(n) score_tile(Qg, d, Kt, n, S, KB)
-            TILE_SWITCH(mr, SCORE_CALL)
-#undef SCORE_CALL
-#define DP_CALL(n) score_tile(dOg, dv, Vt, n, dS, KB)
-            TILE_SWITCH(mr, DP_CALL)
-#undef DP_CALL
+            score_tiles(mr, Qg, d, Kt, S, KB);
+            score_tiles(mr, dOg, dv, Vt, dS, KB);
             for (int r = 0; r < mr; r++) {
                 const size_t row = g + (size_t)r;
                 const unsigned lv = live[r];
@@ -142,20 +137,63 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     vx_store(dS + KB * r + h * VX_W, ds);
                 }
             }
-            /* dQ_g += dS K_block: rows of the group, keys of the block */
+            /* Exactly the (row, key) pairs the rows see: a 0 weight times a
+             * non-finite key, value, query or dO row must not reach a
+             * gradient. Keys every live row of the group sees (al) go
+             * through the tiles, the rest (part) pair by pair; a row that
+             * sees no key of the block is never written nor read. */
+            unsigned al = ~0u;
+            int nlive = 0, nk_al = 0;
+            unsigned char ridx[MR], aidx[KB];
+            for (int r = 0; r < mr; r++)
+                if (live[r]) {
+                    al &= live[r];
+                    ridx[nlive++] = (unsigned char)r;
+                }
+            const unsigned part = gl & ~al;
+            const unsigned char *ki = NULL;   /* al is every key of the block */
+            if (al == base) nk_al = (int)kn;
+            else {
+                for (unsigned b = al; b; b &= b - 1) aidx[nk_al++] = (unsigned char)lowest_bit(b);
+                ki = aidx;
+            }
             vx_float *dQg = dQ + g * d;
-#define DQ_CALL(n) mm_tile(dS, KB, 1, nk == KB ? NULL : kidx, nk, K + t0 * d, d, d, n, dQg, d)
-            TILE_SWITCH(mr, DQ_CALL)
-#undef DQ_CALL
-            /* dV_block += P^T dO_g, dK_block += dS^T Q_g: keys as rows */
-            for (size_t t = 0; t < kn; t += MR) {
-                const int mt = kn - t < MR ? (int)(kn - t) : MR;
-#define DV_CALL(n) mm_tile(S + t, 1, KB, NULL, mr, dOg, dv, dv, n, dVb + t * dv, dv)
-                TILE_SWITCH(mt, DV_CALL)
-#undef DV_CALL
-#define DK_CALL(n) mm_tile(dS + t, 1, KB, NULL, mr, Qg, d, d, n, dKb + t * d, d)
-                TILE_SWITCH(mt, DK_CALL)
-#undef DK_CALL
+            if (nk_al) {
+                /* dQ_r += dS_r K_al, over runs of live rows */
+                for (int r0 = 0; r0 < mr;) {
+                    if (!live[r0]) {
+                        r0++;
+                        continue;
+                    }
+                    int r1 = r0 + 1;
+                    while (r1 < mr && live[r1]) r1++;
+                    mm_tiles_kb(r1 - r0, dS + KB * r0, ki, nk_al, K + t0 * d, d, d, dQg + (size_t)r0 * d, d);
+                    r0 = r1;
+                }
+                /* dV_al += P^T dO_g, dK_al += dS^T Q_g: keys as rows (runs
+                 * of al), live rows summed */
+                const unsigned char *ri = nlive == mr ? NULL : ridx;
+                for (unsigned b = al; b;) {
+                    const size_t t = lowest_bit(b);
+                    size_t te = t;
+                    while (te < kn && ((b >> te) & 1)) te++;
+                    b &= te >= 32 ? 0u : ~((1u << te) - 1u);
+                    for (size_t u = t; u < te; u += MR) {
+                        const int mt = te - u < MR ? (int)(te - u) : MR;
+                        mm_tiles_t(mt, S + u, ri, nlive, dOg, dv, dv, dVb + u * dv, dv);
+                        mm_tiles_t(mt, dS + u, ri, nlive, Qg, d, d, dKb + u * d, d);
+                    }
+                }
+            }
+            for (unsigned b = part; b; b &= b - 1) {
+                const unsigned k = lowest_bit(b);
+                for (int r = 0; r < mr; r++) {
+                    if (!((live[r] >> k) & 1)) continue;
+                    const vx_float p = S[KB * r + k], ds = dS[KB * r + k];
+                    axpy1(dQg + (size_t)r * d, ds, K + (t0 + k) * d, d, 0, 0);
+                    axpy1(dVb + (size_t)k * dv, p, dOg + (size_t)r * dv, dv, 0, 0);
+                    axpy1(dKb + (size_t)k * d, ds, Qg + (size_t)r * d, d, 0, 0);
+                }
             }
         }
         for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
