@@ -13,6 +13,7 @@ NumPy API:
     attend_varlen   attention over sequences of different lengths, packed (flash-attn)
     merge_attention combine attention over disjoint chunks of keys (return_lse)
     attend_backward gradients of attend (flash backward, O(T) memory)
+    attend_varlen_backward  gradients of attend_varlen
     dot_score       the scores, scale * keys @ query
     general_score   Luong's general score, query^T W key
     additive_score  Bahdanau's additive score, v^T tanh(W_q query + keys_proj)
@@ -63,9 +64,9 @@ except ImportError:
     _use_installed_build()
 
 from .kernels import _C_API, build_info, max_threads, simd_available, simd_level
-from ._core import (KVCache, additive_score, attend, attend_backward, attend_varlen, context,
-                    dot_score, general_score, log_softmax, merge_attention, project_keys,
-                    softmax)
+from ._core import (KVCache, additive_score, attend, attend_backward, attend_varlen,
+                    attend_varlen_backward, context, dot_score, general_score, log_softmax,
+                    merge_attention, project_keys, softmax)
 
 __all__ = [
     "__version__",
@@ -74,6 +75,7 @@ __all__ = [
     "attend_varlen",
     "merge_attention",
     "attend_backward",
+    "attend_varlen_backward",
     "context",
     "dot_score",
     "general_score",

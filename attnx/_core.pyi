@@ -354,6 +354,24 @@ def attend_varlen(
     out: NDArray[Any] | tuple[NDArray[Any] | None, NDArray[Any] | None] | None = None,
     num_threads: int | None = None,
 ) -> tuple[NDArray[Any], NDArray[Any]]: ...
+def attend_varlen_backward(
+    grad_out: ArrayLike,
+    query: ArrayLike,
+    keys: ArrayLike,
+    values: ArrayLike,
+    out: ArrayLike,
+    lse: ArrayLike,
+    cu_seqlens_q: ArrayLike,
+    cu_seqlens_k: ArrayLike,
+    *,
+    scale: float = 1.0,
+    causal: bool = False,
+    window: _Window | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    softcap: float | None = None,
+    enable_gqa: bool = False,
+    num_threads: int | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]: ...
 def merge_attention(
     outs: ArrayLike | Sequence[ArrayLike],
     lses: ArrayLike | Sequence[ArrayLike],

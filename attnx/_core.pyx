@@ -1330,6 +1330,99 @@ cdef int _batch_strides(object xb, Py_ssize_t nb, Py_ssize_t itemsize,
     return 0
 
 
+cdef class _Call:
+    """attnx_attention_params filled from attend's operands (query, keys,
+    values, mask and the _Shaping keywords), with the stride buffers it
+    points into and the arrays it reads kept alive as long as it is. Used by
+    attend and attend_backward, which set the outputs themselves."""
+    cdef ak.attnx_attention_params p
+    cdef size_t bshape[32]
+    cdef ptrdiff_t qs[32]
+    cdef ptrdiff_t ks[32]
+    cdef ptrdiff_t vs[32]
+    cdef ptrdiff_t ms[32]
+    cdef ptrdiff_t bis[32]
+    cdef ptrdiff_t als[32]
+    cdef ptrdiff_t kls[32]
+    cdef object ins      # the operands read: q, K, V, mask, bias (converted), slopes
+    cdef object bias     # the bias array the caller's bias became (its shape: grad_bias's)
+    cdef object keep
+
+
+cdef _Call _call_params(_Shaping sh, q, K, V, tuple batch, tuple ext, bint single,
+                        Lq, T, d, dv, double scale, mask, dt,
+                        ptrdiff_t query_offset, ptrdiff_t key_offset, int nt):
+    """The call's params: q is (..., d) for a single query (Lq == 1) or
+    (..., Lq, d), K and V (..., T, d|dv), all broadcasting to `batch`
+    (GQA: the (..., Hkv, G) views); ext is the batch shape the caller sees."""
+    cdef _Call c = _Call()
+    cdef size_t nb = len(batch), i
+    cdef Py_ssize_t isz = dt.itemsize
+    cdef ptrdiff_t mrow = 0, brow = 0, bcol = 0
+    cdef const unsigned char *mptr = NULL
+    core = (T,) if single else (Lq, T)
+    scores_shape = ext + core
+    m = None
+    if mask is not None:
+        m = _bool_mask(mask, scores_shape, False)
+        if sh.gqa:
+            m = m.reshape(batch + core)
+        mrow = 0 if single else m.strides[-2]
+        _fill_strides(m, 1 if single else 2, 1, batch, c.ms)
+        mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
+    b = bv = None
+    if sh.bias is not None:
+        b, bv = _fit_bias(sh.bias, dt, scores_shape, batch + core)
+        _batch_strides(bv, nb, isz, c.bis)
+        if not single and Lq > 1:
+            brow = bv.strides[-2] // isz
+        if T > 1:
+            bcol = bv.strides[-1] // isz
+    a = None
+    if sh.alibi_slopes is not None:
+        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
+        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
+        _batch_strides(a, nb, isz, c.als)
+    kl = None
+    if sh.key_lengths is not None:
+        kl = _fit_key_lengths(sh.key_lengths, T)
+        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
+        _batch_strides(kl, nb, kl.itemsize, c.kls)
+    c.ins = [q, K, V, m, b, a]
+    c.bias = b
+    c.keep = (bv, kl)
+    for i in range(nb):
+        c.bshape[i] = batch[i]
+    _fill_strides(q, 1 if single else 2, isz, batch, c.qs)
+    _fill_strides(K, 2, isz, batch, c.ks)
+    _fill_strides(V, 2, isz, batch, c.vs)
+    cdef ak.attnx_attention_params *p = &c.p
+    memset(p, 0, sizeof(c.p))
+    p.size = sizeof(c.p)
+    p.query, p.keys, p.values = _data(q), _data(K), _data(V)
+    p.nbatch, p.batch_shape = nb, c.bshape
+    p.query_strides, p.key_strides, p.value_strides = c.qs, c.ks, c.vs
+    p.Lq, p.T, p.d, p.dv = Lq, T, d, dv
+    p.scale = scale
+    p.mask, p.mask_strides, p.mask_row_stride = mptr, c.ms, mrow
+    p.causal = sh.causal
+    p.query_offset, p.key_offset = query_offset, key_offset
+    p.num_threads = nt
+    if bv is not None:
+        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), c.bis
+        p.bias_row_stride, p.bias_col_stride = brow, bcol
+    if a is not None:
+        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), c.als
+    if kl is not None:
+        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
+        p.key_lengths_strides = c.kls
+    p.lower_right = sh.lower_right
+    p.window = sh.window_left >= 0 or sh.window_right >= 0
+    p.window_left, p.window_right = sh.window_left, sh.window_right
+    p.softcap = sh.softcap
+    return c
+
+
 def _attend_general(query, keys, values, double scale, mask, bint return_weights, out,
                     num_threads, bint return_lse=False, ptrdiff_t query_offset=0,
                     ptrdiff_t key_offset=0, _Shaping sh=None):
@@ -1356,44 +1449,9 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
     scores_shape = ext + core
     ctx_shape = ext + ((dv,) if single else (Lq, dv))
     cdef size_t nb = len(batch), i
-    cdef size_t bshape[32]
-    cdef ptrdiff_t qs[32]
-    cdef ptrdiff_t ks[32]
-    cdef ptrdiff_t vs[32]
-    cdef ptrdiff_t ms[32]
-    cdef ptrdiff_t bis[32]
-    cdef ptrdiff_t als[32]
-    cdef ptrdiff_t kls[32]
-    cdef ptrdiff_t mrow = 0, brow = 0, bcol = 0
-    cdef const unsigned char *mptr = NULL
-    cdef Py_ssize_t isz = dt.itemsize
-    m = None
-    if mask is not None:
-        m = _bool_mask(mask, scores_shape, False)
-        if sh.gqa:
-            m = m.reshape(batch + core)
-        mrow = 0 if single else m.strides[-2]
-        _fill_strides(m, 1 if single else 2, 1, batch, ms)
-        mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
-    b = bv = None
-    if sh.bias is not None:
-        b, bv = _fit_bias(sh.bias, dt, scores_shape, batch + core)
-        _batch_strides(bv, nb, isz, bis)
-        if not single and Lq > 1:
-            brow = bv.strides[-2] // isz
-        if T > 1:
-            bcol = bv.strides[-1] // isz
-    a = None
-    if sh.alibi_slopes is not None:
-        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
-        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
-        _batch_strides(a, nb, isz, als)
-    kl = None
-    if sh.key_lengths is not None:
-        kl = _fit_key_lengths(sh.key_lengths, T)
-        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
-        _batch_strides(kl, nb, kl.itemsize, kls)
-    ins = [q, K, V, m, b, a]
+    cdef _Call c = _call_params(sh, q, K, V, batch, ext, single, Lq, T, d, dv, scale, mask, dt,
+                                query_offset, key_offset, _threads(num_threads))
+    ins = c.ins
     w = lse = None
     cdef int nres = 1 + return_weights + return_lse
     if nres > 1:
@@ -1414,52 +1472,17 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
             lse = _result(out[nres - 1], scores_shape[:-1], ins + [ctx, w], dt)
     else:
         ctx = _result(out, ctx_shape, ins, dt)
-    cdef int nt = _threads(num_threads)
-    for i in range(nb):
-        bshape[i] = batch[i]
-    _fill_strides(q, 1 if single else 2, isz, batch, qs)
-    _fill_strides(K, 2, isz, batch, ks)
-    _fill_strides(V, 2, isz, batch, vs)
     cdef bint f32 = dt is _FLOAT32
-    # outputs are C-contiguous: the (..., H) and (..., Hkv, G) layouts are one
-    cdef void *qp = _data(q)
-    cdef void *kp = _data(K)
-    cdef void *vp = _data(V)
-    cdef void *cp = _data(ctx)
-    cdef void *wp = NULL if w is None else _data(w)
-    cdef size_t cLq = Lq, cT = T, cd = d, cdv = dv
     cdef int rc
-    cdef ak.attnx_attention_params p
-    memset(&p, 0, sizeof(p))
-    p.size = sizeof(p)
-    p.query, p.keys, p.values = qp, kp, vp
-    p.nbatch, p.batch_shape = nb, bshape
-    p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
-    p.Lq, p.T, p.d, p.dv = cLq, cT, cd, cdv
-    p.scale = scale
-    p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
-    p.causal = sh.causal
-    p.query_offset, p.key_offset = query_offset, key_offset
-    p.out, p.weights = cp, wp
-    p.lse = NULL if lse is None else _data(lse)
-    p.num_threads = nt
-    if bv is not None:
-        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), bis
-        p.bias_row_stride, p.bias_col_stride = brow, bcol
-    if a is not None:
-        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), als
-    if kl is not None:
-        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
-        p.key_lengths_strides = kls
-    p.lower_right = sh.lower_right
-    p.window = sh.window_left >= 0 or sh.window_right >= 0
-    p.window_left, p.window_right = sh.window_left, sh.window_right
-    p.softcap = sh.softcap
+    # outputs are C-contiguous: the (..., H) and (..., Hkv, G) layouts are one
+    c.p.out = _data(ctx)
+    c.p.weights = NULL if w is None else _data(w)
+    c.p.lse = NULL if lse is None else _data(lse)
     rows = 1
     for i in range(nb):
         rows *= batch[i]
     cdef PyThreadState *ts = _release_gil(rows * Lq * T * (d + dv + 1) >= NOGIL_WORK)
-    rc = ak.attention_f32(&p) if f32 else ak.attention(&p)
+    rc = ak.attention_f32(&c.p) if f32 else ak.attention(&c.p)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -1760,6 +1783,128 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     return (res, lse) if return_lse else res
 
 
+def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q, cu_seqlens_k,
+                           *, scale=1.0, causal=False, window=None, alibi_slopes=None,
+                           softcap=None, enable_gqa=False, num_threads=None):
+    """Gradients of `attend_varlen` with respect to query, keys and values.
+
+    Parameters
+    ----------
+    grad_out : array_like, shape (total_q, H, dv)
+        Gradient of the loss with respect to `attend_varlen`'s result.
+    query, keys, values, cu_seqlens_q, cu_seqlens_k
+        The forward's inputs.
+    out, lse : array_like, shapes (total_q, H, dv) and (total_q, H)
+        What ``attend_varlen(..., return_lse=True)`` returned.
+    scale, causal, window, alibi_slopes, softcap, enable_gqa, num_threads
+        As given to the forward call (`causal`, `window` and ALiBi aligned
+        lower-right, as there).
+
+    Returns
+    -------
+    grad_query : ndarray, shape (total_q, H, d)
+    grad_keys : ndarray, shape (total_k, Hkv, d)
+    grad_values : ndarray, shape (total_k, Hkv, dv)
+        With grouped (or one shared) kv head, each kv head's gradient sums
+        over the query heads that read it. Rows of a sequence with no
+        queries or no keys get zeros.
+
+    Notes
+    -----
+    `attend_backward` once per sequence, on the sequence's head-major
+    views (the same tiled C backward, O(T) extra memory, bits independent
+    of the thread count); a sequence's query rows are aligned with its keys
+    through ``query_offset = T_s - Lq_s``, which is the lower-right
+    alignment.
+
+    Examples
+    --------
+    >>> import numpy as np, attnx
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.standard_normal((3, 8, 2, 4))           # (total, H, d)
+    >>> cu = np.array([0, 3, 8], dtype=np.int32)
+    >>> o, lse = attnx.attend_varlen(q, k, v, cu, cu, causal=True, return_lse=True)
+    >>> dq, dk, dv = attnx.attend_varlen_backward(np.ones_like(o), q, k, v, o, lse, cu, cu,
+    ...                                           causal=True)
+    >>> h = 1e-6; e = np.zeros_like(q); e[4, 1, 2] = h   # d(sum(o))/dq[4, 1, 2]
+    >>> f = lambda x: attnx.attend_varlen(x, k, v, cu, cu, causal=True).sum()
+    >>> bool(abs(dq[4, 1, 2] - (f(q + e) - f(q - e)) / (2 * h)) < 1e-8)
+    True
+    """
+    cdef double sc = _as_scale(scale)
+    _shaping(causal, {"window": window, "softcap": softcap})   # the keywords' own checks
+    dt = _work_dtype((query, keys, values, out, grad_out, lse))
+    q = _as_real(query, "query", dt)
+    K = _as_real(keys, "keys", dt)
+    V = _as_real(values, "values", dt)
+    O = _as_real(out, "out", dt)
+    dO = _as_real(grad_out, "grad_out", dt)
+    L = _as_real(lse, "lse", dt)
+    for x, name, form in ((q, "query", "(total_q, H, d)"), (K, "keys", "(total_k, Hkv, d)"),
+                          (V, "values", "(total_k, Hkv, dv)")):
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have shape {form}, got shape {x.shape}")
+    if q.shape[2] != K.shape[2]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: the last "
+                         f"dimension (d) must match")
+    if K.shape[:2] != V.shape[:2]:
+        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: total_k and "
+                         f"Hkv must match")
+    total_q, H, d = q.shape
+    total_k, Hkv, dv = V.shape
+    if Hkv != H and Hkv != 1 and not (enable_gqa and Hkv != 0 and H % Hkv == 0):
+        if enable_gqa:
+            raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
+                             f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
+                             f"{K.shape}): H % Hkv must be 0")
+        raise ValueError(f"query has {H} heads but keys and values have {Hkv} (query {q.shape}, "
+                         f"keys {K.shape}): pass enable_gqa=True for grouped-query attention")
+    if O.shape != (total_q, H, dv):
+        raise ValueError(f"out has shape {O.shape}, but the forward's result has shape "
+                         f"{(total_q, H, dv)}: pass the out that attend_varlen returned")
+    if dO.shape != O.shape:
+        raise ValueError(f"grad_out has shape {dO.shape}; it must have the shape of out, "
+                         f"{(total_q, H, dv)}")
+    if L.shape != (total_q, H):
+        raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
+                         f"{(total_q, H)}: pass the lse that attend_varlen(..., "
+                         f"return_lse=True) returned")
+    cq = _cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q)
+    ck = _cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k)
+    if cq.shape[0] != ck.shape[0]:
+        raise ValueError(f"cu_seqlens_q has {cq.shape[0]} offsets but cu_seqlens_k has "
+                         f"{ck.shape[0]}: both are B + 1 long (B sequences)")
+    B = cq.shape[0] - 1
+    a = None
+    if alibi_slopes is not None:
+        a = _as_real(alibi_slopes, "alibi_slopes", dt)
+        while a.ndim > 2 and a.shape[0] == 1:
+            a = a[0]
+        try:
+            a = np.broadcast_to(a, (B, H))
+        except ValueError:
+            raise ValueError(f"alibi_slopes has shape {a.shape}: expected (H,) or (B, H) with "
+                             f"H = {H}, B = {B}") from None
+    gq = np.zeros((total_q, H, d), dt)
+    gk = np.zeros((total_k, Hkv, d), dt)
+    gv = np.zeros((total_k, Hkv, dv), dt)
+    gqa = Hkv != H and Hkv != 1
+    for s in range(B):
+        q0, q1, k0, k1 = int(cq[s]), int(cq[s + 1]), int(ck[s]), int(ck[s + 1])
+        if q1 == q0 or k1 == k0:
+            continue              # no query, or no key: no weight, no gradient
+        hm = lambda x, a0, a1: x[a0:a1].transpose(1, 0, 2)   # (heads, rows, .)
+        g = attend_backward(hm(dO, q0, q1), hm(q, q0, q1), hm(K, k0, k1), hm(V, k0, k1),
+                            hm(O, q0, q1), L[q0:q1].T, scale=sc, causal=bool(causal),
+                            query_offset=(k1 - k0) - (q1 - q0), window=window,
+                            alibi_slopes=None if a is None else a[s], softcap=softcap,
+                            enable_gqa=gqa, num_threads=num_threads)
+        gq[q0:q1] = g[0].transpose(1, 0, 2)
+        gk[k0:k1] = g[1].transpose(1, 0, 2)
+        gv[k0:k1] = g[2].transpose(1, 0, 2)
+    return gq, gk, gv
+
+
 # --- gradients ------------------------------------------------------------------
 
 cdef object _unbroadcast(object g, tuple shape):
@@ -1832,7 +1977,6 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})
-    cdef bint causal_ = sh.causal
     if grad_bias and bias is None:
         raise ValueError("grad_bias=True asks for the gradient of a bias, but no bias was given")
     shared = values is None
@@ -1865,61 +2009,18 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     if L.shape != lse_shape:
         raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
                          f"{lse_shape}: pass the lse that attend(..., return_lse=True) returned")
+    cdef _Call c = _call_params(sh, q, K, V, batch, ext, single, Lq, T, d, dv, sc, mask, dt,
+                                qoff, koff, _threads(num_threads))
     O = np.ascontiguousarray(O).reshape(batch + ((dv,) if single else (Lq, dv)))
     dO = np.ascontiguousarray(dO).reshape(O.shape)
     L = np.ascontiguousarray(L).reshape(batch + (() if single else (Lq,)))
-    if single:
-        q, O, dO, L = q[..., None, :], O[..., None, :], dO[..., None, :], L[..., None]
-    scores_shape = ext + (Lq, T)
+    if single:   # a query axis of 1, as the C backward's rows
+        O, dO, L = O[..., None, :], dO[..., None, :], L[..., None]
     cdef size_t nb = len(batch), i
-    cdef size_t bshape[32]
-    cdef ptrdiff_t qs[32]
-    cdef ptrdiff_t ks[32]
-    cdef ptrdiff_t vs[32]
-    cdef ptrdiff_t ms[32]
     cdef ptrdiff_t os_[32]
     cdef ptrdiff_t ds[32]
     cdef ptrdiff_t ls[32]
-    cdef ptrdiff_t mrow = 0
-    cdef const unsigned char *mptr = NULL
-    m = None
-    if mask is not None:
-        m = _bool_mask(mask, scores_shape, single)
-        if sh.gqa:
-            m = m.reshape(batch + (Lq, T))
-        mrow = m.strides[-2]
-        _fill_strides(m, 2, 1, batch, ms)
-        mptr = <const unsigned char *>cnp.PyArray_DATA(<cnp.ndarray>m)
-    for i in range(nb):
-        bshape[i] = batch[i]
     cdef Py_ssize_t isz = dt.itemsize
-    cdef ptrdiff_t bis[32]
-    cdef ptrdiff_t als[32]
-    cdef ptrdiff_t kls[32]
-    cdef ptrdiff_t brow = 0, bcol = 0
-    b = bv = a = kl = None
-    if sh.bias is not None:
-        # the forward's scores are (..., T) for a single query: the bias too
-        b, bv = _fit_bias(sh.bias, dt, ext + ((T,) if single else (Lq, T)),
-                          batch + ((T,) if single else (Lq, T)))
-        if single:
-            bv = bv[..., None, :]
-        _batch_strides(bv, nb, isz, bis)
-        if Lq > 1:
-            brow = bv.strides[-2] // isz
-        if T > 1:
-            bcol = bv.strides[-1] // isz
-    if sh.alibi_slopes is not None:
-        a = _as_real(sh.alibi_slopes, "alibi_slopes", dt)
-        a = _batch_operand(a, "alibi_slopes", ext, batch, "(H,) or (..., H)")
-        _batch_strides(a, nb, isz, als)
-    if sh.key_lengths is not None:
-        kl = _fit_key_lengths(sh.key_lengths, T)
-        kl = _batch_operand(kl, "key_lengths", ext, batch, "an integer array")
-        _batch_strides(kl, nb, kl.itemsize, kls)
-    _fill_strides(q, 2, isz, batch, qs)
-    _fill_strides(K, 2, isz, batch, ks)
-    _fill_strides(V, 2, isz, batch, vs)
     _fill_strides(O, 2, isz, batch, os_)
     _fill_strides(dO, 2, isz, batch, ds)
     _fill_strides(L, 1, isz, batch, ls)
@@ -1927,33 +2028,9 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     gk = np.empty(batch + (T, d), dt)
     gv = np.empty(batch + (T, dv), dt)
     gb = np.empty(batch + (Lq, T), dt) if grad_bias else None
-    cdef ak.attnx_attention_params p
-    memset(&p, 0, sizeof(p))
-    p.size = sizeof(p)
-    p.query, p.keys, p.values = _data(q), _data(K), _data(V)
-    p.nbatch, p.batch_shape = nb, bshape
-    p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
-    p.Lq, p.T, p.d, p.dv = Lq, T, d, dv
-    p.scale = sc
-    p.mask, p.mask_strides, p.mask_row_stride = mptr, ms, mrow
-    p.causal = causal_
-    p.query_offset, p.key_offset = qoff, koff
-    p.out, p.lse = _data(O), _data(L)
-    p.num_threads = _threads(num_threads)
-    if bv is not None:
-        p.bias, p.bias_strides = cnp.PyArray_DATA(<cnp.ndarray>bv), bis
-        p.bias_row_stride, p.bias_col_stride = brow, bcol
-    if a is not None:
-        p.alibi_slopes, p.alibi_strides = cnp.PyArray_DATA(<cnp.ndarray>a), als
-    if kl is not None:
-        p.key_lengths = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>kl)
-        p.key_lengths_strides = kls
-    p.lower_right = sh.lower_right
-    p.window = sh.window_left >= 0 or sh.window_right >= 0
-    p.window_left, p.window_right = sh.window_left, sh.window_right
-    p.softcap = sh.softcap
+    c.p.out, c.p.lse = _data(O), _data(L)
     if gb is not None:
-        p.grad_bias = _data(gb)
+        c.p.grad_bias = _data(gb)
     cdef void *dop = _data(dO)
     cdef void *gqp = _data(gq)
     cdef void *gkp = _data(gk)
@@ -1965,9 +2042,9 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         rows *= batch[i]
     cdef PyThreadState *ts = _release_gil(rows * Lq * T * (d + dv + 1) >= NOGIL_WORK)
     if f32:
-        rc = ak.attention_backward_f32(&p, dop, ds, os_, ls, gqp, gkp, gvp)
+        rc = ak.attention_backward_f32(&c.p, dop, ds, os_, ls, gqp, gkp, gvp)
     else:
-        rc = ak.attention_backward(&p, dop, ds, os_, ls, gqp, gkp, gvp)
+        rc = ak.attention_backward(&c.p, dop, ds, os_, ls, gqp, gkp, gvp)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
@@ -1982,7 +2059,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         (gq, _unbroadcast(gk, k_shape), _unbroadcast(gv, v_shape))
     if gb is not None:
         gb = gb.reshape(ext + ((T,) if single else (Lq, T)))
-        res += (_unbroadcast(gb, tuple(np.shape(b))),)
+        res += (_unbroadcast(gb, tuple(np.shape(c.bias))),)
     return res
 
 

@@ -212,3 +212,112 @@ class TestErrors:
             self.call(softcap=0.0)
         with pytest.raises(ValueError, match="pair"):
             self.call(return_lse=True, out=(None, None, None))
+
+
+# --- attend_varlen_backward -------------------------------------------------------
+
+def fd_grads(q, k, v, cq, ck, W, h=1e-6, **kw):
+    """d sum(W * out) / d(q, k, v) by central differences of the NumPy
+    reference (no attnx kernel involved)."""
+    f = lambda a, b, c: float((reference(a, b, c, cq, ck, **kw)[0] * W).sum())
+    grads = []
+    for which in range(3):
+        x = (q, k, v)[which]
+        g = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            xp, xm = x.copy(), x.copy()
+            xp[i] += h
+            xm[i] -= h
+            a = [q, k, v]
+            a[which] = xp
+            fp = f(*a)
+            a[which] = xm
+            g[i] = (fp - f(*a)) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+BACKWARD_CASES = [
+    dict(),
+    dict(causal=True),
+    dict(window=(2, 1)),
+    dict(causal=True, window=(3, None), softcap=1.5),
+    dict(alibi_slopes="BH"),
+    dict(causal=True, alibi_slopes="H", enable_gqa=True),
+]
+
+
+@pytest.mark.parametrize("kw", BACKWARD_CASES, ids=lambda kw: "-".join(sorted(kw)) or "plain")
+def test_backward_matches_finite_differences(simd, kw):
+    lq, lk = [2, 0, 3, 4], [3, 2, 0, 5]          # a sequence without queries, one without keys
+    H, Hkv = (4, 2) if kw.get("enable_gqa") else (2, 2)
+    q, k, v, cq, ck = packed(lq, lk, H, Hkv, 3, 2)
+    kw = dict(kw, scale=0.7)
+    if kw.get("alibi_slopes") == "H":
+        kw["alibi_slopes"] = RNG.random(H)
+    elif kw.get("alibi_slopes") == "BH":
+        kw["alibi_slopes"] = RNG.random((len(lq), H))
+    out, lse = attnx.attend_varlen(q, k, v, cq, ck, return_lse=True, **kw)
+    W = RNG.standard_normal(out.shape)
+    got = attnx.attend_varlen_backward(W, q, k, v, out, lse, cq, ck, **kw)
+    want = fd_grads(q, k, v, cq, ck, W, **kw)
+    for name, g, w, x in zip(("query", "keys", "values"), got, want, (q, k, v)):
+        assert g.shape == x.shape and g.dtype == np.float64, name
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=name)
+    # rows of the sequence without keys, keys of the one without queries: 0
+    assert not got[0][5:5].any() and not got[0][cq[2]:cq[3]].any()
+    assert not got[1][ck[1]:ck[2]].any() and not got[2][ck[1]:ck[2]].any()
+
+
+def test_backward_float32_threads_and_padded_equality(simd):
+    """float32 within its precision of float64; bits independent of the
+    thread count; equal lengths give attend_backward on the padded batch."""
+    lq, lk = [37, 5, 64], [70, 5, 64]
+    q, k, v, cq, ck = packed(lq, lk, 4, 2, 16, 8)
+    kw = dict(scale=0.25, causal=True, window=(40, None), enable_gqa=True)
+    out, lse = attnx.attend_varlen(q, k, v, cq, ck, return_lse=True, **kw)
+    W = RNG.standard_normal(out.shape)
+    g64 = attnx.attend_varlen_backward(W, q, k, v, out, lse, cq, ck, **kw)
+    f = lambda x: x.astype(np.float32)
+    out32, lse32 = attnx.attend_varlen(f(q), f(k), f(v), cq, ck, return_lse=True, **kw)
+    g1 = attnx.attend_varlen_backward(f(W), f(q), f(k), f(v), out32, lse32, cq, ck,
+                                      num_threads=1, **kw)
+    g2 = attnx.attend_varlen_backward(f(W), f(q), f(k), f(v), out32, lse32, cq, ck,
+                                      num_threads=2, **kw)
+    for a, b, c in zip(g1, g2, g64):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=2e-3, atol=2e-3 * np.abs(c).max())
+    B, H, L, d = 3, 2, 6, 4
+    qb, kb, vb = (RNG.standard_normal((B, H, L, d)) for _ in range(3))
+    o, l = attnx.attend(qb, kb, vb, causal="lower_right", return_lse=True)
+    G = RNG.standard_normal(o.shape)
+    want = attnx.attend_backward(G, qb, kb, vb, o, l, causal="lower_right")
+    pk = lambda x: x.transpose(0, 2, 1, 3).reshape(B * L, H, -1)
+    cu = np.arange(B + 1) * L
+    got = attnx.attend_varlen_backward(pk(G), pk(qb), pk(kb), pk(vb), pk(o),
+                                       l.transpose(0, 2, 1).reshape(B * L, H), cu, cu,
+                                       causal=True)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, pk(b))
+
+
+@pytest.mark.simd_independent
+def test_backward_errors():
+    q, k, v, cq, ck = packed([2, 3], [4, 1], 4, 2, 8, 3)
+    out, lse = attnx.attend_varlen(q, k, v, cq, ck, return_lse=True, enable_gqa=True)
+    call = lambda **kw: attnx.attend_varlen_backward(
+        kw.pop("grad_out", out), q, k, v, kw.pop("out", out), kw.pop("lse", lse),
+        kw.pop("cu_seqlens_q", cq), ck, **{"enable_gqa": True, **kw})
+    with pytest.raises(ValueError, match="out has shape"):
+        call(out=out[:, :2])
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        call(grad_out=out[:4])
+    with pytest.raises(ValueError, match="lse has shape"):
+        call(lse=lse[:, :1])
+    with pytest.raises(ValueError, match="cu_seqlens_q must end"):
+        call(cu_seqlens_q=np.array([0, 2, 4], np.int32))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        call(enable_gqa=False)
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        call(alibi_slopes=np.ones(3))

@@ -118,13 +118,4 @@ VX_INLINE vx_t vx_exp_diff(vx_t a, vx_t b)
     return vx_exp2sum(hi, vx_keep(sane, lo));
 }
 
-/* exp(a - b) with the subtraction rounded, not compensated: the fused
- * kernels' weights, which enter only a weighted sum (and its normaliser).
- * Rounding x = b - a >= 0 costs the weight e^-x a relative error of at most
- * x u (u the unit roundoff; 0 where the subtraction is exact, as Sterbenz
- * makes it for a and b within a factor of 2), so the sum sum_t e^-x_t V_t
- * moves by at most max_x x e^-x u = u / e of sum_t e^-x_t |V_t|: under half
- * an ulp of the result. Ten operations fewer than vx_exp_diff. */
-VX_INLINE vx_t vx_exp_sub(vx_t a, vx_t b) { return vx_exp2sum(vx_sub(a, b), vx_zero()); }
-
 #endif /* ATTNX_KERNELS_VEXP_H */
