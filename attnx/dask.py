@@ -68,9 +68,12 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
         Top-left aligned, as `attnx.attend`: query row i sees keys
         ``t <= i``. It holds across chunk boundaries (each chunk is attended
         at its own position).
-    bias : None
-        A float additive score bias is not supported yet: `attnx.attend` has
-        no bias (issue 13). Anything but None raises NotImplementedError.
+    bias : dask or NumPy array of real numbers, optional
+        Added to the scaled scores, as `attnx.attend`'s `bias` (PyTorch's
+        float ``attn_mask``; ``-inf`` masks a key). Broadcastable to the
+        scores, (..., Lq, T) (or (..., T) for a 1-D query); rechunked along T
+        to the keys' chunks and along Lq to the query's, so each task reads
+        only its block.
     key_lengths : integer array, optional
         Broadcastable (NumPy rules) to the batch dimensions of the result
         (its ``...``); key t is attended only where ``t < key_lengths``.
@@ -99,11 +102,9 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
 
     Raises
     ------
-    NotImplementedError
-        For a `bias` (issue 13).
     TypeError
-        For complex, object or string input, a non-boolean `mask`, or
-        non-integer `key_lengths`.
+        For complex, object or string input, a non-boolean `mask`, a
+        non-numeric `bias`, or non-integer `key_lengths`.
     ValueError
         For shapes that do not match or broadcast (the message names the
         arguments), chunks along d or dv, `key_lengths` outside [0, T], or
@@ -121,10 +122,6 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     >>> np.allclose(ctx.compute(scheduler="sync"), attnx.attend(q, K, V, causal=True), rtol=1e-13)
     True
     """
-    if bias is not None:
-        raise NotImplementedError(
-            "bias: an additive float bias is not supported yet (attnx.attend has no bias; "
-            "issue 13)")
     if split_every is None:
         split_every = DEFAULT_SPLIT_EVERY
     if isinstance(split_every, (bool, np.bool_)) or not isinstance(split_every, (int, np.integer)):
@@ -162,17 +159,20 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     one_query = q.ndim == 1
     if one_query:
         q = q[None, :]
-    m = None
-    if mask is not None:
-        m = _as_dask(mask, "mask", "b")
-        if one_query and m.ndim >= 1:
-            m = m[..., None, :]
-        if m.ndim < 2:
-            m = m.reshape((1,) * (2 - m.ndim) + m.shape)
+    def scores_operand(x, name, kinds):   # mask, bias: as (..., 1 or Lq, 1 or T)
+        y = _as_dask(x, name, kinds)
+        if one_query and y.ndim >= 1:
+            y = y[..., None, :]
+        if y.ndim < 2:
+            y = y.reshape((1,) * (2 - y.ndim) + y.shape)
         Lq = q.shape[-2]
-        if m.shape[-2] not in (1, Lq) or m.shape[-1] not in (1, T):
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores "
-                             f"(..., {'' if one_query else f'{Lq}, '}{T})")
+        if y.shape[-2] not in (1, Lq) or y.shape[-1] not in (1, T):
+            raise ValueError(f"{name} of shape {tuple(np.shape(x))} does not broadcast to the "
+                             f"scores (..., {'' if one_query else f'{Lq}, '}{T})")
+        return y
+
+    m = None if mask is None else scores_operand(mask, "mask", "b")
+    bb = None if bias is None else scores_operand(bias, "bias", "iuf")
     kl = None
     if key_lengths is not None:
         kl = _as_dask(key_lengths, "key_lengths", "iu")
@@ -204,12 +204,16 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
         v = v[..., None, :, :]
         if m is not None and m.ndim >= 3:
             m = _split_heads(m, -3, H, Hkv, G, "mask")
+        if bb is not None and bb.ndim >= 3:
+            bb = _split_heads(bb, -3, H, Hkv, G, "bias")
         if kl is not None and kl.ndim >= 1:
             kl = _split_heads(kl, -1, H, Hkv, G, "key_lengths")
 
     shapes = [("query", q.shape[:-2]), ("keys", k.shape[:-2]), ("values", v.shape[:-2])]
     if m is not None:
         shapes.append(("mask", m.shape[:-2]))
+    if bb is not None:
+        shapes.append(("bias", bb.shape[:-2]))
     if kl is not None:
         shapes.append(("key_lengths", kl.shape))
     try:
@@ -224,11 +228,12 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
 
     q, k, v = lift(q, 2), lift(k, 2), lift(v, 2)
     m = None if m is None else lift(m, 2)
+    bb = None if bb is None else lift(bb, 2)
     kl = None if kl is None else lift(kl, 0)
 
     # one chunking per batch axis (from keys first, so that keys are never
     # rechunked along a batch axis), T from keys, Lq from the query
-    arrays = {"keys": k, "values": v, "query": q, "mask": m, "key_lengths": kl}
+    arrays = {"keys": k, "values": v, "query": q, "mask": m, "bias": bb, "key_lengths": kl}
     want = {n: {} for n in arrays}
     for a in range(nb):
         ref = None
@@ -240,18 +245,23 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
                     want[n][a] = ref
     if v.chunks[-2] != k.chunks[-2]:
         want["values"][nb] = k.chunks[-2]
-    if m is not None:
-        if m.shape[-1] == T and T != 1 and m.chunks[-1] != k.chunks[-2]:
-            want["mask"][nb + 1] = k.chunks[-2]
-        if m.shape[-2] == q.shape[-2] and q.shape[-2] != 1 and m.chunks[-2] != q.chunks[-2]:
-            want["mask"][nb] = q.chunks[-2]
+    for n in ("mask", "bias"):
+        x = arrays[n]
+        if x is None:
+            continue
+        if x.shape[-1] == T and T != 1 and x.chunks[-1] != k.chunks[-2]:
+            want[n][nb + 1] = k.chunks[-2]
+        if x.shape[-2] == q.shape[-2] and q.shape[-2] != 1 and x.chunks[-2] != q.chunks[-2]:
+            want[n][nb] = q.chunks[-2]
     for n, ch in want.items():
         if ch:
             arrays[n] = arrays[n].rechunk(ch)
-    k, v, q, m, kl = (arrays[n] for n in ("keys", "values", "query", "mask", "key_lengths"))
+    k, v, q, m, bb, kl = (arrays[n] for n in ("keys", "values", "query", "mask", "bias",
+                                              "key_lengths"))
 
     bchunks = tuple(
-        next((x.chunks[a] for x in (k, v, q, m, kl) if x is not None and x.shape[a] == batch[a]),
+        next((x.chunks[a] for x in (k, v, q, m, bb, kl)
+              if x is not None and x.shape[a] == batch[a]),
              (batch[a],))
         for a in range(nb))
     qchunks, kchunks = q.chunks[-2], k.chunks[-2]
@@ -259,7 +269,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     kstarts = np.concatenate([[0], np.cumsum(kchunks)[:-1]]).tolist()
     dv = v.shape[-1]
 
-    token = tokenize(q, k, v, m, kl, scale, causal, split_every, T)
+    token = tokenize(q, k, v, m, bb, kl, scale, causal, split_every, T)
     pname, mname = "attnx-partial-" + token, "attnx-merge-" + token
     oname, lname = "attnx-attend-" + token, "attnx-lse-" + token
 
@@ -276,8 +286,9 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
                 if kchunks[j] == 0:
                     continue
                 key = (pname,) + bidx + (i, j)
-                mk = None if m is None else bkey(
-                    m, bidx, i if m.numblocks[-2] > 1 else 0, j if m.numblocks[-1] > 1 else 0)
+                mk, bk = (None if x is None else bkey(
+                    x, bidx, i if x.numblocks[-2] > 1 else 0, j if x.numblocks[-1] > 1 else 0)
+                    for x in (m, bb))
                 lk = None if kl is None else bkey(kl, bidx)
                 # a key (value) chunk made straight from its source is made
                 # in this task (see _ChunkSources); any other is read by key
@@ -287,7 +298,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
                 kt = TaskRef(kk) if kt is None else kt
                 vt = TaskRef(vk) if vt is None else vt
                 # the same chunk as keys and values (values=None) is passed once
-                tree[key] = Task(key, _partial, _ref(mk), _ref(lk), scale, causal,
+                tree[key] = Task(key, _partial, _ref(mk), _ref(bk), _ref(lk), scale, causal,
                                  qstarts[i], kstarts[j], T, _ref(bkey(q, bidx, i, 0)),
                                  kt, *(() if vk == kk else (vt,)))
                 level.append(key)
@@ -306,7 +317,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
             out_tasks[(oname,) + bidx + (i, 0)] = (operator.getitem, level[0], 0)
             lse_tasks[(lname,) + bidx + (i,)] = (operator.getitem, level[0], 1)
 
-    deps = [x for x in (q, m, kl) if x is not None]
+    deps = [x for x in (q, m, bb, kl) if x is not None]
     deps += [x for x in ((k,) if v is k else (k, v)) if x.name in kept]
     meta = np.empty((0,) * (nb + 2), dtype)
     out = da.Array(HighLevelGraph.from_collections(oname, {**tree, **out_tasks}, deps),
@@ -393,7 +404,7 @@ def _ref(key):
     return None if key is None else TaskRef(key)
 
 
-def _partial(mask, key_lengths, scale, causal, query_offset, key_offset, T, q, k, v=None):
+def _partial(mask, bias, key_lengths, scale, causal, query_offset, key_offset, T, q, k, v=None):
     """One key chunk: (context, lse) over keys key_offset ... + len(k);
     `v` None means the values are the keys."""
     same = v is None
@@ -406,8 +417,8 @@ def _partial(mask, key_lengths, scale, causal, query_offset, key_offset, T, q, k
         # (..., 1, Tc): which keys of this chunk lie before each sequence's length
         seen = (key_offset + np.arange(k.shape[-2])) < key_lengths[..., None, None]
         mask = seen if mask is None else mask & seen
-    return attnx.attend(q, k, v, scale=scale, mask=mask, causal=causal, return_lse=True,
-                        key_offset=key_offset, query_offset=query_offset)
+    return attnx.attend(q, k, v, scale=scale, mask=mask, bias=bias, causal=causal,
+                        return_lse=True, key_offset=key_offset, query_offset=query_offset)
 
 
 def _aligned(x):

@@ -59,7 +59,8 @@ def assert_close(got, want, rtol):
     np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=rtol * scale)
 
 
-def local(Q, K, V, *, causal=False, mask=None, key_lengths=None, gqa=False, scale=1.0):
+def local(Q, K, V, *, causal=False, mask=None, bias=None, key_lengths=None, gqa=False,
+          scale=1.0):
     """What attnx.dask.attend must give, with attnx.attend on the whole."""
     if gqa:
         G = Q.shape[-3] // K.shape[-3]
@@ -67,7 +68,8 @@ def local(Q, K, V, *, causal=False, mask=None, key_lengths=None, gqa=False, scal
     if key_lengths is not None:
         seen = np.arange(K.shape[-2]) < np.asarray(key_lengths)[..., None, None]
         mask = seen if mask is None else mask & seen
-    return attnx.attend(Q, K, V, scale=scale, causal=causal, mask=mask, return_lse=True)
+    return attnx.attend(Q, K, V, scale=scale, causal=causal, mask=mask, bias=bias,
+                        return_lse=True)
 
 
 def make(dtype=np.float64, B=2, H=4, Hkv=2, Lq=7, T=203, d=8, dv=5, seed=0):
@@ -85,6 +87,9 @@ CASES = {
     "gqa": dict(gqa=True),
     "gqa+causal+key_lengths": dict(gqa=True, causal=True, key_lengths=np.array([[64], [1]])),
     "gqa+mask": dict(gqa=True, mask=True),
+    "bias+causal": dict(bias=True, causal=True),
+    "gqa+bias+mask+key_lengths": dict(gqa=True, bias=True, mask=True,
+                                      key_lengths=np.array([[64], [190]])),
 }
 
 
@@ -101,12 +106,17 @@ def test_matches_local_attend_across_chunk_boundaries(two_workers, case):
     mask = None
     if opts.pop("mask", False):
         mask = np.random.default_rng(1).random((2, 1, 7, 203)) < 0.7
-    want, want_lse = local(Q, K, V, mask=mask, gqa=gqa, scale=0.3, **opts)
+    bias = None
+    if opts.pop("bias", False):   # per head and row, -inf on some keys
+        g = np.random.default_rng(2)
+        bias = np.where(g.random((2, 4, 7, 203)) < 0.1, -np.inf, g.standard_normal((2, 4, 7, 203)))
+    want, want_lse = local(Q, K, V, mask=mask, bias=bias, gqa=gqa, scale=0.3, **opts)
     dq = da.from_array(Q, chunks=(1, 2, 3, 8))
     dk = da.from_array(K, chunks=(1, K.shape[1], 50, 8))
     dv = da.from_array(V, chunks=(1, V.shape[1], 50, 5))
     dm = None if mask is None else da.from_array(mask, chunks=(1, 1, 7, 60))
-    out, lse = attnx.dask.attend(dq, dk, dv, mask=dm, scale=0.3, enable_gqa=gqa,
+    db = None if bias is None else da.from_array(bias, chunks=(2, 2, 4, 70))
+    out, lse = attnx.dask.attend(dq, dk, dv, mask=dm, bias=db, scale=0.3, enable_gqa=gqa,
                                  return_lse=True, **opts)
     assert isinstance(out, da.Array) and isinstance(lse, da.Array)
     got, got_lse = dask.compute(out, lse)
@@ -265,9 +275,15 @@ def test_a_worker_killed_mid_computation_changes_nothing(two_workers, tmp_path):
 class TestErrors:
     Q, K, V = make(Lq=2, T=20)
 
-    def test_bias_is_issue_13(self):
-        with pytest.raises(NotImplementedError, match="issue 13"):
-            attnx.dask.attend(self.Q, self.K, self.V, bias=np.zeros((2, 20)), enable_gqa=True)
+    def test_bias(self):
+        with pytest.raises(ValueError, match=r"bias of shape \(2, 19\) does not broadcast"):
+            attnx.dask.attend(self.Q, self.K, self.V, bias=np.zeros((2, 19)), enable_gqa=True)
+        with pytest.raises(TypeError, match="bias must be real numeric"):
+            attnx.dask.attend(self.Q, self.K, self.V, bias=np.zeros((2, 20), bool),
+                              enable_gqa=True)
+        with pytest.raises(ValueError, match=r"enable_gqa: bias of shape .* has 3 heads"):
+            attnx.dask.attend(self.Q, self.K, self.V, bias=np.zeros((3, 2, 20)),
+                              enable_gqa=True)
 
     def test_gqa_heads(self):
         Q = np.zeros((2, 3, 2, 8))
