@@ -125,6 +125,34 @@ def test_rows_that_see_nothing_have_zero_gradients(simd):
     assert (dk[2:] == 0).all() and (dv[2:] == 0).all()     # keys no query sees
 
 
+@pytest.mark.parametrize("case", ["inf key, -inf score", "inf value, underflowed weight"])
+def test_a_key_of_weight_zero_adds_nothing_even_when_not_finite(simd, case):
+    """A key every row sees, but with weight exactly 0 (its score is -inf, or
+    exp underflows), holding inf: the gradients are those of the same call
+    without that key (0 x inf must not reach them), that key's own are 0."""
+    g = np.random.default_rng(7)
+    Lq, T, d, dv, t = 8, 12, 3, 2, 5
+    Q, K, V = g.standard_normal((Lq, d)), g.standard_normal((T, d)), g.standard_normal((T, dv))
+    if case.startswith("inf key"):
+        Q[:, 0] = -np.abs(Q[:, 0]) - 0.5
+        K[t] = [np.inf, 0.0, 0.0]            # score -inf for every row
+    else:
+        Q[:, 0] = np.abs(Q[:, 0]) + 0.5
+        K[t] = [-4000.0, 0.0, 0.0]           # exp(score - lse) underflows to 0
+        V[t] = [np.inf, 1.0]
+    G = g.standard_normal((Lq, dv))
+    out, lse = attnx.attend(Q, K, V, return_lse=True)
+    assert np.isfinite(out).all()
+    dq, dk, dv_ = attnx.attend_backward(G, Q, K, V, out, lse)
+    keep = np.arange(T) != t
+    o2, l2 = attnx.attend(Q, K[keep], V[keep], return_lse=True)
+    dq2, dk2, dv2 = attnx.attend_backward(G, Q, K[keep], V[keep], o2, l2)
+    np.testing.assert_allclose(dq, dq2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dk[keep], dk2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dv_[keep], dv2, rtol=1e-12, atol=1e-14)
+    assert (dk[t] == 0).all() and (dv_[t] == 0).all()
+
+
 def test_bits_do_not_depend_on_the_thread_count(simd):
     Q, K, V = (rng.standard_normal((2, 2, 300, 16)) for _ in range(3))
     G = rng.standard_normal((2, 2, 300, 16))

@@ -265,7 +265,7 @@ def test_backward_matches_finite_differences(simd, kw):
         assert g.shape == x.shape and g.dtype == np.float64, name
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=name)
     # rows of the sequence without keys, keys of the one without queries: 0
-    assert not got[0][5:5].any() and not got[0][cq[2]:cq[3]].any()
+    assert not got[0][cq[2]:cq[3]].any()
     assert not got[1][ck[1]:ck[2]].any() and not got[2][ck[1]:ck[2]].any()
 
 

@@ -91,7 +91,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
         }
         for (size_t g = rfirst; any && g < rend; g += MR) {
             const int mr = rend - g < MR ? (int)(rend - g) : MR;
-            const unsigned *live = lives + g;
+            unsigned *live = lives + g;
             unsigned gl = 0;
             for (int r = 0; r < mr; r++) gl |= live[r];
             if (!gl) continue;
@@ -120,12 +120,16 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                 }
                 if (shaped) shape_vec(&rest, row, t0, kn, sv, 2);
                 const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
+                unsigned weighs = 0;   /* the seen keys whose weight is not 0 */
                 for (int h = 0; h < 2; h++) {
                     const vx_bool_t on = vx_lanes(lv >> (h * VX_W));
                     vx_t p = vx_select(on, zero, vx_exp_diff(sv[h], lv_));
+                    const unsigned nzp = vx_nz_bits(p);
+                    weighs |= nzp << (h * VX_W);
                     vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
-                    /* an unseen key: ds is 0, whatever D */
-                    ds = vx_select(on, zero, ds);
+                    /* a key unseen or of weight 0 (-inf score, underflow):
+                     * ds is 0, whatever dP and D (as the scalar level) */
+                    ds = vx_select(vx_lanes(nzp), zero, ds);
                     if (dSo && (size_t)h * VX_W < kn) {   /* the bias's gradient: before the softcap's */
                         vx_float *o = dSo + row * ldS + t0 + (size_t)h * VX_W;
                         const size_t nl = kn - (size_t)h * VX_W;
@@ -136,10 +140,14 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     vx_store(S + KB * r + h * VX_W, p);
                     vx_store(dS + KB * r + h * VX_W, ds);
                 }
+                live[r] = weighs;      /* the products below take these pairs only */
             }
-            /* Exactly the (row, key) pairs the rows see: a 0 weight times a
-             * non-finite key, value, query or dO row must not reach a
-             * gradient. Keys every live row of the group sees (al) go
+            gl = 0;
+            for (int r = 0; r < mr; r++) gl |= live[r];
+            if (!gl) continue;
+            /* Exactly the (row, key) pairs where the row sees the key with
+             * a weight that is not 0: a 0 weight times a non-finite key,
+             * value, query or dO row must not reach a gradient. Keys every live row of the group sees (al) go
              * through the tiles, the rest (part) pair by pair; a row that
              * sees no key of the block is never written nor read. */
             unsigned al = ~0u;
