@@ -23,6 +23,22 @@
 MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
 MM_TILES(mm_tiles_t, 1, KB)    /* C += P^T B, P rows KB apart */
 
+/* Whether x[0..n) holds no inf or NaN (x - x is NaN for those, else 0). */
+static int all_finite(const vx_float *x, size_t n)
+{
+    vx_t acc = vx_zero();
+    size_t i = 0;
+    for (; i + VX_W <= n; i += VX_W) {
+        const vx_t v = vx_load(x + i);
+        acc = vx_add(acc, vx_sub(v, v));
+    }
+    if (i < n) {
+        const vx_t v = vx_load_part(x + i, vx_tail(n - i));
+        acc = vx_add(acc, vx_sub(v, v));
+    }
+    return !vx_any(vx_unord(acc, acc));
+}
+
 /* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
  * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
  * apart) accumulated into; dSo (NULL: not wanted; rows ldS apart) gets dS
@@ -53,6 +69,11 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
     cap.slope = 0;
     rest.softcap = 0;
     const int shaped = attnx_mods_shape(&rest);
+    /* queries and dO finite (with the block's packed keys and values,
+     * below): a pair that does not count (unseen, weight 0) adds an exact 0
+     * to the products, so whole tiles may take it. Keys and values are
+     * checked as packed: rows no query sees are never read. */
+    const int qd_finite = all_finite(Q, Lq * d) && all_finite(dO, Lq * dv);
     size_t rfirst = 0;                      /* rows before it see no key from here on */
     for (size_t t0 = k0; t0 < k1; t0 += KB) {
         const size_t kn = k1 - t0 < KB ? k1 - t0 : KB;
@@ -85,9 +106,11 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             any |= lv;
             rend = row + 1;
         }
+        int finite = 0;
         if (any) {
             pack_kt(K + t0 * d, d, any, Kt);    /* keys no row sees stay unread */
             pack_kt(V + t0 * dv, dv, any, Vt);
+            finite = qd_finite && all_finite(Kt, d * KB) && all_finite(Vt, dv * KB);
         }
         for (size_t g = rfirst; any && g < rend; g += MR) {
             const int mr = rend - g < MR ? (int)(rend - g) : MR;
@@ -145,11 +168,29 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             gl = 0;
             for (int r = 0; r < mr; r++) gl |= live[r];
             if (!gl) continue;
-            /* Exactly the (row, key) pairs where the row sees the key with
-             * a weight that is not 0: a 0 weight times a non-finite key,
-             * value, query or dO row must not reach a gradient. Keys every live row of the group sees (al) go
-             * through the tiles, the rest (part) pair by pair; a row that
-             * sees no key of the block is never written nor read. */
+            vx_float *dQg = dQ + g * d;
+            if (finite) {
+                /* whole tiles: every row of the group, the keys any row
+                 * weighs (P and dS are 0 on the pairs that do not count) */
+                unsigned char gidx[KB];
+                int ng = 0;
+                for (unsigned b = gl; b; b &= b - 1) gidx[ng++] = (unsigned char)lowest_bit(b);
+                mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, K + t0 * d, d, d,
+                            dQg, d);
+                for (size_t u = 0; u < kn; u += MR) {
+                    const int mt = kn - u < MR ? (int)(kn - u) : MR;
+                    mm_tiles_t(mt, S + u, NULL, mr, dOg, dv, dv, dVb + u * dv, dv);
+                    mm_tiles_t(mt, dS + u, NULL, mr, Qg, d, d, dKb + u * d, d);
+                }
+                continue;
+            }
+            /* Some operand not finite: exactly the (row, key) pairs where
+             * the row sees the key with a weight that is not 0, since a 0
+             * weight times a non-finite key, value, query or dO row must not
+             * reach a gradient. Keys every live row of the group weighs (al)
+             * go through the tiles, the rest (part) through one-row tiles
+             * with index lists; a row that weighs no key of the block is
+             * never written nor read. */
             unsigned al = ~0u;
             int nlive = 0, nk_al = 0;
             unsigned char ridx[MR], aidx[KB];
@@ -165,7 +206,6 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                 for (unsigned b = al; b; b &= b - 1) aidx[nk_al++] = (unsigned char)lowest_bit(b);
                 ki = aidx;
             }
-            vx_float *dQg = dQ + g * d;
             if (nk_al) {
                 /* dQ_r += dS_r K_al, over runs of live rows */
                 for (int r0 = 0; r0 < mr;) {
@@ -193,15 +233,24 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     }
                 }
             }
+            /* the rest (part): a row's part keys as an index list into a
+             * one-row tile (dQ), a key's rows as one (dV, dK) */
+            for (int r = 0; part && r < mr; r++) {
+                const unsigned pr = live[r] & part;
+                if (!pr) continue;
+                unsigned char kr[KB];
+                int n = 0;
+                for (unsigned b = pr; b; b &= b - 1) kr[n++] = (unsigned char)lowest_bit(b);
+                mm_tiles_kb(1, dS + KB * r, kr, n, K + t0 * d, d, d, dQg + (size_t)r * d, d);
+            }
             for (unsigned b = part; b; b &= b - 1) {
                 const unsigned k = lowest_bit(b);
-                for (int r = 0; r < mr; r++) {
-                    if (!((live[r] >> k) & 1)) continue;
-                    const vx_float p = S[KB * r + k], ds = dS[KB * r + k];
-                    axpy1(dQg + (size_t)r * d, ds, K + (t0 + k) * d, d, 0, 0);
-                    axpy1(dVb + (size_t)k * dv, p, dOg + (size_t)r * dv, dv, 0, 0);
-                    axpy1(dKb + (size_t)k * d, ds, Qg + (size_t)r * d, d, 0, 0);
-                }
+                unsigned char rk[MR];
+                int n = 0;
+                for (int r = 0; r < mr; r++)
+                    if ((live[r] >> k) & 1) rk[n++] = (unsigned char)r;
+                mm_tiles_t(1, S + k, rk, n, dOg, dv, dv, dVb + (size_t)k * dv, dv);
+                mm_tiles_t(1, dS + k, rk, n, Qg, d, d, dKb + (size_t)k * d, d);
             }
         }
         for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
