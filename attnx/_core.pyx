@@ -1423,6 +1423,22 @@ cdef _Call _call_params(_Shaping sh, q, K, V, tuple batch, tuple ext, bint singl
     return c
 
 
+cdef tuple _qkv_layout(q, K, V, _Shaping sh):
+    """attend's shapes from checked q, K, V: (q, K, V, single, Lq, T, d, dv,
+    batch, ext), with GQA's (..., Hkv, G) views; ext is the batch shape the
+    caller sees (GQA: (..., H) where batch has (..., Hkv, G))."""
+    single = q.ndim == 1
+    d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
+    Lq = 1 if single else q.shape[-2]
+    H = 0
+    if sh.gqa:
+        q, K, V, H = _gqa_views(q, K, V)
+    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
+                              (V, 2, "values")])
+    ext = batch[:-2] + (H,) if sh.gqa else batch
+    return q, K, V, single, Lq, T, d, dv, batch, ext
+
+
 def _attend_general(query, keys, values, double scale, mask, bint return_weights, out,
                     num_threads, bint return_lse=False, ptrdiff_t query_offset=0,
                     ptrdiff_t key_offset=0, _Shaping sh=None):
@@ -1433,18 +1449,9 @@ def _attend_general(query, keys, values, double scale, mask, bint return_weights
     K = _as_real(keys, "keys", dt)
     V = K if values is None else _as_real(values, "values", dt)
     _check_qkv(q, K, V)
-    single = q.ndim == 1
-    if sh.causal and not sh.lower_right and single and query_offset == 0 and key_offset == 0:
+    if sh.causal and not sh.lower_right and q.ndim == 1 and query_offset == 0 and key_offset == 0:
         raise ValueError(_CAUSAL_SINGLE)
-    d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
-    Lq = 1 if single else q.shape[-2]
-    H = 0
-    if sh.gqa:
-        q, K, V, H = _gqa_views(q, K, V)
-    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
-                              (V, 2, "values")])
-    # ext: the batch shape the caller sees (GQA: (..., H) where batch has (..., Hkv, G))
-    ext = batch[:-2] + (H,) if sh.gqa else batch
+    q, K, V, single, Lq, T, d, dv, batch, ext = _qkv_layout(q, K, V, sh)
     core = (T,) if single else (Lq, T)
     scores_shape = ext + core
     ctx_shape = ext + ((dv,) if single else (Lq, dv))
@@ -1554,6 +1561,48 @@ cdef object _cu_seqlens(object x, str name, Py_ssize_t total):
     return a
 
 
+cdef object _varlen_slopes(object alibi_slopes, object dt, Py_ssize_t B, Py_ssize_t H):
+    """alibi_slopes of attend_varlen (and its backward) broadcast to (B, H)."""
+    a = _as_real(alibi_slopes, "alibi_slopes", dt)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    try:
+        a = np.broadcast_to(a, (B, H))
+    except ValueError:
+        raise ValueError(f"alibi_slopes has shape {a.shape}: expected (H,) or (B, H) with "
+                         f"H = {H}, B = {B}") from None
+    return a
+
+
+cdef tuple _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k):
+    """attend_varlen's (and its backward's) operand checks: (total, heads,
+    d) layouts, heads and GQA, the offsets; returns them as int64 arrays."""
+    for x, name, form in ((q, "query", "(total_q, H, d)"), (K, "keys", "(total_k, Hkv, d)"),
+                          (V, "values", "(total_k, Hkv, dv)")):
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have shape {form}, got shape {x.shape}")
+    if q.shape[2] != K.shape[2]:
+        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: the last "
+                         f"dimension (d) must match")
+    if K.shape[:2] != V.shape[:2]:
+        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: total_k and "
+                         f"Hkv must match")
+    H, Hkv = q.shape[1], K.shape[1]
+    if Hkv != H and Hkv != 1 and not (enable_gqa and Hkv != 0 and H % Hkv == 0):
+        if enable_gqa:
+            raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
+                             f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
+                             f"{K.shape}): H % Hkv must be 0")
+        raise ValueError(f"query has {H} heads but keys and values have {Hkv} (query {q.shape}, "
+                         f"keys {K.shape}): pass enable_gqa=True for grouped-query attention")
+    cq = _cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
+    ck = _cu_seqlens(cu_seqlens_k, "cu_seqlens_k", K.shape[0])
+    if cq.shape[0] != ck.shape[0]:
+        raise ValueError(f"cu_seqlens_q has {cq.shape[0]} offsets but cu_seqlens_k has "
+                         f"{ck.shape[0]}: both are B + 1 long (B sequences)")
+    return cq, ck
+
+
 def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
                   causal=False, window=None, alibi_slopes=None, softcap=None,
                   enable_gqa=False, return_lse=False, out=None, num_threads=None):
@@ -1636,46 +1685,16 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
     V = _as_real(values, "values", dt)
-    if q.ndim != 3:
-        raise ValueError(f"query must have shape (total_q, H, d), got shape {q.shape}")
-    if K.ndim != 3:
-        raise ValueError(f"keys must have shape (total_k, Hkv, d), got shape {K.shape}")
-    if V.ndim != 3:
-        raise ValueError(f"values must have shape (total_k, Hkv, dv), got shape {V.shape}")
-    if q.shape[2] != K.shape[2]:
-        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: the last "
-                         f"dimension (d) must match")
-    if K.shape[:2] != V.shape[:2]:
-        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: total_k and "
-                         f"Hkv must match")
+    cq, ck = _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k)
     cdef Py_ssize_t total_q = q.shape[0], total_k = K.shape[0]
     cdef Py_ssize_t H = q.shape[1], Hkv = K.shape[1], d = q.shape[2], dv = V.shape[2]
-    if Hkv != H and Hkv != 1 and not (enable_gqa and Hkv != 0 and H % Hkv == 0):
-        if enable_gqa:
-            raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
-                             f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
-                             f"{K.shape}): H % Hkv must be 0")
-        raise ValueError(f"query has {H} heads but keys and values have {Hkv} (query {q.shape}, "
-                         f"keys {K.shape}): pass enable_gqa=True for grouped-query attention")
     cdef Py_ssize_t G = H // Hkv if Hkv else 1
-    cq = _cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q)
-    ck = _cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k)
-    if cq.shape[0] != ck.shape[0]:
-        raise ValueError(f"cu_seqlens_q has {cq.shape[0]} offsets but cu_seqlens_k has "
-                         f"{ck.shape[0]}: both are B + 1 long (B sequences)")
     cdef Py_ssize_t B = cq.shape[0] - 1
     cdef Py_ssize_t isz = dt.itemsize
     a = None
     cdef ptrdiff_t a_seq = 0, a_head = 0
     if alibi_slopes is not None:
-        a = _as_real(alibi_slopes, "alibi_slopes", dt)
-        while a.ndim > 2 and a.shape[0] == 1:
-            a = a[0]
-        try:
-            a = np.broadcast_to(a, (B, H))
-        except ValueError:
-            raise ValueError(f"alibi_slopes has shape {a.shape}: expected (H,) or (B, H) with "
-                             f"H = {H}, B = {B}") from None
+        a = _varlen_slopes(alibi_slopes, dt, B, H)
         a_seq = 0 if B == 1 else a.strides[0] // isz
         a_head = 0 if H == 1 else a.strides[1] // isz
     # outputs
@@ -1840,25 +1859,9 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     O = _as_real(out, "out", dt)
     dO = _as_real(grad_out, "grad_out", dt)
     L = _as_real(lse, "lse", dt)
-    for x, name, form in ((q, "query", "(total_q, H, d)"), (K, "keys", "(total_k, Hkv, d)"),
-                          (V, "values", "(total_k, Hkv, dv)")):
-        if x.ndim != 3:
-            raise ValueError(f"{name} must have shape {form}, got shape {x.shape}")
-    if q.shape[2] != K.shape[2]:
-        raise ValueError(f"query has shape {q.shape} but keys has shape {K.shape}: the last "
-                         f"dimension (d) must match")
-    if K.shape[:2] != V.shape[:2]:
-        raise ValueError(f"keys has shape {K.shape} but values has shape {V.shape}: total_k and "
-                         f"Hkv must match")
+    cq, ck = _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k)
     total_q, H, d = q.shape
     total_k, Hkv, dv = V.shape
-    if Hkv != H and Hkv != 1 and not (enable_gqa and Hkv != 0 and H % Hkv == 0):
-        if enable_gqa:
-            raise ValueError(f"enable_gqa: the query's H = {H} heads are not a multiple of the "
-                             f"Hkv = {Hkv} heads of keys and values (query {q.shape}, keys "
-                             f"{K.shape}): H % Hkv must be 0")
-        raise ValueError(f"query has {H} heads but keys and values have {Hkv} (query {q.shape}, "
-                         f"keys {K.shape}): pass enable_gqa=True for grouped-query attention")
     if O.shape != (total_q, H, dv):
         raise ValueError(f"out has shape {O.shape}, but the forward's result has shape "
                          f"{(total_q, H, dv)}: pass the out that attend_varlen returned")
@@ -1869,22 +1872,10 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
         raise ValueError(f"lse has shape {L.shape}, but the forward's lse has shape "
                          f"{(total_q, H)}: pass the lse that attend_varlen(..., "
                          f"return_lse=True) returned")
-    cq = _cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q)
-    ck = _cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k)
-    if cq.shape[0] != ck.shape[0]:
-        raise ValueError(f"cu_seqlens_q has {cq.shape[0]} offsets but cu_seqlens_k has "
-                         f"{ck.shape[0]}: both are B + 1 long (B sequences)")
     B = cq.shape[0] - 1
     a = None
     if alibi_slopes is not None:
-        a = _as_real(alibi_slopes, "alibi_slopes", dt)
-        while a.ndim > 2 and a.shape[0] == 1:
-            a = a[0]
-        try:
-            a = np.broadcast_to(a, (B, H))
-        except ValueError:
-            raise ValueError(f"alibi_slopes has shape {a.shape}: expected (H,) or (B, H) with "
-                             f"H = {H}, B = {B}") from None
+        a = _varlen_slopes(alibi_slopes, dt, B, H)
     gq = np.zeros((total_q, H, d), dt)
     gk = np.zeros((total_k, Hkv, d), dt)
     gv = np.zeros((total_k, Hkv, dv), dt)
@@ -1988,16 +1979,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     dO = _as_real(grad_out, "grad_out", dt)
     L = _as_real(lse, "lse", dt)
     _check_qkv(q, K, V)
-    single = q.ndim == 1
     q_shape, k_shape, v_shape = q.shape, K.shape, V.shape
-    d, T, dv = q.shape[-1], K.shape[-2], V.shape[-1]
-    Lq = 1 if single else q.shape[-2]
-    H = 0
-    if sh.gqa:
-        q, K, V, H = _gqa_views(q, K, V)
-    batch = _broadcast_batch([(q, 1 if single else 2, "query"), (K, 2, "keys"),
-                              (V, 2, "values")])
-    ext = batch[:-2] + (H,) if sh.gqa else batch
+    q, K, V, single, Lq, T, d, dv, batch, ext = _qkv_layout(q, K, V, sh)
     ctx_shape = ext + ((dv,) if single else (Lq, dv))
     lse_shape = ext + (() if single else (Lq,))
     if O.shape != ctx_shape:
