@@ -87,15 +87,19 @@ def _sdpa_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tenso
     grads = attnx.attend_backward(_np(grad_out), _np(query), _np(key), _np(value),
                                   _np(out), _np(lse), scale=scale, causal=is_causal,
                                   grad_bias=mask_grad, **_mask_kw(attn_mask))
-    dm = torch.from_numpy(grads[3]) if mask_grad else query.new_empty((0,))
-    return tuple(torch.from_numpy(g) for g in grads[:3]) + (dm,)
+    # C-contiguous whatever the operands' strides: the fake below says so,
+    # and torch.compile checks the two agree
+    dm = torch.from_numpy(np.ascontiguousarray(grads[3])) if mask_grad else query.new_empty((0,))
+    return tuple(torch.from_numpy(np.ascontiguousarray(g)) for g in grads[:3]) + (dm,)
 
 
 @_sdpa_backward.register_fake
 def _sdpa_backward_fake(grad_out, query, key, value, attn_mask, out, lse, is_causal, scale,
                         mask_grad):
-    dm = torch.empty_like(attn_mask) if mask_grad else query.new_empty((0,))
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), dm
+    # contiguous, as the real op returns them (empty_like would keep a
+    # transposed operand's strides, and Inductor's stride check then fails)
+    dm = attn_mask.new_empty(attn_mask.shape) if mask_grad else query.new_empty((0,))
+    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), dm
 
 
 def _setup_context(ctx, inputs, output):

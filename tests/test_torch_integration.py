@@ -122,6 +122,19 @@ def test_opcheck():
                                                          .requires_grad_(), None, False, 0.4))
 
 
+def test_opcheck_backward_with_transposed_operands():
+    """The backward's fake gives the real op's (contiguous) strides, also
+    for operands in the (B, L, H, E).transpose(1, 2) layout; a fake that
+    kept their strides failed opcheck and torch.compile's backward."""
+    q = torch.randn(2, 5, 3, 8, dtype=torch.float64).transpose(1, 2)
+    k, v = torch.randn(2, 3, 7, 8, dtype=torch.float64), torch.randn(2, 3, 7, 4, dtype=torch.float64)
+    mask = torch.randn(2, 7, 5, dtype=torch.float64).transpose(1, 2)[:, None]   # (2, 1, 5, 7), strided
+    for m, mg in ((None, False), (mask, True)):
+        out, lse = torch.ops.attnx.sdpa(q, k, v, m, False, 0.4)
+        torch.library.opcheck(torch.ops.attnx.sdpa_backward.default,
+                              (torch.randn_like(out), q, k, v, m, out, lse, False, 0.4, mg))
+
+
 def test_torch_compile_fullgraph(tmp_path, monkeypatch):
     """One small compiled function (the first compile costs ~30 s): forward
     and backward of causal GQA agree with eager. Inductor's cache goes to a
@@ -134,7 +147,10 @@ def test_torch_compile_fullgraph(tmp_path, monkeypatch):
         return at.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).sum()
 
     cf = torch.compile(f, fullgraph=True)
-    q, k, v = randn(1, 4, 6, 8), randn(1, 2, 6, 8), randn(1, 2, 6, 8)
+    # q in the usual projection layout, (B, L, H, E).transpose(1, 2): the
+    # backward's fake must give the real op's strides, not q's
+    q = torch.randn(1, 6, 4, 8, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    k, v = randn(1, 2, 6, 8), randn(1, 2, 6, 8)
     got = cf(q, k, v)
     gg = torch.autograd.grad(got, (q, k, v))
     want = f(q, k, v)
