@@ -27,8 +27,11 @@
  * than FEW_QUERIES queries fold one by one.
  *
  * Accuracy: scores as dot_scores; weights p = exp(s - m) within 1 ulp; l in
- * float64 at both dtypes (float32 exps widened exactly); ctx = acc / l
- * rounded once. Within a few ulp of softmax-then-context, float64.
+ * float64 at both dtypes (float32 exps widened exactly); acc takes each
+ * block's (fold) or tile's (attend_rows) P.V as one sum, the fold's blocks
+ * gathered PART_KEYS at a time, so it rounds T / PART_KEYS times, not T;
+ * ctx = acc / l rounded once. Within a few ulp of softmax-then-context,
+ * float64.
  * Memory: reads each key and value row once (sizeof(element) * T * (d + dv)
  * bytes per query, per RQ queries for attend_rows), masked and p == 0 rows
  * not at all; allocates nothing (attend_rows: O(KB d) on the stack up to
@@ -52,6 +55,7 @@
 #define OB VX_DOT_ROWS                      /* keys per online block */
 #define OB_ALL (OB == 32 ? ~0u : (1u << OB) - 1u)
 #define VB (VX_W * sizeof(vx_float))        /* bytes of a vector */
+#define PART_KEYS 256                       /* keys the fold sums apart before acc */
 
 #if defined(_MSC_VER)
 __declspec(align(64)) static const vx_float zero_row[ZERO_ROW + VX_W];
@@ -222,29 +226,31 @@ VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, siz
 }
 
 /* One VX_W-column chunk of acc += sum_i p_i V_i over the OB rows v[i]:
- * two FMA chains (half the latency on acc) where whole, one chain on a
- * row's masked tail. al: acc is the aligned copy, V rows aligned bases. */
+ * the block's sum first (two FMA chains where whole, one on a row's masked
+ * tail), then one add to acc: acc takes T / OB roundings over T keys, not
+ * one per key (float32 contexts over long one-signed V kept 1e-5 error
+ * otherwise). al: acc is the aligned copy, V rows aligned bases. */
 VX_INLINE void axpy_chunk(vx_float *acc, const vx_t *pb, const vx_float *const *v, size_t j, vx_mask_t k,
                           int masked, int al)
 {
 #define LD(i) (masked ? vx_load_part(v[i] + j, k) : al ? vx_load_a(v[i] + j) : vx_load(v[i] + j))
     if (masked && !al) {
-        vx_t a = vx_load_part(acc + j, k);
-        for (int i = 0; i < OB; i++) a = vx_fma(pb[i], LD(i), a);
-        vx_store_part(acc + j, k, a);
+        vx_t a = vx_mul(pb[0], LD(0));
+        for (int i = 1; i < OB; i++) a = vx_fma(pb[i], LD(i), a);
+        vx_store_part(acc + j, k, vx_add(vx_load_part(acc + j, k), a));
         return;
     }
-    vx_t a = al ? vx_load_a(acc + j) : vx_load(acc + j);
+    vx_t a = vx_mul(pb[0], LD(0));
     vx_t b = vx_mul(pb[OB / 2], LD(OB / 2));
-    for (int i = 0; i < OB / 2; i++) {
+    for (int i = 1; i < OB / 2; i++) {
         a = vx_fma(pb[i], LD(i), a);
-        if (OB / 2 + 1 + i < OB) b = vx_fma(pb[OB / 2 + 1 + i], LD(OB / 2 + 1 + i), b);
+        b = vx_fma(pb[OB / 2 + i], LD(OB / 2 + i), b);
     }
 #undef LD
     if (al)
-        vx_store_a(acc + j, vx_add(a, b));
+        vx_store_a(acc + j, vx_add(vx_load_a(acc + j), vx_add(a, b)));
     else
-        vx_store(acc + j, vx_add(a, b));
+        vx_store(acc + j, vx_add(vx_load(acc + j), vx_add(a, b)));
 }
 
 /* acc += sum_i p_i V_i for the OB rows v[i]; al: vm = the rows' offset */
@@ -291,7 +297,8 @@ VX_INLINE void axpy1(vx_float *acc, vx_float p, const vx_float *v, size_t dv, in
 /* Max, rescale and exps of one block of scores s: p[0..OB) = the weights
  * exp(s - m); returns the bits of p != 0, or -1 when the state is
  * poisoned (NaN score, or +inf: inf - inf). */
-VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, size_t nacc, vx_float *p)
+VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, vx_float *part, size_t nacc,
+                            vx_float *p)
 {
     vx_bool_t nan = vx_false();
     vx_t mm = s[0];
@@ -307,6 +314,7 @@ VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, 
         double c = RESCALE(*m, bm);
         *l *= c;
         rescale_acc(acc, nacc, (vx_float)c);
+        if (part) rescale_acc(part, nacc, (vx_float)c);
         *m = bm;
     }
     const vx_t mv = vx_set1((vx_float)*m);
@@ -322,13 +330,31 @@ VX_INLINE int block_softmax(const vx_t *s, double *m, double *l, vx_float *acc, 
     return (int)nz;
 }
 
+/* acc += part, part = 0 (whole vectors: nacc is a multiple of VX_W or
+ * the buffers have room for one more, see online_fold) */
+static void add_part(vx_float *acc, vx_float *part, size_t n)
+{
+    size_t j = 0;
+    for (; j + VX_W <= n; j += VX_W) {
+        vx_store(acc + j, vx_add(vx_load(acc + j), vx_load(part + j)));
+        vx_store(part + j, vx_zero());
+    }
+    for (; j < n; j++) {
+        acc[j] += part[j];
+        part[j] = 0;
+    }
+}
+
 /* The fold over keys [0, T): q and acc are the caller's (al == 0) or the
  * shifted aligned copies (al == 1, nacc = dv + VX_W). */
 VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
                           size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
-                          double *m, double *l, vx_float *acc, size_t nacc, int al, unsigned km, unsigned vm,
-                          int pf)
+                          double *m, double *l, vx_float *acc, vx_float *part, size_t nacc, int al, unsigned km,
+                          unsigned vm, int pf)
 {
+    /* with part (nacc zeros): the blocks of PART_KEYS keys sum there first,
+     * then into acc, so acc takes T / PART_KEYS roundings, not T / OB */
+    vx_float *tgt = part ? part : acc;
     const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
     vx_float p[OB];
     const vx_float *v[OB];
@@ -349,7 +375,7 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
             for (size_t b = 0; b < OB * dv * sizeof(vx_float); b += 64) vx_prefetch(pv + b);
         }
         if (live) {
-            int nz = block_softmax(s, m, l, acc, nacc, p);
+            int nz = block_softmax(s, m, l, acc, part, nacc, p);
             if (nz < 0) break;
             if ((unsigned)nz == OB_ALL || (nz && dv <= ZERO_ROW)) {
                 /* p == 0 (masked, -inf, underflow): the value row is not
@@ -358,18 +384,20 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
                     const vx_float *r = V + (t0 + i) * dv;
                     v[i] = ((unsigned)nz >> i) & 1 ? (al ? vbase(r) : r) : zero_row;
                 }
-                axpy_block(acc, p, v, dv, al, vm);
+                axpy_block(tgt, p, v, dv, al, vm);
             } else {
                 for (unsigned b = (unsigned)nz; b; b &= b - 1) {
                     unsigned i = lowest_bit(b);
                     const vx_float *r = V + (t0 + i) * dv;
-                    axpy1(acc, p[i], al ? vbase(r) : r, dv, al, vm);
+                    axpy1(tgt, p[i], al ? vbase(r) : r, dv, al, vm);
                 }
             }
         }
+        if (part && ((t0 + OB) % PART_KEYS == 0 || t0 + OB >= T)) add_part(acc, part, nacc);
         for (int g = 0; g < DOT_NV; g++) s[g] = sn[g];
         live = live_next;
     }
+    if (part && *l != *l) add_part(acc, part, nacc);   /* poisoned: the break skipped it */
 }
 
 #if VX_ALIGN_ROWS
@@ -381,14 +409,18 @@ static void online_aligned(const vx_float *q, const vx_float *K, const vx_float 
                            size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
                            double *m, double *l, vx_float *acc, int pf)
 {
-    vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W];
+    vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W], pbuf[AL_MAX + 2 * VX_W];
     vx_float *qs = (vx_float *)(uintptr_t)(((uintptr_t)qbuf + VB - 1) & ~(uintptr_t)(VB - 1));
     vx_float *as = (vx_float *)(uintptr_t)(((uintptr_t)abuf + VB - 1) & ~(uintptr_t)(VB - 1));
+    vx_float *ps = (vx_float *)(uintptr_t)(((uintptr_t)pbuf + VB - 1) & ~(uintptr_t)(VB - 1));
     const unsigned km = (unsigned)((uintptr_t)K / sizeof(vx_float)) % VX_W;
     const unsigned vm = (unsigned)((uintptr_t)V / sizeof(vx_float)) % VX_W;
     for (size_t j = 0; j < d + VX_W; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0;
-    for (size_t j = 0; j < dv + VX_W; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
-    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, dv + VX_W, 1, km, vm, pf);
+    for (size_t j = 0; j < dv + VX_W; j++) {
+        as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
+        ps[j] = 0;
+    }
+    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, ps, dv + VX_W, 1, km, vm, pf);
     for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
 }
 #endif
@@ -408,7 +440,13 @@ static void online_fold(const vx_float *q, const vx_float *K, const vx_float *V,
         online_aligned(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, pf);
     else
 #endif
-        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, dv, 0, 0, 0, pf);
+    {
+        /* part on the stack up to ZERO_ROW columns; wider rows go without */
+        vx_float pbuf[ZERO_ROW];
+        const int has = T > PART_KEYS && dv <= ZERO_ROW;
+        for (size_t j = 0; has && j < dv; j++) pbuf[j] = 0;
+        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, has ? pbuf : NULL, dv, 0, 0, 0, pf);
+    }
     st->m = m;
     st->l = l;
 }
@@ -478,11 +516,7 @@ VX_INLINE void mm_slice(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const u
                         vx_mask_t k1, int masked)
 {
     vx_t a[MR][2];
-    for (int r = 0; r < mr; r++) {
-        const vx_float *cr = C + (size_t)r * ldc + c;
-        a[r][0] = masked ? vx_load_part(cr, k0) : vx_load(cr);
-        a[r][1] = masked ? vx_load_part(cr + VX_W, k1) : vx_load(cr + VX_W);
-    }
+    for (int r = 0; r < mr; r++) a[r][0] = a[r][1] = vx_zero();
     for (int i = 0; i < nk; i++) {
         const int kk = kidx ? kidx[i] : i;
         const vx_float *br = B + (size_t)kk * ldb + c;
@@ -494,14 +528,16 @@ VX_INLINE void mm_slice(const vx_float *A, ptrdiff_t ars, ptrdiff_t acs, const u
             a[r][1] = vx_fma(b, v1, a[r][1]);
         }
     }
+    /* the tile's sum, then one add to C: C takes one rounding per call,
+     * not one per term (as axpy_chunk) */
     for (int r = 0; r < mr; r++) {
         vx_float *cr = C + (size_t)r * ldc + c;
         if (masked) {
-            vx_store_part(cr, k0, a[r][0]);
-            vx_store_part(cr + VX_W, k1, a[r][1]);
+            vx_store_part(cr, k0, vx_add(vx_load_part(cr, k0), a[r][0]));
+            vx_store_part(cr + VX_W, k1, vx_add(vx_load_part(cr + VX_W, k1), a[r][1]));
         } else {
-            vx_store(cr, a[r][0]);
-            vx_store(cr + VX_W, a[r][1]);
+            vx_store(cr, vx_add(vx_load(cr), a[r][0]));
+            vx_store(cr + VX_W, vx_add(vx_load(cr + VX_W), a[r][1]));
         }
     }
 }
