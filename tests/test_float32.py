@@ -133,6 +133,14 @@ def test_context_over_long_one_signed_values(Lq, values):
     want = w @ V64                                  # NumPy's float64 reference
     err = np.abs(got - want) / (w @ np.abs(V64))
     assert err.max() <= 1.5e-6, err.max()
+    # the two-pass path (weights, then the context kernel over them), and
+    # attnx.context itself, sum in blocks of 256 rows the same way
+    got2, w32 = attnx.attend(q, K, V, scale=0.125, return_weights=True, num_threads=1)
+    err2 = np.abs(got2 - want) / (w @ np.abs(V64))
+    assert err2.max() <= 1.5e-6, err2.max()
+    c = attnx.context(w32[0], V)
+    err3 = np.abs(c - w32[0].astype(float) @ V64) / (w32[0].astype(float) @ np.abs(V64))
+    assert err3.max() <= 1.5e-6, err3.max()
 
 
 @pytest.mark.parametrize("T", ref.SIZES)

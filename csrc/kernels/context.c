@@ -6,20 +6,24 @@
  * vector (zero weights skip their row unread: masked keys cost nothing).
  * Slices of up to VX_CTX_PAIR_NV vectors sum even and odd rows in two sets
  * (else the FMA latency, not the loads, sets the pace), added at the end.
- * Accuracy: a sum of T terms in one or two chains, one rounding per term
- * with FMA: |err_j| <= (T + 1) eps sum_t |w_t V_tj|. Memory: reads V once
+ * Rows come in blocks of CTX_ROWS, each block summed apart and then added
+ * to ctx: the running sum takes T / CTX_ROWS roundings, not T.
+ * Accuracy: per block a sum of up to CTX_ROWS terms in one or two chains,
+ * one rounding per term with FMA, then T / CTX_ROWS additions:
+ * |err_j| <= (CTX_ROWS + T / CTX_ROWS + 2) eps sum_t |w_t V_tj|. Memory: reads V once
  * (sizeof(element) * T * dv bytes), w once per slice, writes ctx once.
  */
 #define CTX_NV 8   /* vectors of a column slice: acc (and acc2) in registers */
+#define CTX_ROWS 256   /* rows summed apart before they reach ctx */
 
-/* ctx[0 .. nv vectors) (the last one masked by km) for one column slice;
- * nv and nset are constants after inlining */
-VX_INLINE void context_cols(const vx_float *w, const vx_float *V, size_t T, size_t dv, int nv,
-                            int nset, vx_mask_t km, vx_float *ctx)
+/* ctx[0 .. nv vectors) (the last one masked by km) for one column slice,
+ * rows [t, T) (add: ctx += their sum, else ctx = it); nv and nset are
+ * constants after inlining */
+VX_INLINE void context_block(const vx_float *w, const vx_float *V, size_t t, size_t T, size_t dv, int nv,
+                             int nset, vx_mask_t km, vx_float *ctx, int add)
 {
     vx_t acc[CTX_NV], acc2[CTX_NV];
     for (int v = 0; v < nv; v++) acc[v] = acc2[v] = vx_zero();
-    size_t t = 0;
     if (nset == 2) {
         for (; t + 2 <= T; t += 2) {
             vx_float w0 = w[t], w1 = w[t + 1];
@@ -46,8 +50,22 @@ VX_INLINE void context_cols(const vx_float *w, const vx_float *V, size_t T, size
     }
     if (nset == 2)
         for (int v = 0; v < nv; v++) acc[v] = vx_add(acc[v], acc2[v]);
+    if (add) {
+        for (int v = 0; v < nv - 1; v++) acc[v] = vx_add(vx_load(ctx + VX_W * v), acc[v]);
+        acc[nv - 1] = vx_add(vx_load_part(ctx + VX_W * (nv - 1), km), acc[nv - 1]);
+    }
     for (int v = 0; v < nv - 1; v++) vx_store(ctx + VX_W * v, acc[v]);
     vx_store_part(ctx + VX_W * (nv - 1), km, acc[nv - 1]);
+}
+
+/* ctx for one column slice, CTX_ROWS rows at a time */
+VX_INLINE void context_cols(const vx_float *w, const vx_float *V, size_t T, size_t dv, int nv,
+                            int nset, vx_mask_t km, vx_float *ctx)
+{
+    for (size_t t0 = 0; t0 < T || t0 == 0; t0 += CTX_ROWS) {
+        const size_t t1 = T - t0 < CTX_ROWS ? T : t0 + CTX_ROWS;
+        context_block(w, V, t0, t1, dv, nv, nset, km, ctx, t0 > 0);
+    }
 }
 
 #define CTX_SETS(nv) ((nv) <= VX_CTX_PAIR_NV ? 2 : 1)
