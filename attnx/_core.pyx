@@ -797,7 +797,11 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
         ``"lower_right"``: the last query row is aligned with the last key
         (row i sees ``t <= i + T - Lq``; torch's ``causal_lower_right``,
         flash-attn's ``causal=True``), what a decoder with a cache needs; a
-        single query then sees every key. `window` and `alibi_slopes` take
+        single query then sees every key. With `key_lengths`, T is the batch
+        item's key length: the queries are the last Lq positions of its
+        real keys, as flash-attn's ``cache_seqlens`` (the same as attending
+        ``keys[:n]`` alone); padded queries of a padded self-attention batch
+        want ``causal=True`` instead. `window` and `alibi_slopes` take
         their positions from the same alignment (top-left unless
         ``"lower_right"``).
     bias : array_like of float, optional

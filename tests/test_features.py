@@ -427,6 +427,28 @@ def test_causal_modes(simd):
         attnx.attend(q @ W, K, window=(1, 1), bias=bias), rtol=1e-13, atol=1e-13)
 
 
+def test_lower_right_with_key_lengths_aligns_to_each_items_length(simd):
+    """With key_lengths, "lower_right" puts the last query at each item's
+    last real key (flash-attn's cache_seqlens): the same as attending that
+    item's keys[:n] alone, lower-right; window and ALiBi positions follow."""
+    B, Lq, T, d = 3, 4, 11, 8
+    q, K, V = rand(B, Lq, d), rand(B, T, d), rand(B, T, 5)
+    kl = np.array([11, 7, 4])
+    for kw in ({}, {"window": (2, 0)}, {"alibi_slopes": np.array([0.3, 0.5, 0.7])}):
+        got = attnx.attend(q, K, V, causal="lower_right", key_lengths=kl, **kw)
+        for b in range(B):
+            n = kl[b]
+            one = {k: (v[b] if k == "alibi_slopes" else v) for k, v in kw.items()}
+            want = attnx.attend(q[b], K[b, :n], V[b, :n], causal="lower_right", **one)
+            np.testing.assert_allclose(got[b], want, rtol=1e-14, atol=1e-14)
+    # and not at T: with Lq == T, key_lengths = 2 leaves rows 0 and 1 with no key
+    q1, K1 = rand(4, d), rand(4, d)
+    got = attnx.attend(q1, K1, np.eye(4), causal="lower_right", key_lengths=2)
+    np.testing.assert_array_equal(got[:2], 0)
+    np.testing.assert_array_equal(got[2], [1, 0, 0, 0])        # row 2 sees key 0 alone
+    assert got[3, 2:].max() == 0 and abs(got[3, :2].sum() - 1) < 1e-15   # row 3: keys 0, 1
+
+
 @settings(max_examples=40)
 @given(st.data())
 def test_random_combinations_match_the_reference(simd, data):
