@@ -91,6 +91,19 @@ def _check(name, x):
         raise ValueError(f"{name} must have shape (B, T, N, H) or (T, N, H), got {x.shape}")
 
 
+def _scores_operand(name, x, B, N, T, S, K, G):
+    """`mask` or `bias` as attnx takes it: checked to broadcast to
+    (B, N, T, S) (a head axis of K kv heads does not: jax.nn refuses it
+    too), then (B, K, G, T, S) with its broadcast axes kept (no copy): a
+    full head axis split into (K, G), a size-1 one given a second."""
+    if x.ndim > 4:
+        raise ValueError(f"{name} must broadcast to (B, N, T, S) = {(B, N, T, S)}, got shape {x.shape}")
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    if any(a not in (1, b) for a, b in zip(x.shape, (B, N, T, S))):
+        raise ValueError(f"{name} must broadcast to (B, N, T, S) = {(B, N, T, S)}, got shape {x.shape}")
+    return x.reshape(x.shape[0], K, G, *x.shape[2:]) if x.shape[1] == N else x[:, :, None]
+
+
 def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None,
                           is_causal=False):
     """`jax.nn.dot_product_attention` computed by attnx (CPU, float32/float64).
@@ -107,15 +120,18 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
     mask : array of bool, optional
         Broadcastable to (B, N, T, S); True means "attends".
     scale : float, optional
-        Score factor; default ``1/sqrt(H)``.
+        Score factor; default ``1/sqrt(H)``. A constant (a Python or NumPy
+        number), not a traced value.
     is_causal : bool
         Top-left causal mask (query t sees keys ``s <= t``), ANDed with `mask`.
 
     Returns
     -------
     array, shape of `query` (with value's H)
-        Differentiable in query, key and value (a custom VJP calling
-        attnx.attend_backward).
+        Differentiable in query, key, value and bias in reverse mode
+        (``jax.grad``, ``jax.vjp``: a custom VJP calling
+        attnx.attend_backward); forward mode (``jvp``, ``jacfwd``,
+        ``hessian``) is not supported. S must be at least 1.
 
     Examples
     --------
@@ -147,7 +163,18 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
         raise ValueError(f"query has {N} heads and key {K}: the query's heads must be a "
                          f"multiple of the key's (grouped-query attention)")
     G = N // K
-    scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
+    if S == 0:
+        raise ValueError(f"key {key.shape} has no keys (S = 0): attnx.jax needs at least one")
+    if scale is None:
+        if H == 0:
+            raise ValueError("query has H = 0 features: pass scale= (the default 1/sqrt(H) "
+                             "is undefined)")
+        scale = 1.0 / math.sqrt(H)
+    elif isinstance(scale, jax.core.Tracer):
+        raise TypeError("scale must be a Python or NumPy number, not a traced value "
+                        "(attnx.jax takes it as a constant of the kernel call)")
+    else:
+        scale = float(scale)
     # attnx's layout, (..., rows, features): query (B, K, G, T, H), key and
     # value (B, K, 1, S, H); the size-1 axis broadcasts over the group, and
     # attend_backward sums the kv gradients over it
@@ -159,22 +186,14 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
         m = jnp.asarray(mask)
         if m.dtype != jnp.bool_:
             raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
-        if m.ndim > 4:
-            raise ValueError(f"mask must broadcast to (B, N, T, S), got shape {m.shape}")
-        m = m.reshape((1,) * (4 - m.ndim) + m.shape)
-        # keep its broadcast dimensions (no (B, N, T, S) copy): split a full
-        # head axis into (K, G), or give a size-1 one a second size-1 axis
-        m = m.reshape(m.shape[0], K, G, *m.shape[2:]) if m.shape[1] == N else m[:, :, None]
+        m = _scores_operand("mask", m, B, N, T, S, K, G)
     bb = None
     if bias is not None:
         bb = jnp.asarray(bias)
         if bb.dtype != query.dtype:
             raise TypeError(f"bias has dtype {bb.dtype}: it must have the query's dtype "
                             f"{query.dtype}")
-        if bb.ndim > 4:
-            raise ValueError(f"bias must broadcast to (B, N, T, S), got shape {bb.shape}")
-        bb = bb.reshape((1,) * (4 - bb.ndim) + bb.shape)
-        bb = bb.reshape(bb.shape[0], K, G, *bb.shape[2:]) if bb.shape[1] == N else bb[:, :, None]
+        bb = _scores_operand("bias", bb, B, N, T, S, K, G)
     out = _attend(q, k, v, m, bb, bool(is_causal), scale)     # (B, K, G, T, Hv)
     out = out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, value.shape[-1])
     return out[0] if single else out

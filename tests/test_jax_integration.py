@@ -139,6 +139,19 @@ def test_errors_name_the_argument():
         aj.dot_product_attention(q, k[:, :, :3], v[:, :, :3])
     with pytest.raises(ValueError, match="query must have shape"):
         aj.dot_product_attention(q[0, 0], k[0, 0], v[0, 0])
+    # a head axis of the kv heads' count does not broadcast to (B, N, T, S)
+    # (jax.nn refuses it too); it was taken per kv group
+    qg, kg, vg = (RNG.standard_normal(s) for s in ((1, 5, 4, 8), (1, 7, 2, 8), (1, 7, 2, 8)))
+    with pytest.raises(ValueError, match="bias must broadcast"):
+        aj.dot_product_attention(qg, kg, vg, bias=np.zeros((1, 2, 5, 7)))
+    with pytest.raises(ValueError, match="mask must broadcast"):
+        aj.dot_product_attention(qg, kg, vg, mask=np.ones((1, 2, 5, 7), bool))
+    with pytest.raises(ValueError, match="bias must broadcast"):
+        aj.dot_product_attention(qg, kg, vg, bias=np.zeros((5, 6)))
+    with pytest.raises(ValueError, match="no keys"):
+        aj.dot_product_attention(qg, kg[:, :0], vg[:, :0])
+    with pytest.raises(TypeError, match="scale must be"):
+        jax.jit(lambda q, s: aj.dot_product_attention(q, kg, vg, scale=s))(qg, 0.5)
 
 
 def test_docstring_example_runs():
