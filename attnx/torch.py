@@ -155,6 +155,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     key : Tensor, shape (..., H, S, E)
     value : Tensor, shape (..., H, S, Ev)
         CPU tensors, all float32 or all float64. Leading dimensions broadcast.
+        S must be at least 1 (torch returns zeros for S = 0; attnx.torch
+        raises a ValueError).
     attn_mask : Tensor, optional
         Broadcastable to (..., Hq, L, S). Bool: True means "attends". Float
         (the query's dtype): added to the scaled scores (attnx's ``bias=``),
@@ -209,7 +211,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             raise RuntimeError("attn_mask and is_causal=True were both given: as torch's sdpa, "
                                "attnx.torch takes one or the other (fold the causal mask "
                                "into attn_mask)")
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    if scale is None:
+        if query.shape[-1] == 0:
+            raise ValueError(f"query {tuple(query.shape)} has E = 0 features: pass scale= "
+                             f"(the default 1/sqrt(E) is undefined)")
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    else:
+        scale = float(scale)
+    if key.dim() >= 2 and key.shape[-2] == 0:
+        raise ValueError(f"key {tuple(key.shape)} has no keys (S = 0): attnx.torch needs at "
+                         f"least one (torch's sdpa returns zeros there)")
     if not enable_gqa:
         out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), scale)
         return out
@@ -217,7 +228,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"enable_gqa=True needs a head dimension (..., H, L, E): got query "
                          f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
     hq, hkv = query.shape[-3], key.shape[-3]
-    if value.shape[-3] != hkv or hq % hkv:
+    if value.shape[-3] != hkv or hkv == 0 or hq % hkv:
         raise ValueError(f"enable_gqa=True needs key and value with the same number of heads, "
                          f"dividing the query's: got query {tuple(query.shape)}, key "
                          f"{tuple(key.shape)}, value {tuple(value.shape)}")

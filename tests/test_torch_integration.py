@@ -178,6 +178,14 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask(3, 5), is_causal=True)
     with pytest.raises(ValueError, match="enable_gqa"):
         at.scaled_dot_product_attention(randn(1, 3, 3, 4), k, v, enable_gqa=True)
+    # degenerate shapes: clear errors, not ZeroDivisionError / modulo by zero
+    with pytest.raises(ValueError, match="no keys"):
+        at.scaled_dot_product_attention(randn(1, 2, 3, 4), randn(1, 2, 0, 4), randn(1, 2, 0, 5))
+    with pytest.raises(ValueError, match="E = 0"):
+        at.scaled_dot_product_attention(randn(1, 2, 3, 0), randn(1, 2, 4, 0), randn(1, 2, 4, 5))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        at.scaled_dot_product_attention(randn(2, 0, 3, 4), randn(2, 0, 5, 4), randn(2, 0, 5, 4),
+                                        enable_gqa=True)
 
 
 def test_docstring_example_runs():
