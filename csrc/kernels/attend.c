@@ -27,10 +27,11 @@
  * than FEW_QUERIES queries fold one by one.
  *
  * Accuracy: scores as dot_scores; weights p = exp(s - m) within 1 ulp; l in
- * float64 at both dtypes (float32 exps widened exactly); acc takes each
- * block's (fold) or tile's (attend_rows) P.V as one sum, the fold's blocks
- * gathered PART_KEYS at a time, so it rounds T / PART_KEYS times, not T;
- * ctx = acc / l rounded once. Within a few ulp of softmax-then-context,
+ * float64 at both dtypes (float32 exps widened exactly); acc takes the
+ * fold's keys PART_KEYS at a time (summed apart first; rows up to ZERO_ROW
+ * elements, wider ones key by key) and each register tile's P.V as one sum
+ * (attend_rows), so it rounds about T / 256 times, not T; ctx = acc / l
+ * rounded once. Within a few ulp of softmax-then-context,
  * float64.
  * Memory: reads each key and value row once (sizeof(element) * T * (d + dv)
  * bytes per query, per RQ queries for attend_rows), masked and p == 0 rows
@@ -226,31 +227,30 @@ VX_INLINE void block_scores(const vx_float *q, const vx_float *K, size_t t0, siz
 }
 
 /* One VX_W-column chunk of acc += sum_i p_i V_i over the OB rows v[i]:
- * the block's sum first (two FMA chains where whole, one on a row's masked
- * tail), then one add to acc: acc takes T / OB roundings over T keys, not
- * one per key (float32 contexts over long one-signed V kept 1e-5 error
- * otherwise). al: acc is the aligned copy, V rows aligned bases. */
+ * two FMA chains (half the latency on acc) where whole, one chain on a
+ * row's masked tail. al: acc is the aligned copy, V rows aligned bases.
+ * (online_run hands it a part sum of PART_KEYS keys, not the whole.) */
 VX_INLINE void axpy_chunk(vx_float *acc, const vx_t *pb, const vx_float *const *v, size_t j, vx_mask_t k,
                           int masked, int al)
 {
 #define LD(i) (masked ? vx_load_part(v[i] + j, k) : al ? vx_load_a(v[i] + j) : vx_load(v[i] + j))
     if (masked && !al) {
-        vx_t a = vx_mul(pb[0], LD(0));
-        for (int i = 1; i < OB; i++) a = vx_fma(pb[i], LD(i), a);
-        vx_store_part(acc + j, k, vx_add(vx_load_part(acc + j, k), a));
+        vx_t a = vx_load_part(acc + j, k);
+        for (int i = 0; i < OB; i++) a = vx_fma(pb[i], LD(i), a);
+        vx_store_part(acc + j, k, a);
         return;
     }
-    vx_t a = vx_mul(pb[0], LD(0));
+    vx_t a = al ? vx_load_a(acc + j) : vx_load(acc + j);
     vx_t b = vx_mul(pb[OB / 2], LD(OB / 2));
-    for (int i = 1; i < OB / 2; i++) {
+    for (int i = 0; i < OB / 2; i++) {
         a = vx_fma(pb[i], LD(i), a);
-        b = vx_fma(pb[OB / 2 + i], LD(OB / 2 + i), b);
+        if (OB / 2 + 1 + i < OB) b = vx_fma(pb[OB / 2 + 1 + i], LD(OB / 2 + 1 + i), b);
     }
 #undef LD
     if (al)
-        vx_store_a(acc + j, vx_add(vx_load_a(acc + j), vx_add(a, b)));
+        vx_store_a(acc + j, vx_add(a, b));
     else
-        vx_store(acc + j, vx_add(vx_load(acc + j), vx_add(a, b)));
+        vx_store(acc + j, vx_add(a, b));
 }
 
 /* acc += sum_i p_i V_i for the OB rows v[i]; al: vm = the rows' offset */
