@@ -170,11 +170,12 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
             raise ValueError("query has H = 0 features: pass scale= (the default 1/sqrt(H) "
                              "is undefined)")
         scale = 1.0 / math.sqrt(H)
-    elif isinstance(scale, jax.core.Tracer):
-        raise TypeError("scale must be a Python or NumPy number, not a traced value "
-                        "(attnx.jax takes it as a constant of the kernel call)")
     else:
-        scale = float(scale)
+        try:
+            scale = float(scale)
+        except jax.errors.ConcretizationTypeError:
+            raise TypeError("scale must be a Python or NumPy number, not a traced value "
+                            "(attnx.jax takes it as a constant of the kernel call)") from None
     # attnx's layout, (..., rows, features): query (B, K, G, T, H), key and
     # value (B, K, 1, S, H); the size-1 axis broadcasts over the group, and
     # attend_backward sums the kv gradients over it
