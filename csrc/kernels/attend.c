@@ -397,7 +397,7 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
         for (int g = 0; g < DOT_NV; g++) s[g] = sn[g];
         live = live_next;
     }
-    if (part && *l != *l) add_part(acc, part, nacc);   /* poisoned: the break skipped it */
+    /* a break (poisoned state) may leave part unadded: the result is NaN */
 }
 
 #if VX_ALIGN_ROWS
@@ -407,7 +407,7 @@ VX_INLINE void online_run(const vx_float *q, const vx_float *K, const vx_float *
  * of q and acc shifted by km and vm. */
 static void online_aligned(const vx_float *q, const vx_float *K, const vx_float *V, size_t T, size_t d,
                            size_t dv, vx_float scale, const unsigned char *mask, const attnx_mods *md,
-                           double *m, double *l, vx_float *acc, int pf)
+                           double *m, double *l, vx_float *acc, int has_part, int pf)
 {
     vx_float qbuf[AL_MAX + 2 * VX_W], abuf[AL_MAX + 2 * VX_W], pbuf[AL_MAX + 2 * VX_W];
     vx_float *qs = (vx_float *)(uintptr_t)(((uintptr_t)qbuf + VB - 1) & ~(uintptr_t)(VB - 1));
@@ -416,11 +416,9 @@ static void online_aligned(const vx_float *q, const vx_float *K, const vx_float 
     const unsigned km = (unsigned)((uintptr_t)K / sizeof(vx_float)) % VX_W;
     const unsigned vm = (unsigned)((uintptr_t)V / sizeof(vx_float)) % VX_W;
     for (size_t j = 0; j < d + VX_W; j++) qs[j] = j >= km && j < km + d ? q[j - km] : 0;
-    for (size_t j = 0; j < dv + VX_W; j++) {
-        as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
-        ps[j] = 0;
-    }
-    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, ps, dv + VX_W, 1, km, vm, pf);
+    for (size_t j = 0; j < dv + VX_W; j++) as[j] = j >= vm && j < vm + dv ? acc[j - vm] : 0;
+    for (size_t j = 0; has_part && j < dv + VX_W; j++) ps[j] = 0;
+    online_run(qs, K, V, T, d, dv, scale, mask, md, m, l, as, has_part ? ps : NULL, dv + VX_W, 1, km, vm, pf);
     for (size_t j = 0; j < dv; j++) acc[j] = as[vm + j];
 }
 #endif
@@ -433,19 +431,20 @@ static void online_fold(const vx_float *q, const vx_float *K, const vx_float *V,
     if (st->l != st->l || T == 0) return;   /* poisoned: the result is NaN anyway */
     double m = st->m, l = st->l;
     if (!attnx_mods_shape(md)) md = NULL;
+    /* a part sum (see online_run) where it saves roundings: more keys than
+     * PART_KEYS, rows that fit the stack buffers */
+    const int has_part = T > PART_KEYS && dv <= ZERO_ROW;
 #if VX_ALIGN_ROWS
     const uintptr_t kv = (uintptr_t)K | (uintptr_t)V;
     if ((kv & (VB - 1)) && (kv & (sizeof(vx_float) - 1)) == 0 && d % VX_W == 0 && dv % VX_W == 0 && d &&
         dv && d <= AL_MAX && dv <= AL_MAX)
-        online_aligned(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, pf);
+        online_aligned(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, has_part, pf);
     else
 #endif
     {
-        /* part on the stack up to ZERO_ROW columns; wider rows go without */
         vx_float pbuf[ZERO_ROW];
-        const int has = T > PART_KEYS && dv <= ZERO_ROW;
-        for (size_t j = 0; has && j < dv; j++) pbuf[j] = 0;
-        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, has ? pbuf : NULL, dv, 0, 0, 0, pf);
+        for (size_t j = 0; has_part && j < dv; j++) pbuf[j] = 0;
+        online_run(q, K, V, T, d, dv, scale, mask, md, &m, &l, acc, has_part ? pbuf : NULL, dv, 0, 0, 0, pf);
     }
     st->m = m;
     st->l = l;
