@@ -208,6 +208,20 @@ def test_each_feature_tiled(simd, dtype, feature):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kw", [dict(causal="lower_right"), dict(window=(40, 3)),
+                                dict(causal="lower_right", window=(17, 0)),
+                                dict(causal=True, key_lengths=np.array([[150], [190]]))],
+                         ids=["lower_right", "window", "window_lower_right", "causal_key_lengths"])
+def test_tiled_chunks_whose_keys_end_off_the_block_grid(simd, dtype, kw):
+    """The tiled kernel takes queries in chunks of 64 rows and packs K once
+    for all of them: a later chunk whose rows see keys past where an earlier
+    chunk's range ended (not on a 16-key edge) must still see them all.
+    150 rows = 64 + 64 + 22; T = 203."""
+    q, K, V = rand(2, 2, 150, 24, dtype=dtype), rand(2, 2, 203, 24, dtype=dtype), rand(2, 2, 203, 8, dtype=dtype)
+    check_all(dtype, q, K, V, scale=0.3, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("feature", ["bias", "window_lower_right", "key_lengths_lower_right",
                                      "alibi_lower_right", "softcap"])
 def test_each_feature_split_k(simd, dtype, feature):

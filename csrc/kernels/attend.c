@@ -468,6 +468,7 @@ static void K_attend_online(const vx_float *q, const vx_float *K, const vx_float
 #define KB_ALL (KB == 32 ? ~0u : (1u << KB) - 1u)
 #define MR VX_TILE_ROWS       /* queries per register tile */
 #define KT_STACK (16384 / (KB * sizeof(vx_float)))   /* d up to this packs K on the stack */
+#define KT_WHOLE_BYTES (512 * 1024)  /* K packed once per call up to this size */
 #define FEW_QUERIES 4         /* below this, packing K costs more than it saves */
 
 /* Kt[j][k] = Kb[k][j] for the keys k in `any` (zero columns for the
@@ -635,7 +636,8 @@ typedef struct {
  * row; a key no row weighs is never read. */
 static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
                        size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, rows_scratch *w)
+                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, unsigned char *packed,
+                       rows_scratch *w)
 {
     double m[RQ], l[RQ];
     size_t rlo[RQ], rhi[RQ];
@@ -652,6 +654,8 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         }
     }
     for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
+    const size_t dpad = (d + VX_W - 1) / VX_W * VX_W;
+    if (packed) tbeg -= tbeg % KB;   /* blocks on the shared packing's grid */
     for (size_t T0 = tbeg; T0 < tend; T0 += KS) {
         const size_t ks = tend - T0 < KS ? tend - T0 : KS, nsub = (ks + KB - 1) / KB;
         /* 1. which keys each row sees; the scores of the tiles that see any */
@@ -674,7 +678,18 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             }
             if (!any) continue;
             anyrow = 1;
-            pack_kt(K + t0 * d, d, any, Kt);
+            vx_float *Ktb = Kt;
+            if (packed) {
+                Ktb = Kt + t0 * dpad;
+                if (!packed[t0 / KB]) {
+                    /* every key of the block in [0, T), for later chunks
+                     * whose rows see further */
+                    pack_kt(K + t0 * d, d, T - t0 >= KB ? KB_ALL : (1u << (T - t0)) - 1u, Ktb);
+                    packed[t0 / KB] = 1;
+                }
+            } else {
+                pack_kt(K + t0 * d, d, any, Kt);
+            }
             for (size_t g = 0; g < nr; g += MR) {
                 const int mr = nr - g < MR ? (int)(nr - g) : MR;
                 unsigned gl = 0;
@@ -682,7 +697,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 if (!gl) continue;
                 const vx_float *Qg = Q + g * d;
                 vx_float *Sg = w->S + g * KS + b * KB;
-                score_tiles(mr, Qg, d, Kt, Sg, KS);
+                score_tiles(mr, Qg, d, Ktb, Sg, KS);
             }
         }
         if (!anyrow) continue;
@@ -701,6 +716,14 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
                 vx_t sv[2] = {vx_mul(sc, vx_load(Sr + b * KB)), vx_mul(sc, vx_load(Sr + b * KB + VX_W))};
                 if (shp) shape_vec(shp, qa + r, T0 + b * KB, kn, sv, 2);
+                if (lv == KB_ALL) {
+                    /* every key live: no select; a NaN score is caught by
+                     * its NaN weight below (the sum) */
+                    vmax = vx_max(vmax, vx_max(sv[0], sv[1]));
+                    vx_store(Sr + b * KB, sv[0]);
+                    vx_store(Sr + b * KB + VX_W, sv[1]);
+                    continue;
+                }
                 for (int h = 0; h < 2; h++) {
                     vx_t x = vx_select(vx_lanes(lv >> (h * VX_W)), ninf, sv[h]);
                     nan = vx_or_b(nan, vx_unord(x, x));
@@ -760,7 +783,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         for (size_t g = 0; g < nr; g += MR) {
             const int mr = nr - g < MR ? (int)(nr - g) : MR;
             int nk = 0, dense = 1, some = 0;
-            unsigned part[NSUB];             /* keys only some rows of the tile weigh */
+            unsigned part[NSUB], allr[NSUB];  /* keys only some / all rows of the tile weigh */
             for (size_t b = 0; b < nsub; b++) {
                 unsigned all = ~0u, one = 0;
                 for (int r = 0; r < mr; r++) {
@@ -769,10 +792,16 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 }
                 const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
                 if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
+                allr[b] = all;
                 part[b] = one & ~all;
                 some |= part[b] != 0;
-                for (unsigned bb = all; bb; bb &= bb - 1) w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
             }
+            if (dense)
+                nk = (int)ks;
+            else
+                for (size_t b = 0; b < nsub; b++)
+                    for (unsigned bb = allr[b]; bb; bb &= bb - 1)
+                        w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
             vx_float *Cg = ctx + g * dv;
             const vx_float *Pg = w->S + g * KS;
             if (nk) {
@@ -806,10 +835,23 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
 {
     vx_float kt_stack[(KT_STACK + VX_W) * KB];
     vx_float *Kt = kt_stack;
+    unsigned char *packed = NULL;
     rows_scratch *w = NULL;
     if (nq >= FEW_QUERIES) {
         w = (rows_scratch *)malloc(sizeof *w);
-        if (w && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
+        const size_t dpad = (d + VX_W - 1) / VX_W * VX_W, nblk = (T + KB - 1) / KB;
+        if (w && nq > RQ && nblk * KB * dpad * sizeof(vx_float) <= KT_WHOLE_BYTES) {
+            /* K packed once, block by block as first needed, for every chunk */
+            Kt = (vx_float *)malloc(nblk * KB * dpad * sizeof(vx_float));
+            packed = (unsigned char *)calloc(nblk, 1);
+            if (!Kt || !packed) {
+                free(Kt);
+                free(packed);
+                Kt = kt_stack;
+                packed = NULL;
+            }
+        }
+        if (w && !packed && d > KT_STACK) Kt = (vx_float *)malloc((d + VX_W) * KB * sizeof(vx_float));
     }
     if (nq < FEW_QUERIES || !w || !Kt) {
         free(w);
@@ -834,9 +876,10 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
         size_t nr = nq - r0 < RQ ? nq - r0 : RQ;
         rows_chunk(Q + r0 * d, nr, r0, K, V, T, d, dv, scale,
                    mask ? mask + (ptrdiff_t)r0 * mask_row_stride : NULL, mask_row_stride, md, ctx + r0 * dv,
-                   lse ? lse + r0 : NULL, Kt, w);
+                   lse ? lse + r0 : NULL, Kt, packed, w);
     }
     if (Kt != kt_stack) free(Kt);
+    free(packed);
     free(w);
 }
 #define K_ATTEND_ROWS K_attend_rows
