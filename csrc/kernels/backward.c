@@ -20,6 +20,8 @@
 
 #if VX_ROWS_KERNEL
 #define BK_STACK (8192 / sizeof(vx_float))   /* d, dv up to this pack on the stack */
+#define VX_LANES_ALL ((1u << VX_W) - 1u)
+#define RG (8 * MR)           /* rows whose P and dS go into one dV and dK product */
 MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
 MM_TILES(mm_tiles_t, 1, KB)    /* C += P^T B, P rows KB apart */
 
@@ -61,7 +63,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
         return -1;
     }
     vx_float *Kt = buf, *Vt = Kt + dp * KB, *dKb = Vt + vp * KB, *dVb = dKb + dp * KB;
-    vx_float S[MR * KB], dS[MR * KB];
+    vx_float Sbuf[RG * KB], dSbuf[RG * KB];
     const vx_t sc = vx_set1(scale), zero = vx_zero();
     const int capped = md->softcap > 0;
     attnx_mods cap = *md, rest = *md;       /* the softcap alone, then the rest */
@@ -112,12 +114,19 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             pack_kt(V + t0 * dv, dv, any, Vt);
             finite = qd_finite && all_finite(Kt, d * KB) && all_finite(Vt, dv * KB);
         }
-        for (size_t g = rfirst; any && g < rend; g += MR) {
-            const int mr = rend - g < MR ? (int)(rend - g) : MR;
+        for (size_t G = rfirst; any && G < rend; G += RG) {
+        const size_t gend = rend - G < RG ? rend : G + RG;
+        for (size_t g = G; g < gend; g += MR) {
+            const int mr = gend - g < MR ? (int)(gend - g) : MR;
             unsigned *live = lives + g;
+            vx_float *S = Sbuf + (g - G) * KB, *dS = dSbuf + (g - G) * KB;
             unsigned gl = 0;
             for (int r = 0; r < mr; r++) gl |= live[r];
-            if (!gl) continue;
+            if (!gl) {
+                /* zeros for the group's rows of the dV and dK products */
+                for (size_t j = 0; j < (size_t)mr * KB; j++) S[j] = dS[j] = 0;
+                continue;
+            }
             const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
             score_tiles(mr, Qg, d, Kt, S, KB);
             score_tiles(mr, dOg, dv, Vt, dS, KB);
@@ -145,14 +154,15 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                 const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
                 unsigned weighs = 0;   /* the seen keys whose weight is not 0 */
                 for (int h = 0; h < 2; h++) {
-                    const vx_bool_t on = vx_lanes(lv >> (h * VX_W));
-                    vx_t p = vx_select(on, zero, vx_exp_diff(sv[h], lv_));
+                    const unsigned on = (lv >> (h * VX_W)) & VX_LANES_ALL;
+                    vx_t p = vx_exp_diff(sv[h], lv_);
+                    if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
                     const unsigned nzp = vx_nz_bits(p);
                     weighs |= nzp << (h * VX_W);
                     vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
                     /* a key unseen or of weight 0 (-inf score, underflow):
                      * ds is 0, whatever dP and D (as the scalar level) */
-                    ds = vx_select(vx_lanes(nzp), zero, ds);
+                    if (nzp != VX_LANES_ALL) ds = vx_select(vx_lanes(nzp), zero, ds);
                     if (dSo && (size_t)h * VX_W < kn) {   /* the bias's gradient: before the softcap's */
                         vx_float *o = dSo + row * ldS + t0 + (size_t)h * VX_W;
                         const size_t nl = kn - (size_t)h * VX_W;
@@ -167,7 +177,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             }
             gl = 0;
             for (int r = 0; r < mr; r++) gl |= live[r];
-            if (!gl) continue;
+            if (!gl) continue;   /* S and dS rows are 0 */
             vx_float *dQg = dQ + g * d;
             if (finite) {
                 /* whole tiles: every row of the group, the keys any row
@@ -177,12 +187,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                 for (unsigned b = gl; b; b &= b - 1) gidx[ng++] = (unsigned char)lowest_bit(b);
                 mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, K + t0 * d, d, d,
                             dQg, d);
-                for (size_t u = 0; u < kn; u += MR) {
-                    const int mt = kn - u < MR ? (int)(kn - u) : MR;
-                    mm_tiles_t(mt, S + u, NULL, mr, dOg, dv, dv, dVb + u * dv, dv);
-                    mm_tiles_t(mt, dS + u, NULL, mr, Qg, d, d, dKb + u * d, d);
-                }
-                continue;
+                continue;            /* dV and dK: over the RG rows, below */
             }
             /* Some operand not finite: exactly the (row, key) pairs where
              * the row sees the key with a weight that is not 0, since a 0
@@ -252,6 +257,19 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                 mm_tiles_t(1, S + k, rk, n, dOg, dv, dv, dVb + (size_t)k * dv, dv);
                 mm_tiles_t(1, dS + k, rk, n, Qg, d, d, dKb + (size_t)k * d, d);
             }
+            /* this group's pairs are in dV and dK: 0 for the product below */
+            for (size_t j = 0; j < (size_t)mr * KB; j++) S[j] = dS[j] = 0;
+        }
+        if (finite) {
+            /* dV += P^T dO, dK += dS^T Q over the RG rows at once: one load
+             * and store of the key rows' sums per RG rows, not per MR */
+            const int nrg = (int)(gend - G);
+            for (size_t u = 0; u < kn; u += MR) {
+                const int mt = kn - u < MR ? (int)(kn - u) : MR;
+                mm_tiles_t(mt, Sbuf + u, NULL, nrg, dO + G * dv, dv, dv, dVb + u * dv, dv);
+                mm_tiles_t(mt, dSbuf + u, NULL, nrg, Q + G * d, d, d, dKb + u * d, d);
+            }
+        }
         }
         for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
         for (size_t j = 0; j < kn * dv; j++) dV[t0 * dv + j] = dVb[j];
