@@ -22,7 +22,9 @@
  *
  * attend_rows is flash attention for a run of queries (RQ at a time): key
  * blocks of KB = 2 VX_W packed transposed (d x KB, VX_W x VX_W register
- * transposes), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
+ * transposes; with more than RQ queries and K's packing within
+ * KT_WHOLE_BYTES, each block packed once for the whole call, else once per
+ * RQ queries), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
  * accumulating into the ctx rows, (m, l) per query on the stack; fewer
  * than FEW_QUERIES queries fold one by one.
  *
@@ -35,8 +37,10 @@
  * float64.
  * Memory: reads each key and value row once (sizeof(element) * T * (d + dv)
  * bytes per query, per RQ queries for attend_rows), masked and p == 0 rows
- * not at all; allocates nothing (attend_rows: O(KB d) on the stack up to
- * d = KT_STACK, else on the heap, falling back to the fold without it).
+ * not at all; the fold allocates nothing; attend_rows its scratch (S of
+ * RQ x KS) and K's packing: the whole of K's when it packs once (at most
+ * KT_WHOLE_BYTES, O(T d)), else O(KB d) on the stack up to d = KT_STACK;
+ * without memory it falls back to the fold.
  */
 #include <stdlib.h>
 #if defined(_MSC_VER)
@@ -468,7 +472,7 @@ static void K_attend_online(const vx_float *q, const vx_float *K, const vx_float
 #define KB_ALL (KB == 32 ? ~0u : (1u << KB) - 1u)
 #define MR VX_TILE_ROWS       /* queries per register tile */
 #define KT_STACK (16384 / (KB * sizeof(vx_float)))   /* d up to this packs K on the stack */
-#define KT_WHOLE_BYTES (512 * 1024)  /* K packed once per call up to this size */
+#define KT_WHOLE_BYTES ((size_t)4 << 20)  /* K packed once per call up to this size */
 #define FEW_QUERIES 4         /* below this, packing K costs more than it saves */
 
 /* Kt[j][k] = Kb[k][j] for the keys k in `any` (zero columns for the
