@@ -222,6 +222,33 @@ def test_tiled_chunks_whose_keys_end_off_the_block_grid(simd, dtype, kw):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tiled_keys_some_rows_weigh(simd, dtype):
+    """A scattered mask: most register tiles hold keys that only some of
+    their rows weigh (the tiled kernel gives the other rows 0 weights there
+    when the values are finite). A non-finite value row reaches only the
+    rows whose mask lets it through: those rows are not finite, every other
+    row equals the reference with that value row zeroed."""
+    r = np.random.default_rng(7)
+    Lq, T = 100, 203
+    q, K, V = (r.standard_normal(s).astype(dtype) for s in ((2, Lq, 24), (2, T, 24), (2, T, 8)))
+    mask = r.random((2, Lq, T)) < 0.7
+    bad = [5, 150]
+    mask[:, :, bad] = False
+    mask[:, [3, 40, 77], 5] = True                  # three rows see key 5, one key 150
+    mask[:, 64, 150] = True
+    Vbad = V.copy()
+    Vbad[:, 5] = np.nan
+    Vbad[:, 150, 2] = np.inf
+    V[:, bad] = 0
+    check_all(dtype, q, K, V, mask=mask, scale=0.3)   # finite values: every route
+    want, _, _ = ref.attention(q, K, V, mask=mask, scale=0.3)
+    got = attnx.attend(q, K, Vbad, mask=mask, scale=0.3)
+    sees = mask[:, :, bad].any(axis=2)
+    assert not np.isfinite(got[sees]).all(axis=-1).any()
+    check(got[~sees], want[~sees], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("feature", ["bias", "window_lower_right", "key_lengths_lower_right",
                                      "alibi_lower_right", "softcap"])
 def test_each_feature_split_k(simd, dtype, feature):

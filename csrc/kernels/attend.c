@@ -617,6 +617,22 @@ VX_INLINE void score_tiles(int mr, const vx_float *Q, size_t d, const vx_float *
         }                                                                                \
     }
 
+/* Whether x[0..n) holds no inf or NaN (x - x is NaN for those, else 0). */
+static int all_finite(const vx_float *x, size_t n)
+{
+    vx_t acc = vx_zero();
+    size_t i = 0;
+    for (; i + VX_W <= n; i += VX_W) {
+        const vx_t v = vx_load(x + i);
+        acc = vx_add(acc, vx_sub(v, v));
+    }
+    if (i < n) {
+        const vx_t v = vx_load_part(x + i, vx_tail(n - i));
+        acc = vx_add(acc, vx_sub(v, v));
+    }
+    return !vx_any(vx_unord(acc, acc));
+}
+
 /* Scratch of rows_chunk: the scores, then weights, of RQ rows against a
  * superblock of KS keys, and per (row, key block) the keys each row sees
  * and the weights that are not 0. */
@@ -782,12 +798,19 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 for (size_t b = 0; b < nsub; b++) nzr[b] = 0;
             }
         }
-        /* 3. ctx += P V over the superblock, MR rows at a time */
+        /* 3. ctx += P V over the superblock, MR rows at a time. A key that
+         * only some rows of a group weigh goes through the register tile
+         * too, with 0 for the other rows' weights, where its block's value
+         * rows are finite (0 * V adds exact zeros); otherwise row by row,
+         * so that a 0 weight never meets an inf or NaN value. */
         const vx_float *Vs = V + T0 * dv;
+        signed char vfin[NSUB];            /* per block: 1 finite, 0 not, -1 unknown */
+        for (size_t b = 0; b < nsub; b++) vfin[b] = -1;
         for (size_t g = 0; g < nr; g += MR) {
             const int mr = nr - g < MR ? (int)(nr - g) : MR;
             int nk = 0, dense = 1, some = 0;
-            unsigned part[NSUB], allr[NSUB];  /* keys only some / all rows of the tile weigh */
+            unsigned part[NSUB], tile[NSUB];  /* keys row by row / through the tile */
+            vx_float *Pg = w->S + g * KS;
             for (size_t b = 0; b < nsub; b++) {
                 unsigned all = ~0u, one = 0;
                 for (int r = 0; r < mr; r++) {
@@ -795,8 +818,23 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                     one |= w->nz[(g + (size_t)r) * NSUB + b];
                 }
                 const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
+                if (one != all) {
+                    if (vfin[b] < 0) vfin[b] = (signed char)all_finite(Vs + b * KB * dv, kn * dv);
+                    if (vfin[b]) {
+                        /* the rows' weights of keys they do not weigh: 0 */
+                        for (int r = 0; r < mr; r++) {
+                            const unsigned nzr = w->nz[(g + (size_t)r) * NSUB + b];
+                            if (nzr == one) continue;
+                            vx_float *pr = Pg + (size_t)r * KS + b * KB;
+                            for (int h = 0; h < 2; h++)
+                                vx_store(pr + h * VX_W, vx_select(vx_lanes(nzr >> (h * VX_W)), vx_zero(),
+                                                                   vx_load(pr + h * VX_W)));
+                        }
+                        all = one;
+                    }
+                }
                 if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
-                allr[b] = all;
+                tile[b] = all;
                 part[b] = one & ~all;
                 some |= part[b] != 0;
             }
@@ -804,15 +842,15 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 nk = (int)ks;
             else
                 for (size_t b = 0; b < nsub; b++)
-                    for (unsigned bb = allr[b]; bb; bb &= bb - 1)
+                    for (unsigned bb = tile[b]; bb; bb &= bb - 1)
                         w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
             vx_float *Cg = ctx + g * dv;
-            const vx_float *Pg = w->S + g * KS;
             if (nk) {
                 mm_tiles_ks(mr, Pg, dense ? NULL : w->kidx, nk, Vs, dv, dv, Cg, dv);
             }
             if (!some) continue;
-            /* keys only some rows of the tile weigh: row by row, p != 0 only */
+            /* keys only some rows of the tile weigh, value rows not all
+             * finite: row by row, p != 0 only */
             for (size_t b = 0; b < nsub; b++)
                 for (unsigned bb = part[b]; bb; bb &= bb - 1) {
                     const unsigned i = lowest_bit(bb);

@@ -25,22 +25,6 @@
 MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
 MM_TILES(mm_tiles_t, 1, KB)    /* C += P^T B, P rows KB apart */
 
-/* Whether x[0..n) holds no inf or NaN (x - x is NaN for those, else 0). */
-static int all_finite(const vx_float *x, size_t n)
-{
-    vx_t acc = vx_zero();
-    size_t i = 0;
-    for (; i + VX_W <= n; i += VX_W) {
-        const vx_t v = vx_load(x + i);
-        acc = vx_add(acc, vx_sub(v, v));
-    }
-    if (i < n) {
-        const vx_t v = vx_load_part(x + i, vx_tail(n - i));
-        acc = vx_add(acc, vx_sub(v, v));
-    }
-    return !vx_any(vx_unord(acc, acc));
-}
-
 /* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
  * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
  * apart) accumulated into; dSo (NULL: not wanted; rows ldS apart) gets dS
