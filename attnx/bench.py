@@ -42,8 +42,11 @@ def _per_call(fn, min_time):
         n = max(n * 2, int(n * min_time / max(dt, 1e-9) * 1.2))
 
 
-def compare(fns, rounds, min_time):
-    """{name: median seconds per call}, the candidates interleaved per round."""
+def compare(fns, rounds, min_time, settle=0.0):
+    """{name: median seconds per call}, the candidates interleaved per round.
+    settle: seconds to sleep before each candidate's turn, so that worker
+    threads another left spinning (OpenMP's, after torch's multi-threaded
+    calls) have gone idle and do not take its cores."""
     counts = {}
     for name, fn in fns.items():          # warm up and size the inner loops
         fn()
@@ -52,6 +55,8 @@ def compare(fns, rounds, min_time):
     for _ in range(rounds):
         for name, fn in fns.items():
             n = counts[name]
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -396,7 +401,9 @@ def run(quick=False, threads=None, only=None):
                         torch.set_num_threads(nt)
                         return torch.nn.functional.scaled_dot_product_attention(tQ, tK, tV)
                     fns["torch sdpa (float64)"] = sdpa
-                res = compare(fns, max(3, rounds // 3), min_time)
+                # with threads, OpenMP's workers spin on after each torch call
+                # (measured here: attnx's 2-thread time 8% longer right after one)
+                res = compare(fns, max(3, rounds // 3), min_time, settle=0.5 if nt > 1 else 0.0)
                 if nt == 1:
                     batched_1 = res["attnx"]
                     table.add(f"batched: B={B} H={H} L={L} d={d}, 1 thread", res,
