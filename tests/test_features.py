@@ -278,6 +278,32 @@ def test_nan_in_bias_reaches_only_its_rows(simd, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("T", [64, 700])
+def test_a_nan_score_among_minus_inf_ones_makes_its_row_nan(simd, dtype, T):
+    """Every row's scores are -inf but one NaN, at a different key per row
+    (every lane of every key block among the rows); with T=700 the rows
+    also have finite scores in the first superblock, so the NaN sits in a
+    later one whose other scores are all -inf. The max over those scores
+    may drop the NaN; the row must be NaN all the same."""
+    Lq = 96
+    q, K, V = rand(1, 2, Lq, 8, dtype=dtype), rand(1, 2, T, 8, dtype=dtype), \
+        rand(1, 2, T, 4, dtype=dtype)
+    bias = np.full((Lq, T), -np.inf, dtype)
+    rows = np.arange(Lq)
+    bias[rows, (T - 64) + rows % 64] = np.nan
+    if T > 256:
+        bias[:, :10] = 0.0
+    want_ctx, want_lse = ref.attention(q, K, V, bias=bias)[::2]
+    assert np.isnan(want_ctx).all() and np.isnan(want_lse).all()
+    for out in (attnx.attend(q, K, V, bias=bias, return_lse=True),
+                attnx.attend(q, K, V, bias=bias, return_weights=True, return_lse=True)[::2]):
+        ctx, lse = out
+        assert np.isnan(ctx).all(), np.argwhere(~np.isnan(ctx))[:5]
+        assert np.isnan(lse).all(), np.argwhere(~np.isnan(lse))[:5]
+    assert np.isnan(attnx.attend(q, K, V, bias=bias)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("how", ["key_lengths_zero", "window_before_keys", "lower_right_Lq_gt_T",
                                  "bias_all_-inf", "everything_together"])
 def test_fully_masked_rows_give_zeros_and_lse_minus_inf(simd, dtype, how):

@@ -757,7 +757,20 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 continue;
             }
             const vx_float bm = vx_hmax(vmax);
-            if (bm == -INFINITY) continue;
+            if (bm == -INFINITY) {
+                /* no finite score here; but a NaN score in a full-lane
+                 * block can hide behind -inf ones (the max keeps its
+                 * second operand on NaN), and no exp would then carry it
+                 * into the sum: look for one (rare path) */
+                for (size_t b = 0; b < nsub; b++)
+                    if (lvr[b] == KB_ALL)
+                        for (int h = 0; h < 2; h++) {
+                            const vx_t x = vx_load(Sr + b * KB + h * VX_W);
+                            nan = vx_or_b(nan, vx_unord(x, x));
+                        }
+                if (vx_any(nan)) l[r] = NAN;
+                continue;
+            }
             if (bm > m[r]) {
                 double c = RESCALE(m[r], bm);
                 l[r] *= c;
