@@ -851,16 +851,19 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 part[b] = one & ~all;
                 some |= part[b] != 0;
             }
-            if (dense)
-                nk = (int)ks;
-            else
-                for (size_t b = 0; b < nsub; b++)
-                    for (unsigned bb = tile[b]; bb; bb &= bb - 1)
-                        w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
             vx_float *Cg = ctx + g * dv;
-            if (nk) {
-                mm_tiles_ks(mr, Pg, dense ? NULL : w->kidx, nk, Vs, dv, dv, Cg, dv);
-            }
+            /* the leading whole blocks as one dense tile (causal and
+             * window edges leave only the last ones partial), the rest
+             * through an index list */
+            size_t b0 = 0;
+            while (b0 < nsub && tile[b0] == (ks - b0 * KB < KB ? (1u << (ks - b0 * KB)) - 1u : KB_ALL)) b0++;
+            if (dense) b0 = nsub;
+            const size_t lead = b0 * KB < ks ? b0 * KB : ks;
+            if (lead) mm_tiles_ks(mr, Pg, NULL, (int)lead, Vs, dv, dv, Cg, dv);
+            for (size_t b = b0; b < nsub; b++)
+                for (unsigned bb = tile[b]; bb; bb &= bb - 1)
+                    w->kidx[nk++] = (unsigned char)(b * KB + lowest_bit(bb));
+            if (nk) mm_tiles_ks(mr, Pg, w->kidx, nk, Vs, dv, dv, Cg, dv);
             if (!some) continue;
             /* keys only some rows of the tile weigh, value rows not all
              * finite: row by row, p != 0 only */
