@@ -407,9 +407,8 @@ def _ref(key):
 def _partial(mask, bias, key_lengths, scale, causal, query_offset, key_offset, T, q, k, v=None):
     """One key chunk: (context, lse) over keys key_offset ... + len(k);
     `v` None means the values are the keys."""
-    same = v is None
-    q, k = _aligned(q), _aligned(k)
-    v = k if same else _aligned(v)
+    if v is None:
+        v = k
     if key_lengths is not None:
         if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > T):
             raise ValueError(f"key_lengths must lie in [0, T={T}], got values from "
@@ -419,20 +418,6 @@ def _partial(mask, bias, key_lengths, scale, causal, query_offset, key_offset, T
         mask = seen if mask is None else mask & seen
     return attnx.attend(q, k, v, scale=scale, mask=mask, bias=bias, causal=causal,
                         return_lse=True, key_offset=key_offset, query_offset=query_offset)
-
-
-def _aligned(x):
-    """x, or a copy of it on a 16-byte boundary.
-
-    A chunk that crossed between workers arrives in a buffer Dask received
-    it in, which may start 8 bytes off a 16-byte boundary; attnx's float64
-    kernels then take another path for the keys and round differently
-    (1e-16), so a chunk's bits would depend on whether it moved. The copy
-    (only of such a chunk, which has just been moved anyway) keeps the result
-    a function of the chunking alone."""
-    if isinstance(x, np.ndarray) and x.size and x.ctypes.data % 16:
-        return np.array(x, copy=True)
-    return x
 
 
 def _merge(parts):

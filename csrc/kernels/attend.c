@@ -18,7 +18,10 @@
  * Where the vocabulary asks for it (VX_ALIGN_ROWS), rows whose start is not
  * vector-aligned (NumPy's large buffers are 16-byte aligned) are read from
  * their aligned base, first and last chunk masked, against copies of q and
- * acc shifted to the same offset: no load straddles two cache lines.
+ * acc shifted to the same offset: no load straddles two cache lines. Each
+ * row's lane sums are rotated back to the lanes of the unaligned reading
+ * before they are added across: a result has the same bits wherever its
+ * rows lie in memory (a Dask chunk that moved between workers included).
  *
  * attend_rows is flash attention for a run of queries (RQ at a time): key
  * blocks of KB = 2 VX_W packed transposed (d x KB, VX_W x VX_W register
@@ -202,6 +205,12 @@ VX_INLINE void dot_rows_al(const vx_float *qs, const vx_float *const *k, size_t 
         const vx_mask_t ml = vx_tail(km);
         qv = vx_load_a(qs + j);
         for (int i = 0; i < OB; i++) a[i] = vx_fma(qv, vx_load_part(k[i] + j, ml), a[i]);
+        /* lane l + km summed what lane l of dot_rows sums, in the same
+         * order: back to lane l, so that the transposed sums, and the
+         * score, have the bits of the unaligned path (a result must not
+         * depend on where its rows lie in memory) */
+        const vx_rot_t rot = vx_rot(km);
+        for (int i = 0; i < OB; i++) a[i] = vx_rotate(a[i], rot);
     }
     for (int g = 0; g < DOT_NV; g++) out[g] = vx_transpose_sum(a + g * VX_W);
 }

@@ -30,6 +30,10 @@
  *   vx_lanes(b), vx_nz_bits  lane predicate from / bits of the lanes that
  *                            are nonzero or NaN (bit i: lane i)
  *   vx_head(n)               lanes n .. VX_W-1 (the aligned-row variant)
+ *   vx_rot_t, vx_rot(k)      lane i = lane (i + k) mod VX_W of v, by
+ *   vx_rotate(v, r)          vx_rotate(v, vx_rot(k)) (the aligned-row
+ *                            variant turns its sums back to the lanes the
+ *                            unaligned one sums in: the same bits)
  *   vx_load_a, vx_store_a    vector-aligned load and store
  *   vx_transpose_store(r, o, s)  row c of the transpose of the VX_W x VX_W
  *                            block r to o + c * s
@@ -90,6 +94,8 @@ typedef int32_t vx_lane_int;
 #define VX_TO_SI _mm256_castps_si256
 #define VX_FROM_SI _mm256_castsi256_ps
 #define VX_SET1_BITS(x) _mm256_set1_epi32((int32_t)(x))
+#define VX_TO_PS(v) (v)
+#define VX_FROM_PS(v) (v)
 #define VX_LANE_BITS _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1)
 #else
 /* ----------------------------------------------------------- 4 doubles */
@@ -104,6 +110,8 @@ typedef int64_t vx_lane_int;
 #define VX_TO_SI _mm256_castpd_si256
 #define VX_FROM_SI _mm256_castsi256_pd
 #define VX_SET1_BITS(x) _mm256_set1_epi64x((long long)(x))
+#define VX_TO_PS _mm256_castpd_ps
+#define VX_FROM_PS _mm256_castps_pd
 #define VX_LANE_BITS _mm256_set_epi64x(8, 4, 2, 1)
 #endif
 typedef __m256i vx_mask_t;
@@ -116,6 +124,14 @@ static const vx_lane_int vx_tail_tab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0
 static const vx_lane_int vx_head_tab[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
 VX_INLINE vx_mask_t vx_tail(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_tail_tab + 8 - n)); }
 VX_INLINE vx_mask_t vx_head(size_t n) { return _mm256_loadu_si256((const __m256i *)(const void *)(vx_head_tab + 8 - n)); }
+/* lane rotation by vpermps over 32-bit lanes (a double is two of them) */
+typedef __m256i vx_rot_t;
+VX_INLINE vx_rot_t vx_rot(unsigned k)
+{
+    const __m256i step = _mm256_set1_epi32((int)(k * (8 / VX_W)));
+    return _mm256_and_si256(_mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), step), _mm256_set1_epi32(7));
+}
+VX_INLINE vx_t vx_rotate(vx_t v, vx_rot_t r) { return VX_FROM_PS(_mm256_permutevar8x32_ps(VX_TO_PS(v), r)); }
 
 VX_INLINE vx_t vx_zero(void) { return VXI(_mm256_setzero)(); }
 VX_INLINE vx_t vx_set1(vx_float x) { return VXI(_mm256_set1)(x); }

@@ -58,6 +58,23 @@ typedef __m512i vx_bits_t;
 /* lanes [0, n) and [n, VX_W) */
 VX_INLINE vx_mask_t vx_tail(size_t n) { return (vx_mask_t)((1u << n) - 1u); }
 VX_INLINE vx_mask_t vx_head(size_t n) { return (vx_mask_t)(((1u << VX_W) - 1u) << n); }
+/* lane i = lane (i + k) mod VX_W (simd/avx2.h) */
+typedef __m512i vx_rot_t;
+#if defined(ATTNX_F32)
+VX_INLINE vx_rot_t vx_rot(unsigned k)
+{
+    const __m512i i = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_and_si512(_mm512_add_epi32(i, _mm512_set1_epi32((int)k)), _mm512_set1_epi32(15));
+}
+VX_INLINE vx_t vx_rotate(vx_t v, vx_rot_t r) { return _mm512_permutexvar_ps(r, v); }
+#else
+VX_INLINE vx_rot_t vx_rot(unsigned k)
+{
+    const __m512i i = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm512_and_si512(_mm512_add_epi64(i, _mm512_set1_epi64((long long)k)), _mm512_set1_epi64(7));
+}
+VX_INLINE vx_t vx_rotate(vx_t v, vx_rot_t r) { return _mm512_permutexvar_pd(r, v); }
+#endif
 VX_INLINE vx_t vx_zero(void) { return VXI(_mm512_setzero)(); }
 VX_INLINE vx_t vx_set1(vx_float x) { return VXI(_mm512_set1)(x); }
 VX_INLINE vx_t vx_load(const vx_float *p) { return VXI(_mm512_loadu)(p); }
