@@ -86,6 +86,9 @@ def test_keyboard_interrupt_during_a_long_call():
         q, K = rng.standard_normal(64), rng.standard_normal((400_000, 64))
         small_q, small_K = np.array([5., 1., 20.]), np.array([[3, 12, 45], [59, 2, 5.]])
         want = attnx.attend(small_q, small_K)
+        # Python leaves SIGINT alone when it starts ignored (a CI job run
+        # in the background of a shell without job control inherits that)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         try:
             for _ in range(10_000):
