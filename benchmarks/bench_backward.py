@@ -17,23 +17,11 @@ scaled to H=8 (stated as such), since H=8 in float64 needs ~13 GB; pass
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_of(fns, repeat):
@@ -165,7 +153,8 @@ def main(argv=None):
     import torch
 
     import attnx
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); load average "
+    from attnx.bench import machine
+    print(f"CPU: {machine()}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"attnx {attnx.__version__} ({attnx.simd_level()}), torch {torch.__version__}, "
           f"numpy {np.__version__}; 1 thread each; best of {args.repeat}")
