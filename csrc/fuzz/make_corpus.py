@@ -184,6 +184,12 @@ seed("context-empty", header("context", T=0, dv=5))
 seed("attend-batch-causal-broadcast", header("attend_batch", CAUSAL | WEIGHTS, T=7, d=4, dv=3, Lq=5, nbatch=2,
                                              shape=(2, 3, 1), bc_k=1, bc_v=1, unit_exp=-2))
 seed("attend-batch-causal-fused-tiles", header("attend_batch", CAUSAL, T=40, d=16, dv=8, Lq=70, unit_exp=-3))
+# 8 batch items (the rows stay one work item each) of more than 64 query
+# rows (K packed once for the call), every row seeing keys 3..7 only: the
+# rest of their key block must stay unread
+seed("attend-batch-tiled-window-unseen-keys", header("attend_batch", MASK, T=20, d=4, dv=2, Lq=70, nbatch=3,
+                                                    shape=(2, 2, 2), mask_mode=MASK_WINDOW, mask_a=3,
+                                                    mask_b=5, unit_exp=-3))
 seed("attend-batch-mask-shared-row", header("attend_batch", MASK | WEIGHTS, T=20, d=5, dv=4, Lq=6, nbatch=1,
                                             shape=(2, 1, 1), mrs_mode=1, mask_mode=MASK_WINDOW, mask_a=3,
                                             mask_b=9, unit_exp=-2))
@@ -274,6 +280,11 @@ attn("attention-bias-nan-unseen-f32", MASK, xheader(A_BIAS | A_KLEN | A_LSE, bia
      T=24, d=3, dv=2, Lq=12, mask_mode=MASK_DATA, f32=True)
 attn("attention-tiled-rows", CAUSAL, xheader(A_ALIBI | A_SOFTCAP | A_LSE, qoff=-3, koff=2, cap_mode=2),
      T=64, d=8, dv=8, Lq=40, unit_exp=-4)
+# as attend-batch-tiled-window-unseen-keys: 70 rows see keys 3..7 and, with
+# the key lengths, fewer; the rest of the key block stays unread
+attn("attention-tiled-window-unseen-keys-f32", MASK, xheader(A_KLEN | A_LSE, klen_mode=KLEN_HALF),
+     T=20, d=4, dv=2, Lq=70, nbatch=3, shape=(2, 2, 2), mask_mode=MASK_WINDOW, mask_a=3, mask_b=5,
+     unit_exp=-3, f32=True)
 attn("attention-far-offsets", CAUSAL, xheader(A_WINDOW | A_LSE, wl=3, wr=3, off_mode=OFF_FAR), T=8, d=2, dv=2, Lq=3)
 attn("attention-version3-size", CAUSAL, xheader(A_ALL, size_mode=SIZE_V3, qoff=2), T=8, d=2, dv=3, Lq=3)
 attn("attention-larger-struct-zero-tail", MASK, xheader(A_ALL, size_mode=SIZE_LARGER | 4), T=8, d=2, dv=3, Lq=3)

@@ -26,8 +26,9 @@
  * attend_rows is flash attention for a run of queries (RQ at a time): key
  * blocks of KB = 2 VX_W packed transposed (d x KB, VX_W x VX_W register
  * transposes; with more than RQ queries and K's packing within
- * KT_WHOLE_BYTES, each block packed once for the whole call, else once per
- * RQ queries), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
+ * KT_WHOLE_BYTES, each block packed once for the whole call, again only
+ * where a later chunk sees keys of it an earlier one did not; else once per
+ * RQ queries: keys no row sees are never read), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
  * accumulating into the ctx rows, (m, l) per query on the stack; fewer
  * than FEW_QUERIES queries fold one by one.
  *
@@ -665,7 +666,7 @@ typedef struct {
  * row; a key no row weighs is never read. */
 static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *K, const vx_float *V, size_t T,
                        size_t d, size_t dv, vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
-                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, unsigned char *packed,
+                       const attnx_mods *md, vx_float *ctx, vx_float *lse, vx_float *Kt, unsigned *packed,
                        rows_scratch *w)
 {
     double m[RQ], l[RQ];
@@ -710,11 +711,12 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             vx_float *Ktb = Kt;
             if (packed) {
                 Ktb = Kt + t0 * dpad;
-                if (!packed[t0 / KB]) {
-                    /* every key of the block in [0, T), for later chunks
-                     * whose rows see further */
-                    pack_kt(K + t0 * d, d, T - t0 >= KB ? KB_ALL : (1u << (T - t0)) - 1u, Ktb);
-                    packed[t0 / KB] = 1;
+                if (any & ~packed[t0 / KB]) {
+                    /* the keys this chunk's rows see, with those earlier
+                     * chunks saw (a key no row sees is never read: it may
+                     * lie in memory the caller does not own) */
+                    packed[t0 / KB] |= any;
+                    pack_kt(K + t0 * d, d, packed[t0 / KB], Ktb);
                 }
             } else {
                 pack_kt(K + t0 * d, d, any, Kt);
@@ -826,8 +828,10 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
          * rows are finite (0 * V adds exact zeros); otherwise row by row,
          * so that a 0 weight never meets an inf or NaN value. */
         const vx_float *Vs = V + T0 * dv;
-        signed char vfin[NSUB];            /* per block: 1 finite, 0 not, -1 unknown */
-        for (size_t b = 0; b < nsub; b++) vfin[b] = -1;
+        /* per block: the keys whose value rows were checked, and of those
+         * the ones not finite (only rows some row weighs are read) */
+        unsigned vchk[NSUB], vbad[NSUB];
+        for (size_t b = 0; b < nsub; b++) vchk[b] = vbad[b] = 0;
         for (size_t g = 0; g < nr; g += MR) {
             const int mr = nr - g < MR ? (int)(nr - g) : MR;
             int nk = 0, dense = 1, some = 0;
@@ -841,8 +845,12 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 }
                 const size_t kn = ks - b * KB < KB ? ks - b * KB : KB;
                 if (one != all) {
-                    if (vfin[b] < 0) vfin[b] = (signed char)all_finite(Vs + b * KB * dv, kn * dv);
-                    if (vfin[b]) {
+                    for (unsigned bb = one & ~vchk[b]; bb; bb &= bb - 1) {
+                        const unsigned i = lowest_bit(bb);
+                        if (!all_finite(Vs + (b * KB + i) * dv, dv)) vbad[b] |= 1u << i;
+                    }
+                    vchk[b] |= one;
+                    if (!(one & vbad[b])) {
                         /* the rows' weights of keys they do not weigh: 0 */
                         for (int r = 0; r < mr; r++) {
                             const unsigned nzr = w->nz[(g + (size_t)r) * NSUB + b];
@@ -902,7 +910,7 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
 {
     vx_float kt_stack[(KT_STACK + VX_W) * KB];
     vx_float *Kt = kt_stack;
-    unsigned char *packed = NULL;
+    unsigned *packed = NULL;            /* per key block: the keys packed so far */
     rows_scratch *w = NULL;
     if (nq >= FEW_QUERIES) {
         w = (rows_scratch *)malloc(sizeof *w);
@@ -910,7 +918,7 @@ static void K_attend_rows(const vx_float *Q, size_t nq, const vx_float *K, const
         if (w && nq > RQ && nblk * KB * dpad * sizeof(vx_float) <= KT_WHOLE_BYTES) {
             /* K packed once, block by block as first needed, for every chunk */
             Kt = (vx_float *)malloc(nblk * KB * dpad * sizeof(vx_float));
-            packed = (unsigned char *)calloc(nblk, 1);
+            packed = (unsigned *)calloc(nblk, sizeof *packed);
             if (!Kt || !packed) {
                 free(Kt);
                 free(packed);
