@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attnx.h"
+#include "attnx_internal.h"   /* the level's kernel table: attend_rows called directly */
 #define HARNESS_SEED 0x9E3779B97F4A7C15ull
 #include "tests/harness.h"
 
@@ -451,6 +452,47 @@ static void test_rows_vs_loop(void)
 /* Extreme scores through every path (fused single query, two-pass, batched
  * rows): +-inf and NaN scores, value sums that overflow, exp underflow of
  * whole blocks. Each compared with the scalar kernels: same NaN/inf pattern. */
+/* The tiled kernel itself (the API recomputes non-finite rows one by one,
+ * which would hide this): keys that only some rows of a register tile weigh
+ * go through the tile with 0 weights for the other rows, which must never
+ * meet an inf or NaN value row (0 * inf = NaN). Trap keys score 2000 below
+ * the rest for the rows that do not weigh them (their weight underflows to
+ * exactly 0); some trap keys have a non-finite value row. A row's context is
+ * non-finite exactly when it sees and weighs such a key. */
+static void test_rows_kernel_zero_weights_meet_nonfinite_values(void)
+{
+    const attnx_kernels *kt = attnx_kernels_get();
+    if (!kt->attend_rows) return;            /* no tiled kernel at this level */
+    static const size_t cases[][4] = {{70, 40, 3, 5}, {130, 300, 2, 9}, {65, 600, 4, 1}, {200, 20, 3, 3}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const size_t Lq = cases[ci][0], T = cases[ci][1], d = cases[ci][2], dv = cases[ci][3];
+        double *Q = rand_array(Lq * d, 0.5), *K = rand_array(T * d, 0.5), *V = rand_array(T * dv, 0.5);
+        double *ctx = malloc(Lq * dv * sizeof(double)), *lse = malloc(Lq * sizeof(double));
+        unsigned char *mask = malloc(Lq * T), *bad = malloc(T);
+        int *weighs = malloc(Lq * sizeof(int));
+        for (size_t t = 0; t < T; t++) {
+            const int trap = t > 0 && urand() < -0.4;
+            bad[t] = trap && urand() < 0.4;
+            K[t * d + 1 % d] = trap ? 1000.0 : 0.0;
+            if (bad[t]) V[t * dv + t % dv] = t % 2 ? INFINITY : NAN;
+        }
+        for (size_t r = 0; r < Lq; r++) {
+            weighs[r] = urand() < -0.5;
+            Q[r * d + 1 % d] = weighs[r] ? 0.0 : -2.0;
+            for (size_t t = 0; t < T; t++) mask[r * T + t] = t == 0 || urand() > -0.6;
+        }
+        kt->attend_rows(Q, Lq, K, V, T, d, dv, 1.0, mask, (ptrdiff_t)T, NULL, ctx, lse);
+        for (size_t r = 0; r < Lq; r++) {
+            int want = 0, got = 0;
+            for (size_t t = 0; t < T; t++) want |= weighs[r] && mask[r * T + t] && bad[t];
+            for (size_t j = 0; j < dv; j++) got |= !isfinite(ctx[r * dv + j]);
+            CHECK(got == want, "tiled kernel Lq=%zu T=%zu d=%zu dv=%zu row %zu: context %s, expected %s", Lq, T,
+                  d, dv, r, got ? "non-finite" : "finite", want ? "non-finite" : "finite");
+        }
+        free(Q); free(K); free(V); free(ctx); free(lse); free(mask); free(bad); free(weighs);
+    }
+}
+
 static void test_extremes_vs_scalar(void)
 {
     const size_t Lq = 9, T = 41, d = 5, dv = 11;
@@ -551,5 +593,6 @@ static void test_exp_dense(void)
 
 HARNESS_MAIN("float64", (test_status_codes),
              (test_worked_example, test_against_scalar, test_exp, test_softmax_specials, test_attend_specials,
-              test_batch, test_split, test_rows_vs_loop, test_alignment, test_extremes_vs_scalar,
+              test_batch, test_split, test_rows_vs_loop, test_rows_kernel_zero_weights_meet_nonfinite_values,
+              test_alignment, test_extremes_vs_scalar,
               test_softmax_ulp, test_exp_dense))
