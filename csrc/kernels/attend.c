@@ -28,9 +28,9 @@
  * transposes; with more than RQ queries and K's packing within
  * KT_WHOLE_BYTES, each block packed once for the whole call, again only
  * where a later chunk sees keys of it an earlier one did not; else once per
- * RQ queries: keys no row sees are never read), VX_TILE_ROWS x KB score tiles and P.V tiles in registers
- * accumulating into the ctx rows, (m, l) per query on the stack; fewer
- * than FEW_QUERIES queries fold one by one.
+ * RQ queries: keys no row sees are never read), VX_TILE_ROWS x KB score
+ * tiles and P.V tiles in registers accumulating into the ctx rows, (m, l)
+ * per query on the stack; fewer than FEW_QUERIES queries fold one by one.
  *
  * Accuracy: scores as dot_scores; weights p = exp(s - m) within 1 ulp; l in
  * float64 at both dtypes (float32 exps widened exactly); acc takes the
@@ -748,8 +748,9 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 vx_t sv[2] = {vx_mul(sc, vx_load(Sr + b * KB)), vx_mul(sc, vx_load(Sr + b * KB + VX_W))};
                 if (shp) shape_vec(shp, qa + r, T0 + b * KB, kn, sv, 2);
                 if (lv == KB_ALL) {
-                    /* every key live: no select; a NaN score is caught by
-                     * its NaN weight below (the sum) */
+                    /* every key live: no select; one test for a NaN in
+                     * either vector (the max may drop one) */
+                    nan = vx_or_b(nan, vx_unord(sv[0], sv[1]));
                     vmax = vx_max(vmax, vx_max(sv[0], sv[1]));
                     vx_store(Sr + b * KB, sv[0]);
                     vx_store(Sr + b * KB + VX_W, sv[1]);
@@ -768,20 +769,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 continue;
             }
             const vx_float bm = vx_hmax(vmax);
-            if (bm == -INFINITY) {
-                /* no finite score here; but a NaN score in a full-lane
-                 * block can hide behind -inf ones (the max keeps its
-                 * second operand on NaN), and no exp would then carry it
-                 * into the sum: look for one (rare path) */
-                for (size_t b = 0; b < nsub; b++)
-                    if (lvr[b] == KB_ALL)
-                        for (int h = 0; h < 2; h++) {
-                            const vx_t x = vx_load(Sr + b * KB + h * VX_W);
-                            nan = vx_or_b(nan, vx_unord(x, x));
-                        }
-                if (vx_any(nan)) l[r] = NAN;
-                continue;
-            }
+            if (bm == -INFINITY) continue;
             if (bm > m[r]) {
                 double c = RESCALE(m[r], bm);
                 l[r] *= c;
@@ -834,7 +822,8 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         for (size_t b = 0; b < nsub; b++) vchk[b] = vbad[b] = 0;
         for (size_t g = 0; g < nr; g += MR) {
             const int mr = nr - g < MR ? (int)(nr - g) : MR;
-            int nk = 0, dense = 1, some = 0;
+            int nk = 0, some = 0;
+            size_t b0 = 0;                    /* leading blocks every row weighs whole */
             unsigned part[NSUB], tile[NSUB];  /* keys row by row / through the tile */
             vx_float *Pg = w->S + g * KS;
             for (size_t b = 0; b < nsub; b++) {
@@ -863,7 +852,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                         all = one;
                     }
                 }
-                if (all != (kn == KB ? KB_ALL : (1u << kn) - 1u)) dense = 0;
+                if (b0 == b && all == (kn == KB ? KB_ALL : (1u << kn) - 1u)) b0++;
                 tile[b] = all;
                 part[b] = one & ~all;
                 some |= part[b] != 0;
@@ -872,9 +861,6 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             /* the leading whole blocks as one dense tile (causal and
              * window edges leave only the last ones partial), the rest
              * through an index list */
-            size_t b0 = 0;
-            while (b0 < nsub && tile[b0] == (ks - b0 * KB < KB ? (1u << (ks - b0 * KB)) - 1u : KB_ALL)) b0++;
-            if (dense) b0 = nsub;
             const size_t lead = b0 * KB < ks ? b0 * KB : ks;
             if (lead) mm_tiles_ks(mr, Pg, NULL, (int)lead, Vs, dv, dv, Cg, dv);
             for (size_t b = b0; b < nsub; b++)

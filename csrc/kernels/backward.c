@@ -99,161 +99,160 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             finite = qd_finite && all_finite(Kt, d * KB) && all_finite(Vt, dv * KB);
         }
         for (size_t G = rfirst; any && G < rend; G += RG) {
-        const size_t gend = rend - G < RG ? rend : G + RG;
-        for (size_t g = G; g < gend; g += MR) {
-            const int mr = gend - g < MR ? (int)(gend - g) : MR;
-            unsigned *live = lives + g;
-            vx_float *S = Sbuf + (g - G) * KB, *dS = dSbuf + (g - G) * KB;
-            unsigned gl = 0;
-            for (int r = 0; r < mr; r++) gl |= live[r];
-            if (!gl) {
-                /* zeros for the group's rows of the dV and dK products */
-                for (size_t j = 0; j < (size_t)mr * KB; j++) S[j] = dS[j] = 0;
-                continue;
-            }
-            const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
-            score_tiles(mr, Qg, d, Kt, S, KB);
-            score_tiles(mr, dOg, dv, Vt, dS, KB);
-            for (int r = 0; r < mr; r++) {
-                const size_t row = g + (size_t)r;
-                const unsigned lv = live[r];
-                if (!lv) {
-                    for (int h = 0; h < 2; h++) {
-                        vx_store(S + KB * r + h * VX_W, zero);
-                        vx_store(dS + KB * r + h * VX_W, zero);
-                    }
+            const size_t gend = rend - G < RG ? rend : G + RG;
+            for (size_t g = G; g < gend; g += MR) {
+                const int mr = gend - g < MR ? (int)(gend - g) : MR;
+                unsigned *live = lives + g;
+                vx_float *S = Sbuf + (g - G) * KB, *dS = dSbuf + (g - G) * KB;
+                unsigned gl = 0;
+                for (int r = 0; r < mr; r++) gl |= live[r];
+                if (!gl) {
+                    /* zeros for the group's rows of the RG-row dV and dK products */
+                    for (size_t j = 0; finite && j < (size_t)mr * KB; j++) S[j] = dS[j] = 0;
                     continue;
                 }
-                vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
-                vx_t gv[2] = {zero, zero};
-                if (capped) {
-                    const vx_t cv = vx_set1((vx_float)md->softcap), one = vx_set1(1);
-                    shape_vec(&cap, row, t0, kn, sv, 2);
-                    for (int h = 0; h < 2; h++) {
-                        vx_t u = vx_div(sv[h], cv);
-                        gv[h] = vx_fnma(u, u, one);
-                    }
-                }
-                if (shaped) shape_vec(&rest, row, t0, kn, sv, 2);
-                const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
-                unsigned weighs = 0;   /* the seen keys whose weight is not 0 */
-                for (int h = 0; h < 2; h++) {
-                    const unsigned on = (lv >> (h * VX_W)) & VX_LANES_ALL;
-                    vx_t p = vx_exp_diff(sv[h], lv_);
-                    if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
-                    const unsigned nzp = vx_nz_bits(p);
-                    weighs |= nzp << (h * VX_W);
-                    vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
-                    /* a key unseen or of weight 0 (-inf score, underflow):
-                     * ds is 0, whatever dP and D (as the scalar level) */
-                    if (nzp != VX_LANES_ALL) ds = vx_select(vx_lanes(nzp), zero, ds);
-                    if (dSo && (size_t)h * VX_W < kn) {   /* the bias's gradient: before the softcap's */
-                        vx_float *o = dSo + row * ldS + t0 + (size_t)h * VX_W;
-                        const size_t nl = kn - (size_t)h * VX_W;
-                        if (nl >= VX_W) vx_store(o, ds);
-                        else vx_store_part(o, vx_tail(nl), ds);
-                    }
-                    if (capped) ds = vx_mul(ds, gv[h]);
-                    vx_store(S + KB * r + h * VX_W, p);
-                    vx_store(dS + KB * r + h * VX_W, ds);
-                }
-                live[r] = weighs;      /* the products below take these pairs only */
-            }
-            gl = 0;
-            for (int r = 0; r < mr; r++) gl |= live[r];
-            if (!gl) continue;   /* S and dS rows are 0 */
-            vx_float *dQg = dQ + g * d;
-            if (finite) {
-                /* whole tiles: every row of the group, the keys any row
-                 * weighs (P and dS are 0 on the pairs that do not count) */
-                unsigned char gidx[KB];
-                int ng = 0;
-                for (unsigned b = gl; b; b &= b - 1) gidx[ng++] = (unsigned char)lowest_bit(b);
-                mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, K + t0 * d, d, d,
-                            dQg, d);
-                continue;            /* dV and dK: over the RG rows, below */
-            }
-            /* Some operand not finite: exactly the (row, key) pairs where
-             * the row sees the key with a weight that is not 0, since a 0
-             * weight times a non-finite key, value, query or dO row must not
-             * reach a gradient. Keys every live row of the group weighs (al)
-             * go through the tiles, the rest (part) through one-row tiles
-             * with index lists; a row that weighs no key of the block is
-             * never written nor read. */
-            unsigned al = ~0u;
-            int nlive = 0, nk_al = 0;
-            unsigned char ridx[MR], aidx[KB];
-            for (int r = 0; r < mr; r++)
-                if (live[r]) {
-                    al &= live[r];
-                    ridx[nlive++] = (unsigned char)r;
-                }
-            const unsigned part = gl & ~al;
-            const unsigned char *ki = NULL;   /* al is every key of the block */
-            if (al == base) nk_al = (int)kn;
-            else {
-                for (unsigned b = al; b; b &= b - 1) aidx[nk_al++] = (unsigned char)lowest_bit(b);
-                ki = aidx;
-            }
-            if (nk_al) {
-                /* dQ_r += dS_r K_al, over runs of live rows */
-                for (int r0 = 0; r0 < mr;) {
-                    if (!live[r0]) {
-                        r0++;
+                const vx_float *Qg = Q + g * d, *dOg = dO + g * dv;
+                score_tiles(mr, Qg, d, Kt, S, KB);
+                score_tiles(mr, dOg, dv, Vt, dS, KB);
+                for (int r = 0; r < mr; r++) {
+                    const size_t row = g + (size_t)r;
+                    const unsigned lv = live[r];
+                    if (!lv) {
+                        for (int h = 0; h < 2; h++) {
+                            vx_store(S + KB * r + h * VX_W, zero);
+                            vx_store(dS + KB * r + h * VX_W, zero);
+                        }
                         continue;
                     }
-                    int r1 = r0 + 1;
-                    while (r1 < mr && live[r1]) r1++;
-                    mm_tiles_kb(r1 - r0, dS + KB * r0, ki, nk_al, K + t0 * d, d, d, dQg + (size_t)r0 * d, d);
-                    r0 = r1;
+                    vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
+                    vx_t gv[2] = {zero, zero};
+                    if (capped) {
+                        const vx_t cv = vx_set1((vx_float)md->softcap), one = vx_set1(1);
+                        shape_vec(&cap, row, t0, kn, sv, 2);
+                        for (int h = 0; h < 2; h++) {
+                            vx_t u = vx_div(sv[h], cv);
+                            gv[h] = vx_fnma(u, u, one);
+                        }
+                    }
+                    if (shaped) shape_vec(&rest, row, t0, kn, sv, 2);
+                    const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
+                    unsigned weighs = 0;   /* the seen keys whose weight is not 0 */
+                    for (int h = 0; h < 2; h++) {
+                        const unsigned on = (lv >> (h * VX_W)) & VX_LANES_ALL;
+                        vx_t p = vx_exp_diff(sv[h], lv_);
+                        if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
+                        const unsigned nzp = vx_nz_bits(p);
+                        weighs |= nzp << (h * VX_W);
+                        vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
+                        /* a key unseen or of weight 0 (-inf score, underflow):
+                         * ds is 0, whatever dP and D (as the scalar level) */
+                        if (nzp != VX_LANES_ALL) ds = vx_select(vx_lanes(nzp), zero, ds);
+                        if (dSo && (size_t)h * VX_W < kn) {   /* the bias's gradient: before the softcap's */
+                            vx_float *o = dSo + row * ldS + t0 + (size_t)h * VX_W;
+                            const size_t nl = kn - (size_t)h * VX_W;
+                            if (nl >= VX_W) vx_store(o, ds);
+                            else vx_store_part(o, vx_tail(nl), ds);
+                        }
+                        if (capped) ds = vx_mul(ds, gv[h]);
+                        vx_store(S + KB * r + h * VX_W, p);
+                        vx_store(dS + KB * r + h * VX_W, ds);
+                    }
+                    live[r] = weighs;      /* the products below take these pairs only */
                 }
-                /* dV_al += P^T dO_g, dK_al += dS^T Q_g: keys as rows (runs
-                 * of al), live rows summed */
-                const unsigned char *ri = nlive == mr ? NULL : ridx;
-                for (unsigned b = al; b;) {
-                    const size_t t = lowest_bit(b);
-                    size_t te = t;
-                    while (te < kn && ((b >> te) & 1)) te++;
-                    b &= te >= 32 ? 0u : ~((1u << te) - 1u);
-                    for (size_t u = t; u < te; u += MR) {
-                        const int mt = te - u < MR ? (int)(te - u) : MR;
-                        mm_tiles_t(mt, S + u, ri, nlive, dOg, dv, dv, dVb + u * dv, dv);
-                        mm_tiles_t(mt, dS + u, ri, nlive, Qg, d, d, dKb + u * d, d);
+                gl = 0;
+                for (int r = 0; r < mr; r++) gl |= live[r];
+                if (!gl) continue;   /* S and dS rows are 0 */
+                vx_float *dQg = dQ + g * d;
+                if (finite) {
+                    /* whole tiles: every row of the group, the keys any row
+                     * weighs (P and dS are 0 on the pairs that do not count) */
+                    unsigned char gidx[KB];
+                    int ng = 0;
+                    for (unsigned b = gl; b; b &= b - 1) gidx[ng++] = (unsigned char)lowest_bit(b);
+                    mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, K + t0 * d, d, d,
+                                dQg, d);
+                    continue;            /* dV and dK: over the RG rows, below */
+                }
+                /* Some operand not finite: exactly the (row, key) pairs where
+                 * the row sees the key with a weight that is not 0, since a 0
+                 * weight times a non-finite key, value, query or dO row must not
+                 * reach a gradient. Keys every live row of the group weighs (al)
+                 * go through the tiles, the rest (part) through one-row tiles
+                 * with index lists; a row that weighs no key of the block is
+                 * never written nor read. */
+                unsigned al = ~0u;
+                int nlive = 0, nk_al = 0;
+                unsigned char ridx[MR], aidx[KB];
+                for (int r = 0; r < mr; r++)
+                    if (live[r]) {
+                        al &= live[r];
+                        ridx[nlive++] = (unsigned char)r;
+                    }
+                const unsigned part = gl & ~al;
+                const unsigned char *ki = NULL;   /* al is every key of the block */
+                if (al == base) nk_al = (int)kn;
+                else {
+                    for (unsigned b = al; b; b &= b - 1) aidx[nk_al++] = (unsigned char)lowest_bit(b);
+                    ki = aidx;
+                }
+                if (nk_al) {
+                    /* dQ_r += dS_r K_al, over runs of live rows */
+                    for (int r0 = 0; r0 < mr;) {
+                        if (!live[r0]) {
+                            r0++;
+                            continue;
+                        }
+                        int r1 = r0 + 1;
+                        while (r1 < mr && live[r1]) r1++;
+                        mm_tiles_kb(r1 - r0, dS + KB * r0, ki, nk_al, K + t0 * d, d, d, dQg + (size_t)r0 * d,
+                                    d);
+                        r0 = r1;
+                    }
+                    /* dV_al += P^T dO_g, dK_al += dS^T Q_g: keys as rows (runs
+                     * of al), live rows summed */
+                    const unsigned char *ri = nlive == mr ? NULL : ridx;
+                    for (unsigned b = al; b;) {
+                        const size_t t = lowest_bit(b);
+                        size_t te = t;
+                        while (te < kn && ((b >> te) & 1)) te++;
+                        b &= te >= 32 ? 0u : ~((1u << te) - 1u);
+                        for (size_t u = t; u < te; u += MR) {
+                            const int mt = te - u < MR ? (int)(te - u) : MR;
+                            mm_tiles_t(mt, S + u, ri, nlive, dOg, dv, dv, dVb + u * dv, dv);
+                            mm_tiles_t(mt, dS + u, ri, nlive, Qg, d, d, dKb + u * d, d);
+                        }
                     }
                 }
+                /* the rest (part): a row's part keys as an index list into a
+                 * one-row tile (dQ), a key's rows as one (dV, dK) */
+                for (int r = 0; part && r < mr; r++) {
+                    const unsigned pr = live[r] & part;
+                    if (!pr) continue;
+                    unsigned char kr[KB];
+                    int n = 0;
+                    for (unsigned b = pr; b; b &= b - 1) kr[n++] = (unsigned char)lowest_bit(b);
+                    mm_tiles_kb(1, dS + KB * r, kr, n, K + t0 * d, d, d, dQg + (size_t)r * d, d);
+                }
+                for (unsigned b = part; b; b &= b - 1) {
+                    const unsigned k = lowest_bit(b);
+                    unsigned char rk[MR];
+                    int n = 0;
+                    for (int r = 0; r < mr; r++)
+                        if ((live[r] >> k) & 1) rk[n++] = (unsigned char)r;
+                    mm_tiles_t(1, S + k, rk, n, dOg, dv, dv, dVb + (size_t)k * dv, dv);
+                    mm_tiles_t(1, dS + k, rk, n, Qg, d, d, dKb + (size_t)k * d, d);
+                }
             }
-            /* the rest (part): a row's part keys as an index list into a
-             * one-row tile (dQ), a key's rows as one (dV, dK) */
-            for (int r = 0; part && r < mr; r++) {
-                const unsigned pr = live[r] & part;
-                if (!pr) continue;
-                unsigned char kr[KB];
-                int n = 0;
-                for (unsigned b = pr; b; b &= b - 1) kr[n++] = (unsigned char)lowest_bit(b);
-                mm_tiles_kb(1, dS + KB * r, kr, n, K + t0 * d, d, d, dQg + (size_t)r * d, d);
+            if (finite) {
+                /* dV += P^T dO, dK += dS^T Q over the RG rows at once: one load
+                 * and store of the key rows' sums per RG rows, not per MR */
+                const int nrg = (int)(gend - G);
+                for (size_t u = 0; u < kn; u += MR) {
+                    const int mt = kn - u < MR ? (int)(kn - u) : MR;
+                    mm_tiles_t(mt, Sbuf + u, NULL, nrg, dO + G * dv, dv, dv, dVb + u * dv, dv);
+                    mm_tiles_t(mt, dSbuf + u, NULL, nrg, Q + G * d, d, d, dKb + u * d, d);
+                }
             }
-            for (unsigned b = part; b; b &= b - 1) {
-                const unsigned k = lowest_bit(b);
-                unsigned char rk[MR];
-                int n = 0;
-                for (int r = 0; r < mr; r++)
-                    if ((live[r] >> k) & 1) rk[n++] = (unsigned char)r;
-                mm_tiles_t(1, S + k, rk, n, dOg, dv, dv, dVb + (size_t)k * dv, dv);
-                mm_tiles_t(1, dS + k, rk, n, Qg, d, d, dKb + (size_t)k * d, d);
-            }
-            /* this group's pairs are in dV and dK: 0 for the product below */
-            for (size_t j = 0; j < (size_t)mr * KB; j++) S[j] = dS[j] = 0;
-        }
-        if (finite) {
-            /* dV += P^T dO, dK += dS^T Q over the RG rows at once: one load
-             * and store of the key rows' sums per RG rows, not per MR */
-            const int nrg = (int)(gend - G);
-            for (size_t u = 0; u < kn; u += MR) {
-                const int mt = kn - u < MR ? (int)(kn - u) : MR;
-                mm_tiles_t(mt, Sbuf + u, NULL, nrg, dO + G * dv, dv, dv, dVb + u * dv, dv);
-                mm_tiles_t(mt, dSbuf + u, NULL, nrg, Q + G * d, d, d, dKb + u * d, d);
-            }
-        }
         }
         for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
         for (size_t j = 0; j < kn * dv; j++) dV[t0 * dv + j] = dVb[j];
