@@ -142,3 +142,38 @@ def test_grad_bias_needs_a_bias():
     out, lse = attnx.attend(q, q, q, return_lse=True)
     with pytest.raises(ValueError, match="grad_bias"):
         attnx.attend_backward(out, q, q, q, out, lse, grad_bias=True)
+
+
+@pytest.mark.parametrize("dtype, cap_exp, tol", [(np.float64, -1060, 1e-12), (np.float32, -140, 2e-5)],
+                         ids=["float64", "float32"])
+def test_a_subnormal_softcap_has_its_own_derivative(simd, dtype, cap_exp, tol):
+    """softcap = 2^cap_exp, subnormal in the dtype (14 and 9 bits), and
+    queries 2^cap_exp * a / 4 with a and the keys small integers: the scores
+    over softcap, x = a.k / 4, are exact, so the derivative 1 - tanh(x)^2
+    has a float64 NumPy reference. The capped score softcap * tanh(x) keeps
+    only the subnormal's bits, so a derivative taken from it is off by
+    ~2^-15 (float64) or ~2^-10 (float32)."""
+    rng = np.random.default_rng(5)
+    c = 2.0 ** cap_exp
+    H, Lq, T, d, dv = 2, 6, 9, 5, 3
+    a = rng.integers(-4, 5, (H, Lq, d))
+    Ki = rng.integers(-2, 3, (H, T, d))
+    q, K = (c * a / 4).astype(dtype), Ki.astype(dtype)
+    V, G = rng.standard_normal((H, T, dv)).astype(dtype), rng.standard_normal((H, Lq, dv)).astype(dtype)
+    assert np.array_equal(q.astype(np.float64) / c * 4, a)        # q exact in the dtype
+    kw = dict(softcap=c, window=(4, 1))
+    out, lse = attnx.attend(q, K, V, return_lse=True, **kw)
+    dq = attnx.attend_backward(G, q, K, V, out, lse, **kw)[0]
+    # the reference: every capped score is within a subnormal of 0, so the
+    # seen keys weigh alike
+    x = a @ np.swapaxes(Ki, 1, 2) / 4.0
+    i, t = np.arange(Lq)[:, None], np.arange(T)[None, :]
+    seen = (t >= i - 4) & (t <= i + 1)
+    p = seen / seen.sum(1, keepdims=True)
+    V64, G64 = V.astype(np.float64), G.astype(np.float64)
+    o = p @ V64
+    dp = G64 @ np.swapaxes(V64, 1, 2)
+    ds = p * (dp - np.sum(G64 * o, -1, keepdims=True)) * (1 - np.tanh(x) ** 2)
+    want = ds @ Ki
+    np.testing.assert_allclose(out, o, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dq, want, rtol=0, atol=tol * np.abs(want).max())

@@ -58,8 +58,11 @@ static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
 
 /* The scores s[0..n) of row r of an item against keys t0 .. t0 + n, which
  * the row sees, as the forward computed them (md: the item's mods, row r
- * relative to it). With a softcap, g[t] = its derivative 1 - tanh^2 (the
- * forward's tanh: the capped score over softcap), else g is untouched. */
+ * relative to it). With a softcap, g[t] = its derivative 1 - tanh^2, else g
+ * is untouched. The tanh is the forward's, bit for bit: the kernel's
+ * softcap at 1 is tanh itself (x / 1 and 1 * tanh are exact). The capped
+ * score over softcap would not do: with a subnormal softcap the capped
+ * score has lost bits. */
 static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
                        const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
 {
@@ -69,13 +72,17 @@ static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const 
         masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, &rm, s);
         return;
     }
-    attnx_mods cap = rm;              /* the softcap alone first */
-    cap.bias = NULL;
-    cap.slope = 0;
-    masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, &cap, s);
+    const AX_T c = (AX_T)rm.softcap;
+    attnx_mods unit = rm;             /* tanh alone first */
+    unit.bias = NULL;
+    unit.slope = 0;
+    unit.softcap = 1;
+    masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, NULL, s);
+    for (size_t t = 0; t < n; t++) s[t] /= c;   /* a masked key stays -inf */
+    a->kt->shape_scores(&unit, 0, 0, n, s);
     for (size_t t = 0; t < n; t++) {
-        AX_T u = s[t] / (AX_T)rm.softcap;
-        g[t] = (AX_T)1 - u * u;
+        g[t] = (AX_T)1 - s[t] * s[t];
+        s[t] = mk && !mk[t] ? -INFINITY : c * s[t];
     }
     rm.softcap = 0;                   /* then bias and ALiBi on the capped scores */
     if (attnx_mods_shape(&rm))

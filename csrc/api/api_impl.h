@@ -503,14 +503,14 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
         off = a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->slope_strides, b) : 0;
         md->slope = (double)a->slopes[off];
     }
-    /* a cap beyond the element type's range caps nothing there (x / inf
-     * would be 0, and inf * tanh(0) NaN); one below its normal range caps
-     * at the smallest normal (0 / 0 would be NaN) */
+    /* the cap as the element type holds it (a subnormal one too: its
+     * derivative needs its own bits). One beyond the type's range caps
+     * nothing there (x / inf would be 0, and inf * tanh(0) NaN); one that
+     * rounds to 0 caps at the smallest positive value (0 / 0 would be NaN) */
     md->softcap = a->softcap;
     if (md->softcap > 0) {
-        const double tiny = sizeof(AX_T) == 4 ? 0x1p-126 : 0x1p-1022;
         if ((AX_T)md->softcap == (AX_T)INFINITY) md->softcap = 0.0;
-        else if (md->softcap < tiny) md->softcap = tiny;
+        else if ((AX_T)md->softcap == 0) md->softcap = sizeof(AX_T) == 4 ? 0x1p-149 : 0x1p-1074;
     }
     md->pos = pos;
     md->lo = a->wl >= 0 ? pos - pos_clamp(a->wl) : ATTNX_NO_LO;

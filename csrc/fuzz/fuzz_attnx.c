@@ -1948,6 +1948,7 @@ typedef struct {
     const long long *KL;
     ptrdiff_t mrs, brs, bcs, bmin;
     double scale, softcap;
+    double cap;               /* softcap as the element type holds it (0: none) */
     int causal, lower_right, window, alias;
     ptrdiff_t wl, wr, qoff, koff;
     size_t psize;             /* the params struct's size */
@@ -2025,6 +2026,10 @@ static void att_setup(reader *r, header *h, const xheader *x, att *a, int merge)
         a->softcap = m ? caps[m] : fabs(value(r));
         if ((x->cap_mode & 0x38) == 0x38) a->softcap = ldexp(1.0, (int)(x->cap_mode >> 6) * 40 - 60);
         if (!(a->softcap > 0) || isinf(a->softcap)) a->softcap = 1.0;   /* valid: > 0, finite */
+        /* the _f32 functions' cap: rounded to float, the smallest positive
+         * float where that is 0, none where it is inf (attnx_api.def) */
+        a->cap = a->softcap;
+        if (a->f32) a->cap = isinf((float)a->softcap) ? 0.0 : (float)a->softcap == 0 ? 0x1p-149 : (float)a->softcap;
     }
     a->causal = (h->flags & F_CAUSAL) != 0;
     size_t pad = 0;
@@ -2336,7 +2341,7 @@ static void att_reference(const att *a, aref *R)
     R->s = (long double *)calloc(rows * T + 1, sizeof(long double));
     R->g = (long double *)calloc(rows * T + 1, sizeof(long double));
     if (!R->r || !R->s || !R->g) abort();
-    long double sc = a->softcap;
+    long double sc = a->cap;
     long double *cl = (long double *)calloc(dv + 1, sizeof(long double));
     if (!cl) abort();
     for (size_t b = 0; b < a->count; b++) {
@@ -2376,11 +2381,11 @@ static void att_reference(const att *a, aref *R)
                 double Et = 2.0 * (double)(d + 2) * eps * (double)(fabsl((long double)a->scale) * smag) +
                             2.0 * eps * (double)fabsl(x);
                 R->g[row * T + t] = 1;
-                if (a->softcap > 0) {
+                if (a->cap > 0) {
                     long double th = tanhl(x / sc);
                     x = sc * th;
                     R->g[row * T + t] = 1 - th * th;
-                    Et += 16.0 * eps * (double)fabsl(x) + 2.0 * eps * a->softcap;
+                    Et += 16.0 * eps * (double)fabsl(x) + 2.0 * eps * a->cap;
                 }
                 if (a->B) {
                     double bv = elv(a->B, b_at(a, b, i, t), f);
@@ -3246,7 +3251,7 @@ static void bwd_reference(const att *a, const aref *R, const void *O, const void
                 Dmag += fabsl((long double)g * o);
             }
             double rel_p = ok ? rr->tol_w + rr->tol_lse : 1.0;
-            double err_g = a->softcap > 0 ? 2.0 * rr->E / a->softcap + 4.0 * eps : 0.0;
+            double err_g = a->cap > 0 ? 2.0 * rr->E / a->cap + 4.0 * eps : 0.0;
             double rel_ds = rel_p + (double)(dv + 4) * eps + err_g;
             for (size_t c = 0; c < d; c++) {
                 gq->ok[row * d + c] = (unsigned char)ok;

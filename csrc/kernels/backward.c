@@ -50,9 +50,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
     vx_float Sbuf[RG * KB], dSbuf[RG * KB];
     const vx_t sc = vx_set1(scale), zero = vx_zero();
     const int capped = md->softcap > 0;
-    attnx_mods cap = *md, rest = *md;       /* the softcap alone, then the rest */
-    cap.bias = NULL;
-    cap.slope = 0;
+    attnx_mods rest = *md;                  /* after the softcap: bias, ALiBi */
     rest.softcap = 0;
     const int shaped = attnx_mods_shape(&rest);
     /* queries and dO finite (with the block's packed keys and values,
@@ -128,9 +126,9 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     vx_t gv[2] = {zero, zero};
                     if (capped) {
                         const vx_t cv = vx_set1((vx_float)md->softcap), one = vx_set1(1);
-                        shape_vec(&cap, row, t0, kn, sv, 2);
                         for (int h = 0; h < 2; h++) {
-                            vx_t u = vx_div(sv[h], cv);
+                            vx_t u;
+                            sv[h] = softcap_vec(cv, sv[h], &u);
                             gv[h] = vx_fnma(u, u, one);
                         }
                     }
