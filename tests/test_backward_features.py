@@ -177,3 +177,24 @@ def test_a_subnormal_softcap_has_its_own_derivative(simd, dtype, cap_exp, tol):
     want = ds @ Ki
     np.testing.assert_allclose(out, o, rtol=tol, atol=tol)
     np.testing.assert_allclose(dq, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("cap, same_as", [(1e39, None), (1e300, None), (1e-50, 2.0 ** -149)],
+                         ids=["1e39", "1e300", "1e-50"])
+def test_a_float32_softcap_beyond_float_is_that_of_its_rounding(simd, cap, same_as):
+    """float32 takes the softcap rounded to float (attnx_api.def): one that
+    rounds to inf caps nothing, one that rounds to 0 is the smallest positive
+    float. Forward and backward, bit for bit, with a bias (the row path of
+    the portable level shapes the scores itself)."""
+    rng = np.random.default_rng(9)
+    q = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    K, V = rng.standard_normal((2, 11, 4)).astype(np.float32), rng.standard_normal((2, 11, 3)).astype(np.float32)
+    G = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    bias = rng.standard_normal((6, 1)).astype(np.float32)
+    runs = []
+    for c in (cap, same_as):
+        out, lse = attnx.attend(q, K, V, return_lse=True, softcap=c, bias=bias, window=(5, 2))
+        grads = attnx.attend_backward(G, q, K, V, out, lse, softcap=c, bias=bias, window=(5, 2))
+        runs.append((out, lse) + grads)
+    for a, b in zip(*runs):
+        assert np.isfinite(a).all() and a.tobytes() == b.tobytes()

@@ -58,19 +58,20 @@ static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
 
 /* The scores s[0..n) of row r of an item against keys t0 .. t0 + n, which
  * the row sees, as the forward computed them (md: the item's mods, row r
- * relative to it). With a softcap, g[t] = its derivative 1 - tanh^2, else g
- * is untouched. The tanh is the forward's, bit for bit: the kernel's
+ * relative to it). With a softcap (md's: none where the element type
+ * rounds it to inf), g[t] = its derivative 1 - tanh^2, and g is returned;
+ * else g is untouched, and NULL returned. The tanh is the forward's, bit for bit: the kernel's
  * softcap at 1 is tanh itself (x / 1 and 1 * tanh are exact). The capped
  * score over softcap would not do: with a subnormal softcap the capped
  * score has lost bits. */
-static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
-                       const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
+static const AX_T *bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
+                              const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
 {
     attnx_mods rm = attnx_mods_row(md, r, t0, sizeof(AX_T));
     const unsigned char *mk = mrow ? mrow + t0 : NULL;
     if (!(rm.softcap > 0)) {
         masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, &rm, s);
-        return;
+        return NULL;
     }
     const AX_T c = (AX_T)rm.softcap;
     attnx_mods unit = rm;             /* tanh alone first */
@@ -88,6 +89,7 @@ static void bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const 
     if (attnx_mods_shape(&rm))
         for (size_t t = 0; t < n; t++)
             if (!mk || mk[t]) a->kt->shape_scores(&rm, 0, t, 1, s + t);
+    return g;
 }
 
 /* p (n entries) = exp(s - lse) in place, 0 where s = -inf (a masked key) or
@@ -124,7 +126,7 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
         j->failed = 1;
         return;
     }
-    AX_T *dp = s + a->T, *g = a->softcap > 0 ? dp + a->T : NULL;
+    AX_T *dp = s + a->T, *g = dp + a->T;
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, r0 = (it % per) * BWD_ROWS;
         size_t r1 = r0 + BWD_ROWS < a->Lq ? r0 + BWD_ROWS : a->Lq;
@@ -144,11 +146,11 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
             if (lo == hi) continue;
             const size_t n = hi - lo;
             const AX_T *dor = dO + r * a->dv;
-            bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n,
-                       s, g);
+            const AX_T *gr = bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL,
+                                        &md, r, lo, n, s, g);
             masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
                           m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, gb ? gb + lo : NULL);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), gr, gb ? gb + lo : NULL);
             a->kt->context(dp, k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
         }
@@ -163,7 +165,7 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
     bwd_job *j = (bwd_job *)ptr;
     const attn_args *a = j->a;
     const size_t per = (a->T + BWD_KEYS - 1) / BWD_KEYS;
-    AX_T s[BWD_KEYS], dp[BWD_KEYS], gs[BWD_KEYS], *g = a->softcap > 0 ? gs : NULL;
+    AX_T s[BWD_KEYS], dp[BWD_KEYS], g[BWD_KEYS];
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, t0 = (it % per) * BWD_KEYS;
         size_t nb = t0 + BWD_KEYS < a->T ? BWD_KEYS : a->T - t0;
@@ -184,10 +186,10 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
             if (lo >= hi) continue;
             const size_t n = hi - lo, o = lo - t0;
             const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
-            bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
+            const AX_T *gr = bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
             masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
                           m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), g, NULL);
+            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), gr, NULL);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = a->scale * dp[t];
                 AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
