@@ -1949,6 +1949,7 @@ typedef struct {
     ptrdiff_t mrs, brs, bcs, bmin;
     double scale, softcap;
     double cap;               /* softcap as the element type holds it (0: none) */
+    double umin;              /* the element type's smallest subnormal */
     int causal, lower_right, window, alias;
     ptrdiff_t wl, wr, qoff, koff;
     size_t psize;             /* the params struct's size */
@@ -2001,6 +2002,7 @@ static void att_setup(reader *r, header *h, const xheader *x, att *a, int merge)
     a->eps = a->f32 ? FLT_EPSILON : EPS;
     a->tl = a->f32 ? TAME_F32 : TAME;
     a->tiny = a->f32 ? 1e-37 : 1e-300;
+    a->umin = a->f32 ? 0x1p-149 : 0x1p-1074;
     a->count = count;
     a->Lq = h->Lq;
     a->T = h->T;
@@ -2378,14 +2380,18 @@ static void att_reference(const att *a, aref *R)
                     vmax = fmax(vmax, fabs(v));
                 }
                 long double x = (long double)a->scale * dot;
+                /* relative error, and the absolute floor of the element
+                 * type's subnormal grid (half its spacing a rounding, d for
+                 * the dot, scaled, one for the scale's product): a subnormal
+                 * softcap magnifies it by 1 / softcap */
                 double Et = 2.0 * (double)(d + 2) * eps * (double)(fabsl((long double)a->scale) * smag) +
-                            2.0 * eps * (double)fabsl(x);
+                            2.0 * eps * (double)fabsl(x) + ((double)d * fabs(a->scale) + 1.0) * a->umin;
                 R->g[row * T + t] = 1;
                 if (a->cap > 0) {
                     long double th = tanhl(x / sc);
                     x = sc * th;
                     R->g[row * T + t] = 1 - th * th;
-                    Et += 16.0 * eps * (double)fabsl(x) + 2.0 * eps * a->cap;
+                    Et += 16.0 * eps * (double)fabsl(x) + 2.0 * eps * a->cap + a->umin;
                 }
                 if (a->B) {
                     double bv = elv(a->B, b_at(a, b, i, t), f);
@@ -3312,7 +3318,8 @@ static void grad_close(const double *got, const double *want, const gref *g, siz
 {
     for (size_t e = 0; e < n; e++) {
         if (!g->ok[e]) continue;
-        double tol = factor * (g->rel[e] * g->mag[e]) + abs_tol;
+        /* no terms: 0 within abs_tol, whatever rel (inf under a subnormal softcap) */
+        double tol = (g->mag[e] == 0 ? 0.0 : factor * (g->rel[e] * g->mag[e])) + abs_tol;
         if (!(fabs(got[e] - want[e]) <= tol))
             fail("%s[%zu] = %.17g, expected %.17g: |diff| %.3g > tolerance %.3g (rel %.3g, magnitude %.3g)", what, e,
                  got[e], want[e], fabs(got[e] - want[e]), tol, g->rel[e], g->mag[e]);
