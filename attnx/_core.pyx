@@ -1910,7 +1910,8 @@ cdef object _unbroadcast(object g, tuple shape):
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
                                       if n == 1 and g.shape[lead + i] != 1)
-    return np.ascontiguousarray(g.sum(axis=axes).reshape(shape))
+    r = np.asarray(g.sum(axis=axes)).reshape(shape)   # a 0-d bias: a 0-d array (ascontiguousarray makes it 1-d)
+    return r if r.flags.c_contiguous else np.ascontiguousarray(r)
 
 
 def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=None,

@@ -198,3 +198,36 @@ def test_a_float32_softcap_beyond_float_is_that_of_its_rounding(simd, cap, same_
         runs.append((out, lse) + grads)
     for a, b in zip(*runs):
         assert np.isfinite(a).all() and a.tobytes() == b.tobytes()
+
+
+def test_keys_beyond_the_length_get_plus_zero_whatever_the_threads(simd):
+    """1024 keys of one item are 4 key partitions of the tiled backward; a
+    partition wholly beyond the key length once zero-filled rows of the
+    partitions before it, which those scale by -1 (+0 or -0 by thread
+    timing). Every unseen key's gradient is +0, as the row path leaves it,
+    at any thread count."""
+    rng = np.random.default_rng(0)
+    q, K, V = rng.standard_normal((1, 256, 8)), rng.standard_normal((1, 1024, 8)), rng.standard_normal((1, 1024, 8))
+    kw = dict(scale=-1.0, key_lengths=np.array([250]))
+    out, lse = attnx.attend(q, K, V, return_lse=True, **kw)
+    G = rng.standard_normal(out.shape)
+    first = attnx.attend_backward(G, q, K, V, out, lse, num_threads=1, **kw)
+    for g in first[1:]:
+        assert not g[0, 250:].any() and not np.signbit(g[0, 250:]).any()
+        assert np.all(g[0, :250] != 0)
+    for n in (2, 3, 2, 3, 2, 3, 2, 3):
+        again = attnx.attend_backward(G, q, K, V, out, lse, num_threads=n, **kw)
+        for a, b in zip(first, again):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.simd_independent
+@pytest.mark.parametrize("bias", [0.7, np.float32(0.7), np.array(0.7), np.array([0.7])], ids=repr)
+def test_grad_bias_of_a_0d_bias_is_0d(bias):
+    rng = np.random.default_rng(0)
+    q, K, V = rng.standard_normal((6, 5)), rng.standard_normal((11, 5)), rng.standard_normal((11, 3))
+    o, lse = attnx.attend(q, K, V, bias=bias, return_lse=True)
+    gb = attnx.attend_backward(np.ones_like(o), q, K, V, o, lse, bias=bias, grad_bias=True)[3]
+    assert isinstance(gb, np.ndarray) and gb.shape == np.shape(bias)
+    # a bias added to every score moves no weight: its gradient is sum(G * out) - sum(G * out) = 0
+    assert abs(float(gb.reshape(-1)[0])) < 1e-12

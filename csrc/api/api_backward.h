@@ -244,9 +244,13 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
         if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
                                    &md, e0, e1, dq, dk, dvo, gb, T))
             j->failed = 1;
-        fill(dk + e1 * d, (k1 - e1) * d, 0);      /* keys beyond the item's length */
-        fill(dvo + e1 * dv, (k1 - e1) * dv, 0);
-        for (size_t i = k0 * d; i < k1 * d; i++) dk[i] *= a->scale;
+        /* only this partition's rows [k0, k1): another thread owns the rest.
+         * A 0 stays +0 under a negative scale, as the row path leaves it. */
+        for (size_t i = k0 * d; i < e1 * d; i++)
+            if (dk[i] != 0) dk[i] *= a->scale;
+        const size_t f0 = e1 > k0 ? e1 : k0;      /* keys beyond the item's length */
+        fill(dk + f0 * d, (k1 - f0) * d, 0);
+        fill(dvo + f0 * dv, (k1 - f0) * dv, 0);
     }
     free(D);
 }
