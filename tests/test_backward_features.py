@@ -231,3 +231,29 @@ def test_grad_bias_of_a_0d_bias_is_0d(bias):
     assert isinstance(gb, np.ndarray) and gb.shape == np.shape(bias)
     # a bias added to every score moves no weight: its gradient is sum(G * out) - sum(G * out) = 0
     assert abs(float(gb.reshape(-1)[0])) < 1e-12
+
+
+def test_a_tiny_scale_with_huge_queries_keeps_the_key_gradient(simd):
+    """scale 1e-300, one query row ~1e151 and keys ~1e150 (scores up to ~60):
+    a key of weight p down to ~1e-37 gets dK = scale * dS q down to ~1e-186,
+    normal, but scale * dS alone is 0 (the portable row path's order). Against
+    np.longdouble, within 1e-10 of the terms' magnitude (the scores' own
+    rounding moves p by ~1e-14; the lost product moved dK by 100%)."""
+    rng = np.random.default_rng(4)
+    scale = 1e-300
+    q = 1e151 * rng.standard_normal((3, 1, 5))
+    K, V = 1e150 * rng.standard_normal((3, 13, 5)), rng.standard_normal((3, 13, 3))
+    G = rng.standard_normal((3, 1, 3))
+    out, lse = attnx.attend(q, K, V, scale=scale, return_lse=True)
+    dK = attnx.attend_backward(G, q, K, V, out, lse, scale=scale)[1]
+    ld = np.longdouble
+    qL, KL, VL, GL = (x.astype(ld) for x in (q, K, V, G))
+    s = (qL @ np.swapaxes(KL, 1, 2)) * ld(scale)            # (3, 1, 13)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    assert p.min() < 1e-30 and np.abs(s).max() < 200        # weights where scale * dS underflows
+    dp, D = GL @ np.swapaxes(VL, 1, 2), np.sum(GL * (p @ VL), -1, keepdims=True)
+    T = np.swapaxes
+    want = (T(p * (dp - D), 1, 2) @ qL) * ld(scale)
+    mag = (T(p * (np.abs(dp) + np.abs(D)), 1, 2) @ np.abs(qL)) * ld(scale)
+    assert np.all(np.abs(dK - want) <= 1e-10 * mag)

@@ -191,7 +191,7 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
                           m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
             bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), gr, NULL);
             for (size_t t = 0; t < n; t++) {
-                const AX_T pt = s[t], dst = a->scale * dp[t];
+                const AX_T pt = s[t], dst = dp[t];
                 AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
                 if (pt != 0)
                     for (size_t c = 0; c < a->dv; c++) dvt[c] += pt * dor[c];
@@ -199,6 +199,10 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
                     for (size_t c = 0; c < a->d; c++) dkt[c] += dst * qr[c];
             }
         }
+        /* the scale last, as the tiled kernel: scale * dS alone can
+         * underflow where the gradient does not (a tiny scale, huge queries) */
+        for (size_t i = 0; i < nb * a->d; i++)
+            if (dk[i] != 0) dk[i] *= a->scale;
     }
 }
 
