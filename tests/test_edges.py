@@ -172,3 +172,26 @@ def test_bits_do_not_depend_on_where_the_rows_lie_in_memory(simd, dtype, Lq, T, 
     want = attnx.attend(q, _placed(K, 0))
     for off in range(size, 64, size):
         np.testing.assert_array_equal(attnx.attend(q, _placed(K, off)), want, err_msg=f"offset {off}")
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float64, 1e308), (np.float32, 3e38)], ids=["float64", "float32"])
+def test_lse_and_out_agree_when_a_score_overflows_in_one_summation_order_only(simd, dtype, big):
+    """q.k = big * (1+1+...-1-0.75) is finite, but summed in order over d it
+    overflows at the second term; lane by lane (8 lanes of float64 at
+    AVX-512) it does not. The tiled kernel then saw inf and the row was
+    recomputed two-pass with a finite context, while its lse stayed the
+    tile's NaN. Whatever the order, out and lse of a row tell the same."""
+    k = np.array([1.0] * 8 + [-1.0] * 7 + [-0.75], dtype=dtype)
+    q = np.full((9, 16), big, dtype=dtype)
+    K = np.zeros((5, 16), dtype=dtype)
+    K[2] = k
+    V = np.random.default_rng(0).standard_normal((5, 3)).astype(dtype)
+    mask = np.zeros((9, 5), dtype=bool)
+    mask[:, 2] = True
+    out, lse = attnx.attend(q, K, V, mask=mask, return_lse=True)
+    for r in range(9):
+        assert np.isfinite(lse[r]) == np.isfinite(out[r]).all(), (r, lse[r], out[r])
+        if np.isfinite(lse[r]):
+            assert np.array_equal(out[r], V[2])
+        else:
+            assert np.isnan(out[r]).all() and np.isnan(lse[r])

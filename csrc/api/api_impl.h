@@ -137,43 +137,9 @@ static int finish_checked(double m, double l, AX_T *c, size_t dv)
     return bad;
 }
 
-/* The rare-case path behind every fused attend whose context comes out inf
- * or NaN. The fused kernels keep an unnormalised accumulator (it overflows
- * where sum_t exp(s_t - m) |V[t]| does, though the context itself is
- * representable) and read a value row with the weight it has at the time
- * (inf * a later rescale of exactly 0 is NaN, though the key's final weight
- * is 0). The two-pass path has neither problem: its weights are final and
- * normalised before any value row is read, and a weight of exactly 0 never
- * reads its row. So the context is recomputed by it, bit for bit what
- * return_weights gives, with the weights in a scratch buffer of T (the
- * one allocation of the single-query path, in this rare case only; should
- * even that fail, the fused result stands). */
-static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
-                        size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
-                        const attnx_mods *md, AX_T *ctx)
-{
-    if (T == 0) return;
-    AX_T *w = (AX_T *)malloc(T * sizeof(AX_T));
-    if (!w) return;
-    attend_two_pass(kt, q, K, V, T, d, dv, scale, mask, md, ctx, w);
-    free(w);
-}
-
 /* The natural-log logsumexp of a row's scores from its online state:
  * m + log(l); -inf when nothing was attended, NaN when poisoned. */
 static AX_T state_lse(double m, double l) { return (AX_T)attnx_state_lse(m, l); }
-
-/* One query, fused; its logsumexp into *lse unless lse is NULL. */
-static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
-                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
-                         const unsigned char *mask, const attnx_mods *md, AX_T *ctx, AX_T *lse)
-{
-    attnx_online st = {-INFINITY, 0.0};
-    fill(ctx, dv, 0);
-    kt->attend_online(q, K, V, T, d, dv, scale, mask, md, &st, ctx);
-    if (finish_checked(st.m, st.l, ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, md, ctx);
-    if (lse) *lse = state_lse(st.m, st.l);
-}
 
 /* attend_two_pass and the logsumexp of the row, which the weights give
  * exactly enough: at the largest score s_j = m, w_j = 1 / l (within the
@@ -198,6 +164,43 @@ static void attend_two_pass_lse(const AX_KERNELS *kt, const AX_T *q, const AX_T 
     else *lse = (AX_T)(m - attnx_log_f64((double)w[jmax]));
 }
 
+/* The rare-case path behind every fused attend whose context comes out inf
+ * or NaN. The fused kernels keep an unnormalised accumulator (it overflows
+ * where sum_t exp(s_t - m) |V[t]| does, though the context itself is
+ * representable) and read a value row with the weight it has at the time
+ * (inf * a later rescale of exactly 0 is NaN, though the key's final weight
+ * is 0). The two-pass path has neither problem: its weights are final and
+ * normalised before any value row is read, and a weight of exactly 0 never
+ * reads its row. So the context is recomputed by it, bit for bit what
+ * return_weights gives, with the weights in a scratch buffer of T (the
+ * one allocation of the single-query path, in this rare case only; should
+ * even that fail, the fused result stands). The lse (unless NULL) is
+ * recomputed with it: a score near the overflow threshold can be finite in
+ * one summation order and inf in another, and the row's lse and context
+ * must tell the same. */
+static void attend_safe(const AX_KERNELS *kt, const AX_T *q, const AX_T *K, const AX_T *V,
+                        size_t T, size_t d, size_t dv, AX_T scale, const unsigned char *mask,
+                        const attnx_mods *md, AX_T *ctx, AX_T *lse)
+{
+    if (T == 0) return;
+    AX_T *w = (AX_T *)malloc(T * sizeof(AX_T));
+    if (!w) return;
+    attend_two_pass_lse(kt, q, K, V, T, d, dv, scale, mask, md, ctx, w, lse);
+    free(w);
+}
+
+/* One query, fused; its logsumexp into *lse unless lse is NULL. */
+static void attend_fused(const AX_KERNELS *kt, const AX_T *q, const AX_T *K,
+                         const AX_T *V, size_t T, size_t d, size_t dv, AX_T scale,
+                         const unsigned char *mask, const attnx_mods *md, AX_T *ctx, AX_T *lse)
+{
+    attnx_online st = {-INFINITY, 0.0};
+    fill(ctx, dv, 0);
+    kt->attend_online(q, K, V, T, d, dv, scale, mask, md, &st, ctx);
+    if (lse) *lse = state_lse(st.m, st.l);
+    if (finish_checked(st.m, st.l, ctx, dv)) attend_safe(kt, q, K, V, T, d, dv, scale, mask, md, ctx, lse);
+}
+
 /* Queries [0, nq) of one batch item (a chunk of its rows): Q, ctx, w, lse
  * and mask point at the chunk's first row, md is relative to it (row 0),
  * T is the item's key count (its key length), Tw the weights' row length.
@@ -215,7 +218,8 @@ static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, const AX
             attnx_mods_range(md, r, T, &t0, &t1);
             attnx_mods rm = attnx_mods_row(md, r, t0, sizeof(AX_T));
             attend_safe(kt, Q + r * d, K + t0 * d, V + t0 * dv, t1 - t0, d, dv, scale,
-                        mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL, &rm, ctx + r * dv);
+                        mask ? mask + (ptrdiff_t)r * mask_row_stride + t0 : NULL, &rm, ctx + r * dv,
+                        lse ? lse + r : NULL);
         }
         return;
     }
@@ -646,6 +650,7 @@ static int attend_split(const attn_args *a, int nt)
             for (size_t p = 0; p + w < nparts; p += 2 * w)
                 merge_state(&s[p], sum + p * dv, &s[p + w], sum + (p + w) * dv, dv);
         AX_T *c = a->ctx + row * dv;
+        if (a->lse) a->lse[row] = state_lse(s->m, s->l);
         if (s->l != s->l) fill(c, dv, (AX_T)NAN);
         else if (s->m == -INFINITY) fill(c, dv, 0);
         else for (size_t j = 0; j < dv; j++) c[j] = (AX_T)(sum[j] / s->l);
@@ -659,9 +664,9 @@ static int attend_split(const attn_args *a, int nt)
             attnx_mods_range(&md, r, Tb, &lo, &hi);
             attnx_mods rm = attnx_mods_row(&md, r, lo, sizeof(AX_T));
             attend_safe(a->kt, q + r * a->d, k + lo * a->d, v + lo * dv, hi - lo, a->d, dv, a->scale,
-                        m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, &rm, c);
+                        m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, &rm, c,
+                        a->lse ? a->lse + row : NULL);
         }
-        if (a->lse) a->lse[row] = state_lse(s->m, s->l);
     }
     free(st);
     free(acc);
