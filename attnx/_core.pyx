@@ -832,7 +832,9 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     softcap : float, optional
         Scores become ``softcap * tanh(scores / softcap)`` before the bias
         and masking (Gemma 2, flash-attn's ``softcap``; attnx's own tanh).
-        Must be > 0; None (default) caps nothing.
+        Must be > 0; None (default) caps nothing. float32 work takes it
+        rounded to float32: one that rounds to inf caps nothing, one that
+        rounds to 0 is the smallest float32 subnormal.
     return_weights : bool, optional
         Also return the attention weights.
     out : ndarray or tuple, optional

@@ -60,10 +60,10 @@ static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
  * the row sees, as the forward computed them (md: the item's mods, row r
  * relative to it). With a softcap (md's: none where the element type
  * rounds it to inf), g[t] = its derivative 1 - tanh^2, and g is returned;
- * else g is untouched, and NULL returned. The tanh is the forward's, bit for bit: the kernel's
- * softcap at 1 is tanh itself (x / 1 and 1 * tanh are exact). The capped
- * score over softcap would not do: with a subnormal softcap the capped
- * score has lost bits. */
+ * else g is untouched, and NULL returned. The tanh is the forward's, bit
+ * for bit: the kernel's softcap at 1 is tanh itself (x / 1 and 1 * tanh
+ * are exact). The capped score over softcap would not do: with a
+ * subnormal softcap the capped score has lost bits. */
 static const AX_T *bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
                               const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
 {
