@@ -201,8 +201,7 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
         }
         /* the scale last, as the tiled kernel: scale * dS alone can
          * underflow where the gradient does not (a tiny scale, huge queries) */
-        for (size_t i = 0; i < nb * a->d; i++)
-            if (dk[i] != 0) dk[i] *= a->scale;
+        scale_nonzero(dk, nb * a->d, a->scale);
     }
 }
 
@@ -248,10 +247,8 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
         if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
                                    &md, e0, e1, dq, dk, dvo, gb, T))
             j->failed = 1;
-        /* only this partition's rows [k0, k1): another thread owns the rest.
-         * A 0 stays +0 under a negative scale, as the row path leaves it. */
-        for (size_t i = k0 * d; i < e1 * d; i++)
-            if (dk[i] != 0) dk[i] *= a->scale;
+        /* only this partition's rows [k0, k1): another thread owns the rest */
+        if (e1 > k0) scale_nonzero(dk + k0 * d, (e1 - k0) * d, a->scale);
         const size_t f0 = e1 > k0 ? e1 : k0;      /* keys beyond the item's length */
         fill(dk + f0 * d, (k1 - f0) * d, 0);
         fill(dvo + f0 * dv, (k1 - f0) * dv, 0);

@@ -37,6 +37,14 @@ static void fill(AX_T *y, size_t n, AX_T v)
     for (size_t i = 0; i < n; i++) y[i] = v;
 }
 
+/* y[0..n) *= v where not 0: a zero stays +0 under a negative (or non-finite)
+ * scale, so that keys no row weighs get +0 on every path. */
+static void scale_nonzero(AX_T *y, size_t n, AX_T v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (y[i] != 0) y[i] *= v;
+}
+
 /* ---------------------------------------------------------------- kernels */
 
 /* Scores of the keys the mask lets through, in runs of consecutive keys, so
