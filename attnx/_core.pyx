@@ -1609,6 +1609,24 @@ cdef tuple _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k):
     return cq, ck
 
 
+cdef void _heads_major(char *dst, const char *src, Py_ssize_t rows, Py_ssize_t heads,
+                       Py_ssize_t width) noexcept nogil:
+    """src (rows, heads, width bytes) copied to dst as (heads, rows, width)."""
+    cdef Py_ssize_t h, i
+    for h in range(heads):
+        for i in range(rows):
+            memcpy(dst + (h * rows + i) * width, src + (i * heads + h) * width, width)
+
+
+cdef void _rows_major(char *dst, const char *src, Py_ssize_t rows, Py_ssize_t heads,
+                      Py_ssize_t width) noexcept nogil:
+    """src (heads, rows, width bytes) copied to dst as (rows, heads, width)."""
+    cdef Py_ssize_t h, i
+    for h in range(heads):
+        for i in range(rows):
+            memcpy(dst + (i * heads + h) * width, src + (h * rows + i) * width, width)
+
+
 def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
                   causal=False, window=None, alibi_slopes=None, softcap=None,
                   enable_gqa=False, return_lse=False, out=None, num_threads=None):
@@ -1664,10 +1682,11 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     -----
     One `attention` call of the C core per sequence, the GIL released over
     the whole loop. The C core reads query, key and value rows contiguous
-    (row stride d), so query, keys and values are transposed once to
-    (heads, total, d) (no copy when there is one head) and each sequence's
-    result, written head-major, is transposed back into `out`. A sequence
-    with no keys gives zeros and ``lse = -inf``.
+    (row stride d), so with more than one head each sequence is gathered
+    head-major into scratch sized for the longest sequence (not for the
+    whole batch; no copy with one head), and its result, written
+    head-major, is scattered back into `out`. A sequence with no keys gives
+    zeros and ``lse = -inf``.
 
     Examples
     --------
@@ -1718,23 +1737,32 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     res = _result(out[0], (total_q, H, dv), ins, dt)
     lse = _result(out[1], (total_q, H), ins + [res], dt) if return_lse else None
     cdef int nt = _threads(num_threads)
-    # head-major copies (views when there is one head): the C core reads rows
-    # contiguous, d apart
-    Qt = np.ascontiguousarray(q.transpose(1, 0, 2))
-    Kt = np.ascontiguousarray(K.transpose(1, 0, 2))
-    Vt = np.ascontiguousarray(V.transpose(1, 0, 2))
-    cdef bint direct = H == 1        # results land in place: (1, Lq_s, dv) is (Lq_s, 1, dv)
-    Ot = res if direct else np.empty(total_q * H * dv, dt)
-    Lt = None if lse is None else (lse if direct else np.empty(total_q * H, dt))
+    cdef const long long *cqp = <const long long *>_data(cq)
+    cdef const long long *ckp = <const long long *>_data(ck)
+    cdef Py_ssize_t s, lq, tk, q0, k0, mq = 0, mk = 0
+    for s in range(B):
+        mq = max(mq, cqp[s + 1] - cqp[s])
+        mk = max(mk, ckp[s + 1] - ckp[s])
+    # The C core reads query, key and value rows contiguous, d apart, one
+    # head after another. With one head (one kv head) the packed rows are
+    # that already; else each sequence is gathered head-major into scratch
+    # sized for the longest one (not the whole batch), and its result
+    # scattered back.
+    cdef bint hq = H > 1, hk = Hkv > 1
+    scratch = np.empty((mq * H * (d + dv + 1) if hq else 0)
+                       + (mk * Hkv * (d + dv) if hk else 0), dt)
+    cdef char *qs_ = <char *>_data(scratch)
+    cdef char *ks_ = qs_ + (mq * H * d * isz if hq else 0)
+    cdef char *vs_ = ks_ + (mk * Hkv * d * isz if hk else 0)
+    cdef char *os_ = vs_ + (mk * Hkv * dv * isz if hk else 0)
+    cdef char *ls_ = os_ + mq * H * dv * isz
     cdef size_t bshape[2]
     cdef ptrdiff_t qs[2]
     cdef ptrdiff_t ks[2]
     cdef ptrdiff_t vs[2]
     cdef ptrdiff_t als[2]
     bshape[0], bshape[1] = Hkv, G
-    qs[0], qs[1] = G * total_q * d, total_q * d
-    ks[0], ks[1] = total_k * d, 0
-    vs[0], vs[1] = total_k * dv, 0
+    ks[1] = vs[1] = 0
     als[0], als[1] = G * a_head, a_head
     cdef ak.attnx_attention_params p
     memset(&p, 0, sizeof(p))
@@ -1751,17 +1779,13 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     p.num_threads = nt
     if a is not None:
         p.alibi_strides = als
-    cdef char *qb = <char *>_data(Qt)
-    cdef char *kb = <char *>_data(Kt)
-    cdef char *vb = <char *>_data(Vt)
-    cdef char *ob = <char *>_data(Ot)
-    cdef char *lb = NULL if Lt is None else <char *>_data(Lt)
+    cdef char *qb = <char *>_data(q)
+    cdef char *kb = <char *>_data(K)
+    cdef char *vb = <char *>_data(V)
     cdef char *ab = NULL if a is None else <char *>_data(a)
     cdef char *rb = <char *>_data(res)
     cdef char *lrb = NULL if lse is None else <char *>_data(lse)
-    cdef const long long *cqp = <const long long *>_data(cq)
-    cdef const long long *ckp = <const long long *>_data(ck)
-    cdef Py_ssize_t s, h, i, j, lq, tk, q0, k0
+    cdef Py_ssize_t i
     cdef int rc = 0
     cdef double work = 0
     for s in range(B):
@@ -1774,34 +1798,41 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
         if lq == 0:
             continue
         if tk == 0:             # nothing to see: zeros, lse -inf
-            memset(ob + q0 * H * dv * isz, 0, lq * H * dv * isz)
-            if lb != NULL:
+            memset(rb + q0 * H * dv * isz, 0, lq * H * dv * isz)
+            if lrb != NULL:
                 for i in range(lq * H):
                     if isz == 8:
-                        (<double *>lb)[q0 * H + i] = -INFINITY
+                        (<double *>lrb)[q0 * H + i] = -INFINITY
                     else:
-                        (<float *>lb)[q0 * H + i] = -INFINITY
+                        (<float *>lrb)[q0 * H + i] = -INFINITY
             continue
-        p.query, p.keys, p.values = qb + q0 * d * isz, kb + k0 * d * isz, vb + k0 * dv * isz
+        qs[0], qs[1] = G * lq * d, lq * d
+        ks[0], vs[0] = tk * d, tk * dv
+        if hq:
+            _heads_major(qs_, qb + q0 * H * d * isz, lq, H, d * isz)
+            p.query = qs_
+            p.out = os_
+            p.lse = NULL if lrb == NULL else ls_
+        else:                   # (lq, 1, d) is (1, lq, d)
+            p.query = qb + q0 * d * isz
+            p.out = rb + q0 * dv * isz
+            p.lse = NULL if lrb == NULL else lrb + q0 * isz
+        if hk:
+            _heads_major(ks_, kb + k0 * Hkv * d * isz, tk, Hkv, d * isz)
+            _heads_major(vs_, vb + k0 * Hkv * dv * isz, tk, Hkv, dv * isz)
+            p.keys, p.values = ks_, vs_
+        else:
+            p.keys, p.values = kb + k0 * d * isz, vb + k0 * dv * isz
         p.Lq, p.T = lq, tk
-        p.out = ob + q0 * H * dv * isz
-        p.lse = NULL if lb == NULL else lb + q0 * H * isz
         if ab != NULL:
             p.alibi_slopes = ab + s * a_seq * isz
         rc = ak.attention_f32(&p) if isz == 4 else ak.attention(&p)
         if rc != 0:
             break
-    if rc == 0 and not direct:
-        # sequence s was written (H, lq, dv) at row q0: back to (lq, H, dv)
-        for s in range(B):
-            q0, lq = cqp[s], cqp[s + 1] - cqp[s]
-            for h in range(H):
-                for i in range(lq):
-                    memcpy(rb + ((q0 + i) * H + h) * dv * isz,
-                           ob + (q0 * H + h * lq + i) * dv * isz, dv * isz)
-                    if lb != NULL:
-                        memcpy(lrb + ((q0 + i) * H + h) * isz, lb + (q0 * H + h * lq + i) * isz,
-                               isz)
+        if hq:                  # written (H, lq, dv): back to (lq, H, dv)
+            _rows_major(rb + q0 * H * dv * isz, os_, lq, H, dv * isz)
+            if lrb != NULL:
+                _rows_major(lrb + q0 * H * isz, ls_, lq, H, isz)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
