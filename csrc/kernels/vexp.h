@@ -28,6 +28,7 @@
 #define VX_EXP_BIAS 127
 #define VX_SUBNORMAL_SHIFT 149      /* 2^-149: the float subnormal grid */
 #define VX_SUBNORMAL_N (-126.5f)    /* n below: the result is subnormal */
+#define VX_TOP_N 127.5f             /* n above: 2^n is not a float */
 #define VX_TWO_MANT 0x1p23f
 #define VX_EXP_NC 6
 static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX_EXPF_C4,
@@ -42,6 +43,7 @@ static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX
 #define VX_EXP_BIAS 1023
 #define VX_SUBNORMAL_SHIFT 1074
 #define VX_SUBNORMAL_N (-1022.5)
+#define VX_TOP_N 1023.5
 #define VX_TWO_MANT 0x1p52
 #define VX_EXP_NC 12
 static const vx_float vx_exp_c[VX_EXP_NC] = {
@@ -84,12 +86,19 @@ VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
     vx_t sh = vx_add(one, rh);
     vx_t sl = vx_add(vx_sub(one, sh), rh);                  /* exact: Fast2Sum */
     vx_t er = vx_add(sh, vx_add(sl, vx_fma(r2, q, rl)));
-    /* bits(t) = bits(shifter) + n, bits(shifter) even with no set bit that
-     * survives the shift into the exponent field: (bits >> 1) carries
-     * floor(n/2), bits - (bits >> 1) ceil(n/2). Two exact power-of-2
-     * scalings, so overflow and underflow round once. */
-    vx_bits_t ti = vx_to_bits(t), h = vb_shr1(ti);
+    /* bits(t) = bits(shifter) + n, and bits(shifter) has no set bit that
+     * survives the shift into the exponent field (nor the sign bit): with
+     * n a normal exponent (every lane, the common case) the result is er
+     * times 2^n, one exact power of 2, rounded once. */
+    vx_bits_t ti = vx_to_bits(t);
     const vx_bits_t bias = vb_set1(VX_EXP_BIAS);
+    const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
+    if (!vx_any(vx_or_b(sub, vx_lt(vx_set1(VX_TOP_N), n))))
+        return vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, bias))));
+    /* Else (bits(shifter) even) (bits >> 1) carries floor(n/2), bits -
+     * (bits >> 1) ceil(n/2): two exact power-of-2 scalings, so overflow
+     * and underflow round once. */
+    vx_bits_t h = vb_shr1(ti);
     vx_t s1 = vx_from_bits(vb_shl_mant(vb_add(h, bias)));
     vx_t s2 = vx_from_bits(vb_shl_mant(vb_add(vb_sub(ti, h), bias)));
     /* Subnormal results: a multiply that underflows takes a microcode
@@ -97,7 +106,6 @@ VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
      * over a wide spread. er * 2^n is rounded to the subnormal grid by
      * adding 2^mant to er * 2^(n + shift) (exact, normal): the same single
      * rounding, and the low bits are the subnormal. */
-    const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
     if (vx_any(sub)) {
         const vx_t two_m = vx_set1(VX_TWO_MANT);
         vx_t z = vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, vb_set1(VX_SUBNORMAL_SHIFT + VX_EXP_BIAS)))));
