@@ -159,6 +159,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
     if value.shape[1:3] != (S, K) or key.shape[0] != B or value.shape[0] != B:
         raise ValueError(f"key {key.shape} and value {value.shape} must share (B, S, K) "
                          f"with query {query.shape}")
+    if key.shape[3] != H:
+        raise ValueError(f"key {key.shape} must have the query's H = {H} features (query "
+                         f"{query.shape}): the scores are dot products of the two")
     if N % K:
         raise ValueError(f"query has {N} heads and key {K}: the query's heads must be a "
                          f"multiple of the key's (grouped-query attention)")

@@ -136,6 +136,29 @@ def _check(name, t):
         raise ValueError(f"{name} must have shape (..., L, E), got {tuple(t.shape)}")
 
 
+def _check_mask_shape(attn_mask, query, key, value, gqa):
+    """attn_mask must broadcast to the weights' shape (..., Hq, L, S), as in
+    torch: checked here so that the error names attn_mask and the shapes the
+    caller passed (not attnx's bias/mask, nor the GQA reshape's)."""
+    try:
+        if gqa:   # the kv heads broadcast over the query's groups
+            lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+            weights = (*lead, query.shape[-3], query.shape[-2], key.shape[-2])
+        else:
+            lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+            weights = (*lead, query.shape[-2], key.shape[-2])
+    except RuntimeError:
+        return    # query, key and value themselves do not broadcast: attnx says so
+    try:
+        ok = torch.broadcast_shapes(attn_mask.shape, weights) == weights
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, which does not "
+                         f"broadcast to the attention weights' shape {tuple(weights)} (query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}: (..., Hq, L, S))")
+
+
 def _gqa_mask(attn_mask, hkv, group):
     """A mask broadcastable to (..., Hq, L, S) made broadcastable to (..., Hkv, G, L, S)."""
     if attn_mask.dim() < 3:
@@ -167,7 +190,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         Top-left causal mask (query i sees keys ``t <= i``). With `attn_mask`
         as well it is a RuntimeError, as in torch.
     scale : float, optional
-        Score factor; default ``1/sqrt(E)``.
+        Score factor; default ``1/sqrt(E)`` (with E = 0 the scores are 0
+        whatever the factor: uniform weights, as torch's).
     enable_gqa : bool
         Grouped-query attention: Hq must be a multiple of H; query head h
         uses key/value head ``h // (Hq // H)``. Done by a reshape of the
@@ -177,6 +201,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     -------
     Tensor, shape (..., Hq, L, Ev)
         Differentiable in query, key and value (attnx.attend_backward).
+
+    Notes
+    -----
+    One difference from torch: a key that `attn_mask` or `is_causal`
+    excludes is never read, so a NaN or inf in its key or value row does
+    not reach the result (torch multiplies its weight, 0, by the NaN and
+    returns NaN for every query row).
 
     Examples
     --------
@@ -212,21 +243,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                "attnx.torch takes one or the other (fold the causal mask "
                                "into attn_mask)")
     if scale is None:
-        if query.shape[-1] == 0:
-            raise ValueError(f"query {tuple(query.shape)} has E = 0 features: pass scale= "
-                             f"(the default 1/sqrt(E) is undefined)")
-        scale = 1.0 / math.sqrt(query.shape[-1])
+        # E = 0: every score is an empty sum, 0, whatever the factor; torch's
+        # 1/sqrt(0) gives them 0 too (uniform weights), and so does 1.0
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
     else:
         scale = float(scale)
     if key.dim() >= 2 and key.shape[-2] == 0:
         raise ValueError(f"key {tuple(key.shape)} has no keys (S = 0): attnx.torch needs at "
                          f"least one (torch's sdpa returns zeros there)")
-    if not enable_gqa:
-        out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), scale)
-        return out
-    if query.dim() < 3 or key.dim() < 3 or value.dim() < 3:
+    gqa = enable_gqa and not (query.dim() >= 3 and query.shape[-3] == key.shape[-3] == 0)
+    if gqa and (query.dim() < 3 or key.dim() < 3 or value.dim() < 3):
         raise ValueError(f"enable_gqa=True needs a head dimension (..., H, L, E): got query "
                          f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
+    if attn_mask is not None:
+        _check_mask_shape(attn_mask, query, key, value, gqa)
+    if not gqa:
+        out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), scale)
+        return out
     hq, hkv = query.shape[-3], key.shape[-3]
     if value.shape[-3] != hkv or hkv == 0 or hq % hkv:
         raise ValueError(f"enable_gqa=True needs key and value with the same number of heads, "

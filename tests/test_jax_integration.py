@@ -150,6 +150,10 @@ def test_errors_name_the_argument():
         aj.dot_product_attention(qg, kg, vg, bias=np.zeros((5, 6)))
     with pytest.raises(ValueError, match="no keys"):
         aj.dot_product_attention(qg, kg[:, :0], vg[:, :0])
+    # key's features unlike the query's: named before the kernel call (it
+    # surfaced as the callback's INTERNAL error)
+    with pytest.raises(ValueError, match=r"key \(1, 7, 2, 9\) must have the query's H = 8"):
+        aj.dot_product_attention(qg, RNG.standard_normal((1, 7, 2, 9)), vg)
     with pytest.raises(TypeError, match="scale must be"):
         jax.jit(lambda q, s: aj.dot_product_attention(q, kg, vg, scale=s))(qg, 0.5)
 

@@ -181,11 +181,47 @@ def test_errors_name_the_argument():
     # degenerate shapes: clear errors, not ZeroDivisionError / modulo by zero
     with pytest.raises(ValueError, match="no keys"):
         at.scaled_dot_product_attention(randn(1, 2, 3, 4), randn(1, 2, 0, 4), randn(1, 2, 0, 5))
-    with pytest.raises(ValueError, match="E = 0"):
-        at.scaled_dot_product_attention(randn(1, 2, 3, 0), randn(1, 2, 4, 0), randn(1, 2, 4, 5))
-    with pytest.raises(ValueError, match="enable_gqa"):
-        at.scaled_dot_product_attention(randn(2, 0, 3, 4), randn(2, 0, 5, 4), randn(2, 0, 5, 4),
-                                        enable_gqa=True)
+    # an attn_mask that does not broadcast: named, with the caller's shapes
+    # (not attnx's bias/mask, nor the GQA reshape's five axes)
+    q6, k3, v3 = randn(2, 6, 4, 8), randn(2, 3, 5, 8), randn(2, 3, 5, 8)
+    for m in (torch.zeros(4, 6, dtype=torch.float64), bool_mask(4, 6), bool_mask(3, 4, 5)):
+        with pytest.raises(ValueError, match=r"attn_mask has shape .* \(2, 6, 4, 5\) \(query "
+                                             r"\(2, 6, 4, 8\), key \(2, 3, 5, 8\)"):
+            at.scaled_dot_product_attention(q6, k3, v3, attn_mask=m, enable_gqa=True)
+    with pytest.raises(ValueError, match=r"attn_mask has shape \(1, 3, 5\)"):
+        at.scaled_dot_product_attention(randn(3, 4), randn(5, 4), randn(5, 2),
+                                        attn_mask=bool_mask(1, 3, 5))
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_degenerate_shapes_give_torchs_results(is_causal):
+    """E = 0: every score is 0, the weights uniform over the keys each row
+    sees (torch's 1/sqrt(0) gives the same); no heads with enable_gqa: an
+    empty result, as torch's."""
+    F = torch.nn.functional.scaled_dot_product_attention
+    q, k = randn(1, 2, 3, 0), randn(1, 2, 4, 0)
+    v = randn(1, 2, 4, 5)
+    got = at.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    want = F(q, k, v, is_causal=is_causal)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+    g = randn(*got.shape)
+    torch.testing.assert_close(torch.autograd.grad(got, v, g)[0], torch.autograd.grad(want, v, g)[0],
+                               rtol=1e-15, atol=1e-15)
+    q0, k0, v0 = randn(2, 0, 3, 4), randn(2, 0, 5, 4), randn(2, 0, 5, 4)
+    got = at.scaled_dot_product_attention(q0, k0, v0, enable_gqa=True, is_causal=is_causal)
+    assert got.shape == F(q0, k0, v0, enable_gqa=True, is_causal=is_causal).shape == (2, 0, 3, 4)
+
+
+def test_keys_the_mask_excludes_are_never_read():
+    """The documented difference from torch: a NaN in the key and value rows
+    of a masked-out key does not reach the result."""
+    q, k, v = (randn(1, 1, n, 4, grad=False) for n in (3, 4, 4))
+    m = bool_mask(3, 4)
+    m[:, 2] = False
+    want = at.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    k[0, 0, 2] = v[0, 0, 2] = float("nan")
+    torch.testing.assert_close(at.scaled_dot_product_attention(q, k, v, attn_mask=m), want,
+                               rtol=0, atol=0)
 
 
 def test_docstring_example_runs():
