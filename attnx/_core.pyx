@@ -1580,6 +1580,15 @@ cdef object _varlen_slopes(object alibi_slopes, object dt, Py_ssize_t B, Py_ssiz
     return a
 
 
+cdef object _varlen_causal(object causal):
+    """attend_varlen's causal: always lower-right aligned (flash-attn's), so
+    its message is not attend's (True there is top-left)."""
+    if causal is True or causal is False or causal is None or (isinstance(causal, str) and causal == "lower_right"):
+        return causal
+    raise ValueError(f"causal must be True (lower-right aligned, as flash-attn's causal: the "
+                     f"last query of a sequence sees up to its last key) or False, got {causal!r}")
+
+
 cdef tuple _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k):
     """attend_varlen's (and its backward's) operand checks: (total, heads,
     d) layouts, heads and GQA, the offsets; returns them as int64 arrays."""
@@ -1705,7 +1714,7 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     True
     """
     cdef double sc = _as_scale(scale)
-    cdef _Shaping sh = _shaping(causal, {"window": window, "softcap": softcap})
+    cdef _Shaping sh = _shaping(_varlen_causal(causal), {"window": window, "softcap": softcap})
     dt = _work_dtype((query, keys, values))
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
@@ -1888,7 +1897,7 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     True
     """
     cdef double sc = _as_scale(scale)
-    _shaping(causal, {"window": window, "softcap": softcap})   # the keywords' own checks
+    _shaping(_varlen_causal(causal), {"window": window, "softcap": softcap})   # the keywords' own checks
     dt = _work_dtype((query, keys, values, out, grad_out, lse))
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
@@ -2017,6 +2026,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     dO = _as_real(grad_out, "grad_out", dt)
     L = _as_real(lse, "lse", dt)
     _check_qkv(q, K, V)
+    if sh.causal and not sh.lower_right and q.ndim == 1 and qoff == 0 and koff == 0:
+        raise ValueError(_CAUSAL_SINGLE)      # as the forward: it would see key 0 only
     q_shape, k_shape, v_shape = q.shape, K.shape, V.shape
     q, K, V, single, Lq, T, d, dv, batch, ext = _qkv_layout(q, K, V, sh)
     ctx_shape = ext + ((dv,) if single else (Lq, dv))

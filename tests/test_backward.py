@@ -215,3 +215,12 @@ def test_errors_name_the_argument():
         attnx.attend_backward(g, q[:, :3], K, K, out, lse)
     with pytest.raises(ValueError, match="T = 0"):
         attnx.attend_backward(g, q, K[:0], K[:0], out, lse)
+    # a lone (d,) query with top-left causal: refused as by the forward (it
+    # would see key 0 only, unlike the out and lse it was given)
+    o1, l1 = attnx.attend(q[0], K, return_lse=True)
+    with pytest.raises(ValueError, match="causal=True with a single query"):
+        attnx.attend_backward(np.ones_like(o1), q[0], K, K, o1, l1, causal=True)
+    g1 = attnx.attend_backward(np.ones_like(o1), q[0], K, K, o1, l1, causal=True,
+                               query_offset=K.shape[0] - 1)
+    for a, b in zip(g1, attnx.attend_backward(np.ones_like(o1), q[0], K, K, o1, l1)):
+        np.testing.assert_array_equal(a, b)

@@ -245,6 +245,18 @@ class TestErrors:
         with pytest.raises(ValueError, match="pair"):
             self.call(return_lse=True, out=(None, None, None))
 
+    def test_causal_message_is_varlens(self):
+        """varlen's causal is lower-right (flash-attn's): a bad value is not
+        told that True means top-left, attend's alignment."""
+        for bad in ("top_left", 1, np.array([True])):
+            with pytest.raises(ValueError, match="causal must be True \\(lower-right aligned"):
+                self.call(causal=bad)
+        out, lse = self.call(return_lse=True)
+        with pytest.raises(ValueError, match="causal must be True \\(lower-right aligned"):
+            attnx.attend_varlen_backward(np.ones_like(out), self.q, self.k, self.v, out, lse,
+                                         self.cq, self.ck, enable_gqa=True, causal="top_left")
+        np.testing.assert_array_equal(self.call(causal="lower_right"), self.call(causal=True))
+
 
 # --- attend_varlen_backward -------------------------------------------------------
 
