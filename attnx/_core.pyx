@@ -1583,8 +1583,10 @@ cdef object _varlen_slopes(object alibi_slopes, object dt, Py_ssize_t B, Py_ssiz
 cdef object _varlen_causal(object causal):
     """attend_varlen's causal: always lower-right aligned (flash-attn's), so
     its message is not attend's (True there is top-left)."""
-    if causal is True or causal is False or causal is None or (isinstance(causal, str) and causal == "lower_right"):
+    if isinstance(causal, str) and causal == "lower_right":
         return causal
+    if causal is None or isinstance(causal, (bool, np.bool_, numbers.Integral)):
+        return bool(causal)
     raise ValueError(f"causal must be True (lower-right aligned, as flash-attn's causal: the "
                      f"last query of a sequence sees up to its last key) or False, got {causal!r}")
 

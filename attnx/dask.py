@@ -12,6 +12,7 @@ moved between workers.
 This module needs Dask (``pip install "attnx[dask]"``); ``import attnx``
 never imports it.
 """
+import numbers
 import operator
 from itertools import product
 
@@ -64,10 +65,13 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     mask : dask or NumPy array of bool, optional
         Broadcastable to the scores, (..., Lq, T) (or (..., T) for a 1-D
         query); True means "attends".
-    causal : bool, optional
-        Top-left aligned, as `attnx.attend`: query row i sees keys
-        ``t <= i``. It holds across chunk boundaries (each chunk is attended
-        at its own position).
+    causal : bool or "lower_right", optional
+        As `attnx.attend`. ``True``: top-left aligned, query row i sees keys
+        ``t <= i`` (a ValueError for a single (d,) query, which would see
+        key 0 only). ``"lower_right"``: the last query row is aligned with
+        the last key (with `key_lengths`, with each item's last real key).
+        Either holds across chunk boundaries (each chunk is attended at its
+        own position).
     bias : dask or NumPy array of real numbers, optional
         Added to the scaled scores, as `attnx.attend`'s `bias` (PyTorch's
         float ``attn_mask``; ``-inf`` masks a key). Broadcastable to the
@@ -129,7 +133,15 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     scale = float(scale)
-    causal = bool(causal)
+    # attnx.attend's values: a bool (or integer), or 'lower_right'
+    values_ = "True (top-left aligned, torch's is_causal), False or 'lower_right'"
+    if isinstance(causal, str):
+        if causal != "lower_right":
+            raise ValueError(f"causal must be {values_}, got {causal!r}")
+    elif causal is None or isinstance(causal, (bool, np.bool_, numbers.Integral)):
+        causal = bool(causal)
+    else:
+        raise TypeError(f"causal must be {values_}, got {type(causal).__name__} {causal!r}")
 
     q = _as_dask(query, "query", "biuf")
     k = _as_dask(keys, "keys", "biuf")
@@ -158,6 +170,11 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
 
     one_query = q.ndim == 1
     if one_query:
+        if causal is True:      # as attnx.attend: it would sit at position 0
+            raise ValueError("causal=True with a single query of shape (d,): causal masks are "
+                             "top-left aligned (query row i sees keys t <= i), so a lone query "
+                             "would attend to key 0 only; for a decoding step leave "
+                             "causal=False or pass causal='lower_right'")
         q = q[None, :]
     def scores_operand(x, name, kinds):   # mask, bias: as (..., 1 or Lq, 1 or T)
         y = _as_dask(x, name, kinds)
@@ -269,7 +286,14 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
     kstarts = np.concatenate([[0], np.cumsum(kchunks)[:-1]]).tolist()
     dv = v.shape[-1]
 
-    token = tokenize(q, k, v, m, bb, kl, scale, causal, split_every, T)
+    # lower-right causal: the last query row aligned with the last key, so
+    # query row i sits at i + T - Lq; with key_lengths at i + n - Lq for each
+    # item's n keys, which _partial turns into a mask
+    if causal == "lower_right" and kl is None:
+        causal, qshift = True, T - q.shape[-2]
+    else:
+        qshift = 0
+    token = tokenize(q, k, v, m, bb, kl, scale, causal, qshift, split_every, T)
     pname, mname = "attnx-partial-" + token, "attnx-merge-" + token
     oname, lname = "attnx-attend-" + token, "attnx-lse-" + token
 
@@ -299,7 +323,8 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
                 vt = TaskRef(vk) if vt is None else vt
                 # the same chunk as keys and values (values=None) is passed once
                 tree[key] = Task(key, _partial, _ref(mk), _ref(bk), _ref(lk), scale, causal,
-                                 qstarts[i], kstarts[j], T, _ref(bkey(q, bidx, i, 0)),
+                                 qstarts[i] + qshift, kstarts[j], T, q.shape[-2],
+                                 _ref(bkey(q, bidx, i, 0)),
                                  kt, *(() if vk == kk else (vt,)))
                 level.append(key)
             depth = 0
@@ -404,17 +429,26 @@ def _ref(key):
     return None if key is None else TaskRef(key)
 
 
-def _partial(mask, bias, key_lengths, scale, causal, query_offset, key_offset, T, q, k, v=None):
-    """One key chunk: (context, lse) over keys key_offset ... + len(k);
-    `v` None means the values are the keys."""
+def _partial(mask, bias, key_lengths, scale, causal, query_offset, key_offset, T, Lq, q, k,
+             v=None):
+    """One key chunk: (context, lse) over keys key_offset ... + len(k) for
+    query rows query_offset ... + len(q) of Lq; `v` None means the values
+    are the keys."""
     if v is None:
         v = k
     if key_lengths is not None:
         if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > T):
             raise ValueError(f"key_lengths must lie in [0, T={T}], got values from "
                              f"{key_lengths.min()} to {key_lengths.max()}")
+        n = key_lengths[..., None, None]
+        t = key_offset + np.arange(k.shape[-2])
         # (..., 1, Tc): which keys of this chunk lie before each sequence's length
-        seen = (key_offset + np.arange(k.shape[-2])) < key_lengths[..., None, None]
+        seen = t < n
+        if causal == "lower_right":
+            # (..., Lq_chunk, Tc): query row i of an item with n keys sees the
+            # keys up to i + n - Lq (its last row, the last real key)
+            seen = seen & (t <= (query_offset + np.arange(q.shape[-2]))[:, None] + (n - Lq))
+            causal = False
         mask = seen if mask is None else mask & seen
     return attnx.attend(q, k, v, scale=scale, mask=mask, bias=bias, causal=causal,
                         return_lse=True, key_offset=key_offset, query_offset=query_offset)

@@ -65,6 +65,10 @@ def local(Q, K, V, *, causal=False, mask=None, bias=None, key_lengths=None, gqa=
     if gqa:
         G = Q.shape[-3] // K.shape[-3]
         K, V = np.repeat(K, G, axis=-3), np.repeat(V, G, axis=-3)
+    if causal == "lower_right" and key_lengths is not None:
+        # aligned with each item's last real key: attend's own key_lengths
+        return attnx.attend(Q, K, V, scale=scale, causal=causal, mask=mask, bias=bias,
+                            key_lengths=key_lengths, return_lse=True)
     if key_lengths is not None:
         seen = np.arange(K.shape[-2]) < np.asarray(key_lengths)[..., None, None]
         mask = seen if mask is None else mask & seen
@@ -90,6 +94,11 @@ CASES = {
     "bias+causal": dict(bias=True, causal=True),
     "gqa+bias+mask+key_lengths": dict(gqa=True, bias=True, mask=True,
                                       key_lengths=np.array([[64], [190]])),
+    # the last query row aligned with the last key (T = 203), or with each
+    # item's last real key (5 < Lq: its first rows see nothing)
+    "lower_right": dict(causal="lower_right"),
+    "gqa+lower_right+key_lengths+mask": dict(gqa=True, causal="lower_right", mask=True,
+                                             key_lengths=np.array([[5], [150]])),
 }
 
 
@@ -122,6 +131,31 @@ def test_matches_local_attend_across_chunk_boundaries(two_workers, case):
     got, got_lse = dask.compute(out, lse)
     assert_close(got, want, 1e-13)
     assert_close(got_lse, want_lse, 1e-13)
+
+
+def test_causal_is_attends_and_refuses_what_it_refuses():
+    """causal takes attnx.attend's values, nothing truthy besides; a lone
+    (d,) query with top-left causal is refused (it would see key 0 only),
+    while 'lower_right' lets it see every key. Graph building only."""
+    Q, K, V = make(B=1, H=2, Hkv=2, Lq=3, T=20)
+    dk = da.from_array(K, chunks=(1, 2, 6, 8))
+    dv = da.from_array(V, chunks=(1, 2, 6, 5))
+    for bad, exc in (("upper", ValueError), ("false", ValueError), (0.5, TypeError)):
+        with pytest.raises(exc, match="causal must be True"):
+            attnx.dask.attend(Q, dk, dv, causal=bad)
+    with pytest.raises(ValueError, match="single query"):
+        attnx.dask.attend(Q[0, 0, 0], dk[0, 0], dv[0, 0], causal=True)
+    got = attnx.dask.attend(Q[0, 0, 0], dk[0, 0], dv[0, 0], causal="lower_right")
+    np.testing.assert_array_equal(got.compute(scheduler="sync"),
+                                  attnx.dask.attend(Q[0, 0, 0], dk[0, 0], dv[0, 0]).compute(
+                                      scheduler="sync"))
+    # one graph holding both alignments keeps them apart
+    a = attnx.dask.attend(Q, dk, dv, causal=True)
+    b = attnx.dask.attend(Q, dk, dv, causal="lower_right")
+    assert a.name != b.name
+    ga, gb = dask.compute(a, b, scheduler="sync")
+    assert_close(ga, attnx.attend(Q, K, V, causal=True), 1e-13)
+    assert_close(gb, attnx.attend(Q, K, V, causal="lower_right"), 1e-13)
 
 
 def test_float32_and_numpy_inputs(two_workers):
