@@ -108,6 +108,28 @@ def test_out_in_place_and_errors():
     assert attnx.log_softmax(2.0, axis=None) == 0.0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dominant_score_with_an_inexact_difference(dtype):
+    """One dominant score whose differences to the others round (a max near
+    1000, gaps of 5 to 700): its log-softmax, -log1p(R), needs R from the
+    exps of the exact differences, exp(hi + lo); exps of the rounded hi
+    alone cost up to 445 ulp in float64. Every entry within 4 ulp of a long
+    double oracle, in the dtype's own ulps."""
+    if not ref.LONG_IS_WIDER:
+        pytest.skip("long double is float64 here")
+    g = np.random.default_rng(5)
+    top = 700.0 if dtype == np.float64 else 80.0     # float32: R stays normal
+    a = g.uniform(100.0, 1000.0, (300, 1))
+    x = np.concatenate([a, a - g.uniform(5.0, top, (300, 3))], axis=1).astype(dtype)
+    got = attnx.log_softmax(x)
+    assert got.dtype == dtype
+    want = exact(x)
+    ulp = np.spacing(np.abs(want.astype(dtype))).astype(np.longdouble)
+    err = (np.abs(got.astype(np.longdouble) - want) / ulp).astype(np.float64)
+    assert err[:, 0].max() <= 4.0, (err[:, 0].max(), x[np.argmax(err[:, 0])])
+    assert err.max() <= 4.0
+
+
 def test_dominant_score_keeps_its_tiny_log():
     """With one dominant score the answer for it is -log1p(R) ~ -R; forming
     log(1 + R) would round it to 0 (SciPy's answer), losing all digits."""

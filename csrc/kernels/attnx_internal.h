@@ -39,6 +39,10 @@ typedef struct attnx_online {
  * the kernels' logsumexp is the same at every level. */
 double attnx_log_f64(double x);
 
+/* log(1 + r) for r >= 0, about 1 ulp, accurate for small r (1 + r is never
+ * rounded): api_log_softmax.c, for the kernels' log-softmax. */
+double attnx_log1p_f64(double r);
+
 /* The natural-log logsumexp m + log(l) of an online state: -inf when
  * nothing was seen (m = -inf), NaN when poisoned (l NaN). */
 static inline double attnx_state_lse(double m, double l)
@@ -117,6 +121,10 @@ typedef struct attnx_kernels {
     /* y = softmax(x), y may be x. Returns 1 when the row max is -inf (the
      * row is all -inf; y is then NaN), else 0. n >= 1. */
     int (*softmax)(const double *x, size_t n, double *y);
+
+    /* y = log(softmax(x)), y may be x; scipy's rules for NaN and inf.
+     * n >= 1. */
+    void (*log_softmax)(const double *x, size_t n, double *y);
 
     /* ctx[j] = sum_{t: w[t] != 0} w[t] * V[t, j]. */
     void (*context)(const double *w, const double *V, size_t T, size_t dv,

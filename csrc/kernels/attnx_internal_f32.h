@@ -33,7 +33,8 @@
  *                rounding. Reads x twice, y once, writes y twice (20*n bytes)
  *   log_softmax  as softmax for the max and the float64 sum, then
  *                y = ((double)x - max) - log(sum) in double (log:
- *                attnx_log_pos_f64), rounded once to float: correct where
+ *                attnx_log_f64; log1p of the sum without the max where the
+ *                sum is near 1), rounded once to float: correct where
  *                softmax underflows (x - max = -1000 gives -1000 - log(sum))
  *   context      float32 accumulators, value rows added in order (ctx in registers; slices
  *                of up to VX_CTX_PAIR_NV vectors sum even and odd rows
@@ -109,7 +110,7 @@ typedef struct attnx_kernels_f32 {
 
     /* y = (x - max) - log(sum exp(x - max)), y may be x. scipy's rules
      * for non-finite input: a NaN or an all -inf row gives NaN; a +inf gives
-     * NaN there and -inf elsewhere (attnx_log_softmax_inf_f32). n >= 1. */
+     * NaN there and -inf elsewhere. n >= 1. */
     void (*log_softmax)(const float *x, size_t n, float *y);
 
     /* ctx[j] = sum_{t: w[t] != 0} w[t] * V[t, j]. */
@@ -213,70 +214,6 @@ const attnx_kernels_f32 *attnx_kernels_f32_get(void);
 static inline double attnx_rescale_factor(double m_old, double m_new)
 {
     return m_old == -(double)INFINITY ? 0.0 : attnx_exp_diff_scalar(m_old, m_new);
-}
-
-/* -------------------------------------------------------------------------
- * log(s) in double for s > 0 finite and normal (log-softmax takes the log
- * of a sum in [1, n]): s = 2^e * f with f in [sqrt(1/2), sqrt(2)), then
- * log(f) = 2 atanh(u), u = (f - 1) / (f + 1), |u| <= 0.1716, as the odd
- * series 2u (1 + u^2/3 + ... + u^22/23) (truncation below 1e-18 relative).
- * f - 1 is exact (Sterbenz), so a sum just above 1 (a dominant element:
- * log(1 + 1e-6)) keeps its full relative accuracy. Within a few 1e-16
- * relative; float results round it once more. No libm.
- * ------------------------------------------------------------------------- */
-static inline double attnx_log_pos_f64(double s)
-{
-    uint64_t b;
-    memcpy(&b, &s, sizeof b);
-    int e = (int)((b >> 52) & 0x7ff) - 1023;
-    b = (b & 0x000fffffffffffffull) | 0x3ff0000000000000ull;   /* f in [1, 2) */
-    double f;
-    memcpy(&f, &b, sizeof f);
-    if (f > 0x1.6a09e667f3bcdp0) {                               /* sqrt(2) */
-        f *= 0.5;
-        e += 1;
-    }
-    double u = (f - 1.0) / (f + 1.0);
-    double u2 = u * u;
-    double p = 1.0 / 23;
-    for (int k = 21; k >= 3; k -= 2) p = p * u2 + 1.0 / k;
-    p = p * u2 + 1.0;
-    double lf = 2.0 * u * p;
-    /* e * ln2 in two parts: e * ATTNX_LN2_HI is exact (|e| < 2^11) */
-    return (double)e * ATTNX_LN2_HI + ((double)e * ATTNX_LN2_LO + lf);
-}
-
-/* log(1 + r) for r >= 0, from an accurate log: s = 1 + r rounds, and
- * log(s) * (r / (s - 1)) cancels that rounding (Goldberg's trick). */
-static inline double attnx_log1p_f64(double r)
-{
-    double s = 1.0 + r;
-    return s == 1.0 ? r : attnx_log_pos_f64(s) * (r / (s - 1.0));
-}
-
-/* log S for log-softmax, S = sum_i exp(x_i - m) with m the row max, from a
- * kernel's exp_sum (a double sum of float exps): every entry equal to m
- * adds exactly 1. When S < 1 + 2^-20 only one does, and the rest, R, is
- * what log S = log1p(R) consists of; but S kept R only to S's absolute
- * precision (a dominant score: R = 4e-18 vanishes in 1 + R). Then R is
- * summed again without the max entry and log1p taken from it. */
-#define ATTNX_LOG1P_SWITCH 0x1p-20
-
-typedef double (*attnx_exp_sum_f32)(const float *x, size_t n, float m);
-
-static inline double attnx_log_sum_f32(const float *x, size_t n, float m, attnx_exp_sum_f32 sum)
-{
-    double s = sum(x, n, m);
-    if (s - 1.0 >= ATTNX_LOG1P_SWITCH) return attnx_log_pos_f64(s);
-    size_t i = 0;
-    while (i < n && x[i] != m) i++;
-    return attnx_log1p_f64(sum(x, i, m) + sum(x + i + 1, n - i - 1, m));
-}
-
-/* scipy's log_softmax of a row whose max is +inf (and holds no NaN). */
-static inline void attnx_log_softmax_inf_f32(const float *x, size_t n, float *y)
-{
-    for (size_t i = 0; i < n; i++) y[i] = x[i] == INFINITY ? NAN : -INFINITY;
 }
 
 /* ctx = acc / l for one query's online-softmax state (m, l): the quotient

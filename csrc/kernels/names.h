@@ -23,8 +23,7 @@
 
 #define K_softmax ATTNX_NAME(softmax_f64_scalar, softmax_f64_avx2, softmax_f64_avx512, softmax_f64_neon, \
                              softmax_f32_scalar, softmax_f32_avx2, softmax_f32_avx512, softmax_f32_neon)
-/* float32 only (float64 log-softmax is api_log_softmax.c over K_exp) */
-#define K_log_softmax ATTNX_NAME(log_softmax_f64_none, log_softmax_f64_none, log_softmax_f64_none, log_softmax_f64_none, \
+#define K_log_softmax ATTNX_NAME(log_softmax_f64_scalar, log_softmax_f64_avx2, log_softmax_f64_avx512, log_softmax_f64_neon, \
                                  log_softmax_f32_scalar, log_softmax_f32_avx2, log_softmax_f32_avx512, log_softmax_f32_neon)
 #define K_attend_online ATTNX_NAME(attend_online_f64_scalar, attend_online_f64_avx2, attend_online_f64_avx512, attend_online_f64_neon, \
                                    attend_online_f32_scalar, attend_online_f32_avx2, attend_online_f32_avx512, attend_online_f32_neon)

@@ -13,9 +13,7 @@
 #include "kernels/dot_scores.c"
 #include "kernels/context.c"
 #include "kernels/softmax.c"
-#if defined(ATTNX_F32)
 #include "kernels/log_softmax.c"
-#endif
 #include "kernels/attend.c"
 #include "kernels/backward.c"
 #include "kernels/table.c"

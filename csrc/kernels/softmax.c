@@ -77,14 +77,9 @@ VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, i
     return vx_wide_hsum(s[0]);
 }
 
-static int K_softmax(const vx_float *x, size_t n, vx_float *y)
+/* y = e / sum, in place */
+static void divide_by(vx_float *y, size_t n, double sum)
 {
-    const vx_float mx = row_max(x, n);
-    if (mx != mx || mx == -INFINITY) {
-        for (size_t i = 0; i < n; i++) y[i] = NAN;
-        return mx == -INFINITY;
-    }
-    const double sum = exp_sum(x, n, mx, y, 1);
 #if VX_HAS_FMA
     const double r = 1.0 / sum;
     const float rhf = (float)r, rlf = (float)(r - rhf);
@@ -106,7 +101,6 @@ static int K_softmax(const vx_float *x, size_t n, vx_float *y)
 #else
     for (size_t i = 0; i < n; i++) y[i] = (float)((double)y[i] / sum);
 #endif
-    return 0;
 }
 
 #else
@@ -130,27 +124,24 @@ VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
     return q;
 }
 
-static int K_softmax(const vx_float *x, size_t n, vx_float *y)
+/* The sum of exp(x - m), Kahan-summed per lane (VX_UNROLL sets, combined
+ * by exact two-sums); y = the exps when store. */
+VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, int store)
 {
-    const vx_float mx = row_max(x, n);
-    if (mx != mx || mx == -INFINITY) {
-        for (size_t i = 0; i < n; i++) y[i] = NAN;
-        return mx == -INFINITY;
-    }
-    const vx_t mv = vx_set1(mx);
+    const vx_t mv = vx_set1(m);
     vx_t s[VX_UNROLL], c[VX_UNROLL];
     for (int u = 0; u < VX_UNROLL; u++) s[u] = c[u] = vx_zero();
     size_t i = 0;
     for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
         for (int u = 0; u < VX_UNROLL; u++) {
             vx_t e = vx_exp_diff(vx_load(x + i + u * VX_W), mv);
-            vx_store(y + i + u * VX_W, e);
+            if (store) vx_store(y + i + u * VX_W, e);
             kahan(&s[u], &c[u], e);
         }
     for (; i < n; i += VX_W) {
         const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
         vx_t e = vx_keep_tail(k, vx_exp_diff(vx_load_part(x + i, k), mv));
-        vx_store_part(y + i, k, e);
+        if (store) vx_store_part(y + i, k, e);
         kahan(&s[0], &c[0], e);
     }
     /* the Kahan sets: s0 + s1 exactly as S + err, minus the compensations */
@@ -162,8 +153,13 @@ static int K_softmax(const vx_float *x, size_t n, vx_float *y)
         err = vx_add(vx_sub(s[0], vx_sub(S, bb)), vx_sub(s[VX_UNROLL - 1], bb));
         err = vx_sub(err, vx_add(c[0], c[VX_UNROLL - 1]));
     }
-    const double sum = vx_hsum2(S, err);
-    i = 0;
+    return vx_hsum2(S, err);
+}
+
+/* y = e / sum, in place */
+static void divide_by(vx_float *y, size_t n, double sum)
+{
+    size_t i = 0;
 #if VX_HAS_FMA
     const vx_t sv = vx_set1(sum), rv = vx_set1(1.0 / sum);
     for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
@@ -171,6 +167,17 @@ static int K_softmax(const vx_float *x, size_t n, vx_float *y)
             vx_store(y + i + u * VX_W, div_by(vx_load(y + i + u * VX_W), sv, rv));
 #endif
     for (; i < n; i++) y[i] = y[i] / sum;
-    return 0;
 }
 #endif
+
+static int K_softmax(const vx_float *x, size_t n, vx_float *y)
+{
+    const vx_float mx = row_max(x, n);
+    if (mx != mx || mx == -INFINITY) {
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+        return mx == -INFINITY;
+    }
+    const double sum = exp_sum(x, n, mx, y, 1);
+    divide_by(y, n, sum);
+    return 0;
+}

@@ -9,6 +9,6 @@ const attnx_kernels_f32 K_TABLE = {
 };
 #else
 const attnx_kernels K_TABLE = {
-    K_LEVEL_NAME, K_exp, K_dot_scores, K_softmax, K_context, K_attend_online, K_shape_scores, K_ATTEND_ROWS, K_ATTEND_BACKWARD,
+    K_LEVEL_NAME, K_exp, K_dot_scores, K_softmax, K_log_softmax, K_context, K_attend_online, K_shape_scores, K_ATTEND_ROWS, K_ATTEND_BACKWARD,
 };
 #endif
