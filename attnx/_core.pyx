@@ -1022,8 +1022,8 @@ cdef ptrdiff_t _offset(object x, str name) except? -1:
         n = operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
-    if not -(1 << 62) <= n < (1 << 62):
-        raise ValueError(f"{name} must be within +-2**62, got {n}")
+    if not -(1 << 62) <= n <= (1 << 62):
+        raise ValueError(f"{name} must be within +-2**62 (inclusive), got {n}")
     return n
 
 

@@ -187,6 +187,14 @@ def test_attend_offset_and_lse_errors():
         attnx.attend(q, K, query_offset=True)
     with pytest.raises(ValueError, match="key_offset"):
         attnx.attend(q, K, key_offset=2**70)
+    # the bound is +-2**62 on both sides, as it says
+    for off in (2**62 + 1, -2**62 - 1):
+        with pytest.raises(ValueError, match="query_offset must be within"):
+            attnx.attend(q, K, query_offset=off)
+    K2 = np.arange(6.0).reshape(3, 2)
+    for off in (2**62, -2**62):   # a query at the first key's position sees it alone
+        got = attnx.attend(q, K2, key_offset=off, query_offset=off, causal=True)
+        np.testing.assert_array_equal(got, K2[0])
     with pytest.raises(ValueError, match="dot score"):
         attnx.attend(q, K, score="additive", W_q=np.ones((2, 2)), v=np.ones(2),
                      W_k=np.ones((2, 2)), return_lse=True)
