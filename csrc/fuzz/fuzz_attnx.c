@@ -27,9 +27,10 @@
  *
  * One input drives one operation, chosen by its first byte, at every SIMD
  * level (attnx_set_simd_level), scalar first as the reference:
- *   attnx_attend (fused and two-pass), attnx_softmax (in place and not),
- *   attnx_dot_scores, attnx_context, attnx_exp, attnx_attend_batch,
- *   attnx_softmax_rows, attnx_dot_scores_batch, attnx_context_batch;
+ *   attnx_attend (fused and two-pass), attnx_softmax (in place and not;
+ *   with attnx_log_softmax and _f32 on the same rows), attnx_dot_scores,
+ *   attnx_context, attnx_exp, attnx_attend_batch, attnx_softmax_rows
+ *   (with attnx_log_softmax_rows), attnx_dot_scores_batch, attnx_context_batch;
  *   and (first byte >= 0x80) attnx_attention with every option (fused and
  *   two-pass), chunks of keys merged by attnx_merge_attention,
  *   attnx_merge_attention on partials from the data, and
@@ -1011,6 +1012,116 @@ static void check_softmax_row(const double *x, const double *y, size_t n, const 
         if (x[i] == -INFINITY && y[i] != 0.0) fail("%s[%zu]: -inf input, weight %.17g", what, i, y[i]);
 }
 
+/* log-softmax of one row in long double, by attnx_api.def's rules: NaN
+ * anywhere or all -inf gives NaN; a +inf gives NaN there and -inf
+ * elsewhere; else (x - max) - log1p(R), R the exps of every entry but the
+ * first maximal one (x - max exact in long double's 64-bit significand to
+ * within 2^-64 of itself). */
+static void log_softmax_ref(const double *x, size_t n, long double *ref)
+{
+    int nan = 0;
+    double m = -INFINITY;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        nan |= isnan(x[i]) != 0;
+        if (x[i] > m) {
+            m = x[i];
+            at = i;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (nan || m == -INFINITY) ref[i] = NAN;
+        else if (m == INFINITY) ref[i] = x[i] == INFINITY ? NAN : -INFINITY;
+    }
+    if (nan || m == -INFINITY || m == INFINITY) return;
+    long double R = 0.0L;
+    for (size_t i = 0; i < n; i++)
+        if (i != at) R += expl((long double)x[i] - (long double)m);
+    long double ls = log1pl(R);
+    for (size_t i = 0; i < n; i++) ref[i] = ((long double)x[i] - (long double)m) - ls;
+}
+
+/* got within ulps of the long double reference (eps the dtype's epsilon,
+ * tiny its smallest subnormal: each of the n exps rounds to that grid) */
+static void log_softmax_close(const long double *ref, size_t n, size_t i0, double got, int f32,
+                              const char *what)
+{
+    const long double e = ref[i0];
+    const double eps = f32 ? FLT_EPSILON : EPS, tiny = f32 ? 0x1p-149 : 0x1p-1074;
+    const double er = f32 ? (double)(float)e : (double)e;   /* beyond the dtype: -inf */
+    if (isnan(e) || isnan(got)) {
+        if (isnan(e) != isnan(got)) fail("%s[%zu] = %.17g, reference %.17Lg", what, i0, got, e);
+        return;
+    }
+    if (isinf(er) || isinf(got)) {
+        if (got != er) fail("%s[%zu] = %.17g, reference %.17Lg", what, i0, got, e);
+        return;
+    }
+    if (got > 0) fail("%s[%zu] = %.17g > 0", what, i0, got);
+    long double tol = 4.0L * eps * fabsl(e) + (long double)(n + 4) * tiny;
+    if (!(fabsl((long double)got - e) <= tol))
+        fail("%s[%zu] = %.17g, reference %.17Lg: |diff| %.3Lg > tolerance %.3Lg", what, i0, got, e,
+             fabsl((long double)got - e), tol);
+}
+
+/* attnx_log_softmax_rows (and _f32 on x rounded to float) at this level:
+ * against the long double reference within 4 ulp, row by row
+ * (attnx_log_softmax) and in place bit-identical; *ref64 / *ref32 hold the
+ * first level's results, which the others must match within a few ulp */
+static void check_log_softmax(const double *x, size_t rows, size_t n, int threads, double **ref64,
+                              float **ref32)
+{
+    size_t total = rows * n;
+    double *y = (double *)malloc(total * sizeof(double) + 8), *yi = copy_of(x, total);
+    float *xf = (float *)malloc(total * sizeof(float) + 4), *yf = (float *)malloc(total * sizeof(float) + 4);
+    long double *ref = (long double *)malloc((n + 1) * sizeof(long double));
+    double *xd = (double *)malloc((n + 1) * sizeof(double));
+    if (!y || !xf || !yf || !ref || !xd) abort();
+    for (size_t i = 0; i < total; i++) xf[i] = (float)x[i];
+    cur.call = "log_softmax_rows";
+    int rc = attnx_log_softmax_rows(x, rows, n, y, threads);
+    if (rc != ATTNX_OK) fail("status %d (%s)", rc, attnx_strerror(rc));
+    cur.call = "log_softmax_rows (in place)";
+    rc = attnx_log_softmax_rows(yi, rows, n, yi, threads);
+    if (rc != ATTNX_OK) fail("status %d (%s)", rc, attnx_strerror(rc));
+    same_bits(yi, y, total, "in-place log_softmax vs out of place");
+    cur.call = "log_softmax_rows_f32";
+    rc = attnx_log_softmax_rows_f32(xf, rows, n, yf, threads);
+    if (rc != ATTNX_OK) fail("status %d (%s)", rc, attnx_strerror(rc));
+    for (size_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n;
+        cur.call = "log_softmax (a row)";
+        rc = attnx_log_softmax(xr, n, yi);
+        if (rc != ATTNX_OK) fail("status %d (%s)", rc, attnx_strerror(rc));
+        same_bits(yi, y + r * n, n, "attnx_log_softmax row by row vs log_softmax_rows");
+        log_softmax_ref(xr, n, ref);
+        for (size_t i = 0; i < n; i++) log_softmax_close(ref, n, i, y[r * n + i], 0, "log_softmax");
+        for (size_t i = 0; i < n; i++) xd[i] = (double)xf[r * n + i];
+        log_softmax_ref(xd, n, ref);
+        for (size_t i = 0; i < n; i++)
+            log_softmax_close(ref, n, i, (double)yf[r * n + i], 1, "log_softmax_f32");
+    }
+    if (!*ref64) {
+        *ref64 = copy_of(y, total);
+        *ref32 = (float *)malloc(total * sizeof(float) + 4);
+        if (!*ref32) abort();
+        memcpy(*ref32, yf, total * sizeof(float));
+    } else {
+        close_to(y, *ref64, NULL, total, 8.0 * EPS, 8e-323, "log_softmax vs the first level");
+        for (size_t i = 0; i < total; i++) {
+            double a = (double)yf[i], b = (double)(*ref32)[i];
+            if (!(a == b || (isnan(a) && isnan(b)) || fabs(a - b) <= 8.0 * FLT_EPSILON * fmax(fabs(a), fabs(b)) + 1e-44))
+                fail("log_softmax_f32[%zu] = %.9g, first level %.9g", i, a, b);
+        }
+    }
+    free(y);
+    free(yi);
+    free(xf);
+    free(yf);
+    free(ref);
+    free(xd);
+}
+
 /* ---- attnx_softmax (out of place, in place) and attnx_softmax_rows */
 static void op_softmax(reader *r, const header *h, int rows_form)
 {
@@ -1073,7 +1184,8 @@ static void op_softmax(reader *r, const header *h, int rows_form)
     buf *by = out_new("y", total, next_mis());
     buf *bi = buf_new("in-place x", sizeof(double), total, GUARD + next_mis(), GUARD, 1);
     memcpy(bi->init, bx->init, total * sizeof(double));
-    double *y = dp(by), *xi = dp(bi), *ref = NULL;
+    double *y = dp(by), *xi = dp(bi), *ref = NULL, *lref64 = NULL;
+    float *lref32 = NULL;
     for (size_t L = 0; L < g_nlevels; L++) {
         set_level(g_levels[L]);
         call_begin("softmax");
@@ -1097,6 +1209,7 @@ static void op_softmax(reader *r, const header *h, int rows_form)
         rc = rows_form ? attnx_softmax_rows(xi, rows, n, xi, threads) : attnx_softmax(xi, n, xi);
         call_end(rc, ATTNX_OK);
         same_bits(xi, got, total, "in-place softmax vs out of place");
+        if (total) check_log_softmax(x, rows, n, threads, &lref64, &lref32);
         if (L == 0) {
             ref = got;
             continue;
@@ -1109,6 +1222,8 @@ static void op_softmax(reader *r, const header *h, int rows_form)
         free(got);
     }
     free(ref);
+    free(lref64);
+    free(lref32);
 }
 
 /* ---- attnx_dot_scores */
