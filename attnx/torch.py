@@ -251,7 +251,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if key.dim() >= 2 and key.shape[-2] == 0:
         raise ValueError(f"key {tuple(key.shape)} has no keys (S = 0): attnx.torch needs at "
                          f"least one (torch's sdpa returns zeros there)")
-    gqa = enable_gqa and not (query.dim() >= 3 and query.shape[-3] == key.shape[-3] == 0)
+    # no heads at all (Hq = Hkv = 0): nothing to group, torch returns the empty result
+    gqa = enable_gqa and not (query.dim() >= 3 and key.dim() >= 3
+                              and query.shape[-3] == key.shape[-3] == 0)
     if gqa and (query.dim() < 3 or key.dim() < 3 or value.dim() < 3):
         raise ValueError(f"enable_gqa=True needs a head dimension (..., H, L, E): got query "
                          f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
