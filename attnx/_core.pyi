@@ -365,7 +365,7 @@ def attend_varlen_backward(
     cu_seqlens_k: ArrayLike,
     *,
     scale: float = 1.0,
-    causal: bool = False,
+    causal: _Causal = False,
     window: _Window | None = None,
     alibi_slopes: ArrayLike | None = None,
     softcap: float | None = None,

@@ -271,12 +271,20 @@ cdef object _result(object out, tuple shape, list inputs, object dtype=_FLOAT64)
     return out
 
 
+cdef object _integer(object x, str name, str what):
+    """x as a Python int (operator.index), or a TypeError naming it."""
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {type(x).__name__} {x!r}") from None
+
+
 cdef int _threads(object num_threads) except -1:
     if num_threads is None:
         return 0
     if isinstance(num_threads, (bool, np.bool_)):
         raise TypeError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    n = operator.index(num_threads)
+    n = _integer(num_threads, "num_threads", "a positive integer or None")
     if n < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     return min(n, 1 << 30)     # more than there are: as many as there are
@@ -1859,10 +1867,12 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     ----------
     grad_out : array_like, shape (total_q, H, dv)
         Gradient of the loss with respect to `attend_varlen`'s result.
-    query, keys, values, cu_seqlens_q, cu_seqlens_k
+    query, keys, values
         The forward's inputs.
     out, lse : array_like, shapes (total_q, H, dv) and (total_q, H)
         What ``attend_varlen(..., return_lse=True)`` returned.
+    cu_seqlens_q, cu_seqlens_k
+        The forward's offsets.
     scale, causal, window, alibi_slopes, softcap, enable_gqa, num_threads
         As given to the forward call (`causal`, `window` and ALiBi aligned
         lower-right, as there).
@@ -2440,23 +2450,25 @@ cdef class KVCache:
     # the rows it started with.
     cdef cython.pymutex _lock
 
-    def __init__(self, Py_ssize_t d, dv=None, *, Py_ssize_t capacity=64, dtype=np.float64):
+    def __init__(self, d, dv=None, *, capacity=64, dtype=np.float64):
         # validate and allocate first: a failure leaves the cache as it was
-        if d < 0 or capacity < 0:
-            raise ValueError(f"d and capacity must be >= 0, got d={d}, capacity={capacity}")
+        cdef Py_ssize_t nd = _integer(d, "d", "an integer")
+        cdef Py_ssize_t ncap = _integer(capacity, "capacity", "an integer")
+        if nd < 0 or ncap < 0:
+            raise ValueError(f"d and capacity must be >= 0, got d={nd}, capacity={ncap}")
         cdef bint shared = dv is None
-        cdef Py_ssize_t ndv = d if shared else operator.index(dv)
+        cdef Py_ssize_t ndv = nd if shared else _integer(dv, "dv", "an integer or None")
         if ndv < 0:
             raise ValueError(f"dv must be >= 0, got {dv}")
         dt = np.dtype(dtype)
         if dt != _FLOAT64 and dt != _FLOAT32:
             raise TypeError(f"dtype must be float64 or float32, got {dt}")
         dt = _FLOAT32 if dt == _FLOAT32 else _FLOAT64
-        K = np.empty((capacity, d), dtype=dt)
-        V = K if shared else np.empty((capacity, ndv), dtype=dt)
+        K = np.empty((ncap, nd), dtype=dt)
+        V = K if shared else np.empty((ncap, ndv), dtype=dt)
         with self._lock:
             self.shared = shared
-            self.d = d
+            self.d = nd
             self.dv = ndv
             self.dtype = dt
             self._f32 = dt is _FLOAT32
@@ -2529,10 +2541,17 @@ cdef class KVCache:
         self._install(K, V)
         return 0
 
-    def reserve(self, Py_ssize_t n):
-        """Make room for at least n rows in total."""
+    def reserve(self, n):
+        """Make room for at least n rows in total.
+
+        Parameters
+        ----------
+        n : int
+            Rows the cache can then hold without growing (it never shrinks).
+        """
+        cdef Py_ssize_t rows = _integer(n, "n", "an integer")
         with self._lock:
-            self._reserve(n)
+            self._reserve(rows)
 
     cdef bint _fast_row(self, k, v) noexcept:
         """k (and v) are float64 rows this cache can copy as they are."""
@@ -2545,7 +2564,16 @@ cdef class KVCache:
                     and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == self.dv)))
 
     def append(self, k, v=None):
-        """Add one key (d,) and, unless the values are the keys, one value (dv,)."""
+        """Add one key and, unless the values are the keys, one value.
+
+        Parameters
+        ----------
+        k : array_like, shape (d,)
+            The key row (converted to the cache's dtype).
+        v : array_like, shape (dv,), optional
+            The value row: required when the cache was made with `dv`, and
+            refused when its values are its keys (``dv=None``).
+        """
         if not self._fast_row(k, v):
             # convert outside the lock: an array-like's __array__ may append
             # to this very cache
@@ -2585,7 +2613,14 @@ cdef class KVCache:
         return 0
 
     def extend(self, keys, values=None):
-        """Add many rows: keys (n, d) and, unless shared, values (n, dv)."""
+        """Add many rows at once, in order.
+
+        Parameters
+        ----------
+        keys : array_like, shape (n, d)
+        values : array_like, shape (n, dv), optional
+            Required exactly when the cache was made with `dv`.
+        """
         if self.shared != (values is None):
             raise ValueError("values must be given exactly when the cache was made with dv")
         K = _as_real(keys, "keys", self.dtype)      # outside the lock, as in append
@@ -2627,8 +2662,28 @@ cdef class KVCache:
 
     def attend(self, query, *, scale=1.0, out=None, return_weights=False,
                num_threads=None):
-        """Attention of `query` (d,) or (..., Lq, d) over the rows held: as
-        `attnx.attend(query, cache.keys, cache.values, ...)`."""
+        """Attention of `query` over the rows held: as
+        ``attnx.attend(query, cache.keys, cache.values, ...)``.
+
+        Parameters
+        ----------
+        query : array_like, shape (d,) or (..., Lq, d)
+        scale : float, optional
+            Score factor (default 1.0; ``1/sqrt(d)`` for scaled dot-product).
+        out : ndarray, optional
+            Array for the context, (dv,) or (..., Lq, dv) of the cache's
+            dtype; with `return_weights`, a pair ``(context, weights)``.
+        return_weights : bool, optional
+            Also return the weights over the rows held.
+        num_threads : int, optional
+            As `attnx.attend`.
+
+        Returns
+        -------
+        context : ndarray
+        weights : ndarray
+            Only with ``return_weights=True``.
+        """
         cdef cnp.ndarray q, Kb, Vb, rb
         cdef int rc
         cdef size_t T, d, dv

@@ -132,7 +132,10 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
         raise TypeError(f"split_every must be an integer, not {type(split_every).__name__}")
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
-    scale = float(scale)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}") from None
     # attnx.attend's values: a bool (or integer), or 'lower_right'
     values_ = "True (top-left aligned, torch's is_causal), False or 'lower_right'"
     if isinstance(causal, str):

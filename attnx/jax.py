@@ -179,6 +179,9 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
         except jax.errors.ConcretizationTypeError:
             raise TypeError("scale must be a Python or NumPy number, not a traced value "
                             "(attnx.jax takes it as a constant of the kernel call)") from None
+        except (TypeError, ValueError):
+            raise TypeError(f"scale must be a Python or NumPy number or None, got "
+                            f"{type(scale).__name__} {scale!r}") from None
     # attnx's layout, (..., rows, features): query (B, K, G, T, H), key and
     # value (B, K, 1, S, H); the size-1 axis broadcasts over the group, and
     # attend_backward sums the kv gradients over it

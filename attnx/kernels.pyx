@@ -293,19 +293,41 @@ def simd_level():
 
 
 def simd_available():
-    """The kernel sets this CPU and build support, best first, as a tuple."""
+    """The kernel sets this CPU and build support, best first, as a tuple.
+
+    Examples
+    --------
+    >>> import attnx
+    >>> levels = attnx.simd_available()
+    >>> "scalar" in levels and attnx.simd_level() in levels
+    True
+    """
     return tuple(attnx_simd_available().decode().split())
 
 
 def build_info():
-    """Compiler, flags and threads of the build, as one line."""
+    """Compiler, flags and threads of the build, as one line.
+
+    Examples
+    --------
+    >>> import attnx
+    >>> "compiler" in attnx.build_info()
+    True
+    """
     return attnx_build_info().decode()
 
 
 def max_threads():
     """Threads a call with ``num_threads=None`` may use: the CPUs this process
     may run on (its affinity mask), or fewer when ``ATTNX_NUM_THREADS`` (or
-    ``OMP_NUM_THREADS``) says so; 1 in a build without threads."""
+    ``OMP_NUM_THREADS``) says so; 1 in a build without threads.
+
+    Examples
+    --------
+    >>> import os, attnx
+    >>> 1 <= attnx.max_threads() <= (os.cpu_count() or 1)
+    True
+    """
     return attnx_max_threads()
 
 

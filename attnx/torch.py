@@ -223,6 +223,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, "
                         f"{key.dtype} and {value.dtype}")
+    if not isinstance(is_causal, (bool, np.bool_)):   # as torch's own argument parser
+        raise TypeError(f"is_causal must be bool, got {type(is_causal).__name__} {is_causal!r}")
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p={dropout_p!r}: attnx.torch does not implement dropout; "
                          f"pass dropout_p=0.0 (apply dropout outside the attention, or use "
@@ -247,7 +249,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         # 1/sqrt(0) gives them 0 too (uniform weights), and so does 1.0
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
     else:
-        scale = float(scale)
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise TypeError(f"scale must be a float or None, got {type(scale).__name__} "
+                            f"{scale!r}") from None
     if key.dim() >= 2 and key.shape[-2] == 0:
         raise ValueError(f"key {tuple(key.shape)} has no keys (S = 0): attnx.torch needs at "
                          f"least one (torch's sdpa returns zeros there)")

@@ -322,6 +322,10 @@ class TestErrors:
             attnx.dask.attend(self.Q, self.K, self.V, bias=np.zeros((3, 2, 20)),
                               enable_gqa=True)
 
+    def test_scale_is_named(self):
+        with pytest.raises(TypeError, match="scale must be a real number"):
+            attnx.dask.attend(self.Q, self.K, self.V, scale="a", enable_gqa=True)
+
     def test_gqa_heads(self):
         Q = np.zeros((2, 3, 2, 8))
         with pytest.raises(ValueError, match=r"enable_gqa.*3 heads.*2 heads"):

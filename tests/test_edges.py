@@ -111,7 +111,7 @@ def test_more_threads_than_exist_is_as_many_as_exist(n):
 
 @pytest.mark.parametrize("n", [True, False, 1.0, "2"])
 def test_num_threads_that_is_not_an_integer_is_a_type_error(n):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="num_threads must be a positive integer or None"):
         attnx.attend(np.ones(3), np.ones((4, 3)), num_threads=n)
 
 

@@ -156,6 +156,8 @@ def test_errors_name_the_argument():
         aj.dot_product_attention(qg, RNG.standard_normal((1, 7, 2, 9)), vg)
     with pytest.raises(TypeError, match="scale must be"):
         jax.jit(lambda q, s: aj.dot_product_attention(q, kg, vg, scale=s))(qg, 0.5)
+    with pytest.raises(TypeError, match="scale must be a Python or NumPy number or None"):
+        aj.dot_product_attention(qg, kg, vg, scale="a")
 
 
 def test_docstring_example_runs():

@@ -79,6 +79,15 @@ def test_errors():
         shared.append(np.ones(3), np.ones(3))
     with pytest.raises(ValueError):
         attnx.KVCache(-1)
+    # sizes that are not integers: named
+    for kw, name in ((dict(d=1.5), "d"), (dict(d=3, capacity=1.5), "capacity"),
+                     (dict(d=3, dv="a"), "dv")):
+        with pytest.raises(TypeError, match=f"{name} must be an integer"):
+            attnx.KVCache(**kw)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        cache.reserve(1.5)
+    cache.reserve(np.int64(100))
+    assert cache.capacity >= 100
     cache.append(np.ones(3), np.ones(2))
     with pytest.raises(ValueError):
         cache.keys[0, 0] = 5.0                          # a read-only view

@@ -181,6 +181,10 @@ def test_errors_name_the_argument():
     # degenerate shapes: clear errors, not ZeroDivisionError / modulo by zero
     with pytest.raises(ValueError, match="no keys"):
         at.scaled_dot_product_attention(randn(1, 2, 3, 4), randn(1, 2, 0, 4), randn(1, 2, 0, 5))
+    with pytest.raises(TypeError, match="is_causal must be bool"):   # as torch's
+        at.scaled_dot_product_attention(q, k, v, is_causal="no")
+    with pytest.raises(TypeError, match="scale must be a float or None"):
+        at.scaled_dot_product_attention(q, k, v, scale="a")
     with pytest.raises(ValueError, match="head dimension"):   # torch: an IndexError
         at.scaled_dot_product_attention(randn(2, 3, 4, 8), randn(5, 8), randn(5, 8), enable_gqa=True)
     # an attn_mask that does not broadcast: named, with the caller's shapes
