@@ -1628,22 +1628,14 @@ cdef tuple _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k):
     return cq, ck
 
 
-cdef void _heads_major(char *dst, const char *src, Py_ssize_t rows, Py_ssize_t heads,
-                       Py_ssize_t width) noexcept nogil:
-    """src (rows, heads, width bytes) copied to dst as (heads, rows, width)."""
-    cdef Py_ssize_t h, i
-    for h in range(heads):
-        for i in range(rows):
-            memcpy(dst + (h * rows + i) * width, src + (i * heads + h) * width, width)
-
-
-cdef void _rows_major(char *dst, const char *src, Py_ssize_t rows, Py_ssize_t heads,
-                      Py_ssize_t width) noexcept nogil:
-    """src (heads, rows, width bytes) copied to dst as (rows, heads, width)."""
-    cdef Py_ssize_t h, i
-    for h in range(heads):
-        for i in range(rows):
-            memcpy(dst + (i * heads + h) * width, src + (h * rows + i) * width, width)
+cdef void _swap_axes(char *dst, const char *src, Py_ssize_t a, Py_ssize_t b,
+                     Py_ssize_t width) noexcept nogil:
+    """src (a, b, width bytes) copied to dst as (b, a, width): a packed
+    sequence (rows, heads) to head-major and back."""
+    cdef Py_ssize_t i, j
+    for j in range(b):
+        for i in range(a):
+            memcpy(dst + (j * a + i) * width, src + (i * b + j) * width, width)
 
 
 def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
@@ -1828,7 +1820,7 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
         qs[0], qs[1] = G * lq * d, lq * d
         ks[0], vs[0] = tk * d, tk * dv
         if hq:
-            _heads_major(qs_, qb + q0 * H * d * isz, lq, H, d * isz)
+            _swap_axes(qs_, qb + q0 * H * d * isz, lq, H, d * isz)
             p.query = qs_
             p.out = os_
             p.lse = NULL if lrb == NULL else ls_
@@ -1837,8 +1829,8 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
             p.out = rb + q0 * dv * isz
             p.lse = NULL if lrb == NULL else lrb + q0 * isz
         if hk:
-            _heads_major(ks_, kb + k0 * Hkv * d * isz, tk, Hkv, d * isz)
-            _heads_major(vs_, vb + k0 * Hkv * dv * isz, tk, Hkv, dv * isz)
+            _swap_axes(ks_, kb + k0 * Hkv * d * isz, tk, Hkv, d * isz)
+            _swap_axes(vs_, vb + k0 * Hkv * dv * isz, tk, Hkv, dv * isz)
             p.keys, p.values = ks_, vs_
         else:
             p.keys, p.values = kb + k0 * d * isz, vb + k0 * dv * isz
@@ -1849,9 +1841,9 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
         if rc != 0:
             break
         if hq:                  # written (H, lq, dv): back to (lq, H, dv)
-            _rows_major(rb + q0 * H * dv * isz, os_, lq, H, dv * isz)
+            _swap_axes(rb + q0 * H * dv * isz, os_, H, lq, dv * isz)
             if lrb != NULL:
-                _rows_major(lrb + q0 * H * isz, ls_, lq, H, isz)
+                _swap_axes(lrb + q0 * H * isz, ls_, H, lq, isz)
     _reacquire_gil(ts)
     if rc != 0:
         _raise_status(rc)
