@@ -1227,6 +1227,14 @@ cdef int _causal_mode(object causal, _Shaping sh) except -1:
     raise TypeError(f"causal must be {_CAUSAL_VALUES}, got {type(causal).__name__} {causal!r}")
 
 
+def _causal_value(causal):
+    """causal checked by attend's rules (its errors), as False, True or
+    'lower_right': for attnx.dask, which takes the same values."""
+    cdef _Shaping sh = _Shaping()
+    _causal_mode(causal, sh)
+    return "lower_right" if sh.lower_right else bool(sh.causal)
+
+
 cdef int _window(object window, _Shaping sh) except -1:
     """window=(left, right): each side an integer >= 0, or None (unbounded)."""
     if window is None:

@@ -12,7 +12,6 @@ moved between workers.
 This module needs Dask (``pip install "attnx[dask]"``); ``import attnx``
 never imports it.
 """
-import numbers
 import operator
 from itertools import product
 
@@ -29,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "(dask[array,distributed])") from exc
 
 import attnx
+from attnx import _core
 
 __all__ = ["attend", "DEFAULT_SPLIT_EVERY"]
 
@@ -136,15 +136,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False, bias
         scale = float(scale)
     except (TypeError, ValueError):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}") from None
-    # attnx.attend's values: a bool (or integer), or 'lower_right'
-    values_ = "True (top-left aligned, torch's is_causal), False or 'lower_right'"
-    if isinstance(causal, str):
-        if causal != "lower_right":
-            raise ValueError(f"causal must be {values_}, got {causal!r}")
-    elif causal is None or isinstance(causal, (bool, np.bool_, numbers.Integral)):
-        causal = bool(causal)
-    else:
-        raise TypeError(f"causal must be {values_}, got {type(causal).__name__} {causal!r}")
+    causal = _core._causal_value(causal)     # attnx.attend's values, and its errors
 
     q = _as_dask(query, "query", "biuf")
     k = _as_dask(keys, "keys", "biuf")
