@@ -130,6 +130,28 @@ def test_dominant_score_with_an_inexact_difference(dtype):
     assert err.max() <= 4.0
 
 
+def test_every_other_score_far_below_the_max():
+    """float64 rows whose other scores all sit 590 to 740 below the max: R,
+    the sum of their exps, is below 2^-850 (its lanes' Kahan compensations
+    would be subnormal), so the kernel sums relative to the second largest
+    score and scales by exp(m2 - m). The max's entry, -log1p(R) ~ -R, is a
+    tiny normal number (or subnormal past ~708) and every entry stays within
+    4 ulp of a long double oracle."""
+    if not ref.LONG_IS_WIDER:
+        pytest.skip("long double is float64 here")
+    g = np.random.default_rng(6)
+    a = g.uniform(-50.0, 50.0, (200, 1))
+    x = np.concatenate([a, a - g.uniform(590.0, 740.0, (200, 40))], axis=1)
+    x[:, [0, 7]] = x[:, [7, 0]]                  # the max not first
+    got = attnx.log_softmax(x)
+    want = exact(x)
+    ulp = np.spacing(np.abs(want.astype(np.float64))).astype(np.longdouble)
+    err = (np.abs(got.astype(np.longdouble) - want) / ulp).astype(np.float64)
+    assert err[:, 7].max() <= 4.0, (err[:, 7].max(), x[np.argmax(err[:, 7])])
+    assert err.max() <= 4.0
+    assert (got[:, 7] < 0).all()                 # never rounded to 0
+
+
 def test_dominant_score_keeps_its_tiny_log():
     """With one dominant score the answer for it is -log1p(R) ~ -R; forming
     log(1 + R) would round it to 0 (SciPy's answer), losing all digits."""

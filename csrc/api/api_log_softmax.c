@@ -51,6 +51,10 @@ static double log_kernel(double f, int k)
 /* log(1 + r) for r >= 0, accurate for small r (no rounding of 1 + r). */
 double attnx_log1p_f64(double r)
 {
+    /* log1p(r) = r - r^2/2 + ..., and r^2/2 is below a quarter ulp of r:
+     * r is the rounded result (and s * s below would leave the normal
+     * range for r < 2^-511, an assist on Intel cores) */
+    if (r < 0x1p-54) return r;
     if (r < 0x1.6a09e667f3bcdp-2)          /* sqrt(2) - 1: 1 + r < sqrt(2) */
         return log_kernel(r, 0);
     return log_scalar(1.0 + r);

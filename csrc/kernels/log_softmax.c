@@ -24,6 +24,7 @@
  * writes y once.
  */
 #define LOG1P_SWITCH 0x1p-20
+#define SUM_TRUSTED 0x1p-850   /* SUM_FLOOR (softmax.c) times 2^110 */
 
 /* log S, S = sum exp(x_i - m) with m the row max (finite) */
 static double log_sum(const vx_float *x, size_t n, vx_float m)
@@ -35,7 +36,21 @@ static double log_sum(const vx_float *x, size_t n, vx_float m)
     size_t i = 0;
     while (x[i] != m) i++;
     /* another entry equal to m adds its exact 1 to R: still log1p(R) */
-    return attnx_log1p_f64(exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0));
+    double R = exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0);
+#if !defined(ATTNX_F32)
+    /* exp_sum leaves out exps below SUM_FLOOR, nothing beside an R of at
+     * least SUM_TRUSTED. A smaller R (every other score more than ~590
+     * below the max) is exp(m2 - m) R2, with m2 the largest of the others:
+     * R2 >= 1 (m2's own term), and no sum runs below the normal range. */
+    if (R < SUM_TRUSTED) {
+        const vx_float lo = i ? row_max(x, i) : -INFINITY, hi = row_max(x + i + 1, n - i - 1);
+        const vx_float m2 = lo > hi ? lo : hi;
+        if (m2 == -INFINITY) return 0.0;
+        const double R2 = exp_sum(x, i, m2, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m2, NULL, 0);
+        R = attnx_exp_diff_scalar(m2, m) * R2;
+    }
+#endif
+    return attnx_log1p_f64(R);
 }
 
 static void K_log_softmax(const vx_float *x, size_t n, vx_float *y)

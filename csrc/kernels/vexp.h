@@ -105,10 +105,13 @@ VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
      * assist on x86 (3-4x slower), and such lanes are common in softmax
      * over a wide spread. er * 2^n is rounded to the subnormal grid by
      * adding 2^mant to er * 2^(n + shift) (exact, normal): the same single
-     * rounding, and the low bits are the subnormal. */
+     * rounding, and the low bits are the subnormal. The other lanes
+     * scale by 1: their 2^(n + shift) would not fit the exponent field,
+     * and its wrapped bits can be a subnormal (an assist of its own). */
     if (vx_any(sub)) {
         const vx_t two_m = vx_set1(VX_TWO_MANT);
-        vx_t z = vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, vb_set1(VX_SUBNORMAL_SHIFT + VX_EXP_BIAS)))));
+        vx_t zs = vx_select(sub, one, vx_from_bits(vb_shl_mant(vb_add(ti, vb_set1(VX_SUBNORMAL_SHIFT + VX_EXP_BIAS)))));
+        vx_t z = vx_mul(er, zs);
         vx_t tiny = vx_from_bits(vb_sub(vx_to_bits(vx_add(z, two_m)), vx_to_bits(two_m)));
         s1 = vx_select(sub, s1, one);
         s2 = vx_select(sub, s2, one);
