@@ -20,6 +20,7 @@ from libc.string cimport memcpy, memset
 cimport attnx.kernels as ak
 
 import inspect
+import math
 import numbers
 import operator
 import types
@@ -214,13 +215,26 @@ cdef double _as_scale(object scale) except? -1.0:
     if cnp.PyArray_Check(scale):
         arr = <object>scale
         if arr.ndim == 0 and arr.dtype.kind in "biuf":
-            return float(arr)
+            return _finite_double(arr[()], "scale")
         raise TypeError(f"scale must be a real number (one float), got an array of shape "
                         f"{arr.shape} and dtype {arr.dtype}")
     if isinstance(scale, numbers.Real):
-        return float(scale)
+        return _finite_double(scale, "scale")
     raise TypeError(f"scale must be a real number (one float), got "
                     f"{type(scale).__name__} {scale!r}")
+
+
+def _finite_double(x, str name):
+    """float(x), or a ValueError naming `name` when x is finite and float64
+    cannot hold it (an int past 1.8e308, a long double like 1e4000): it
+    would become inf, and the result NaN."""
+    try:
+        v = float(x)
+    except OverflowError:
+        v = math.inf
+    if math.isinf(v) and not (isinstance(x, (float, np.floating)) and np.isinf(x)):
+        raise ValueError(f"{name} is beyond float64's range, which attnx computes in: got {x!r}")
+    return v
 
 
 cdef int _raise_status(int rc) except -1:
@@ -868,6 +882,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
         as it would inside the whole sequence, and ``query_offset = T - Lq``
         aligns a block of queries with the end of the keys (a decoder's
         cache). A query that sees no key gets zeros (and ``lse = -inf``).
+        Each offset, and their difference, lies within +-2**62.
     num_threads : int, optional
         Threads for batched queries, or for one query over a long sequence
         (the keys are split across threads and the partial softmax states
@@ -997,8 +1012,8 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     keys_proj = options.pop("keys_proj", None)
     W_k = options.pop("W_k", None)
     cdef bint return_lse = options.pop("return_lse", False)
-    cdef ptrdiff_t koff = _offset(options.pop("key_offset", 0), "key_offset")
-    cdef ptrdiff_t qoff = _offset(options.pop("query_offset", 0), "query_offset")
+    cdef ptrdiff_t qoff, koff
+    qoff, koff = _offsets(options.pop("query_offset", 0), options.pop("key_offset", 0))
     cdef _Shaping sh = _shaping(causal, options)
     if options:
         raise TypeError(f"attend() got an unexpected keyword argument {next(iter(options))!r}")
@@ -1033,6 +1048,17 @@ cdef ptrdiff_t _offset(object x, str name) except? -1:
     if not -(1 << 62) <= n <= (1 << 62):
         raise ValueError(f"{name} must be within +-2**62 (inclusive), got {n}")
     return n
+
+
+def _offsets(query_offset, key_offset):
+    """(query_offset, key_offset), each checked by _offset, and their
+    difference (the queries' position relative to the keys) within +-2**62
+    as well: the C core computes positions and ALiBi distances from it."""
+    q, k = _offset(query_offset, "query_offset"), _offset(key_offset, "key_offset")
+    if not -(1 << 62) <= q - k <= (1 << 62):
+        raise ValueError(f"query_offset - key_offset must be within +-2**62 (inclusive), got "
+                         f"{query_offset} - ({key_offset}) = {q - k}")
+    return q, k
 
 
 _CAUSAL_SINGLE = (
@@ -1279,7 +1305,11 @@ cdef double _softcap(object softcap) except -1.0:
     elif not isinstance(softcap, numbers.Real):
         raise TypeError(f"softcap must be a real number > 0 or None, got "
                         f"{type(softcap).__name__} {softcap!r}")
-    cdef double c = float(softcap)
+    cdef double c
+    try:
+        c = float(softcap)
+    except OverflowError:                # an int past float64: no cap, as inf
+        c = float("inf")
     if not c > 0:
         raise ValueError(f"softcap must be > 0 (None: no cap; flash-attn's softcap=0.0 is "
                          f"softcap=None here), got {softcap!r}")
@@ -2022,8 +2052,8 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     True
     """
     cdef double sc = _as_scale(scale)
-    cdef ptrdiff_t koff = _offset(key_offset, "key_offset")
-    cdef ptrdiff_t qoff = _offset(query_offset, "query_offset")
+    cdef ptrdiff_t qoff, koff
+    qoff, koff = _offsets(query_offset, key_offset)
     cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})

@@ -42,6 +42,18 @@ def test_bad_scale_names_scale(call, bad, says):
 
 
 @pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
+@pytest.mark.parametrize("bad", [10**400, -10**400, np.longdouble("1e4000")],
+                         ids=["int", "-int", "longdouble"])
+def test_scale_beyond_float64_names_scale(call, bad):
+    """A finite scale that float64 cannot hold: it would become inf and the
+    result NaN (a long double) or an unnamed OverflowError (an int)."""
+    if isinstance(bad, np.longdouble) and np.isinf(np.float64(bad)) == np.isinf(bad):
+        pytest.skip("long double is float64 here")
+    with pytest.raises(ValueError, match="scale is beyond float64's range"):
+        call(bad)
+
+
+@pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
 def test_scale_accepts_real_numbers(call):
     want = call(0.5)
     for s in (np.float32(0.5), np.float64(0.5), np.array(0.5), 0.5):

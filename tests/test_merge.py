@@ -179,6 +179,35 @@ def test_merge_errors_name_the_argument():
     assert out is res and lse is res_lse
 
 
+@pytest.mark.parametrize("far", [2**60 + 10, 2**61, 2**62 - 8])
+def test_far_positions_mask_and_bias_exactly(far):
+    """Windows, causal and ALiBi at positions beyond 2**60 (the C core
+    clamped positions and window sides there apart, then combined them: a
+    window reaching back from a far query saw every key, and ALiBi's
+    distances stopped at 2**60). Each result equals the same layout moved
+    near 0, forward and backward; found by two reviewers."""
+    g = np.random.default_rng(far % 1000)
+    q, K, V = g.standard_normal((2, 3)), g.standard_normal((6, 3)), g.standard_normal((6, 2))
+    go = g.standard_normal((2, 2))
+    for near, kw in ((5, dict(window=(3, None))), (5, dict(window=(None, 2))),
+                     (2, dict(causal=True)), (-4, dict(window=(None, 5)))):
+        shifted = dict(query_offset=far + near, key_offset=far, **kw)
+        o, l = attnx.attend(q, K, V, return_lse=True, **shifted)
+        o0, l0 = attnx.attend(q, K, V, return_lse=True, query_offset=near, **kw)
+        np.testing.assert_array_equal(o, o0)
+        np.testing.assert_array_equal(l, l0)
+        for a, b in zip(attnx.attend_backward(go, q, K, V, o, l, **shifted),
+                        attnx.attend_backward(go, q, K, V, o0, l0, query_offset=near, **kw)):
+            np.testing.assert_array_equal(a, b)
+    # a window reaching back from far away sees what it would near 0
+    o = attnx.attend(q, K, V, query_offset=far, window=(far - 3, None))
+    np.testing.assert_array_equal(o, attnx.attend(q, K, V, query_offset=5, window=(2, None)))
+    # ALiBi: the lse carries the distance itself, -slope * (far - key)
+    _, lse = attnx.attend(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), alibi_slopes=1.0,
+                          query_offset=far, return_lse=True)
+    assert lse[0] == -float(far)
+
+
 def test_attend_offset_and_lse_errors():
     q, K = np.ones(2), np.ones((3, 2))
     with pytest.raises(TypeError, match="key_offset"):
@@ -195,6 +224,14 @@ def test_attend_offset_and_lse_errors():
     for off in (2**62, -2**62):   # a query at the first key's position sees it alone
         got = attnx.attend(q, K2, key_offset=off, query_offset=off, causal=True)
         np.testing.assert_array_equal(got, K2[0])
+    # each offset within the bound, their difference not: named, for the
+    # forward and the backward (the C core's generic overflow before)
+    out, lse = attnx.attend(q[None], K, return_lse=True)
+    for f in (lambda: attnx.attend(q, K, query_offset=2**62, key_offset=-1),
+              lambda: attnx.attend_backward(np.ones_like(out), q[None], K, None, out, lse,
+                                            query_offset=-2**62, key_offset=2**62)):
+        with pytest.raises(ValueError, match=r"query_offset - key_offset must be within"):
+            f()
     with pytest.raises(ValueError, match="dot score"):
         attnx.attend(q, K, score="additive", W_q=np.ones((2, 2)), v=np.ones(2),
                      W_k=np.ones((2, 2)), return_lse=True)

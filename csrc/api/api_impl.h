@@ -487,10 +487,24 @@ typedef struct {
     double softcap;
 } attn_args;
 
-/* x clamped to [-2^60, 2^60]: positions beyond see all keys or none alike
+/* x clamped to [-2^60, 2^60]: bounds beyond see all keys or none alike
  * (sizes stay below 2^60), and sums of two never overflow */
 #define POS_LIM ((ptrdiff_t)1 << 60)
+#define POS_ALIBI ((ptrdiff_t)1 << 62)
 static ptrdiff_t pos_clamp(ptrdiff_t x) { return x < -POS_LIM ? -POS_LIM : x > POS_LIM ? POS_LIM : x; }
+
+/* a + b, saturated at PTRDIFF_MIN / PTRDIFF_MAX */
+static ptrdiff_t sat_add(ptrdiff_t a, ptrdiff_t b)
+{
+    if (b > 0 && a > PTRDIFF_MAX - b) return PTRDIFF_MAX;
+    if (b < 0 && a < PTRDIFF_MIN - b) return PTRDIFF_MIN;
+    return a + b;
+}
+
+/* pos_clamp(d + w + x), exactly: d any, w >= 0 or w <= 0 (not PTRDIFF_MIN),
+ * |x| < 2^61. d + w can only saturate away from 0 on w's side, by more
+ * than x can bring back, so the clamp sees the sign it would have seen. */
+static ptrdiff_t bound_at(ptrdiff_t d, ptrdiff_t w, ptrdiff_t x) { return pos_clamp(sat_add(sat_add(d, w), x)); }
 
 /* Batch item b's keys seen at most (its key length) and its mods, for its
  * query row 0: the window and causal rules as offsets, bias, ALiBi slope,
@@ -503,8 +517,14 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
         off = a->nbatch ? attnx_batch_offset(a->nbatch, a->batch_shape, a->klen_strides, b) : 0;
         Tb = (size_t)a->klen[off];
     }
-    ptrdiff_t pos = pos_clamp(a->diag);
-    if (a->lower_right) pos = pos_clamp(pos + (ptrdiff_t)Tb - (ptrdiff_t)a->Lq);
+    /* query row 0's position relative to key 0 (lower right: shifted by
+     * Tb - Lq); the window's and causal bounds are computed exactly before
+     * they are clamped (a wide window reaches back from a far position) */
+    const ptrdiff_t shift = a->lower_right ? (ptrdiff_t)Tb - (ptrdiff_t)a->Lq : 0;
+    const ptrdiff_t pos = bound_at(a->diag, 0, shift);
+    /* ALiBi's distances need the position itself: exact within +-2^62
+     * (every query_offset - key_offset the Python API accepts) */
+    const ptrdiff_t at = sat_add(a->diag, shift);
     md->bias = NULL;
     md->bias_row = a->bias_row;
     md->bias_col = a->bias_col;
@@ -524,11 +544,11 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
         if ((AX_T)md->softcap == (AX_T)INFINITY) md->softcap = 0.0;
         else if ((AX_T)md->softcap == 0) md->softcap = sizeof(AX_T) == 4 ? 0x1p-149 : 0x1p-1074;
     }
-    md->pos = pos;
-    md->lo = a->wl >= 0 ? pos - pos_clamp(a->wl) : ATTNX_NO_LO;
+    md->pos = at < -POS_ALIBI ? -POS_ALIBI : at > POS_ALIBI ? POS_ALIBI : at;
+    md->lo = a->wl >= 0 ? bound_at(a->diag, -a->wl, shift) : ATTNX_NO_LO;
     md->hi = ATTNX_NO_HI;
     if (a->causal) md->hi = pos + 1;
-    if (a->wr >= 0 && pos + pos_clamp(a->wr) + 1 < md->hi) md->hi = pos + pos_clamp(a->wr) + 1;
+    if (a->wr >= 0 && bound_at(a->diag, a->wr, shift) + 1 < md->hi) md->hi = bound_at(a->diag, a->wr, shift) + 1;
     return Tb;
 }
 
