@@ -286,7 +286,10 @@ cdef object _result(object out, tuple shape, list inputs, object dtype=_FLOAT64)
 
 
 cdef object _integer(object x, str name, str what):
-    """x as a Python int (operator.index), or a TypeError naming it."""
+    """x as a Python int (operator.index), or a TypeError naming it (a bool
+    too: KVCache(True) is a mistake, not d=1)."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {what}, got {x!r}")
     try:
         return operator.index(x)
     except TypeError:
@@ -1023,10 +1026,15 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
                 raise ValueError("score='general' takes W only")
             return _attend_general(_general_query(query, W, keys), keys, values, sc, mask,
                                    return_weights, out, num_threads, return_lse, qoff, koff, sh)
+        # what the score itself lacks first: the message below is additive's
+        if score == "general":
+            raise ValueError("score='general' needs W, shape (dq, dk)")
+        if not (isinstance(score, str) and score == "additive"):
+            raise ValueError(f"score must be 'dot', 'general' or 'additive', got {score!r}")
         if return_lse or koff or qoff or sh.shaped:
             raise ValueError("return_lse, key_offset, query_offset, bias, alibi_slopes, "
                              "enable_gqa, window, key_lengths and softcap work with the dot "
-                             "score (score='dot' or 'general')")
+                             "score (score='dot' or 'general'), not score='additive'")
         return _attend_scored(query, keys, values, sc, mask, sh.causal, sh.lower_right,
                               return_weights, out, num_threads, score, W, W_q, v, keys_proj,
                               W_k)
@@ -2494,8 +2502,11 @@ cdef class KVCache:
         if dt != _FLOAT64 and dt != _FLOAT32:
             raise TypeError(f"dtype must be float64 or float32, got {dt}")
         dt = _FLOAT32 if dt == _FLOAT32 else _FLOAT64
-        K = np.empty((ncap, nd), dtype=dt)
-        V = K if shared else np.empty((ncap, ndv), dtype=dt)
+        try:
+            K = np.empty((ncap, nd), dtype=dt)
+            V = K if shared else np.empty((ncap, ndv), dtype=dt)
+        except (ValueError, MemoryError) as e:
+            raise type(e)(f"KVCache(d={nd}, dv={ndv}, capacity={ncap}): {e}") from None
         with self._lock:
             self.shared = shared
             self.d = nd
@@ -2580,6 +2591,8 @@ cdef class KVCache:
             Rows the cache can then hold without growing (it never shrinks).
         """
         cdef Py_ssize_t rows = _integer(n, "n", "an integer")
+        if rows < 0:
+            raise ValueError(f"n must be >= 0, got {rows}")
         with self._lock:
             self._reserve(rows)
 

@@ -18,7 +18,10 @@ tensors on other devices, dtypes other than float32/float64, and a float
 `attn_mask` whose dtype is not the query's. A float `attn_mask` that
 requires grad gets its gradient (attnx's ``grad_bias``). A query
 whose every key is masked gets zeros and zero gradients, as torch 2.13's own
-CPU sdpa does.
+CPU sdpa does. First derivatives only: a second backward (``create_graph``
+then differentiating the gradients, gradgradcheck) raises
+NotImplementedError, and ``torch.func.grad`` is refused by torch 2.13 for
+custom operators registered this way.
 
 Importing ``attnx`` never imports this module (nor torch); ``import
 attnx.torch`` does. Install with ``pip install "attnx[torch]"``.
@@ -121,6 +124,16 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_second_derivative(ctx, *grads):
+    raise NotImplementedError(
+        "attnx.torch.scaled_dot_product_attention has first derivatives only: its backward "
+        "(attnx::sdpa_backward) is not itself differentiable, so double backward, "
+        "gradgradcheck and Hessians need torch's own scaled_dot_product_attention")
+
+
+_sdpa_backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
 
 
 def _check(name, t):

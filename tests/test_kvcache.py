@@ -86,6 +86,15 @@ def test_errors():
             attnx.KVCache(**kw)
     with pytest.raises(TypeError, match="n must be an integer"):
         cache.reserve(1.5)
+    # bools are not sizes; reserve of a negative count; sizes no buffer can
+    # hold say which cache they were for
+    for kw, name in ((dict(d=True), "d"), (dict(d=3, capacity=np.True_), "capacity")):
+        with pytest.raises(TypeError, match=f"{name} must be an integer"):
+            attnx.KVCache(**kw)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        cache.reserve(-1)
+    with pytest.raises((ValueError, MemoryError), match=r"KVCache\(d=3, dv=3, capacity=4611686018427387904\)"):
+        attnx.KVCache(3, capacity=2**62)
     cache.reserve(np.int64(100))
     assert cache.capacity >= 100
     cache.append(np.ones(3), np.ones(2))

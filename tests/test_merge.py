@@ -235,6 +235,11 @@ def test_attend_offset_and_lse_errors():
     with pytest.raises(ValueError, match="dot score"):
         attnx.attend(q, K, score="additive", W_q=np.ones((2, 2)), v=np.ones(2),
                      W_k=np.ones((2, 2)), return_lse=True)
+    # what the score lacks is named before what it cannot do
+    with pytest.raises(ValueError, match="score='general' needs W"):
+        attnx.attend(q, K, score="general", return_lse=True)
+    with pytest.raises(ValueError, match="score must be 'dot', 'general' or 'additive'"):
+        attnx.attend(q, K, score="cosine", key_offset=3)
     with pytest.raises(ValueError, match="lse_out"):
         attnx.attend(q, K, return_lse=True, out=(np.empty(2),))
     ctx_out, lse_out = np.empty(2), np.empty(())

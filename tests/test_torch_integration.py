@@ -75,6 +75,19 @@ def test_gradcheck(case):
         lambda q_, k_, v_: at.scaled_dot_product_attention(q_, k_, v_, **kw), (q, k, v))
 
 
+def test_second_derivatives_are_a_clear_error():
+    """create_graph works (the first gradients are right), differentiating
+    them again raises NotImplementedError saying what to use instead
+    (before: torch's hint to register an autograd formula, on internals)."""
+    q, k, v, kw = make("causal")
+    out = at.scaled_dot_product_attention(q, k, v, **kw)
+    (dq,) = torch.autograd.grad(out.square().sum(), (q,), create_graph=True)
+    (want,) = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, **kw).square().sum(), (q,))
+    torch.testing.assert_close(dq, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="first derivatives only"):
+        dq.sum().backward()
+
+
 def test_fully_masked_rows_give_zeros_like_torch():
     """torch 2.13's CPU sdpa and attnx both give a row that sees no key zeros
     (and zero gradients); older torch gave NaN there."""
