@@ -124,36 +124,33 @@ VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
     return q;
 }
 
-/* Exps below this add nothing to the sums: the callers' sums are at least
- * 1 (softmax: the max's own term) or at least SUM_TRUSTED (log_softmax's
- * first try), so n of them change a sum by under n 2^-960 (nothing for any
- * n that fits memory). Adding them would make Kahan compensations below
- * the normal range, an Intel microcode assist each. y keeps them. */
-#define SUM_FLOOR 0x1p-960
-
 /* The sum of exp(x - m), Kahan-summed per lane (VX_UNROLL sets, combined
- * by exact two-sums), exps below SUM_FLOOR left out; y = the exps when
- * store. */
+ * by exact two-sums); y = the exps when store. Exps below about 2^-960
+ * add nothing (exp_diff_kept): the callers' sums are at least 1
+ * (softmax: the max's own term) or at least SUM_TRUSTED (log_softmax's
+ * first try), so n of them would change a sum by under n 2^-960, nothing
+ * for any n that fits memory, and adding them would make Kahan
+ * compensations below the normal range, an Intel microcode assist each
+ * (every element, for a row whose other scores sit 670 below its max). */
 VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, int store)
 {
-    const vx_t mv = vx_set1(m), floor = vx_set1(SUM_FLOOR), zero = vx_zero();
-#define SUMMAND(e) vx_select(vx_lt(e, floor), e, zero)
+    const vx_t mv = vx_set1(m);
+    vx_t k;
     vx_t s[VX_UNROLL], c[VX_UNROLL];
     for (int u = 0; u < VX_UNROLL; u++) s[u] = c[u] = vx_zero();
     size_t i = 0;
     for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
         for (int u = 0; u < VX_UNROLL; u++) {
-            vx_t e = vx_exp_diff(vx_load(x + i + u * VX_W), mv);
+            vx_t e = exp_diff_kept(vx_load(x + i + u * VX_W), mv, &k);
             if (store) vx_store(y + i + u * VX_W, e);
-            kahan(&s[u], &c[u], SUMMAND(e));
+            kahan(&s[u], &c[u], k);
         }
     for (; i < n; i += VX_W) {
-        const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
-        vx_t e = vx_keep_tail(k, vx_exp_diff(vx_load_part(x + i, k), mv));
-        if (store) vx_store_part(y + i, k, e);
-        kahan(&s[0], &c[0], SUMMAND(e));
+        const vx_mask_t t = vx_tail(n - i >= VX_W ? VX_W : n - i);
+        vx_t e = vx_keep_tail(t, exp_diff_kept(vx_load_part(x + i, t), mv, &k));
+        if (store) vx_store_part(y + i, t, e);
+        kahan(&s[0], &c[0], vx_keep_tail(t, k));
     }
-#undef SUMMAND
     /* the Kahan sets: s0 + s1 exactly as S + err, minus the compensations */
     vx_t S = s[0], err = vx_sub(vx_zero(), c[0]);
     if (VX_UNROLL == 2) {

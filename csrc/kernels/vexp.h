@@ -8,6 +8,9 @@
  *   vx_exp_diff(a, b)    exp(a - b) with the subtraction's rounding
  *                        compensated (exact two-sum, lo zeroed where hi
  *                        is outside the exp range or NaN)
+ *   exp_diff_kept(a, b, &k)  the same, and k = it with the lanes below
+ *                        2^VX_KEEP_N zeroed: a summand whose sum stays
+ *                        in the normal range (softmax's Kahan sums)
  *
  * Accuracy: 0.67 ulp (float64) / 0.64 ulp (float32) measured where the
  * result is normal, 0.75 ulp at the subnormal boundary, at the FMA levels;
@@ -30,6 +33,7 @@
 #define VX_SUBNORMAL_N (-126.5f)    /* n below: the result is subnormal */
 #define VX_TOP_N 127.5f             /* n above: 2^n is not a float */
 #define VX_TWO_MANT 0x1p23f
+#define VX_KEEP_N (-125.5f)         /* exp2sum_kept: lanes below 2^-125 */
 #define VX_EXP_NC 6
 static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX_EXPF_C4,
                                              ATTNX_EXPF_C5, ATTNX_EXPF_C6, ATTNX_EXPF_C7};
@@ -45,6 +49,7 @@ static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX
 #define VX_SUBNORMAL_N (-1022.5)
 #define VX_TOP_N 1023.5
 #define VX_TWO_MANT 0x1p52
+#define VX_KEEP_N (-960.5)          /* exp2sum_kept: lanes below 2^-960 */
 #define VX_EXP_NC 12
 static const vx_float vx_exp_c[VX_EXP_NC] = {
     ATTNX_EXP_C2, ATTNX_EXP_C3, ATTNX_EXP_C4,  ATTNX_EXP_C5,  ATTNX_EXP_C6,  ATTNX_EXP_C7,
@@ -68,34 +73,13 @@ VX_INLINE vx_t vx_exp_poly(vx_t r, vx_t r2)
     return q;
 }
 
-VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
+/* exp2sum_kept's slow path: er 2^n where n is outside the normal
+ * exponents in some lane (sub: those below) */
+VX_INLINE vx_t exp_scaled_twice(vx_t er, vx_bits_t ti, vx_bool_t sub)
 {
-    const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
-    /* x second: a NaN passes through the clamp (see vx_max) */
-    vx_t x = vx_max(vx_set1(VX_EXP_LO), hi);
-    x = vx_min(vx_set1(VX_EXP_HI), x);
-    vx_t t = vx_fma(x, vx_set1(VX_LOG2E), shifter);   /* n in t's low bits */
-    vx_t n = vx_sub(t, shifter);
-    /* rh exact (Cody-Waite, Sterbenz); 1 + rh is carried exactly as
-     * sh + sl below, so only the final add rounds */
-    vx_t rh = vx_fnma(n, vx_set1(VX_LN2_HI), x);
-    vx_t rl = vx_fnma(n, vx_set1(VX_LN2_LO), lo);
-    vx_t r = vx_add(rh, rl);
-    vx_t r2 = vx_mul(r, r);
-    vx_t q = vx_exp_poly(r, r2);
-    vx_t sh = vx_add(one, rh);
-    vx_t sl = vx_add(vx_sub(one, sh), rh);                  /* exact: Fast2Sum */
-    vx_t er = vx_add(sh, vx_add(sl, vx_fma(r2, q, rl)));
-    /* bits(t) = bits(shifter) + n, and bits(shifter) has no set bit that
-     * survives the shift into the exponent field (nor the sign bit): with
-     * n a normal exponent (every lane, the common case) the result is er
-     * times 2^n, one exact power of 2, rounded once. */
-    vx_bits_t ti = vx_to_bits(t);
+    const vx_t one = vx_set1(1);
     const vx_bits_t bias = vb_set1(VX_EXP_BIAS);
-    const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
-    if (!vx_any(vx_or_b(sub, vx_lt(vx_set1(VX_TOP_N), n))))
-        return vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, bias))));
-    /* Else (bits(shifter) even) (bits >> 1) carries floor(n/2), bits -
+    /* (bits(shifter) even) (bits >> 1) carries floor(n/2), bits -
      * (bits >> 1) ceil(n/2): two exact power-of-2 scalings, so overflow
      * and underflow round once. */
     vx_bits_t h = vb_shr1(ti);
@@ -120,13 +104,64 @@ VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
     return vx_mul(vx_mul(er, s1), s2);
 }
 
-VX_INLINE vx_t vx_exp_diff(vx_t a, vx_t b)
+/* exp(hi + lo); with kept (a constant NULL or not: inlined either way),
+ * *kept = the same with the lanes below about 2^VX_KEEP_N zeroed, the
+ * summand of a sum that is at least 1 (see exp_sum in kernels/softmax.c),
+ * at the cost of a blend only where such a lane occurs. */
+VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
+{
+    const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
+    /* x second: a NaN passes through the clamp (see vx_max) */
+    vx_t x = vx_max(vx_set1(VX_EXP_LO), hi);
+    x = vx_min(vx_set1(VX_EXP_HI), x);
+    vx_t t = vx_fma(x, vx_set1(VX_LOG2E), shifter);   /* n in t's low bits */
+    vx_t n = vx_sub(t, shifter);
+    /* rh exact (Cody-Waite, Sterbenz); 1 + rh is carried exactly as
+     * sh + sl below, so only the final add rounds */
+    vx_t rh = vx_fnma(n, vx_set1(VX_LN2_HI), x);
+    vx_t rl = vx_fnma(n, vx_set1(VX_LN2_LO), lo);
+    vx_t r = vx_add(rh, rl);
+    vx_t r2 = vx_mul(r, r);
+    vx_t q = vx_exp_poly(r, r2);
+    vx_t sh = vx_add(one, rh);
+    vx_t sl = vx_add(vx_sub(one, sh), rh);                  /* exact: Fast2Sum */
+    vx_t er = vx_add(sh, vx_add(sl, vx_fma(r2, q, rl)));
+    /* bits(t) = bits(shifter) + n, and bits(shifter) has no set bit that
+     * survives the shift into the exponent field (nor the sign bit): with
+     * n a normal exponent (every lane, the common case) the result is er
+     * times 2^n, one exact power of 2, rounded once. */
+    vx_bits_t ti = vx_to_bits(t);
+    const vx_bits_t bias = vb_set1(VX_EXP_BIAS);
+    const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
+    const vx_bool_t low = kept ? vx_lt(n, vx_set1(VX_KEEP_N)) : sub;   /* sub implies low */
+    if (!vx_any(vx_or_b(low, vx_lt(vx_set1(VX_TOP_N), n)))) {
+        const vx_t e = vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, bias))));
+        if (kept) *kept = e;
+        return e;
+    }
+    const vx_t e = exp_scaled_twice(er, ti, sub);  /* else: two scalings */
+    if (kept) *kept = vx_select(low, e, vx_zero());
+    return e;
+}
+
+VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
+{
+    return exp2sum_kept(hi, lo, NULL);
+}
+
+/* exp(a - b), see the top; kept as in exp2sum_kept */
+VX_INLINE vx_t exp_diff_kept(vx_t a, vx_t b, vx_t *kept)
 {
     vx_t hi = vx_sub(a, b);
     vx_t z = vx_sub(hi, a);
     vx_t lo = vx_sub(vx_sub(a, vx_sub(hi, z)), vx_add(b, z));
     vx_bool_t sane = vx_and_b(vx_ge(hi, vx_set1(VX_EXP_LO)), vx_le(hi, vx_set1(VX_EXP_HI)));
-    return vx_exp2sum(hi, vx_keep(sane, lo));
+    return exp2sum_kept(hi, vx_keep(sane, lo), kept);
+}
+
+VX_INLINE vx_t vx_exp_diff(vx_t a, vx_t b)
+{
+    return exp_diff_kept(a, b, NULL);
 }
 
 #endif /* ATTNX_KERNELS_VEXP_H */
