@@ -171,6 +171,11 @@ def test_softmax_family_at_the_cliff(simd, dt):
         # the same for softmax: weights e^-590..e^-700, normal numbers whose
         # running sums (Kahan compensations included) must stay normal too
         _check(lambda: attnx.softmax(far), "softmax, one dominant score")
+        # log_softmax's results stay normal further out, where exps are
+        # subnormal (e^-709..e^-800): they must not enter its sums
+        wide = np.concatenate([np.zeros((50, 1)), np.full((50, 1), -600.0),
+                               -rng.uniform(590.0, 800.0, (50, 300))], axis=1)
+        _check(lambda: attnx.log_softmax(wide), "log_softmax, scores beyond the exp's range")
     # the fused attend on the same scores: column 0 of K against q = e0
     T = 4096
     K = np.zeros((T, 8), dt)

@@ -24,7 +24,7 @@
  * writes y once.
  */
 #define LOG1P_SWITCH 0x1p-20
-#define SUM_TRUSTED 0x1p-850   /* exp_sum's floor (softmax.c), 2^-960, times 2^110 */
+#define SUM_TRUSTED 0x1p-850   /* see SUM_BIAS in softmax.c */
 
 /* log S, S = sum exp(x_i - m) with m the row max (finite) */
 static double log_sum(const vx_float *x, size_t n, vx_float m)
@@ -38,10 +38,10 @@ static double log_sum(const vx_float *x, size_t n, vx_float m)
     /* another entry equal to m adds its exact 1 to R: still log1p(R) */
     double R = exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0);
 #if !defined(ATTNX_F32)
-    /* exp_sum leaves out exps below 2^-960, nothing beside an R of at
-     * least SUM_TRUSTED. A smaller R (every other score more than ~590
-     * below the max) is exp(m2 - m) R2, with m2 the largest of the others:
-     * R2 >= 1 (m2's own term), and no sum runs below the normal range. */
+    /* exp_sum is exact to a rounding from SUM_TRUSTED up (its bias, its
+     * subnormal exps left out). A smaller R (every other score more than
+     * ~590 below the max) is exp(m2 - m) R2, with m2 the largest of the
+     * others: R2 >= 1 (m2's own term). */
     if (R < SUM_TRUSTED) {
         const vx_float lo = i ? row_max(x, i) : -INFINITY, hi = row_max(x + i + 1, n - i - 1);
         const vx_float m2 = lo > hi ? lo : hi;

@@ -124,20 +124,30 @@ VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
     return q;
 }
 
+/* Each Kahan lane starts at SUM_BIAS, subtracted at the end: a lane
+ * whose running sum were below 2^-969 (its exps all far below the max,
+ * e^-680: every lane, for a row whose other scores sit that far below)
+ * would make compensations below the normal range, an Intel microcode
+ * assist at each element. From SUM_BIAS up, a compensation is the
+ * rounding error of adding a normal exp (a multiple of its lowest bit,
+ * 0 or at least 2^-1021) or the whole exp (normal): never subnormal.
+ * The callers' sums are at least 1 (softmax: the max's own term) or at
+ * least SUM_TRUSTED = 2^-850 (log_softmax), where the bias costs one
+ * rounding. Subnormal exps (beyond max - 708) leave the sum instead
+ * (exp_diff_kept): under n 2^-1022 of it, nothing beside 2^-850. */
+#define SUM_BIAS 0x1p-900
+
 /* The sum of exp(x - m), Kahan-summed per lane (VX_UNROLL sets, combined
- * by exact two-sums); y = the exps when store. Exps below about 2^-960
- * add nothing (exp_diff_kept): the callers' sums are at least 1
- * (softmax: the max's own term) or at least SUM_TRUSTED (log_softmax's
- * first try), so n of them would change a sum by under n 2^-960, nothing
- * for any n that fits memory, and adding them would make Kahan
- * compensations below the normal range, an Intel microcode assist each
- * (every element, for a row whose other scores sit 670 below its max). */
+ * by exact two-sums, from SUM_BIAS); y = the exps when store. */
 VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, int store)
 {
     const vx_t mv = vx_set1(m);
     vx_t k;
     vx_t s[VX_UNROLL], c[VX_UNROLL];
-    for (int u = 0; u < VX_UNROLL; u++) s[u] = c[u] = vx_zero();
+    for (int u = 0; u < VX_UNROLL; u++) {
+        s[u] = vx_set1(SUM_BIAS);
+        c[u] = vx_zero();
+    }
     size_t i = 0;
     for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
         for (int u = 0; u < VX_UNROLL; u++) {
@@ -160,7 +170,7 @@ VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, i
         err = vx_add(vx_sub(s[0], vx_sub(S, bb)), vx_sub(s[VX_UNROLL - 1], bb));
         err = vx_sub(err, vx_add(c[0], c[VX_UNROLL - 1]));
     }
-    return vx_hsum2(S, err);
+    return vx_hsum2(S, err) - VX_UNROLL * VX_W * SUM_BIAS;
 }
 
 /* y = e / sum, in place */

@@ -8,9 +8,9 @@
  *   vx_exp_diff(a, b)    exp(a - b) with the subtraction's rounding
  *                        compensated (exact two-sum, lo zeroed where hi
  *                        is outside the exp range or NaN)
- *   exp_diff_kept(a, b, &k)  the same, and k = it with the lanes below
- *                        2^VX_KEEP_N zeroed: a summand whose sum stays
- *                        in the normal range (softmax's Kahan sums)
+ *   exp_diff_kept(a, b, &k)  the same, and k = it with its subnormal
+ *                        lanes zeroed: a summand that keeps softmax's
+ *                        Kahan sums in the normal range
  *
  * Accuracy: 0.67 ulp (float64) / 0.64 ulp (float32) measured where the
  * result is normal, 0.75 ulp at the subnormal boundary, at the FMA levels;
@@ -30,10 +30,9 @@
 #define VX_SHIFTER ATTNX_SHIFTERF
 #define VX_EXP_BIAS 127
 #define VX_SUBNORMAL_SHIFT 149      /* 2^-149: the float subnormal grid */
-#define VX_SUBNORMAL_N (-126.5f)    /* n below: the result is subnormal */
+#define VX_SUBNORMAL_N (-125.5f)    /* n below: the result may be subnormal */
 #define VX_TOP_N 127.5f             /* n above: 2^n is not a float */
 #define VX_TWO_MANT 0x1p23f
-#define VX_KEEP_N (-125.5f)         /* exp2sum_kept: lanes below 2^-125 */
 #define VX_EXP_NC 6
 static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX_EXPF_C4,
                                              ATTNX_EXPF_C5, ATTNX_EXPF_C6, ATTNX_EXPF_C7};
@@ -46,10 +45,9 @@ static const vx_float vx_exp_c[VX_EXP_NC] = {ATTNX_EXPF_C2, ATTNX_EXPF_C3, ATTNX
 #define VX_SHIFTER ATTNX_SHIFTER
 #define VX_EXP_BIAS 1023
 #define VX_SUBNORMAL_SHIFT 1074
-#define VX_SUBNORMAL_N (-1022.5)
+#define VX_SUBNORMAL_N (-1021.5)    /* n below: the result may be subnormal */
 #define VX_TOP_N 1023.5
 #define VX_TWO_MANT 0x1p52
-#define VX_KEEP_N (-960.5)          /* exp2sum_kept: lanes below 2^-960 */
 #define VX_EXP_NC 12
 static const vx_float vx_exp_c[VX_EXP_NC] = {
     ATTNX_EXP_C2, ATTNX_EXP_C3, ATTNX_EXP_C4,  ATTNX_EXP_C5,  ATTNX_EXP_C6,  ATTNX_EXP_C7,
@@ -96,18 +94,21 @@ VX_INLINE vx_t exp_scaled_twice(vx_t er, vx_bits_t ti, vx_bool_t sub)
         const vx_t two_m = vx_set1(VX_TWO_MANT);
         vx_t zs = vx_select(sub, one, vx_from_bits(vb_shl_mant(vb_add(ti, vb_set1(VX_SUBNORMAL_SHIFT + VX_EXP_BIAS)))));
         vx_t z = vx_mul(er, zs);
+        /* sub holds n = the lowest normal exponent too, whose er < 1 makes
+         * a subnormal and er >= 1 does not (z >= 2^mant: scaled) */
+        const vx_bool_t tl = vx_and_b(sub, vx_lt(z, two_m));
         vx_t tiny = vx_from_bits(vb_sub(vx_to_bits(vx_add(z, two_m)), vx_to_bits(two_m)));
-        s1 = vx_select(sub, s1, one);
-        s2 = vx_select(sub, s2, one);
-        return vx_select(sub, vx_mul(vx_mul(er, s1), s2), tiny);
+        s1 = vx_select(tl, s1, one);
+        s2 = vx_select(tl, s2, one);
+        return vx_select(tl, vx_mul(vx_mul(er, s1), s2), tiny);
     }
     return vx_mul(vx_mul(er, s1), s2);
 }
 
 /* exp(hi + lo); with kept (a constant NULL or not: inlined either way),
- * *kept = the same with the lanes below about 2^VX_KEEP_N zeroed, the
- * summand of a sum that is at least 1 (see exp_sum in kernels/softmax.c),
- * at the cost of a blend only where such a lane occurs. */
+ * *kept = the same with its subnormal lanes zeroed, the summand of a sum
+ * far above them (exp_sum in kernels/softmax.c); a blend in the slow path
+ * only, where those lanes are. */
 VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
 {
     const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
@@ -133,14 +134,13 @@ VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
     vx_bits_t ti = vx_to_bits(t);
     const vx_bits_t bias = vb_set1(VX_EXP_BIAS);
     const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
-    const vx_bool_t low = kept ? vx_lt(n, vx_set1(VX_KEEP_N)) : sub;   /* sub implies low */
-    if (!vx_any(vx_or_b(low, vx_lt(vx_set1(VX_TOP_N), n)))) {
+    if (!vx_any(vx_or_b(sub, vx_lt(vx_set1(VX_TOP_N), n)))) {
         const vx_t e = vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, bias))));
         if (kept) *kept = e;
         return e;
     }
-    const vx_t e = exp_scaled_twice(er, ti, sub);  /* else: two scalings */
-    if (kept) *kept = vx_select(low, e, vx_zero());
+    const vx_t e = exp_scaled_twice(er, ti, sub);   /* two scalings */
+    if (kept) *kept = vx_select(sub, e, vx_zero());
     return e;
 }
 
