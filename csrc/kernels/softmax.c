@@ -133,8 +133,9 @@ VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
  * 0 or at least 2^-1021) or the whole exp (normal): never subnormal.
  * The callers' sums are at least 1 (softmax: the max's own term) or at
  * least SUM_TRUSTED = 2^-850 (log_softmax), where the bias costs one
- * rounding. Subnormal exps (beyond max - 708) leave the sum instead
- * (exp_diff_kept): under n 2^-1022 of it, nothing beside 2^-850. */
+ * rounding. Exps below 2^-1021 (beyond max - 707.7: the subnormal ones)
+ * leave the sum instead (exp_diff_kept): under n 2^-1021 of it, nothing
+ * beside 2^-850. */
 #define SUM_BIAS 0x1p-900
 
 /* The sum of exp(x - m), Kahan-summed per lane (VX_UNROLL sets, combined

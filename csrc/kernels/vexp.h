@@ -8,9 +8,9 @@
  *   vx_exp_diff(a, b)    exp(a - b) with the subtraction's rounding
  *                        compensated (exact two-sum, lo zeroed where hi
  *                        is outside the exp range or NaN)
- *   exp_diff_kept(a, b, &k)  the same, and k = it with its subnormal
- *                        lanes zeroed: a summand that keeps softmax's
- *                        Kahan sums in the normal range
+ *   exp_diff_kept(a, b, &k)  the same, and k = it with its lanes below
+ *                        2^-1021 (float 2^-125) zeroed: a summand that
+ *                        keeps softmax's Kahan sums in the normal range
  *
  * Accuracy: 0.67 ulp (float64) / 0.64 ulp (float32) measured where the
  * result is normal, 0.75 ulp at the subnormal boundary, at the FMA levels;
@@ -106,9 +106,10 @@ VX_INLINE vx_t exp_scaled_twice(vx_t er, vx_bits_t ti, vx_bool_t sub)
 }
 
 /* exp(hi + lo); with kept (a constant NULL or not: inlined either way),
- * *kept = the same with its subnormal lanes zeroed, the summand of a sum
- * far above them (exp_sum in kernels/softmax.c); a blend in the slow path
- * only, where those lanes are. */
+ * *kept = the same with its lanes below 2^-1021 (float: 2^-125; the
+ * subnormal ones and the lowest normal binade) zeroed, the summand of a
+ * sum far above them (exp_sum in kernels/softmax.c); a blend in the slow
+ * path only, where those lanes are. */
 VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
 {
     const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
