@@ -1297,7 +1297,7 @@ cdef int _window(object window, _Shaping sh) except -1:
         if n < 0:
             raise ValueError(f"window's {name} side must be >= 0 (None: unbounded), got {n} "
                              f"in window={window!r}")
-        sides[k] = min(n, 1 << 62)       # beyond any position: as good as unbounded
+        sides[k] = min(n, (1 << 63) - 1)  # the C core saturates its bounds from there
     sh.window_left, sh.window_right = sides[0], sides[1]
     return 0
 

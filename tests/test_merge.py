@@ -202,10 +202,23 @@ def test_far_positions_mask_and_bias_exactly(far):
     # a window reaching back from far away sees what it would near 0
     o = attnx.attend(q, K, V, query_offset=far, window=(far - 3, None))
     np.testing.assert_array_equal(o, attnx.attend(q, K, V, query_offset=5, window=(2, None)))
+    # a window side past 2**62 (Python used to clamp it there): a query at
+    # far sees key 0 when the side reaches back to it
+    o = attnx.attend(q, K, V, query_offset=far, window=(far + 1, None))
+    np.testing.assert_array_equal(o, attnx.attend(q, K, V))
+    o = attnx.attend(q, K, V, key_offset=far, window=(None, far - 1))   # row i sees keys < i
+    np.testing.assert_array_equal(o[1], V[0])
     # ALiBi: the lse carries the distance itself, -slope * (far - key)
     _, lse = attnx.attend(np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)), alibi_slopes=1.0,
                           query_offset=far, return_lse=True)
     assert lse[0] == -float(far)
+    # ... past a lower-right shift too (the position was clamped at 2**62)
+    T = 1000
+    _, lse = attnx.attend(np.zeros((1, 1)), np.zeros((T, 1)), np.ones((T, 1)), alibi_slopes=2.0 ** -40,
+                          query_offset=2**62, causal="lower_right", return_lse=True)
+    dist = np.arange(T)[::-1].astype(np.longdouble) + np.longdouble(2**62)
+    want = np.log(np.exp(-(dist - dist.min()) * np.longdouble(2.0 ** -40)).sum()) - dist.min() * 2.0 ** -40
+    assert abs(lse[0] - float(want)) <= 4 * np.spacing(abs(float(want)))
 
 
 def test_attend_offset_and_lse_errors():

@@ -158,24 +158,32 @@ def test_softmax_family_at_the_cliff(simd, dt):
         y = x.copy()
         y[rng.random(n) < 0.1] = x.max() - (60.0 if dt == np.float32 else 680.0)
         for arr, what in ((x, "ordinary"), (y, "cliff")):
-            _check(lambda: attnx.softmax(arr), f"softmax {what} n={n}")
-            _check(lambda: attnx.log_softmax(arr), f"log_softmax {what} n={n}")
+            _check(lambda: attnx.softmax(arr, num_threads=1), f"softmax {what} n={n}")
+            _check(lambda: attnx.log_softmax(arr, num_threads=1), f"log_softmax {what} n={n}")
         rows = y[: 1000 * (n // 1000)].reshape(-1, 1000)
-        _check(lambda: attnx.softmax(rows, axis=-1), "softmax rows")
-        _check(lambda: attnx.log_softmax(rows, axis=-1), "log_softmax rows")
+        # one thread: MXCSR is per thread, a worker's flags are not seen
+        _check(lambda: attnx.softmax(rows, axis=-1, num_threads=1), "softmax rows")
+        _check(lambda: attnx.log_softmax(rows, axis=-1, num_threads=1), "log_softmax rows")
     if dt == np.float64:
         # every other score 590-700 below the max: log_softmax's R is tiny
         # (its result for the max, -log1p(R), a tiny normal number)
         far = np.concatenate([np.zeros((50, 1)), -rng.uniform(590.0, 700.0, (50, 300))], axis=1)
-        _check(lambda: attnx.log_softmax(far), "log_softmax, one dominant score")
+        _check(lambda: attnx.log_softmax(far, num_threads=1), "log_softmax, one dominant score")
         # the same for softmax: weights e^-590..e^-700, normal numbers whose
         # running sums (Kahan compensations included) must stay normal too
-        _check(lambda: attnx.softmax(far), "softmax, one dominant score")
+        _check(lambda: attnx.softmax(far, num_threads=1), "softmax, one dominant score")
         # log_softmax's results stay normal further out, where exps are
         # subnormal (e^-709..e^-800): they must not enter its sums
         wide = np.concatenate([np.zeros((50, 1)), np.full((50, 1), -600.0),
                                -rng.uniform(590.0, 800.0, (50, 300))], axis=1)
-        _check(lambda: attnx.log_softmax(wide), "log_softmax, scores beyond the exp's range")
+        _check(lambda: attnx.log_softmax(wide, num_threads=1), "log_softmax, scores beyond the exp's range")
+        # every other exp subnormal, the max's result still normal (-2.5e-306)
+        sub = np.concatenate([[0.0], np.full(4096, -712.0)])
+        _check(lambda: attnx.log_softmax(sub, num_threads=1), "log_softmax, every other exp subnormal")
+    else:
+        # float32: every other exp a subnormal float, the result normal
+        sub = np.concatenate([[0.0], np.full(100_000, -95.0)]).astype(dt)
+        _check(lambda: attnx.log_softmax(sub, num_threads=1), "log_softmax, every other exp subnormal")
     # the fused attend on the same scores: column 0 of K against q = e0
     T = 4096
     K = np.zeros((T, 8), dt)

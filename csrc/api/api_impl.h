@@ -490,7 +490,7 @@ typedef struct {
 /* x clamped to [-2^60, 2^60]: bounds beyond see all keys or none alike
  * (sizes stay below 2^60), and sums of two never overflow */
 #define POS_LIM ((ptrdiff_t)1 << 60)
-#define POS_ALIBI ((ptrdiff_t)1 << 62)
+#define POS_ALIBI (((ptrdiff_t)1 << 62) + ((ptrdiff_t)1 << 61))  /* 2^62 past any lower-right shift */
 static ptrdiff_t pos_clamp(ptrdiff_t x) { return x < -POS_LIM ? -POS_LIM : x > POS_LIM ? POS_LIM : x; }
 
 /* a + b, saturated at PTRDIFF_MIN / PTRDIFF_MAX */
@@ -522,8 +522,9 @@ static size_t item_mods(const attn_args *a, size_t b, attnx_mods *md)
      * they are clamped (a wide window reaches back from a far position) */
     const ptrdiff_t shift = a->lower_right ? (ptrdiff_t)Tb - (ptrdiff_t)a->Lq : 0;
     const ptrdiff_t pos = bound_at(a->diag, 0, shift);
-    /* ALiBi's distances need the position itself: exact within +-2^62
-     * (every query_offset - key_offset the Python API accepts) */
+    /* ALiBi's distances need the position itself: exact for every
+     * query_offset - key_offset the Python API accepts (+-2^62) and any
+     * lower-right shift (|Tb - Lq| < 2^60), rows added to it included */
     const ptrdiff_t at = sat_add(a->diag, shift);
     md->bias = NULL;
     md->bias_row = a->bias_row;

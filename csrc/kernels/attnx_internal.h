@@ -261,12 +261,15 @@ static inline double attnx_pow2i(int k)
     return attnx_bits_to_f64((uint64_t)(k + 1023) << 52);
 }
 
-/* exp(hi + lo), scalar reference of the algorithm above. lo must be finite
+/* exp(hi + lo) 2^up, scalar reference of the algorithm above (up = 0;
+ * up > 0 keeps a result below the normal range normal, for a product
+ * that lands back in it: log_softmax's dominant score). lo must be finite
  * (callers zero it when hi is not). */
-static inline double attnx_exp2sum_scalar(double hi, double lo)
+static inline double attnx_exp2sum_scaled_scalar(double hi, double lo, int up)
 {
     double x = hi;
-    if (x < ATTNX_EXP_LO_CLAMP) x = ATTNX_EXP_LO_CLAMP;
+    const double lo_clamp = ATTNX_EXP_LO_CLAMP - up * 0.6931471805599453;   /* the result rounds to 0 */
+    if (x < lo_clamp) x = lo_clamp;
     if (x > ATTNX_EXP_HI_CLAMP) x = ATTNX_EXP_HI_CLAMP;
     if (x != x) return x + lo;               /* NaN */
     double t = x * ATTNX_LOG2E + ATTNX_SHIFTER;
@@ -290,9 +293,14 @@ static inline double attnx_exp2sum_scalar(double hi, double lo)
     double sh = 1.0 + rh;
     double sl = (1.0 - sh) + rh;         /* exact low part of 1 + rh */
     double er = sh + (sl + (rl + u));
-    int k = (int)n;
+    int k = (int)n + up;
     int k1 = k >> 1;           /* arithmetic shift: floor(k / 2) */
     return (er * attnx_pow2i(k1)) * attnx_pow2i(k - k1);
+}
+
+static inline double attnx_exp2sum_scalar(double hi, double lo)
+{
+    return attnx_exp2sum_scaled_scalar(hi, lo, 0);
 }
 
 /* Exact difference a - b = hi + lo (Knuth's two-sum, no branch). When hi is
@@ -313,11 +321,17 @@ static inline double attnx_sub_lo_sane(double hi, double lo)
 }
 
 /* exp(a - b) with the rounding of the subtraction compensated. */
-static inline double attnx_exp_diff_scalar(double a, double b)
+static inline double attnx_exp_diff_scaled_scalar(double a, double b, int up)
 {
     double lo;
     double hi = attnx_two_diff(a, b, &lo);
-    return attnx_exp2sum_scalar(hi, attnx_sub_lo_sane(hi, lo));
+    return attnx_exp2sum_scaled_scalar(hi, (hi >= ATTNX_EXP_LO_CLAMP - up * 0.6931471805599453 &&
+                                            hi <= ATTNX_EXP_HI_CLAMP) ? lo : 0.0, up);
+}
+
+static inline double attnx_exp_diff_scalar(double a, double b)
+{
+    return attnx_exp_diff_scaled_scalar(a, b, 0);
 }
 
 /* ctx = acc / l for one query's online-softmax state (m, l), zeros when

@@ -24,7 +24,13 @@
  * writes y once.
  */
 #define LOG1P_SWITCH 0x1p-20
-#define SUM_TRUSTED 0x1p-850   /* see SUM_BIAS in softmax.c */
+/* exp_sum is exact to its rounding from R_TRUSTED up (see it in
+ * softmax.c: its small exps leave the sum) */
+#if defined(ATTNX_F32)
+#define R_TRUSTED 0x1p-60
+#else
+#define R_TRUSTED 0x1p-850
+#endif
 
 /* log S, S = sum exp(x_i - m) with m the row max (finite) */
 static double log_sum(const vx_float *x, size_t n, vx_float m)
@@ -37,19 +43,17 @@ static double log_sum(const vx_float *x, size_t n, vx_float m)
     while (x[i] != m) i++;
     /* another entry equal to m adds its exact 1 to R: still log1p(R) */
     double R = exp_sum(x, i, m, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m, NULL, 0);
-#if !defined(ATTNX_F32)
-    /* exp_sum is exact to a rounding from SUM_TRUSTED up (its bias, its
-     * subnormal exps left out). A smaller R (every other score more than
-     * ~590 below the max) is exp(m2 - m) R2, with m2 the largest of the
-     * others: R2 >= 1 (m2's own term). */
-    if (R < SUM_TRUSTED) {
+    /* A smaller R (every other score far below the max) is exp(m2 - m) R2,
+     * with m2 the largest of the others and R2 >= 1 (m2's own term); the
+     * exp scaled by 2^512, so that a subnormal one keeps its digits until
+     * the product is scaled back (one rounding, only if R is subnormal). */
+    if (R < R_TRUSTED) {
         const vx_float lo = i ? row_max(x, i) : -INFINITY, hi = row_max(x + i + 1, n - i - 1);
         const vx_float m2 = lo > hi ? lo : hi;
-        if (m2 == -INFINITY) return 0.0;
+        if (m2 == -INFINITY || (double)m2 - (double)m < -1000.0) return 0.0;   /* R < 2^-1370 */
         const double R2 = exp_sum(x, i, m2, NULL, 0) + exp_sum(x + i + 1, n - i - 1, m2, NULL, 0);
-        R = attnx_exp_diff_scalar(m2, m) * R2;
+        R = attnx_exp_diff_scaled_scalar(m2, m, 512) * R2 * 0x1p-512;
     }
-#endif
     return attnx_log1p_f64(R);
 }
 

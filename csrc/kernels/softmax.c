@@ -54,24 +54,29 @@ static vx_float row_max(const vx_float *x, size_t n)
 }
 
 #if defined(ATTNX_F32)
-/* The sum of exp(x - m) in double; y = the exps when store. */
+/* The sum of exp(x - m) in double; y = the exps when store. Exps below
+ * 2^-125 (the subnormal floats, whose widening is an assist on Intel)
+ * leave the sum (exp_diff_kept): the callers' sums are at least 1
+ * (softmax) or R_TRUSTED = 2^-60 (log_softmax), where n of them are
+ * nothing at float precision. */
 VX_INLINE double exp_sum(const vx_float *x, size_t n, vx_float m, vx_float *y, int store)
 {
     const vx_t mv = vx_set1(m);
+    vx_t k;
     vx_wide_t s[VX_UNROLL];
     for (int u = 0; u < VX_UNROLL; u++) s[u] = vx_wide_zero();
     size_t i = 0;
     for (; i + VX_UNROLL * VX_W <= n; i += VX_UNROLL * VX_W)
         for (int u = 0; u < VX_UNROLL; u++) {
-            vx_t e = vx_exp_diff(vx_load(x + i + u * VX_W), mv);
+            vx_t e = exp_diff_kept(vx_load(x + i + u * VX_W), mv, &k);
             if (store) vx_store(y + i + u * VX_W, e);
-            s[u] = vx_wide_add(s[u], e);
+            s[u] = vx_wide_add(s[u], k);
         }
     for (; i < n; i += VX_W) {
-        const vx_mask_t k = vx_tail(n - i >= VX_W ? VX_W : n - i);
-        vx_t e = vx_keep_tail(k, vx_exp_diff(vx_load_part(x + i, k), mv));
-        if (store) vx_store_part(y + i, k, e);
-        s[0] = vx_wide_add(s[0], e);
+        const vx_mask_t t = vx_tail(n - i >= VX_W ? VX_W : n - i);
+        vx_t e = vx_keep_tail(t, exp_diff_kept(vx_load_part(x + i, t), mv, &k));
+        if (store) vx_store_part(y + i, t, e);
+        s[0] = vx_wide_add(s[0], vx_keep_tail(t, k));
     }
     for (int u = 1; u < VX_UNROLL; u++) s[0] = vx_wide_sum2(s[0], s[u]);
     return vx_wide_hsum(s[0]);
@@ -132,7 +137,7 @@ VX_INLINE vx_t div_by(vx_t e, vx_t S, vx_t r)
  * rounding error of adding a normal exp (a multiple of its lowest bit,
  * 0 or at least 2^-1021) or the whole exp (normal): never subnormal.
  * The callers' sums are at least 1 (softmax: the max's own term) or at
- * least SUM_TRUSTED = 2^-850 (log_softmax), where the bias costs one
+ * least R_TRUSTED = 2^-850 (log_softmax), where the bias costs one
  * rounding. Exps below 2^-1021 (beyond max - 707.7: the subnormal ones)
  * leave the sum instead (exp_diff_kept): under n 2^-1021 of it, nothing
  * beside 2^-850. */
