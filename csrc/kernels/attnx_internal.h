@@ -261,6 +261,9 @@ static inline double attnx_pow2i(int k)
     return attnx_bits_to_f64((uint64_t)(k + 1023) << 52);
 }
 
+/* below this, exp(x) 2^up rounds to 0: the clamp of the scaled exp */
+#define ATTNX_EXP_LO_SCALED(up) (ATTNX_EXP_LO_CLAMP - (up) * 0.6931471805599453)
+
 /* exp(hi + lo) 2^up, scalar reference of the algorithm above (up = 0;
  * up > 0 keeps a result below the normal range normal, for a product
  * that lands back in it: log_softmax's dominant score). lo must be finite
@@ -268,8 +271,7 @@ static inline double attnx_pow2i(int k)
 static inline double attnx_exp2sum_scaled_scalar(double hi, double lo, int up)
 {
     double x = hi;
-    const double lo_clamp = ATTNX_EXP_LO_CLAMP - up * 0.6931471805599453;   /* the result rounds to 0 */
-    if (x < lo_clamp) x = lo_clamp;
+    if (x < ATTNX_EXP_LO_SCALED(up)) x = ATTNX_EXP_LO_SCALED(up);
     if (x > ATTNX_EXP_HI_CLAMP) x = ATTNX_EXP_HI_CLAMP;
     if (x != x) return x + lo;               /* NaN */
     double t = x * ATTNX_LOG2E + ATTNX_SHIFTER;
@@ -314,10 +316,11 @@ static inline double attnx_two_diff(double a, double b, double *lo)
     return hi;
 }
 
-/* lo, or 0 where hi is -inf/below the exp range or NaN (lo is then NaN). */
-static inline double attnx_sub_lo_sane(double hi, double lo)
+/* lo, or 0 where hi is -inf/below the range of exp(hi) 2^up or NaN (lo
+ * is then NaN). */
+static inline double attnx_sub_lo_sane(double hi, double lo, int up)
 {
-    return (hi >= ATTNX_EXP_LO_CLAMP && hi <= ATTNX_EXP_HI_CLAMP) ? lo : 0.0;
+    return (hi >= ATTNX_EXP_LO_SCALED(up) && hi <= ATTNX_EXP_HI_CLAMP) ? lo : 0.0;
 }
 
 /* exp(a - b) with the rounding of the subtraction compensated. */
@@ -325,8 +328,7 @@ static inline double attnx_exp_diff_scaled_scalar(double a, double b, int up)
 {
     double lo;
     double hi = attnx_two_diff(a, b, &lo);
-    return attnx_exp2sum_scaled_scalar(hi, (hi >= ATTNX_EXP_LO_CLAMP - up * 0.6931471805599453 &&
-                                            hi <= ATTNX_EXP_HI_CLAMP) ? lo : 0.0, up);
+    return attnx_exp2sum_scaled_scalar(hi, attnx_sub_lo_sane(hi, lo, up), up);
 }
 
 static inline double attnx_exp_diff_scalar(double a, double b)
