@@ -20,7 +20,6 @@ from libc.string cimport memcpy, memset
 cimport attnx.kernels as ak
 
 import inspect
-import math
 import numbers
 import operator
 import types
@@ -210,7 +209,7 @@ cdef object _narrowed(object arr, str name, object dtype):
 cdef double _as_scale(object scale) except? -1.0:
     """`scale` as a C double, or a TypeError that names it (Cython's own
     conversion says only "must be real number, not str")."""
-    if type(scale) is float:
+    if isinstance(scale, float):        # a NumPy float64 too: holds its value exactly
         return <double>scale
     if cnp.PyArray_Check(scale):
         arr = <object>scale
@@ -224,15 +223,17 @@ cdef double _as_scale(object scale) except? -1.0:
                     f"{type(scale).__name__} {scale!r}")
 
 
-def _finite_double(x, str name):
+cdef inline double _finite_double(object x, str name) except? -1.0:
     """float(x), or a ValueError naming `name` when x is finite and float64
     cannot hold it (an int past 1.8e308, a long double like 1e4000): it
-    would become inf, and the result NaN."""
+    would become inf, and the result NaN. C-level: on attend's per-call
+    path for a NumPy or integer scale, the checks cost only an inf."""
+    cdef double v
     try:
         v = float(x)
     except OverflowError:
-        v = math.inf
-    if math.isinf(v) and not (isinstance(x, (float, np.floating)) and np.isinf(x)):
+        v = INFINITY
+    if (v == INFINITY or v == -INFINITY) and not (isinstance(x, (float, np.floating)) and np.isinf(x)):
         raise ValueError(f"{name} is beyond float64's range, which attnx computes in: got {x!r}")
     return v
 
@@ -299,9 +300,7 @@ cdef object _integer(object x, str name, str what):
 cdef int _threads(object num_threads) except -1:
     if num_threads is None:
         return 0
-    if isinstance(num_threads, (bool, np.bool_)):
-        raise TypeError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-    n = _integer(num_threads, "num_threads", "a positive integer or None")
+    n = _integer(num_threads, "num_threads", "a positive integer or None")   # bools refused there
     if n < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     return min(n, 1 << 30)     # more than there are: as many as there are
@@ -1016,7 +1015,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     W_k = options.pop("W_k", None)
     cdef bint return_lse = options.pop("return_lse", False)
     cdef ptrdiff_t qoff, koff
-    qoff, koff = _offsets(options.pop("query_offset", 0), options.pop("key_offset", 0))
+    _offsets(options.pop("query_offset", 0), options.pop("key_offset", 0), &qoff, &koff)
     cdef _Shaping sh = _shaping(causal, options)
     if options:
         raise TypeError(f"attend() got an unexpected keyword argument {next(iter(options))!r}")
@@ -1058,15 +1057,17 @@ cdef ptrdiff_t _offset(object x, str name) except? -1:
     return n
 
 
-def _offsets(query_offset, key_offset):
-    """(query_offset, key_offset), each checked by _offset, and their
+cdef int _offsets(object query_offset, object key_offset, ptrdiff_t *q, ptrdiff_t *k) except -1:
+    """*q, *k = query_offset, key_offset, each checked by _offset, and their
     difference (the queries' position relative to the keys) within +-2**62
     as well: the C core computes positions and ALiBi distances from it."""
-    q, k = _offset(query_offset, "query_offset"), _offset(key_offset, "key_offset")
-    if not -(1 << 62) <= q - k <= (1 << 62):
+    q[0] = _offset(query_offset, "query_offset")
+    k[0] = _offset(key_offset, "key_offset")
+    cdef ptrdiff_t lim = (<ptrdiff_t>1) << 62
+    if k[0] < q[0] - lim or q[0] < k[0] - lim:     # |q - k| > 2^62, in range
         raise ValueError(f"query_offset - key_offset must be within +-2**62 (inclusive), got "
-                         f"{query_offset} - ({key_offset}) = {q - k}")
-    return q, k
+                         f"{query_offset} - ({key_offset}) = {<object>q[0] - <object>k[0]}")
+    return 0
 
 
 _CAUSAL_SINGLE = (
@@ -2061,7 +2062,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     """
     cdef double sc = _as_scale(scale)
     cdef ptrdiff_t qoff, koff
-    qoff, koff = _offsets(query_offset, key_offset)
+    _offsets(query_offset, key_offset, &qoff, &koff)
     cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})
