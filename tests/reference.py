@@ -7,6 +7,8 @@ NaN or +inf in a softmax slice makes it NaN, an all -inf softmax slice is NaN,
 a query with nothing to attend to gets zeros, masked keys are never read and
 zero weights do not contribute.
 """
+import tracemalloc
+
 import numpy as np
 
 LONG_IS_WIDER = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
@@ -239,3 +241,27 @@ def _to_batch(x, batch):
     while x.ndim > len(batch) and x.shape[0] == 1:
         x = x[0]
     return np.broadcast_to(x, batch)
+
+
+# ---------------------------------------------------------------- test aids
+# (not references: where a test's inputs lie in memory, what a call allocates)
+
+def placed(a, offset):
+    """A copy of a that starts `offset` bytes past a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    at = (-buf.ctypes.data) % 64 + offset
+    out = buf[at:at + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
+def peak_traced(fn):
+    """fn's result, and the peak of the bytes NumPy and Python allocated
+    while it ran (tracemalloc: NumPy reports its buffers to it)."""
+    tracemalloc.start()
+    try:
+        res = fn()
+        return res, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

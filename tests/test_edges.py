@@ -140,16 +140,6 @@ def test_an_empty_result_returns_at_once_whatever_the_row_count():
     assert p.stdout.split("\n")[:2] == [f"({2**40}, 0)", f"(2, {2**40}, 0)"]
 
 
-def _placed(a, offset):
-    """A copy of a that starts `offset` bytes past a 64-byte boundary."""
-    buf = np.empty(a.nbytes + 128, np.uint8)
-    at = (-buf.ctypes.data) % 64 + offset
-    out = buf[at:at + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    assert out.ctypes.data % 64 == offset
-    return out
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("Lq, T, d, dv", [(1, 300, 64, 8), (2, 2048, 16, 16), (3, 700, 32, 4),
                                           (100, 300, 16, 8)])
@@ -160,18 +150,18 @@ def test_bits_do_not_depend_on_where_the_rows_lie_in_memory(simd, dtype, Lq, T, 
     for the keys, the values and the query, the same results bit for bit."""
     g = np.random.default_rng(Lq * T + d)
     q, K, V = (g.standard_normal(s).astype(dtype) for s in ((Lq, d), (T, d), (T, dv)))
-    want = attnx.attend(q, _placed(K, 0), _placed(V, 0), return_lse=True)
+    want = attnx.attend(q, ref.placed(K, 0), ref.placed(V, 0), return_lse=True)
     size = np.dtype(dtype).itemsize
     for off in range(size, 64, size):
-        for args in ((q, _placed(K, off), V), (q, K, _placed(V, off)),
-                     (_placed(q, off), _placed(K, (3 * off) % 64), _placed(V, (5 * off) % 64))):
+        for args in ((q, ref.placed(K, off), V), (q, K, ref.placed(V, off)),
+                     (ref.placed(q, off), ref.placed(K, (3 * off) % 64), ref.placed(V, (5 * off) % 64))):
             got = attnx.attend(*args, return_lse=True)
             for a, b in zip(got, want):
                 np.testing.assert_array_equal(a, b, err_msg=f"offset {off}")
     # the values are the keys
-    want = attnx.attend(q, _placed(K, 0))
+    want = attnx.attend(q, ref.placed(K, 0))
     for off in range(size, 64, size):
-        np.testing.assert_array_equal(attnx.attend(q, _placed(K, off)), want, err_msg=f"offset {off}")
+        np.testing.assert_array_equal(attnx.attend(q, ref.placed(K, off)), want, err_msg=f"offset {off}")
 
 
 @pytest.mark.parametrize("dtype, big", [(np.float64, 1e308), (np.float32, 3e38)], ids=["float64", "float32"])

@@ -143,7 +143,6 @@ def test_memory_beyond_the_results_is_that_of_one_sequence(simd):
     sequence at a time, so the memory they take beyond their results is
     about one sequence's (NumPy's allocations, as tracemalloc sees them),
     not a copy of the packed batch."""
-    import tracemalloc
     n, L, H, Hkv, d = 64, 32, 4, 2, 32
     q, k, v, cq, ck = packed([L] * n, [L] * n, H, Hkv, d, d)
     kw = dict(scale=d ** -0.5, causal=True, enable_gqa=True)
@@ -156,12 +155,8 @@ def test_memory_beyond_the_results_is_that_of_one_sequence(simd):
             fn = attnx.attend_varlen_backward
         else:
             args, fn = (q, k, v, cq, ck), attnx.attend_varlen
-        tracemalloc.start()
-        try:
-            res = fn(*args, return_lse=True, **kw) if step == "forward" else fn(*args, **kw)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        res, peak = ref.peak_traced(
+            lambda: fn(*args, return_lse=True, **kw) if step == "forward" else fn(*args, **kw))
         results = sum(r.nbytes for r in res)
         # the old forward copied query, keys, values and its result whole
         assert peak - results < 8 * per_seq, (step, peak - results, batch)
