@@ -269,3 +269,53 @@ def test_kvcache_several_writers_lose_and_mix_nothing(dtype):
         g = np.random.default_rng(s)
         want = {tuple(g.standard_normal(8).astype(dtype).tolist()) for _ in range(n_rows)}
         assert want <= got
+
+
+SMALL_STACK_SCRIPT = textwrap.dedent("""
+    import threading, sys
+    import numpy as np, attnx
+    def work():
+        rng = np.random.default_rng(0)
+        for dt in (np.float64, np.float32):
+            for d in (64, 130):
+                q, k, v, g = (rng.standard_normal((2, 2, 70, d)).astype(dt) for _ in range(4))
+                bias = rng.standard_normal((70, 70)).astype(dt)
+                for nt in (1, 2):
+                    kw = dict(causal=True, bias=bias, softcap=5.0, num_threads=nt)
+                    out, lse = attnx.attend(q, k, v, return_lse=True, **kw)
+                    attnx.attend_backward(g, q, k, v, out, lse, grad_bias=True, **kw)
+                qp, kp, vp = q[0].transpose(1, 0, 2).copy(), k[0].transpose(1, 0, 2).copy(), \\
+                    v[0].transpose(1, 0, 2).copy()
+                cu = np.array([0, 30, 70])
+                o, l = attnx.attend_varlen(qp, kp, vp, cu, cu, causal=True, return_lse=True)
+                attnx.attend_varlen_backward(o, qp, kp, vp, o, l, cu, cu, causal=True)
+                w = attnx.softmax(attnx.dot_score(q[0, 0, 0], k[0, 0]))
+                attnx.context(w, v[0, 0])
+                attnx.attend(q[0, 0, 0], k[0, 0], v[0, 0])
+                attnx.log_softmax(q, axis=-1)
+                c = attnx.KVCache(d, d, dtype=dt)
+                c.extend(k[0, 0], v[0, 0])
+                c.attend(q[0, 0, 0])
+            attnx.additive_score(q[0, 0, 0, :8], k[0, 0, :, :8], np.eye(8, dtype=dt), q[0, 0, 1, :8])
+        print("done")
+    threading.stack_size(128 * 1024)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+""")
+
+
+def test_every_kernel_runs_on_a_128_kib_thread_stack(simd):
+    """musl's default thread stack is 128 KiB, and a caller may set one with
+    threading.stack_size: the calling thread and attnx's own workers (whose
+    default stack glibc takes from `ulimit -s`, set here to 128 KiB) must
+    not overflow it. The backward once kept 0.5-1 MiB of scratch on the
+    stack whatever d was, and crashed there."""
+    import resource
+
+    def small_stack():
+        resource.setrlimit(resource.RLIMIT_STACK, (128 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    p = subprocess.run([sys.executable, "-c", SMALL_STACK_SCRIPT], capture_output=True, text=True,
+                       env={**os.environ, "ATTNX_SIMD": simd}, preexec_fn=small_stack, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "done", (p.returncode, p.stderr[-2000:])

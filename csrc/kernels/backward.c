@@ -19,7 +19,10 @@
  */
 
 #if VX_ROWS_KERNEL
-#define BK_STACK (8192 / sizeof(vx_float))   /* d, dv up to this pack on the stack */
+/* The packed K, V, dK and dV blocks on the stack up to this many bytes
+ * (d = dv = 64 at every level), else malloc: a kernel's frame stays within
+ * a small thread stack (musl's 128 KiB, a threading.stack_size caller's). */
+#define BK_STACK_BYTES ((size_t)40 << 10)
 #define VX_LANES_ALL ((1u << VX_W) - 1u)
 #define RG (8 * MR)           /* rows whose P and dS go into one dV and dK product */
 MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
@@ -37,11 +40,11 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                              const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV,
                              vx_float *dSo, size_t ldS)
 {
-    vx_float stack[4 * (BK_STACK + VX_W) * KB];
+    vx_float stack[BK_STACK_BYTES / sizeof(vx_float)];
     vx_float *buf = stack;
-    const size_t dp = d + VX_W, vp = dv + VX_W;
+    const size_t dp = d + VX_W, vp = dv + VX_W, nbuf = 2 * (dp + vp) * KB;
     unsigned *lives = (unsigned *)malloc((Lq ? Lq : 1) * sizeof(unsigned));
-    if (lives && (d > BK_STACK || dv > BK_STACK)) buf = (vx_float *)malloc(2 * (dp + vp) * KB * sizeof(vx_float));
+    if (lives && nbuf > sizeof stack / sizeof *stack) buf = (vx_float *)malloc(nbuf * sizeof(vx_float));
     if (!lives || !buf) {
         free(lives);
         return -1;
