@@ -257,3 +257,59 @@ def test_a_tiny_scale_with_huge_queries_keeps_the_key_gradient(simd):
     want = (T(p * (dp - D), 1, 2) @ qL) * ld(scale)
     mag = (T(p * (np.abs(dp) + np.abs(D)), 1, 2) @ np.abs(qL)) * ld(scale)
     assert np.all(np.abs(dK - want) <= 1e-10 * mag)
+
+
+@pytest.mark.parametrize("dtype, shift, tol", [(np.float64, 2.0 ** 30, 1e-13), (np.float32, 2.0 ** 20, 2e-6)],
+                         ids=["float64", "float32"])
+@pytest.mark.parametrize("Lq, T", [(1, 40), (3, 40), (37, 70), (64, 300)])
+def test_rows_of_a_large_lse_keep_exact_weights(simd, dtype, shift, tol, Lq, T):
+    """A row whose scores all carry a large constant (an additive mask of
+    -1e9 over a padding row, a large scale) has a large |lse|, and lse's
+    own rounding, eps |lse|, became the error of every weight recomputed
+    from it: in float32 at -1e9 every weight came back 1, not 1 / T. Here
+    the scores are integers and the shift a power of 2, so every shifted
+    score is exact: softmax does not see the shift, and the gradients of
+    the shifted rows must be those of the plain ones, to a few ulp."""
+    rng = np.random.default_rng(Lq * 1000 + T)
+    H, d, dv = 2, 8, 5
+    q = rng.integers(-3, 4, (H, Lq, d)).astype(dtype)
+    K = rng.integers(-3, 4, (H, T, d)).astype(dtype)
+    V, G = rng.standard_normal((H, T, dv)).astype(dtype), rng.standard_normal((H, Lq, dv)).astype(dtype)
+    shifted = (np.arange(Lq) % 2 == 0)[:, None]
+    biases = [np.zeros((Lq, T), dtype), np.broadcast_to(np.where(shifted, -shift, 0).astype(dtype), (Lq, T))]
+    for kw in ({}, {"causal": "lower_right"}, {"window": (5, 3)}):
+        grads = []
+        for bias in biases:
+            out, lse = attnx.attend(q, K, V, bias=bias, return_lse=True, **kw)
+            grads.append(attnx.attend_backward(G, q, K, V, out, lse, bias=bias, grad_bias=True, **kw))
+        assert (np.abs(lse[:, shifted[:, 0]]) > shift / 2).all()
+        for want, got in zip(*grads):
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max(), err_msg=str(kw))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("Lq, T", [(1, 30), (20, 50)])
+def test_the_softcap_derivative_where_tanh_saturates(simd, dtype, tol, Lq, T):
+    """Every score over softcap in [8.4, 16], where tanh is within 1e-7 of 1:
+    the derivative 1 - tanh^2 lost every bit there (the gradients came out
+    0, or 100% off, in float32; 1e-6 off in float64). Against a long-double
+    reference that takes sech^2 as 4e / (1 + e)^2, e = exp(-2|y|)."""
+    rng = np.random.default_rng(Lq + T)
+    d, dv = 4, 3
+    q = rng.uniform(2.8, 4.0, (Lq, d)).astype(dtype)
+    K = rng.uniform(0.75, 1.0, (T, d)).astype(dtype)
+    V, G = rng.standard_normal((T, dv)).astype(dtype), rng.standard_normal((Lq, dv)).astype(dtype)
+    out, lse = attnx.attend(q, K, V, softcap=1.0, return_lse=True)
+    dq, dk, dv_ = attnx.attend_backward(G, q, K, V, out, lse, softcap=1.0)
+    ql, Kl, Vl, Gl = (x.astype(np.longdouble) for x in (q, K, V, G))
+    y = ql @ Kl.T
+    assert y.min() > 8
+    s = np.tanh(y)
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    o = p @ Vl
+    e = np.exp(-2 * np.abs(y))
+    ds = p * (Gl @ Vl.T - np.sum(Gl * o, 1, keepdims=True)) * (4 * e / (1 + e) ** 2)
+    for got, want in ((dq, ds @ Kl), (dk, ds.T @ ql), (dv_, p.T @ Gl)):
+        want = want.astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())

@@ -20,16 +20,26 @@
  * rows of T (pass 1) or of BWD_KEYS (pass 2) per work item, never Lq x T.
  * The scores and dp are the SIMD level's dot-score kernel, p its exp, dQ its
  * context kernel; the rank-1 updates of pass 2 are plain loops.
+ *
+ * A row whose |lse| passes LSE_EXACT takes its weights from its own state
+ * instead: lse holds its rounding, eps |lse|, and that becomes the error of
+ * every weight of the row (every one of them, for a row whose keys all
+ * carry an additive mask of -1e9: 1 in float32, not 1 / T). Such a row's
+ * largest score m and l = sum exp(s - m) come from its scores as the
+ * backward computes them (pass 1, or the tiled kernel's row_states), and
+ * p = exp(s - m) / l. Each row is a pair (shift, wt): (lse, 1) or (m, 1/l).
  */
 
 #define BWD_KEYS 64     /* keys per pass-2 block */
 #define BWD_ROWS 16     /* query rows per pass-1 item */
+#define LSE_EXACT 64.0  /* |lse| past this: the row's own state (see the top) */
 
 typedef struct {
     const attn_args *a;
     const AX_T *O, *dO, *lse;
     const ptrdiff_t *o_strides, *do_strides, *lse_strides;
     AX_T *dQ, *dK, *dV, *dS;  /* dS: the bias's gradient, or NULL */
+    AX_T *shift, *wt;         /* per row (count x Lq): see the top */
     size_t nrow_items, nkey_items;
     int failed;               /* scratch could not be allocated */
 } bwd_job;
@@ -59,11 +69,12 @@ static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
 /* The scores s[0..n) of row r of an item against keys t0 .. t0 + n, which
  * the row sees, as the forward computed them (md: the item's mods, row r
  * relative to it). With a softcap (md's: none where the element type
- * rounds it to inf), g[t] = its derivative 1 - tanh^2, and g is returned;
- * else g is untouched, and NULL returned. The tanh is the forward's, bit
- * for bit: the kernel's softcap at 1 is tanh itself (x / 1 and 1 * tanh
- * are exact). The capped score over softcap would not do: with a
- * subnormal softcap the capped score has lost bits. */
+ * rounds it to inf), g[t] = its derivative sech^2(y), y = s / softcap, and
+ * g is returned; else g is untouched, and NULL returned. The tanh is the
+ * forward's, bit for bit: the kernel's softcap at 1 is tanh itself (x / 1
+ * and 1 * tanh are exact). sech^2(y) = 4e / (1 + e)^2, e = exp(-2|y|), as
+ * the tiled kernel's sech2_vec (1 - tanh^2 cancels where tanh nears 1), 0
+ * where e would leave the normal range. */
 static const AX_T *bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K, const unsigned char *mrow,
                               const attnx_mods *md, size_t r, size_t t0, size_t n, AX_T *s, AX_T *g)
 {
@@ -79,12 +90,19 @@ static const AX_T *bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K,
     unit.slope = 0;
     unit.softcap = 1;
     masked_scores(a->kt, qr, K + t0 * a->d, n, a->d, a->scale, mk, NULL, s);
-    for (size_t t = 0; t < n; t++) s[t] /= c;   /* a masked key stays -inf */
-    a->kt->shape_scores(&unit, 0, 0, n, s);
+    const AX_T lo = sizeof(AX_T) == sizeof(float) ? (AX_T)-86.5 : (AX_T)-707.0;   /* as SECH2_LO */
     for (size_t t = 0; t < n; t++) {
-        g[t] = (AX_T)1 - s[t] * s[t];
-        s[t] = mk && !mk[t] ? -INFINITY : c * s[t];
+        s[t] /= c;                    /* a masked key stays -inf */
+        const AX_T z = -2 * (s[t] < 0 ? -s[t] : s[t]);
+        g[t] = z >= lo ? z : 0;       /* NaN: 0 too */
     }
+    a->kt->exp(g, n, g);
+    for (size_t t = 0; t < n; t++) {
+        const AX_T z = -2 * (s[t] < 0 ? -s[t] : s[t]), e1 = 1 + g[t];
+        g[t] = z >= lo ? 4 * g[t] / (e1 * e1) : 0;
+    }
+    a->kt->shape_scores(&unit, 0, 0, n, s);
+    for (size_t t = 0; t < n; t++) s[t] = mk && !mk[t] ? -INFINITY : c * s[t];
     rm.softcap = 0;                   /* then bias and ALiBi on the capped scores */
     if (attnx_mods_shape(&rm))
         for (size_t t = 0; t < n; t++)
@@ -92,21 +110,50 @@ static const AX_T *bwd_scores(const attn_args *a, const AX_T *qr, const AX_T *K,
     return g;
 }
 
-/* p (n entries) = exp(s - lse) in place, 0 where s = -inf (a masked key) or
- * the row attends nothing (lse = -inf); dp becomes ds = p (dp - D), times
- * the softcap's derivative g where g is not NULL. */
-static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T lse, AX_T D, const AX_T *g,
-                      AX_T *gb)
+/* A row's state from its n scores s (see the top): *shift = the largest,
+ * *wt = 1 / sum exp(s - shift), summed compensated in double; -inf and 1
+ * where every score is -inf, NaN where one is NaN or +inf. e: n of scratch. */
+static void bwd_state(const AX_KERNELS *kt, const AX_T *s, size_t n, AX_T *e, AX_T *shift, AX_T *wt)
 {
-    if (lse == -INFINITY) {
+    AX_T m = (AX_T)-INFINITY;
+    for (size_t t = 0; t < n; t++) {
+        if (s[t] != s[t] || s[t] == (AX_T)INFINITY) {
+            *shift = *wt = (AX_T)NAN;
+            return;
+        }
+        if (s[t] > m) m = s[t];
+    }
+    *shift = m;
+    *wt = 1;
+    if (m == -INFINITY) return;
+    for (size_t t = 0; t < n; t++) e[t] = s[t] == -INFINITY ? s[t] : s[t] - m;
+    kt->exp(e, n, e);
+    double sum = 0, c = 0;
+    for (size_t t = 0; t < n; t++) {
+        const double y = (double)e[t] - c, u = sum + y;
+        c = (u - sum) - y;
+        sum = u;
+    }
+    *wt = (AX_T)(1.0 / sum);
+}
+
+/* p (n entries) = exp(s - shift) wt in place, 0 where s = -inf (a masked
+ * key) or the row attends nothing (shift = -inf); dp becomes ds = p (dp -
+ * D), times the softcap's derivative g where g is not NULL. */
+static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T shift, AX_T wt, AX_T D,
+                      const AX_T *g, AX_T *gb)
+{
+    if (shift == -INFINITY) {
         fill(s, n, 0);
         fill(dp, n, 0);
         return;
     }
-    /* a masked key (score -inf) weighs 0 whatever lse is (a NaN lse must
+    /* a masked key (score -inf) weighs 0 whatever shift is (a NaN lse must
      * not make it NaN: its key and value rows are never read) */
-    for (size_t t = 0; t < n; t++) s[t] = s[t] == -INFINITY ? s[t] : s[t] - lse;
+    for (size_t t = 0; t < n; t++) s[t] = s[t] == -INFINITY ? s[t] : s[t] - shift;
     kt->exp(s, n, s);
+    if (wt != 1)
+        for (size_t t = 0; t < n; t++) s[t] *= wt;
     /* a masked key (its dp -inf: its value row unread) has p = 0 and ds 0 */
     for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? s[t] * (dp[t] - D) : 0;
     if (gb)   /* the bias's gradient: before the softcap's derivative */
@@ -148,9 +195,11 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
             const AX_T *dor = dO + r * a->dv;
             const AX_T *gr = bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL,
                                         &md, r, lo, n, s, g);
+            AX_T *sh = j->shift + b * a->Lq + r, *wt = j->wt + b * a->Lq + r;
+            if (*wt == 0) bwd_state(a->kt, s, n, dp, sh, wt);   /* pass 2 reads it too */
             masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
                           m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), gr, gb ? gb + lo : NULL);
+            bwd_probs(a->kt, s, dp, n, *sh, *wt, dot_n(dor, O + r * a->dv, a->dv), gr, gb ? gb + lo : NULL);
             a->kt->context(dp, k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
         }
@@ -189,7 +238,8 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
             const AX_T *gr = bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
             masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
                           m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
-            bwd_probs(a->kt, s, dp, n, lse[r], dot_n(dor, O + r * a->dv, a->dv), gr, NULL);
+            bwd_probs(a->kt, s, dp, n, j->shift[b * a->Lq + r], j->wt[b * a->Lq + r],
+                      dot_n(dor, O + r * a->dv, a->dv), gr, NULL);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = dp[t];
                 AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
@@ -244,8 +294,8 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
             for (size_t r = 0; r < Lq; r++) fill(gb + r * T + k0, k1 - k0, 0);
         for (size_t r = 0; r < Lq; r++) D[r] = dot_n(dO + r * dv, O + r * dv, dv);
         const size_t e0 = k0 < Tb ? k0 : Tb, e1 = k1 < Tb ? k1 : Tb;
-        if (a->kt->attend_backward(q, k, v, dO, lse, D, Lq, Tb, d, dv, a->scale, m, a->mask_row_stride,
-                                   &md, e0, e1, dq, dk, dvo, gb, T))
+        if (a->kt->attend_backward(q, k, v, dO, j->shift + b * Lq, j->wt + b * Lq, D, Lq, Tb, d, dv, a->scale,
+                                   m, a->mask_row_stride, &md, e0, e1, dq, dk, dvo, gb, T))
             j->failed = 1;
         /* only this partition's rows [k0, k1): another thread owns the rest */
         if (e1 > k0) scale_nonzero(dk + k0 * d, (e1 - k0) * d, a->scale);
@@ -256,9 +306,36 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
     free(D);
 }
 
-static int bwd_run_tiled(bwd_job *j, int num_threads, double work)
+/* The states of the rows that want them (wt 0), item by item, before the
+ * partitions: two partitions of an item must not both compute them. */
+static void bwd_states(void *ptr, size_t i0, size_t i1)
+{
+    bwd_job *j = (bwd_job *)ptr;
+    const attn_args *a = j->a;
+    for (size_t b = i0; b < i1; b++) {
+        AX_T *sh = j->shift + b * a->Lq, *wt = j->wt + b * a->Lq;
+        size_t r = 0;
+        while (r < a->Lq && wt[r] != 0) r++;
+        if (r == a->Lq) continue;
+        const AX_T *q, *k, *v, *O, *dO, *lse;
+        const unsigned char *m;
+        item_ptrs(a, b, &q, &k, &v, &m);
+        bwd_ptrs(j, b, &O, &dO, &lse);
+        attnx_mods md;
+        const size_t Tb = item_mods(a, b, &md);
+        if (a->kt->attend_backward(q, k, v, dO, sh, wt, sh, a->Lq, Tb, a->d, a->dv, a->scale, m,
+                                   a->mask_row_stride, &md, 0, 0, NULL, NULL, NULL, NULL, 0))
+            j->failed = 1;
+    }
+}
+
+static int bwd_run_tiled(bwd_job *j, int num_threads, double work, int states)
 {
     const attn_args *a = j->a;
+    if (states) {
+        attnx_parallel_for(attnx_pick_threads(num_threads, a->count, work / 4), a->count, bwd_states, j);
+        if (j->failed) return ATTNX_ERR_NOMEM;
+    }
     bwd_tiled_job tj = {j, 1, a->T, NULL};
     if (a->count < 8) {
         const size_t want = (8 + a->count - 1) / a->count;
@@ -359,21 +436,40 @@ int AX_API(attention_backward)(const attnx_attention_params *params, const void 
     }
     if (a.count == 0) return ATTNX_OK;
     a.kt = AX_KERNELS_GET();
+    AX_T *rowp = (AX_T *)malloc(2 * (a.rows ? a.rows : 1) * sizeof(AX_T));
+    if (!rowp) return ATTNX_ERR_NOMEM;
     bwd_job j = {&a, (const AX_T *)p.out, (const AX_T *)grad_out, (const AX_T *)p.lse,
                  out_strides, grad_out_strides, lse_strides, (AX_T *)grad_query,
-                 (AX_T *)grad_keys, (AX_T *)grad_values, (AX_T *)p.grad_bias, 0, 0, 0};
+                 (AX_T *)grad_keys, (AX_T *)grad_values, (AX_T *)p.grad_bias, rowp, rowp + a.rows, 0, 0, 0};
+    int states = 0;   /* some row wants its own state */
+    for (size_t b = 0; b < a.count; b++) {
+        const AX_T *O, *dO, *lse;
+        bwd_ptrs(&j, b, &O, &dO, &lse);
+        for (size_t r = 0; r < a.Lq; r++) {
+            const AX_T x = lse[r], ax = x < 0 ? -x : x;
+            const int own = ax > (AX_T)LSE_EXACT && ax != (AX_T)INFINITY;
+            j.shift[b * a.Lq + r] = x;
+            j.wt[b * a.Lq + r] = own ? 0 : 1;
+            states |= own;
+        }
+    }
     j.nrow_items = a.count * ((a.Lq + BWD_ROWS - 1) / BWD_ROWS);
     j.nkey_items = a.count * ((a.T + BWD_KEYS - 1) / BWD_KEYS);
     const double work = (double)a.rows * (double)a.T * (double)(a.d + a.dv + 1);
-    if (a.kt->attend_backward)
-        return bwd_run_tiled(&j, p.num_threads, work);
-    if (a.rows)
-        attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nrow_items, work), j.nrow_items,
-                           bwd_rows, &j);
-    attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nkey_items, work), j.nkey_items,
-                       bwd_keys, &j);
-    return j.failed ? ATTNX_ERR_NOMEM : ATTNX_OK;
+    if (a.kt->attend_backward) {
+        rc = bwd_run_tiled(&j, p.num_threads, work, states);
+    } else {
+        if (a.rows)
+            attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nrow_items, work), j.nrow_items,
+                               bwd_rows, &j);
+        attnx_parallel_for(attnx_pick_threads(p.num_threads, j.nkey_items, work), j.nkey_items,
+                           bwd_keys, &j);
+        rc = j.failed ? ATTNX_ERR_NOMEM : ATTNX_OK;
+    }
+    free(rowp);
+    return rc;
 }
 
 #undef BWD_KEYS
 #undef BWD_ROWS
+#undef LSE_EXACT

@@ -131,13 +131,12 @@ static const vx_float lane_iota[16] __attribute__((aligned(64)))
 #endif
     = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-/* softcap * tanh(x / softcap), the tanh to *t: the backward's derivative
- * 1 - t^2 needs t itself, since the capped score over softcap is not t when
- * the capped score is subnormal (a subnormal softcap). */
-VX_INLINE vx_t softcap_vec(vx_t cap, vx_t x, vx_t *t)
+/* softcap * tanh(x / softcap), and *y = x / softcap: the backward's
+ * derivative is sech^2(y) (sech2_vec in kernels/backward.c). */
+VX_INLINE vx_t softcap_vec(vx_t cap, vx_t x, vx_t *y)
 {
-    *t = vx_tanh(vx_div(x, cap));
-    return vx_mul(cap, *t);
+    *y = vx_div(x, cap);
+    return vx_mul(cap, vx_tanh(*y));
 }
 
 /* The scores s[g] of keys t0 + g VX_W + lane (g < nv) of row `row`, shaped
@@ -150,8 +149,8 @@ VX_INLINE void shape_vec(const attnx_mods *md, size_t row, size_t t0, size_t n, 
     const vx_t cap = vx_set1((vx_float)md->softcap), slope = vx_set1((vx_float)md->slope);
     for (int g = 0; g < nv; g++) {
         const size_t k = (size_t)g * VX_W, tg = t0 + k;
-        vx_t x = s[g], t;
-        if (md->softcap > 0) x = softcap_vec(cap, x, &t);
+        vx_t x = s[g], y;
+        if (md->softcap > 0) x = softcap_vec(cap, x, &y);
         if (b && k < n) {
             if (!md->bias_col)
                 x = vx_add(x, vx_set1(b[0]));

@@ -157,11 +157,13 @@ typedef struct attnx_kernels {
      * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
      * dK and dQ lack the factor scale. D[r] = dO_r . O_r. dS (NULL: not
      * wanted; rows ldS apart) gets the bias's gradient at the keys each row
-     * sees. mods as
-     * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
-     * api_backward.h's row-by-row passes. */
+     * sees. The weights are exp(S - shift[r]) wt[r]; rows whose wt is 0
+     * on entry first get the state of their scores over all of [0, T)
+     * (shift their largest score, wt 1 / their sum of exps: k0 == k1 does
+     * only that). mods as attend_rows (never NULL here). Returns -1 when
+     * out of memory. NULL: api_backward.h's row-by-row passes. */
     int (*attend_backward)(const double *Q, const double *K, const double *V, const double *dO,
-                           const double *lse, const double *D, size_t Lq, size_t T, size_t d,
+                           double *shift, double *wt, const double *D, size_t Lq, size_t T, size_t d,
                            size_t dv, double scale, const unsigned char *mask,
                            ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
                            size_t k1, double *dQ, double *dK, double *dV, double *dS,

@@ -140,11 +140,13 @@ typedef struct attnx_kernels_f32 {
      * against keys [k0, k1): dK, dV rows k0..k1 overwritten, dQ added to;
      * dK and dQ lack the factor scale. D[r] = dO_r . O_r. dS (NULL: not
      * wanted; rows ldS apart) gets the bias's gradient at the keys each row
-     * sees. mods as
-     * attend_rows (never NULL here). Returns -1 when out of memory. NULL:
-     * api_backward.h's row-by-row passes. */
+     * sees. The weights are exp(S - shift[r]) wt[r]; rows whose wt is 0
+     * on entry first get the state of their scores over all of [0, T)
+     * (shift their largest score, wt 1 / their sum of exps: k0 == k1 does
+     * only that). mods as attend_rows (never NULL here). Returns -1 when
+     * out of memory. NULL: api_backward.h's row-by-row passes. */
     int (*attend_backward)(const float *Q, const float *K, const float *V, const float *dO,
-                           const float *lse, const float *D, size_t Lq, size_t T, size_t d,
+                           float *shift, float *wt, const float *D, size_t Lq, size_t T, size_t d,
                            size_t dv, float scale, const unsigned char *mask,
                            ptrdiff_t mask_row_stride, const attnx_mods *mods, size_t k0,
                            size_t k1, float *dQ, float *dK, float *dV, float *dS,

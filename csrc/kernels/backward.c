@@ -8,13 +8,19 @@
  * of them, MR rows at a time:
  *   S  = scale Q_r K^T (shaped: softcap, bias, ALiBi)  dP = dO_r V^T
  *   P  = exp(S - lse_r)  (0 for a key the row does not see)
- *   dS = P (dP - D_r)    (times 1 - tanh^2 under a softcap)
+ *   dS = P (dP - D_r)    (times sech^2 of the softcap's argument)
  *   dV_t += sum_r P_rt dO_r     dK_t += sum_r dS_rt Q_r     dQ_r += dS_rt K_t
  * dK and dV of the block accumulate in a local buffer, rows in order, and
  * are written once; dQ rows accumulate in the caller's buffer, key blocks
  * in order. Every sum runs in an order fixed by the shapes: the caller
  * splits work by batch item (and key range), never by thread. dK and dQ
  * are returned without the factor scale, which the caller applies.
+ * lse_r holds the rounding of lse itself, eps |lse_r|: past |lse| of 64
+ * that is more than the weights' other errors, so for such rows the caller
+ * asks for the row's own state first (row_states: the largest score m_r
+ * and l_r = sum exp(S - m_r), one more Q K^T pass over those rows alone)
+ * and P = exp(S - m_r) / l_r. Every row goes through the same two numbers,
+ * (shift, wt) = (lse, 1) or (m, 1 / l): P = exp(S - shift) wt.
  * Memory: O(KB (d + dv)) of scratch; nothing of size Lq x T.
  */
 
@@ -28,14 +34,153 @@
 MM_TILES(mm_tiles_kb, KB, 1)   /* C += dS B, dS rows KB apart */
 MM_TILES(mm_tiles_t, 1, KB)    /* C += P^T B, P rows KB apart */
 
+/* sech^2(y) = 1 - tanh^2(y) = 4e / (1 + e)^2 with e = exp(-2 |y|): 1 - t^2
+ * cancels where tanh nears 1 (every bit lost by |y| of 19 in float64, 9 in
+ * float32); this keeps a few ulp. 0 where e would leave the exp's normal
+ * range (|y| past 353.5 / 43.25): such a term is below the rounding of every
+ * normal gradient, and a subnormal e would cost Intel cores an assist. */
+#if defined(ATTNX_F32)
+#define SECH2_LO (-86.5f)
+#else
+#define SECH2_LO (-707.0)
+#endif
+VX_INLINE vx_t sech2_vec(vx_t y)
+{
+    const vx_t z = vx_mul(vx_set1(-2), vx_abs(y));
+    const vx_bool_t ok = vx_ge(z, vx_set1(SECH2_LO));
+    const vx_t e = vx_exp2sum(vx_select(ok, vx_zero(), z), vx_zero()), s = vx_add(vx_set1(1), e);
+    return vx_select(ok, vx_zero(), vx_div(vx_mul(vx_set1(4), e), vx_mul(s, s)));
+}
+
+/* Row `row`'s scores of a block as the forward shapes them, from its
+ * score_tile row S: scale, softcap (its derivative into gv), bias, ALiBi */
+VX_INLINE void row_scores(const vx_float *S, vx_t sc, const attnx_mods *md, const attnx_mods *rest, int shaped,
+                          size_t row, size_t t0, size_t kn, vx_t *sv, vx_t *gv)
+{
+    sv[0] = vx_mul(sc, vx_load(S));
+    sv[1] = vx_mul(sc, vx_load(S + VX_W));
+    if (md->softcap > 0) {
+        const vx_t cv = vx_set1((vx_float)md->softcap);
+        for (int h = 0; h < 2; h++) {
+            vx_t y;
+            sv[h] = softcap_vec(cv, sv[h], &y);
+            gv[h] = sech2_vec(y);
+        }
+    }
+    if (shaped) shape_vec(rest, row, t0, kn, sv, 2);
+}
+
+/* The keys of [t0, t0 + kn) that row `row` sees: its range [a, b) and its
+ * mask row; none where shift is -inf (the row attends nothing) */
+VX_INLINE unsigned row_keys(size_t a, size_t b, size_t t0, size_t kn, const unsigned char *mask,
+                            ptrdiff_t mask_row_stride, size_t row, vx_float shift)
+{
+    unsigned lv = kn == KB ? KB_ALL : (1u << kn) - 1u;
+    if (a >= t0 + kn || b <= t0 || shift == -INFINITY) return 0;
+    if (a > t0) lv &= ~((1u << (a - t0)) - 1u);
+    if (b < t0 + kn) lv &= (1u << (b - t0)) - 1u;
+    if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)row * mask_row_stride + (ptrdiff_t)t0, kn);
+    return lv;
+}
+
+/* A row's (shift, wt) from its state (m, l), row by row: out of line, so
+ * that no vectorised loop compares the masked-off lanes of its loads,
+ * whatever bits they hold (a subnormal among them raised DE: an assist on
+ * Intel), as an if-converted loop over the rows did. */
+static TILE_NOINLINE void state_pair(double m, double l, vx_float *shift, vx_float *wt)
+{
+    *shift = l != l ? (vx_float)NAN : (vx_float)m;
+    *wt = l != l ? (vx_float)NAN : m == -INFINITY ? (vx_float)1 : (vx_float)(1.0 / l);
+}
+
+/* The rows whose wt is 0: shift = the largest score the row sees, wt =
+ * 1 / sum exp(score - shift) over its keys (l in double), from the scores
+ * as the pass below computes them, bit for bit. A row that sees nothing
+ * gets shift -inf; a NaN or +inf score makes both NaN (as its lse was). */
+static TILE_NOINLINE int row_states(const vx_float *Q, const vx_float *K, size_t Lq, size_t T, size_t d, vx_float scale,
+                      const unsigned char *mask, ptrdiff_t mask_row_stride, const attnx_mods *md,
+                      const attnx_mods *rest, int shaped, vx_float *shift, vx_float *wt, vx_float *Kt,
+                      vx_float *Sbuf)
+{
+    size_t f0 = Lq, f1 = 0;
+    for (size_t r = 0; r < Lq; r++)
+        if (wt[r] == 0) {
+            if (f0 == Lq) f0 = r;
+            f1 = r + 1;
+        }
+    if (f0 == Lq) return 0;
+    double *m = (double *)malloc(2 * (f1 - f0) * sizeof(double)), *l = m + (f1 - f0);
+    if (!m) return -1;
+    for (size_t r = f0; r < f1; r++) m[r - f0] = -INFINITY, l[r - f0] = 0;
+    const vx_t sc = vx_set1(scale), ninf = vx_set1(-INFINITY);
+    for (size_t t0 = 0; t0 < T; t0 += KB) {
+        const size_t kn = T - t0 < KB ? T - t0 : KB;
+        unsigned any = 0;
+        for (size_t r = f0; r < f1; r++) {
+            size_t a, b;
+            attnx_mods_range(md, r, T, &a, &b);
+            if (wt[r] == 0 && l[r - f0] == l[r - f0])
+                any |= row_keys(a, b, t0, kn, mask, mask_row_stride, r, 0);
+        }
+        if (!any) continue;
+        pack_kt(K + t0 * d, d, any, Kt);
+        for (size_t g = f0; g < f1; g += MR) {
+            const int mr = f1 - g < MR ? (int)(f1 - g) : MR;
+            unsigned lv[MR], gl = 0;
+            for (int r = 0; r < mr; r++) {
+                size_t a, b, row = g + (size_t)r;
+                attnx_mods_range(md, row, T, &a, &b);
+                lv[r] = wt[row] == 0 && l[row - f0] == l[row - f0]
+                            ? row_keys(a, b, t0, kn, mask, mask_row_stride, row, 0) : 0;
+                gl |= lv[r];
+            }
+            if (!gl) continue;
+            score_tiles(mr, Q + g * d, d, Kt, Sbuf, KB);
+            for (int r = 0; r < mr; r++) {
+                if (!lv[r]) continue;
+                const size_t row = g + (size_t)r;
+                double *mr_ = m + (row - f0), *lr = l + (row - f0);
+                vx_t sv[2], gv[2];
+                row_scores(Sbuf + KB * r, sc, md, rest, shaped, row, t0, kn, sv, gv);
+                vx_bool_t nan = vx_false();
+                vx_t mx = ninf;
+                for (int h = 0; h < 2; h++) {
+                    sv[h] = vx_select(vx_lanes(lv[r] >> (h * VX_W)), ninf, sv[h]);
+                    nan = vx_or_b(nan, vx_unord(sv[h], sv[h]));
+                    mx = vx_max(mx, sv[h]);
+                }
+                const vx_float bm = vx_hmax(mx);
+                if (vx_any(nan) || bm == INFINITY) {
+                    *lr = NAN;
+                    continue;
+                }
+                if (bm == -INFINITY) continue;
+                if (bm > *mr_) {
+                    *lr *= RESCALE(*mr_, bm);
+                    *mr_ = bm;
+                }
+                const vx_t mv = vx_set1((vx_float)*mr_);
+                vx_t p[2] = {vx_exp_diff(sv[0], mv), vx_exp_diff(sv[1], mv)};
+                *lr += lane_sum(p, 2);
+            }
+        }
+    }
+    for (size_t r = f0; r < f1; r++)
+        if (wt[r] == 0) state_pair(m[r - f0], l[r - f0], shift + r, wt + r);
+    free(m);
+    return 0;
+}
+
 /* Gradients of queries [0, Lq) against keys [k0, k1) of K (rows d apart;
  * V rows dv apart): dK and dV rows k0..k1 are overwritten, dQ (rows d
  * apart) accumulated into; dSo (NULL: not wanted; rows ldS apart) gets dS
- * of the keys each row sees (the caller zeroes the rest). D_r = dO_r . O_r; lse as the forward returned
- * it; mask rows mask_row_stride apart (NULL: none); md the item's mods
- * (never NULL). Returns 0, or -1 when scratch could not be allocated. */
+ * of the keys each row sees (the caller zeroes the rest). D_r = dO_r . O_r;
+ * P = exp(S - shift_r) wt_r (see the top), the rows whose wt is 0 first
+ * given their state (row_states, over all of [0, T)); mask rows
+ * mask_row_stride apart (NULL: none); md the item's mods (never NULL).
+ * Returns 0, or -1 when scratch could not be allocated. */
 static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_float *V, const vx_float *dO,
-                             const vx_float *lse, const vx_float *D, size_t Lq, size_t T, size_t d, size_t dv,
+                             vx_float *shift, vx_float *wt, const vx_float *D, size_t Lq, size_t T, size_t d, size_t dv,
                              vx_float scale, const unsigned char *mask, ptrdiff_t mask_row_stride,
                              const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV,
                              vx_float *dSo, size_t ldS)
@@ -56,6 +201,11 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
     attnx_mods rest = *md;                  /* after the softcap: bias, ALiBi */
     rest.softcap = 0;
     const int shaped = attnx_mods_shape(&rest);
+    if (row_states(Q, K, Lq, T, d, scale, mask, mask_row_stride, md, &rest, shaped, shift, wt, Kt, Sbuf)) {
+        if (buf != stack) free(buf);
+        free(lives);
+        return -1;
+    }
     /* queries and dO finite (with the block's packed keys and values,
      * below): a pair that does not count (unseen, weight 0) adds an exact 0
      * to the products, so whole tiles may take it. Keys and values are
@@ -81,14 +231,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
             size_t a, b;
             attnx_mods_range(md, row, T, &a, &b);
             if (a >= t0 + kn && a < b) break;
-            unsigned lv = base;
-            if (a >= t0 + kn || b <= t0) lv = 0;
-            else {
-                if (a > t0) lv &= ~((1u << (a - t0)) - 1u);
-                if (b < t0 + kn) lv &= (1u << (b - t0)) - 1u;
-            }
-            if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)row * mask_row_stride + (ptrdiff_t)t0, kn);
-            if (lse[row] == -INFINITY) lv = 0;   /* the row attends nothing */
+            const unsigned lv = row_keys(a, b, t0, kn, mask, mask_row_stride, row, shift[row]);
             lives[row] = lv;
             any |= lv;
             rend = row + 1;
@@ -125,22 +268,15 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                         }
                         continue;
                     }
-                    vx_t sv[2] = {vx_mul(sc, vx_load(S + KB * r)), vx_mul(sc, vx_load(S + KB * r + VX_W))};
-                    vx_t gv[2] = {zero, zero};
-                    if (capped) {
-                        const vx_t cv = vx_set1((vx_float)md->softcap), one = vx_set1(1);
-                        for (int h = 0; h < 2; h++) {
-                            vx_t u;
-                            sv[h] = softcap_vec(cv, sv[h], &u);
-                            gv[h] = vx_fnma(u, u, one);
-                        }
-                    }
-                    if (shaped) shape_vec(&rest, row, t0, kn, sv, 2);
-                    const vx_t lv_ = vx_set1(lse[row]), Dv = vx_set1(D[row]);
+                    vx_t sv[2], gv[2] = {zero, zero};
+                    row_scores(S + KB * r, sc, md, &rest, shaped, row, t0, kn, sv, gv);
+                    const vx_t lv_ = vx_set1(shift[row]), wv = vx_set1(wt[row]), Dv = vx_set1(D[row]);
+                    const int own = wt[row] != 1;   /* a row of its own state: times 1 / l */
                     unsigned weighs = 0;   /* the seen keys whose weight is not 0 */
                     for (int h = 0; h < 2; h++) {
                         const unsigned on = (lv >> (h * VX_W)) & VX_LANES_ALL;
                         vx_t p = vx_exp_diff(sv[h], lv_);
+                        if (own) p = vx_mul(p, wv);
                         if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
                         const unsigned nzp = vx_nz_bits(p);
                         weighs |= nzp << (h * VX_W);
