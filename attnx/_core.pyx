@@ -191,6 +191,20 @@ cdef object _as_f64(object x, str name):
     return _narrowed(arr, name, _FLOAT64)
 
 
+cdef object _as_forward_result(object x, str name, object dtype):
+    """x, a result of the forward passed back to a backward (its `out` or
+    `lse`), as a C-contiguous array of the work `dtype`, which the backward's
+    grad_out, query, keys and values decide, as the forward's query, keys and
+    values did. It must be real floating, as the forward returned it: an
+    integer lse (a truncated copy) would give wrong gradients, silently. A
+    float of another precision is converted to `dtype`."""
+    arr = x if cnp.PyArray_Check(x) else _asarray(x, name)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a real floating array, as the forward returned it, "
+                        f"got dtype {arr.dtype}")
+    return _narrowed(arr, name, dtype)
+
+
 cdef object _narrowed(object arr, str name, object dtype):
     """arr converted to dtype, C-contiguous. A wider float (long double) is
     rounded to dtype, as NumPy's casts do, but a finite value beyond dtype's
@@ -1909,7 +1923,10 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     query, keys, values
         The forward's inputs.
     out, lse : array_like, shapes (total_q, H, dv) and (total_q, H)
-        What ``attend_varlen(..., return_lse=True)`` returned.
+        What ``attend_varlen(..., return_lse=True)`` returned: real floating
+        (an integer, bool or complex array is a TypeError), converted to the
+        dtype the work is done in, which grad_out, query, keys and values
+        decide (as query, keys and values did the forward's).
     cu_seqlens_q, cu_seqlens_k
         The forward's offsets.
     scale, causal, window, alibi_slopes, softcap, enable_gqa, num_threads
@@ -1949,13 +1966,13 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     """
     cdef double sc = _as_scale(scale)
     _shaping(_varlen_causal(causal), {"window": window, "softcap": softcap})   # the keywords' own checks
-    dt = _work_dtype((query, keys, values, out, grad_out, lse))
+    dt = _work_dtype((grad_out, query, keys, values))    # out and lse follow it
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
     V = _as_real(values, "values", dt)
-    O = _as_real(out, "out", dt)
+    O = _as_forward_result(out, "out", dt)
     dO = _as_real(grad_out, "grad_out", dt)
-    L = _as_real(lse, "lse", dt)
+    L = _as_forward_result(lse, "lse", dt)
     cq, ck = _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k)
     total_q, H, d = q.shape
     total_k, Hkv, dv = V.shape
@@ -2026,7 +2043,10 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
         The forward's inputs (``values=None``: the keys serve as values, and
         `grad_keys` includes both roles).
     out, lse : array_like
-        What ``attend(query, keys, values, ..., return_lse=True)`` returned.
+        What ``attend(query, keys, values, ..., return_lse=True)`` returned:
+        real floating (an integer, bool or complex array is a TypeError),
+        converted to the dtype the work is done in, which grad_out, query,
+        keys and values decide (as query, keys and values did the forward's).
     scale, mask, causal, key_offset, query_offset, num_threads
         As given to the forward call.
     bias, alibi_slopes, enable_gqa, window, key_lengths, softcap
@@ -2069,13 +2089,13 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     if grad_bias and bias is None:
         raise ValueError("grad_bias=True asks for the gradient of a bias, but no bias was given")
     shared = values is None
-    dt = _work_dtype((query, keys, values, out, grad_out, lse))
+    dt = _work_dtype((grad_out, query, keys, values))    # out and lse follow it
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
     V = K if shared else _as_real(values, "values", dt)
-    O = _as_real(out, "out", dt)
+    O = _as_forward_result(out, "out", dt)
     dO = _as_real(grad_out, "grad_out", dt)
-    L = _as_real(lse, "lse", dt)
+    L = _as_forward_result(lse, "lse", dt)
     _check_qkv(q, K, V)
     if sh.causal and not sh.lower_right and q.ndim == 1 and qoff == 0 and koff == 0:
         raise ValueError(_CAUSAL_SINGLE)      # as the forward: it would see key 0 only

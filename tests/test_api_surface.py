@@ -77,6 +77,63 @@ def test_ragged_list_names_the_argument_elsewhere():
         attnx.KVCache(2).append([[1.0, 2.0], [3.0]])
 
 
+# --- attend_backward: out and lse as the forward returned them ----------------
+
+def _forward(dtype, single=False):
+    rng = np.random.default_rng(7)
+    lead = () if single else (2,)
+    q = rng.standard_normal((4,) if single else (2, 3, 4)).astype(dtype)
+    Kb = rng.standard_normal(lead + (5, 4)).astype(dtype)
+    Vb = rng.standard_normal(lead + (5, 3)).astype(dtype)
+    out, lse = attnx.attend(q, Kb, Vb, return_lse=True)
+    return np.ones_like(out), q, Kb, Vb, out, lse
+
+
+@pytest.mark.parametrize("which", ["out", "lse"])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.complex128])
+@pytest.mark.parametrize("single", [False, True], ids=["rows", "one query"])
+def test_backward_out_and_lse_must_be_real_floating(which, dtype, single):
+    """An integer lse (say a truncated copy) gave wrong gradients, silently."""
+    g, q, Kb, Vb, out, lse = _forward(np.float64, single)
+    args = {"out": out, "lse": lse}
+    args[which] = np.asarray(args[which]).astype(dtype)
+    with pytest.raises(TypeError, match=f"^{which} must be a real floating array") as e:
+        attnx.attend_backward(g, q, Kb, Vb, args["out"], args["lse"])
+    assert np.dtype(dtype).name in str(e.value)
+    if dtype is not np.complex128:      # a nested list of them: the same
+        args[which] = args[which].tolist()
+        with pytest.raises(TypeError, match=f"^{which} must be a real floating array"):
+            attnx.attend_backward(g, q, Kb, Vb, args["out"], args["lse"])
+
+
+def test_backward_dtype_is_decided_by_grad_out_and_the_operands():
+    """out and lse follow the work dtype of grad_out, query, keys and values
+    (as the forward's followed query, keys and values): a float64 lse does
+    not turn a float32 backward into a float64 one, and a float32 one is
+    widened for a float64 backward."""
+    g, q, Kb, Vb, out, lse = _forward(np.float32)
+    want = attnx.attend_backward(g, q, Kb, Vb, out, lse)
+    got = attnx.attend_backward(g, q, Kb, Vb, out.astype(np.float64), lse.astype(np.float64))
+    for a, b in zip(got, want):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    g, q, Kb, Vb, out, lse = _forward(np.float64)
+    o32, l32 = out.astype(np.float32), lse.astype(np.float32)
+    want = attnx.attend_backward(g, q, Kb, Vb, o32.astype(np.float64), l32.astype(np.float64))
+    got = attnx.attend_backward(g, q, Kb, Vb, o32, l32)
+    for a, b in zip(got, want):
+        assert a.dtype == np.float64
+        np.testing.assert_array_equal(a, b)
+    # a float32 grad_out makes float32 work of float32 operands only
+    g, q, Kb, Vb, out, lse = _forward(np.float64)
+    assert attnx.attend_backward(g.astype(np.float32), q, Kb, Vb, out, lse)[0].dtype == np.float64
+    # an lse that float32 work cannot hold is refused, named
+    g, q, Kb, Vb, out, lse = _forward(np.float32)
+    with pytest.raises(ValueError, match="^lse holds float64 values beyond the range of "
+                       "float32"), np.errstate(over="ignore"):
+        attnx.attend_backward(g, q, Kb, Vb, out, np.full(lse.shape, 1e39))
+
+
 # --- causal with a single query ----------------------------------------------
 
 @pytest.mark.parametrize("kw", [{}, {"return_weights": True}, {"values": K * 2},

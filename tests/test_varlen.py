@@ -360,3 +360,23 @@ def test_backward_errors():
         call(enable_gqa=False)
     with pytest.raises(ValueError, match="alibi_slopes"):
         call(alibi_slopes=np.ones(3))
+
+
+@pytest.mark.simd_independent
+def test_backward_out_and_lse_dtypes():
+    """out and lse must be real floating (an integer lse gave wrong gradients,
+    silently), and follow the work dtype that grad_out, query, keys and
+    values decide."""
+    q, k, v, cq, ck = packed([2, 3], [4, 1], 4, 2, 8, 3, dtype=np.float32)
+    out, lse = attnx.attend_varlen(q, k, v, cq, ck, return_lse=True, enable_gqa=True)
+    g = np.ones_like(out)
+    call = lambda o, l: attnx.attend_varlen_backward(g, q, k, v, o, l, cq, ck, enable_gqa=True)
+    for bad in (np.int64, np.bool_, np.complex64):
+        with pytest.raises(TypeError, match="^lse must be a real floating array"):
+            call(out, lse.astype(bad))
+        with pytest.raises(TypeError, match="^out must be a real floating array"):
+            call(out.astype(bad), lse)
+    want = call(out, lse)
+    for a, b in zip(call(out.astype(np.float64), lse.astype(np.float64)), want):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
