@@ -14,7 +14,7 @@ cimport cython
 cimport numpy as cnp
 from cpython.pystate cimport PyThreadState
 from libc.stdint cimport uintptr_t
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, isfinite, isinf
 from libc.string cimport memcpy, memset
 
 cimport attnx.kernels as ak
@@ -252,6 +252,23 @@ cdef inline double _finite_double(object x, str name) except? -1.0:
     return v
 
 
+cdef int _scale_beyond_f32(double sc) except -1:
+    raise ValueError(f"scale is beyond float32's range, which attnx computes in for float32 "
+                     f"inputs: got {sc!r} (it would become inf, and the result NaN); pass "
+                     f"float64 inputs, or a smaller scale")
+
+
+cdef inline float _f32_scale(double sc) except? -1.0:
+    """sc rounded to float32, for float32 work; a finite sc that rounds to
+    inf is a ValueError naming scale (the rule of _narrowed and
+    _finite_double: every result would be NaN, silently). C-level: on the
+    fast paths' per-call cost, one compare. Call it with the GIL held."""
+    cdef float f = <float>sc
+    if isinf(f) and isfinite(sc):
+        _scale_beyond_f32(sc)
+    return f
+
+
 cdef int _raise_status(int rc) except -1:
     msg = ak.strerror(rc).decode()
     if rc == ak.ERR_NOMEM:
@@ -414,6 +431,7 @@ def dot_score(query, keys, *, scale=1.0, out=None, num_threads=None):
     cdef int rc
     cdef PyThreadState *ts
     cdef double sc = _as_scale(scale)
+    cdef float sc32 = 0
     cdef int tn = _fast_type(query, keys, None) if num_threads is None else -1
     if tn >= 0:
         q = <cnp.ndarray>query
@@ -423,11 +441,13 @@ def dot_score(query, keys, *, scale=1.0, out=None, num_threads=None):
             T = <size_t>cnp.PyArray_DIMS(K)[0]
             res = _fast_out(out, <cnp.npy_intp>T, tn) if cnp.PyArray_DIMS(K)[1] == d else None
             if res is not None:
+                if tn == cnp.NPY_FLOAT:
+                    sc32 = _f32_scale(sc)
                 ts = _release_gil(T * (d + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
                     rc = ak.dot_scores(_dptr(q), _dptr(K), T, d, sc, _dptr(<cnp.ndarray>res))
                 else:
-                    rc = ak.dot_scores_f32(_fptr(q), _fptr(K), T, d, <float>sc,
+                    rc = ak.dot_scores_f32(_fptr(q), _fptr(K), T, d, sc32,
                                            _fptr(<cnp.ndarray>res))
                 _reacquire_gil(ts)
                 if rc != 0:
@@ -469,10 +489,11 @@ def _dot_score_general(query, keys, double scale, out, num_threads):
     cdef void *kp = _data(K)
     cdef void *rp = _data(res)
     cdef size_t cLq = Lq, cT = T, cd = d
+    cdef float sc32 = _f32_scale(scale) if f32 else 0
     cdef PyThreadState *ts = _release_gil(res.size * (d + 1) >= NOGIL_WORK)
     if f32:
         rc = ak.dot_scores_batch_f32(<float *>qp, <float *>kp, nb, bshape, qs, ks, cLq, cT, cd,
-                                     <float>scale, <float *>rp, nt)
+                                     sc32, <float *>rp, nt)
     else:
         rc = ak.dot_scores_batch(<double *>qp, <double *>kp, nb, bshape, qs, ks, cLq, cT, cd,
                                  scale, <double *>rp, nt)
@@ -930,8 +951,9 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
         For mismatched shapes (the message names both), an empty key
         sequence (T = 0), or an unfit `out`; for a bias, slopes or key
         lengths that do not broadcast, ``H % Hkv != 0`` with `enable_gqa`, a
-        negative window side, key lengths outside [0, T], or ``softcap <= 0``
-        (each message names the argument).
+        negative window side, key lengths outside [0, T], ``softcap <= 0``,
+        or a finite `scale` beyond the range of the dtype the work is done in
+        (float32's for float32 inputs) (each message names the argument).
 
     Notes
     -----
@@ -990,6 +1012,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     cdef int rc
     cdef PyThreadState *ts
     cdef double sc = _as_scale(scale)
+    cdef float sc32 = 0
     cdef int tn = -1
     # The rarer options (the score functions, return_lse, the offsets) come
     # through **options: each named keyword-only parameter costs every call
@@ -1010,12 +1033,14 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
                     and T > 0 and T < SPLIT_MIN_KEYS and T * (d + dv) < SERIAL_WORK):
                 res = _fast_out(out, <cnp.npy_intp>dv, tn)
             if res is not None:
+                if tn == cnp.NPY_FLOAT:
+                    sc32 = _f32_scale(sc)
                 ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
                 if tn == cnp.NPY_DOUBLE:
                     rc = ak.attend(_dptr(q), _dptr(K), _dptr(V), T, d, dv, sc, NULL,
                                    _dptr(<cnp.ndarray>res), NULL)
                 else:
-                    rc = ak.attend_f32(_fptr(q), _fptr(K), _fptr(V), T, d, dv, <float>sc,
+                    rc = ak.attend_f32(_fptr(q), _fptr(K), _fptr(V), T, d, dv, sc32,
                                        NULL, _fptr(<cnp.ndarray>res), NULL)
                 _reacquire_gil(ts)
                 if rc != 0:
@@ -1478,6 +1503,8 @@ cdef _Call _call_params(_Shaping sh, q, K, V, tuple batch, tuple ext, bint singl
     p.nbatch, p.batch_shape = nb, c.bshape
     p.query_strides, p.key_strides, p.value_strides = c.qs, c.ks, c.vs
     p.Lq, p.T, p.d, p.dv = Lq, T, d, dv
+    if dt is _FLOAT32:
+        _f32_scale(scale)     # the C core rounds it to float32: refused if that is inf
     p.scale = scale
     p.mask, p.mask_strides, p.mask_row_stride = mptr, c.ms, mrow
     p.causal = sh.causal
@@ -1842,6 +1869,8 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     p.nbatch, p.batch_shape = 2, bshape
     p.query_strides, p.key_strides, p.value_strides = qs, ks, vs
     p.d, p.dv = d, dv
+    if isz == 4:
+        _f32_scale(sc)        # the C core rounds it to float32: refused if that is inf
     p.scale = sc
     p.causal = sh.causal
     p.lower_right = 1
@@ -2755,6 +2784,7 @@ cdef class KVCache:
         cdef bint f32 = self._f32
         cdef int tn = cnp.NPY_FLOAT if f32 else cnp.NPY_DOUBLE
         cdef double sc = _as_scale(scale)
+        cdef float sc32 = _f32_scale(sc) if f32 else 0     # a float32 cache works in float32
         if f32 and not _is_type(query, tn, _IN_FLAGS):
             query = _as_real(query, "query", _FLOAT32)    # the cache's type decides
         res = None
@@ -2784,7 +2814,7 @@ cdef class KVCache:
             rb = <cnp.ndarray>res
             ts = _release_gil(T * (d + dv + 1) >= NOGIL_WORK)
             if tn == cnp.NPY_FLOAT:
-                rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, <float>sc, NULL,
+                rc = ak.attend_f32(_fptr(q), _fptr(Kb), _fptr(Vb), T, d, dv, sc32, NULL,
                                    _fptr(rb), NULL)
             else:
                 rc = ak.attend(_dptr(q), _dptr(Kb), _dptr(Vb), T, d, dv, sc, NULL, _dptr(rb),

@@ -53,6 +53,62 @@ def test_scale_beyond_float64_names_scale(call, bad):
         call(bad)
 
 
+Q32, K32 = Q.astype(np.float32), K.astype(np.float32)
+
+
+def _cache32(rows):
+    c = attnx.KVCache(3, dtype=np.float32)
+    c.extend(rows)
+    return c
+
+
+def _backward32(s):
+    out, lse = attnx.attend(Q32[None], K32, return_lse=True)
+    return attnx.attend_backward(np.ones_like(out), Q32[None], K32, K32, out, lse, scale=s)
+
+
+def _varlen32(s, backward=False):
+    q, k = Q32[None, None], K32[:, None]
+    cq, ck = np.array([0, 1]), np.array([0, len(K32)])
+    if not backward:
+        return attnx.attend_varlen(q, k, k, cq, ck, scale=s)
+    out, lse = attnx.attend_varlen(q, k, k, cq, ck, return_lse=True)
+    return attnx.attend_varlen_backward(np.ones_like(out), q, k, k, out, lse, cq, ck, scale=s)
+
+
+SCALED32 = [
+    ("attend", lambda s: attnx.attend(Q32, K32, scale=s)),
+    ("attend, general path", lambda s: attnx.attend(Q32[None], K32, scale=s)),
+    ("attend, float32 with float16", lambda s: attnx.attend(Q32[None], K.astype(np.float16),
+                                                            scale=s)),
+    ("dot_score", lambda s: attnx.dot_score(Q32, K32, scale=s)),
+    ("dot_score, general path", lambda s: attnx.dot_score(Q32[None], K32, scale=s)),
+    ("general_score", lambda s: attnx.general_score(Q32, K32, np.eye(3, dtype=np.float32),
+                                                    scale=s)),
+    ("KVCache.attend", lambda s: _cache32(K32).attend(Q32, scale=s)),
+    ("KVCache.attend, float64 query", lambda s: _cache32(K32).attend(Q, scale=s)),
+    ("KVCache.attend, general path", lambda s: _cache32(K32).attend(Q32[None], scale=s)),
+    ("attend_backward", _backward32),
+    ("attend_varlen", _varlen32),
+    ("attend_varlen_backward", lambda s: _varlen32(s, backward=True)),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in SCALED32], ids=[n for n, _ in SCALED32])
+@pytest.mark.parametrize("bad", [1e39, -1e39, 3.5e38, np.float64(1e39), 10**39, np.array(1e39)],
+                         ids=["1e39", "-1e39", "3.5e38", "np.float64", "int", "0-d array"])
+def test_scale_beyond_float32_names_scale_for_float32_work(call, bad):
+    """float32 work rounds scale to float32: a finite scale beyond its range
+    became inf, and every result NaN (or +-inf scores), silently. The rule
+    of float64's range (and of a bias beyond float32's) holds for it too."""
+    with pytest.raises(ValueError, match="^scale is beyond float32's range"):
+        call(bad)
+    fmax = float(np.finfo(np.float32).max)
+    for ok in (fmax, -fmax, np.inf):      # representable (inf is no finite value lost)
+        with np.errstate(all="ignore"):
+            call(ok)
+
+
 @pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
 def test_scale_accepts_real_numbers(call):
     want = call(0.5)
