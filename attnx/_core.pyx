@@ -22,6 +22,7 @@ cimport attnx.kernels as ak
 import inspect
 import numbers
 import operator
+import sys
 import types
 
 import numpy as np
@@ -326,6 +327,18 @@ cdef object _integer(object x, str name, str what):
         return operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be {what}, got {type(x).__name__} {x!r}") from None
+
+
+cdef object _size(object x, str name, str what):
+    """x as a Python int (_integer's rules) that a Py_ssize_t holds, or a
+    ValueError naming it (Cython's own conversion says only "Python int too
+    large to convert to C ssize_t"): a size no buffer can have."""
+    n = _integer(x, name, what)
+    if n > sys.maxsize:
+        raise ValueError(f"{name} must be at most {sys.maxsize} (no buffer holds more), got {n}")
+    if n < -sys.maxsize - 1:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
 
 
 cdef int _threads(object num_threads) except -1:
@@ -2540,23 +2553,20 @@ cdef class KVCache:
 
     def __init__(self, d, dv=None, *, capacity=64, dtype=np.float64):
         # validate and allocate first: a failure leaves the cache as it was
-        cdef Py_ssize_t nd = _integer(d, "d", "an integer")
-        cdef Py_ssize_t ncap = _integer(capacity, "capacity", "an integer")
+        cdef Py_ssize_t nd = _size(d, "d", "an integer")
+        cdef Py_ssize_t ncap = _size(capacity, "capacity", "an integer")
         if nd < 0 or ncap < 0:
             raise ValueError(f"d and capacity must be >= 0, got d={nd}, capacity={ncap}")
         cdef bint shared = dv is None
-        cdef Py_ssize_t ndv = nd if shared else _integer(dv, "dv", "an integer or None")
+        cdef Py_ssize_t ndv = nd if shared else _size(dv, "dv", "an integer or None")
         if ndv < 0:
             raise ValueError(f"dv must be >= 0, got {dv}")
         dt = np.dtype(dtype)
         if dt != _FLOAT64 and dt != _FLOAT32:
             raise TypeError(f"dtype must be float64 or float32, got {dt}")
         dt = _FLOAT32 if dt == _FLOAT32 else _FLOAT64
-        try:
-            K = np.empty((ncap, nd), dtype=dt)
-            V = K if shared else np.empty((ncap, ndv), dtype=dt)
-        except (ValueError, MemoryError) as e:
-            raise type(e)(f"KVCache(d={nd}, dv={ndv}, capacity={ncap}): {e}") from None
+        K, V = _cache_buffers(f"KVCache(d={nd}, dv={ndv}, capacity={ncap})", ncap, nd, ndv,
+                              dt, shared)
         with self._lock:
             self.shared = shared
             self.d = nd
@@ -2622,12 +2632,11 @@ cdef class KVCache:
         if n <= self.capacity:
             return 0
         cdef Py_ssize_t cap = max(n, 2 * self.capacity, 16)
-        K = np.empty((cap, self.d), dtype=self.dtype)
+        K, V = _cache_buffers(f"KVCache(d={self.d}, dv={self.dv}, capacity={self.capacity}) "
+                              f"growing to {cap} rows", cap, self.d, self.dv, self.dtype,
+                              self.shared)
         K[:self.length] = self._K[:self.length]
-        if self.shared:
-            V = K
-        else:
-            V = np.empty((cap, self.dv), dtype=self.dtype)
+        if not self.shared:
             V[:self.length] = self._V[:self.length]
         self._install(K, V)
         return 0
@@ -2640,7 +2649,7 @@ cdef class KVCache:
         n : int
             Rows the cache can then hold without growing (it never shrinks).
         """
-        cdef Py_ssize_t rows = _integer(n, "n", "an integer")
+        cdef Py_ssize_t rows = _size(n, "n", "an integer")
         if rows < 0:
             raise ValueError(f"n must be >= 0, got {rows}")
         with self._lock:
@@ -2828,6 +2837,23 @@ cdef class KVCache:
         Vs = Ks if Vb is Kb else np.asarray(memoryview(Vb).toreadonly())[:T]
         return attend(query, Ks, Vs, scale=sc, out=out, return_weights=return_weights,
                       num_threads=num_threads)
+
+
+cdef tuple _cache_buffers(str where, Py_ssize_t rows, Py_ssize_t d, Py_ssize_t dv, object dt,
+                          bint shared):
+    """New (rows, d) key and (rows, dv) value buffers (one, when the values
+    are the keys); an allocation that fails says which cache it was for
+    (`where`): a MemoryError, or NumPy's ValueError for a size past its
+    limit, chained from NumPy's own. (NumPy's MemoryError subclass cannot be
+    re-raised with a message alone: its __init__ takes the shape and dtype.)"""
+    try:
+        K = np.empty((rows, d), dtype=dt)
+        V = K if shared else np.empty((rows, dv), dtype=dt)
+    except MemoryError as e:
+        raise MemoryError(f"{where}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    return K, V
 
 
 def _kvcache_restore(d, dv, dtype, keys, values):

@@ -62,6 +62,63 @@ def test_batched_queries_and_weights():
     np.testing.assert_array_equal(w, want_w)
 
 
+# Beyond x86-64's 47-bit user address space (2**53 bytes): no allocation
+# succeeds, whatever the kernel's overcommit policy
+HUGE_ROWS = 2**50
+
+
+@pytest.mark.simd_independent
+def test_sizes_no_buffer_can_hold_raise_memory_error_naming_the_cache():
+    """NumPy's MemoryError is a subclass whose __init__ takes the shape and
+    dtype: re-raising it with a message alone was a TypeError."""
+    for make, where in [
+            (lambda: attnx.KVCache(8, capacity=HUGE_ROWS // 8),
+             r"KVCache\(d=8, dv=8, capacity=140737488355328\)"),
+            (lambda: attnx.KVCache(HUGE_ROWS, capacity=1), r"KVCache\(d=1125899906842624, dv="),
+            (lambda: attnx.KVCache(4, HUGE_ROWS, capacity=1), r"KVCache\(d=4, dv=1125899906842624,"),
+            (lambda: attnx.KVCache(4, dtype=np.float32).reserve(HUGE_ROWS),
+             r"KVCache\(d=4, dv=4, capacity=64\) growing to 1125899906842624 rows")]:
+        with pytest.raises(MemoryError, match="^" + where) as e:
+            make()
+        assert type(e.value.__cause__) is not type(e.value) and \
+            isinstance(e.value.__cause__, MemoryError)        # NumPy's own, chained
+    # past NumPy's size limit: its ValueError, with the same prefix
+    cache = attnx.KVCache(4, 2, capacity=3)
+    cache.append(np.ones(4), np.ones(2))
+    with pytest.raises(ValueError, match=r"^KVCache\(d=4, dv=2, capacity=3\) growing to "
+                                         r"4611686018427387904 rows: ") as e:
+        cache.reserve(2**62)
+    assert isinstance(e.value.__cause__, ValueError)
+    # the cache is as it was, and still grows
+    assert cache.capacity == 3 and len(cache) == 1
+    cache.reserve(100)
+    assert cache.capacity == 100
+    np.testing.assert_array_equal(cache.keys, np.ones((1, 4)))
+
+
+@pytest.mark.simd_independent
+@pytest.mark.parametrize("call,name", [
+    (lambda: attnx.KVCache(2**63), "d"),
+    (lambda: attnx.KVCache(4, 2**63), "dv"),
+    (lambda: attnx.KVCache(4, capacity=2**64), "capacity"),
+    (lambda: attnx.KVCache(4).reserve(2**63), "n"),
+    (lambda: attnx.KVCache(4).reserve(np.uint64(2**63)), "n"),
+], ids=["d", "dv", "capacity", "reserve", "reserve uint64"])
+def test_sizes_beyond_ssize_t_name_the_argument(call, name):
+    """A bare OverflowError ("Python int too large to convert to C ssize_t")
+    named nothing."""
+    with pytest.raises(ValueError, match=f"^{name} must be at most {2**63 - 1}"):
+        call()
+
+
+@pytest.mark.simd_independent
+def test_sizes_below_ssize_t_name_the_argument():
+    with pytest.raises(ValueError, match="^d must be >= 0"):
+        attnx.KVCache(-2**63 - 1)
+    with pytest.raises(ValueError, match="^n must be >= 0"):
+        attnx.KVCache(4).reserve(-2**64)
+
+
 def test_errors():
     cache = attnx.KVCache(3, 2)
     with pytest.raises(ValueError, match="T = 0"):
