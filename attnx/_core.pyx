@@ -1030,7 +1030,10 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     # The rarer options (the score functions, return_lse, the offsets) come
     # through **options: each named keyword-only parameter costs every call
     # a few ns of argument parsing, which is most of a tiny call.
-    if mask is None and not causal and not return_weights and num_threads is None \
+    # causal: only False itself takes the fast path (an identity test); any
+    # other value, falsy or not, is checked by _causal_mode on the general
+    # path ("" or 0.0 was read as False here, refused there)
+    if mask is None and causal is False and not return_weights and num_threads is None \
             and not options:
         tn = _fast_type(query, keys, values)
     if tn >= 0:

@@ -215,6 +215,27 @@ def test_causal_with_query_rows_still_top_left():
                                   want)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", ["", 0.0, [], (), np.float64(0), 0.5, "upper",
+                                 np.array([True, False]), np.array(False)],
+                         ids=repr)
+def test_causal_is_checked_on_the_fast_path_too(dtype, bad):
+    """A (d,) float query took a fast path that read any falsy causal as
+    False; the same value with (1, d) rows was refused, naming causal."""
+    q, Kc = Q.astype(dtype), K.astype(dtype)
+    with pytest.raises((TypeError, ValueError), match="^causal must be") as rows:
+        attnx.attend(q[None], Kc, causal=bad)
+    with pytest.raises(type(rows.value), match="^causal must be"):
+        attnx.attend(q, Kc, causal=bad)
+
+
+@pytest.mark.parametrize("ok", [False, None, 0, np.False_, np.int64(0)], ids=repr)
+def test_causal_values_meaning_false_give_the_fast_paths_bits(ok):
+    for dtype in (np.float64, np.float32):
+        q, Kc = Q.astype(dtype), K.astype(dtype)
+        np.testing.assert_array_equal(attnx.attend(q, Kc, causal=ok), attnx.attend(q, Kc))
+
+
 # --- KVCache: pickle, generic, signature -------------------------------------
 
 @pytest.mark.parametrize("dv,dtype", [(None, np.float64), (2, np.float64), (2, np.float32)])
