@@ -152,7 +152,13 @@ cdef object _work_dtype(tuple inputs):
             continue
         if not cnp.PyArray_Check(a):
             return _FLOAT64
-        dts.append((<cnp.ndarray>a).dtype)
+        dt = (<cnp.ndarray>a).dtype
+        if dt.kind not in "biuf":
+            # datetime, complex, object, str...: refused by the caller's
+            # per-argument check, whose error names the argument
+            # (np.result_type would raise first, naming none)
+            return _FLOAT64
+        dts.append(dt)
     if not dts:
         return _FLOAT64
     r = np.result_type(*dts)
@@ -339,6 +345,22 @@ cdef object _size(object x, str name, str what):
     if n < -sys.maxsize - 1:
         raise ValueError(f"{name} must be >= 0, got {n}")
     return n
+
+
+cdef bint _flag(object x, str name) except -1:
+    """x's truth value, as ``if x:`` takes it, for a boolean option; a
+    TypeError naming the option where x has none (a multi-element array:
+    NumPy's "truth value of an array ... is ambiguous" named nothing)."""
+    if x is True:
+        return True
+    if x is False or x is None:
+        return False
+    try:
+        return bool(x)
+    except (ValueError, TypeError):
+        got = (f"an array of shape {x.shape}" if cnp.PyArray_Check(x)
+               else f"{type(x).__name__} {x!r}")
+        raise TypeError(f"{name} must be a bool, got {got}") from None
 
 
 cdef int _threads(object num_threads) except -1:
@@ -840,7 +862,7 @@ def _context_general(weights, values, out, num_threads):
 # --- attend ---------------------------------------------------------------------
 
 def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
-           bint return_weights=False, out=None, num_threads=None, **options):
+           return_weights=False, out=None, num_threads=None, **options):
     """Dot-product attention: ``softmax(scale * keys @ query) @ values``.
 
     Parameters
@@ -1033,7 +1055,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
     # causal: only False itself takes the fast path (an identity test); any
     # other value, falsy or not, is checked by _causal_mode on the general
     # path ("" or 0.0 was read as False here, refused there)
-    if mask is None and causal is False and not return_weights and num_threads is None \
+    if mask is None and causal is False and return_weights is False and num_threads is None \
             and not options:
         tn = _fast_type(query, keys, values)
     if tn >= 0:
@@ -1062,13 +1084,14 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
                 if rc != 0:
                     _raise_status(rc)   # ERR_OVERLAP: out shares memory with an input
                 return res
+    cdef bint rw = _flag(return_weights, "return_weights")
     score = options.pop("score", _DOT)
     W = options.pop("W", None)
     W_q = options.pop("W_q", None)
     v = options.pop("v", None)
     keys_proj = options.pop("keys_proj", None)
     W_k = options.pop("W_k", None)
-    cdef bint return_lse = options.pop("return_lse", False)
+    cdef bint return_lse = _flag(options.pop("return_lse", False), "return_lse")
     cdef ptrdiff_t qoff, koff
     _offsets(options.pop("query_offset", 0), options.pop("key_offset", 0), &qoff, &koff)
     cdef _Shaping sh = _shaping(causal, options)
@@ -1079,7 +1102,7 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
             if W_q is not None or v is not None or keys_proj is not None or W_k is not None:
                 raise ValueError("score='general' takes W only")
             return _attend_general(_general_query(query, W, keys), keys, values, sc, mask,
-                                   return_weights, out, num_threads, return_lse, qoff, koff, sh)
+                                   rw, out, num_threads, return_lse, qoff, koff, sh)
         # what the score itself lacks first: the message below is additive's
         if score == "general":
             raise ValueError("score='general' needs W, shape (dq, dk)")
@@ -1090,13 +1113,13 @@ def attend(query, keys, values=None, *, scale=1.0, mask=None, causal=False,
                              "enable_gqa, window, key_lengths and softcap work with the dot "
                              "score (score='dot' or 'general'), not score='additive'")
         return _attend_scored(query, keys, values, sc, mask, sh.causal, sh.lower_right,
-                              return_weights, out, num_threads, score, W, W_q, v, keys_proj,
+                              rw, out, num_threads, score, W, W_q, v, keys_proj,
                               W_k)
     if W is not None or W_q is not None or v is not None or keys_proj is not None \
             or W_k is not None:
         raise ValueError("W, W_q, v, keys_proj and W_k belong to score='general' or "
                          "score='additive'; the default score is 'dot'")
-    return _attend_general(query, keys, values, sc, mask, return_weights, out,
+    return _attend_general(query, keys, values, sc, mask, rw, out,
                            num_threads, return_lse, qoff, koff, sh)
 
 
@@ -1260,7 +1283,7 @@ cdef int _check_qkv(object q, object K, object V) except -1:
 cdef object _bool_mask(object mask, tuple scores_shape, bint add_query_axis):
     """mask as a boolean array broadcast (zero strides, no copy) to the
     scores' shape, its last axis contiguous."""
-    m = mask if cnp.PyArray_Check(mask) else np.asarray(mask)
+    m = mask if cnp.PyArray_Check(mask) else _asarray(mask, "mask")
     if m.dtype != np.bool_:
         raise TypeError(f"mask must be boolean (True = attends), got dtype {m.dtype}")
     try:
@@ -1329,9 +1352,12 @@ cdef int _window(object window, _Shaping sh) except -1:
     """window=(left, right): each side an integer >= 0, or None (unbounded)."""
     if window is None:
         return 0
-    if isinstance(window, (str, bytes)) or not hasattr(window, "__len__"):
-        raise TypeError(f"window must be a pair (left, right) of integers >= 0 or None, "
-                        f"got {type(window).__name__} {window!r}")
+    # a pair: a tuple, a list or a 1-D array (a set has no order, a dict's
+    # keys are not its sides; window[k] took a dict's values at keys 0, 1)
+    if not (isinstance(window, (tuple, list))
+            or (cnp.PyArray_Check(window) and window.ndim == 1)):
+        raise TypeError(f"window must be a pair (left, right) of integers >= 0 or None (a "
+                        f"tuple, list or 1-D array), got {type(window).__name__} {window!r}")
     if len(window) != 2:
         raise ValueError(f"window must be a pair (left, right), got {window!r} "
                          f"(length {len(window)})")
@@ -1389,7 +1415,7 @@ cdef _Shaping _shaping(object causal, dict options):
         sh.bias = options.pop("bias", None)
         sh.alibi_slopes = options.pop("alibi_slopes", None)
         sh.key_lengths = options.pop("key_lengths", None)
-        sh.gqa = options.pop("enable_gqa", False)
+        sh.gqa = _flag(options.pop("enable_gqa", False), "enable_gqa")
         _window(options.pop("window", None), sh)
         softcap = options.pop("softcap", None)
         if softcap is not None:
@@ -1821,6 +1847,8 @@ def attend_varlen(query, keys, values, cu_seqlens_q, cu_seqlens_k, *, scale=1.0,
     """
     cdef double sc = _as_scale(scale)
     cdef _Shaping sh = _shaping(_varlen_causal(causal), {"window": window, "softcap": softcap})
+    enable_gqa = _flag(enable_gqa, "enable_gqa")
+    return_lse = _flag(return_lse, "return_lse")
     dt = _work_dtype((query, keys, values))
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
@@ -2011,6 +2039,7 @@ def attend_varlen_backward(grad_out, query, keys, values, out, lse, cu_seqlens_q
     """
     cdef double sc = _as_scale(scale)
     _shaping(_varlen_causal(causal), {"window": window, "softcap": softcap})   # the keywords' own checks
+    enable_gqa = _flag(enable_gqa, "enable_gqa")
     dt = _work_dtype((grad_out, query, keys, values))    # out and lse follow it
     q = _as_real(query, "query", dt)
     K = _as_real(keys, "keys", dt)
@@ -2131,6 +2160,7 @@ def attend_backward(grad_out, query, keys, values, out, lse, *, scale=1.0, mask=
     cdef _Shaping sh = _shaping(causal, {"bias": bias, "alibi_slopes": alibi_slopes,
                                          "enable_gqa": enable_gqa, "window": window,
                                          "key_lengths": key_lengths, "softcap": softcap})
+    grad_bias = _flag(grad_bias, "grad_bias")
     if grad_bias and bias is None:
         raise ValueError("grad_bias=True asks for the gradient of a bias, but no bias was given")
     shared = values is None
@@ -2800,7 +2830,7 @@ cdef class KVCache:
         if f32 and not _is_type(query, tn, _IN_FLAGS):
             query = _as_real(query, "query", _FLOAT32)    # the cache's type decides
         res = None
-        if not return_weights and num_threads is None and _is_type(query, tn, _IN_FLAGS) \
+        if return_weights is False and num_threads is None and _is_type(query, tn, _IN_FLAGS) \
                 and cnp.PyArray_NDIM(<cnp.ndarray>query) == 1:
             res = _fast_out(out, <cnp.npy_intp>self.dv, tn)
         # One snapshot of the state: buffers, rows and widths

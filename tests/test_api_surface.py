@@ -133,6 +133,104 @@ def test_ragged_list_names_the_argument_elsewhere():
         attnx.KVCache(2).append([[1.0, 2.0], [3.0]])
 
 
+def _unnamed_cases():
+    q, Kb = np.ones((2, 3, 4)), np.ones((2, 5, 4))
+    two = np.array([True, False])
+    out, lse = attnx.attend(q, Kb, return_lse=True)
+    bw = lambda **kw: attnx.attend_backward(*[kw.pop(n, x) for n, x in (
+        ("grad_out", np.ones_like(out)), ("query", q), ("keys", Kb), ("values", Kb),
+        ("out", out), ("lse", lse))], **kw)
+    qv, kv = np.ones((3, 2, 4)), np.ones((5, 2, 4))
+    cu_q, cu_k = np.array([0, 3]), np.array([0, 5])
+    vout, vlse = attnx.attend_varlen(qv, kv, kv, cu_q, cu_k, return_lse=True)
+    varlen = lambda **kw: attnx.attend_varlen(qv, kv, kv, cu_q, cu_k, **kw)
+    varlen_bw = lambda **kw: attnx.attend_varlen_backward(np.ones_like(vout), qv, kv, kv, vout,
+                                                          vlse, cu_q, cu_k, **kw)
+    cache = attnx.KVCache(4)
+    cache.extend(np.ones((5, 4)))
+    M8, m8 = np.zeros((3, 4), "M8[s]"), np.zeros((2, 5, 4), "m8[s]")
+    return {
+        "mask ragged": (lambda: attnx.attend(q, Kb, mask=[[True] * 5, [True] * 4]),
+                        ValueError, "mask is not a rectangular array"),
+        "mask ragged, one query": (lambda: attnx.attend(q[0, 0], Kb[0], mask=[[True], [1, 2]]),
+                                   ValueError, "mask is not a rectangular array"),
+        "window a set": (lambda: attnx.attend(q, Kb, window={1, 2}), TypeError,
+                         "window must be a pair"),
+        "window a dict": (lambda: attnx.attend(q, Kb, window={0: 1, 1: 0}), TypeError,
+                          "window must be a pair"),
+        "window a 0-d array": (lambda: attnx.attend(q, Kb, window=np.array(2)), TypeError,
+                               "window must be a pair"),
+        "window a set, varlen": (lambda: varlen(window={1, 2}), TypeError,
+                                 "window must be a pair"),
+        "query datetime64": (lambda: attnx.attend(M8, Kb), TypeError,
+                             "query must hold real numbers"),
+        "keys datetime64": (lambda: attnx.attend(q, M8), TypeError,
+                            "keys must hold real numbers"),
+        "values timedelta64": (lambda: attnx.attend(q, Kb, m8), TypeError,
+                               "values must hold real numbers"),
+        "dot_score keys timedelta64": (lambda: attnx.dot_score(q, m8), TypeError,
+                                       "keys must hold real numbers"),
+        "context values datetime64": (lambda: attnx.context(np.ones(3), M8), TypeError,
+                                      "values must hold real numbers"),
+        "varlen values timedelta64": (lambda: attnx.attend_varlen(qv, kv, kv.astype("m8[s]"),
+                                                                  cu_q, cu_k),
+                                      TypeError, "values must hold real numbers"),
+        "backward grad_out timedelta64": (lambda: bw(grad_out=np.zeros(out.shape, "m8[s]")),
+                                          TypeError, "grad_out must hold real numbers"),
+        "merge lses datetime64": (lambda: attnx.merge_attention(
+            [np.ones(3), np.ones(3)], [np.zeros(()), np.zeros((), "M8[s]")]),
+            TypeError, r"lses\[1\] must hold real numbers"),
+        "enable_gqa an array": (lambda: attnx.attend(q, Kb, enable_gqa=two), TypeError,
+                                "enable_gqa must be a bool"),
+        "return_lse an array": (lambda: attnx.attend(q, Kb, return_lse=two), TypeError,
+                                "return_lse must be a bool"),
+        "return_weights an array": (lambda: attnx.attend(q, Kb, return_weights=two), TypeError,
+                                    "return_weights must be a bool"),
+        "return_weights an array, one query": (lambda: attnx.attend(q[0, 0], Kb[0],
+                                                                    return_weights=two),
+                                               TypeError, "return_weights must be a bool"),
+        "KVCache.attend return_weights an array": (
+            lambda: cache.attend(np.ones(4), return_weights=two), TypeError,
+            "return_weights must be a bool"),
+        "backward enable_gqa an array": (lambda: bw(enable_gqa=two), TypeError,
+                                         "enable_gqa must be a bool"),
+        "backward grad_bias an array": (lambda: bw(grad_bias=two, bias=np.zeros(5)), TypeError,
+                                        "grad_bias must be a bool"),
+        "varlen enable_gqa an array": (lambda: varlen(enable_gqa=two), TypeError,
+                                       "enable_gqa must be a bool"),
+        "varlen return_lse an array": (lambda: varlen(return_lse=two), TypeError,
+                                       "return_lse must be a bool"),
+        "varlen backward enable_gqa an array": (lambda: varlen_bw(enable_gqa=two), TypeError,
+                                                "enable_gqa must be a bool"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_unnamed_cases()))
+def test_errors_name_the_argument(case):
+    """Each was raised by NumPy or Python before attnx looked at the argument
+    (np.asarray, np.result_type, a truth value, a subscript), naming none."""
+    call, exc, says = _unnamed_cases()[case]
+    with pytest.raises(exc, match="^" + says):
+        call()
+
+
+def test_flags_keep_their_truth_values():
+    q, Kb = np.ones((2, 3, 4)), np.ones((2, 5, 4))
+    want = attnx.attend(q, Kb, return_weights=True, return_lse=True)
+    for yes in (True, 1, np.True_, np.array([True])):
+        got = attnx.attend(q, Kb, return_weights=yes, return_lse=yes, enable_gqa=yes)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    for no in (False, 0, None, np.False_):
+        np.testing.assert_array_equal(attnx.attend(q, Kb, return_weights=no, return_lse=no,
+                                                   enable_gqa=no), want[0])
+    np.testing.assert_array_equal(attnx.attend(q[0, 0], Kb[0], return_weights=0),
+                                  attnx.attend(q[0, 0], Kb[0]))
+    for window in ((1, 0), [1, 0], np.array([1, 0]), (1, None)):
+        np.testing.assert_array_equal(attnx.attend(q, Kb, window=window),
+                                      attnx.attend(q, Kb, window=tuple(window)))
+
+
 # --- attend_backward: out and lse as the forward returned them ----------------
 
 def _forward(dtype, single=False):
