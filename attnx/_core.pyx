@@ -238,7 +238,7 @@ cdef double _as_scale(object scale) except? -1.0:
             return _finite_double(arr[()], "scale")
         raise TypeError(f"scale must be a real number (one float), got an array of shape "
                         f"{arr.shape} and dtype {arr.dtype}")
-    if isinstance(scale, numbers.Real):
+    if isinstance(scale, (numbers.Real, np.bool_)):    # bools as NumPy takes them: 0, 1
         return _finite_double(scale, "scale")
     raise TypeError(f"scale must be a real number (one float), got "
                     f"{type(scale).__name__} {scale!r}")

@@ -118,6 +118,16 @@ def test_scale_accepts_real_numbers(call):
     np.testing.assert_array_equal(call(True), call(1.0))
 
 
+@pytest.mark.parametrize("call", [c for _, c in SCALED], ids=[n for n, _ in SCALED])
+def test_scale_takes_numpy_bools_as_python_bools(call):
+    """scale=True was accepted (as 1.0, NumPy's reading of a bool in
+    arithmetic) and np.True_ refused: one rule for both."""
+    for yes in (True, np.True_, np.array(True)):
+        np.testing.assert_array_equal(call(yes), call(1.0))
+    for no in (False, np.False_):
+        np.testing.assert_array_equal(call(no), call(0.0))
+
+
 @pytest.mark.parametrize("which", ["query", "keys", "values"])
 def test_ragged_list_names_the_argument(which):
     args = {"query": Q.tolist(), "keys": K.tolist(), "values": K.tolist()}
