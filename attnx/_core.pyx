@@ -145,12 +145,17 @@ _FLOAT64 = np.dtype(np.float64)
 
 cdef object _work_dtype(tuple inputs):
     """float32 when NumPy would compute these inputs in float32 (every one an
-    ndarray whose common type is float32 or float16), else float64."""
+    ndarray or NumPy scalar whose common type is float32 or float16), else
+    float64."""
     dts = []
     for a in inputs:
         if a is None:
             continue
-        if not cnp.PyArray_Check(a):
+        if cnp.PyArray_Check(a):
+            dt = (<cnp.ndarray>a).dtype
+        elif isinstance(a, np.generic):      # a NumPy scalar has its dtype, as an array
+            dt = a.dtype
+        else:
             return _FLOAT64
         dt = (<cnp.ndarray>a).dtype
         if dt.kind not in "biuf":

@@ -30,6 +30,25 @@ def test_dtype_rules_follow_numpy_promotion(dtypes, want):
     assert attnx.attend([1.0, 2.0, 3.0], K).dtype == np.float64       # lists are float64
 
 
+@pytest.mark.simd_independent
+def test_numpy_float32_scalars_are_float32_input():
+    """A NumPy float32 scalar is float32 input by NumPy's rules (as a 0-d
+    float32 array): softmax(np.float32(2.0), axis=None) gave float64."""
+    for f, want in ((attnx.softmax, 1.0), (attnx.log_softmax, 0.0)):
+        for x in (np.float32(2.0), np.float16(2.0), np.array(2.0, F32)):
+            got = f(x, axis=None)
+            assert type(got) is np.float32 and got == want, (f.__name__, x)
+        got = f(np.float64(2.0), axis=None)
+        assert type(got) is np.float64 and got == want
+        assert f(2.0, axis=None).dtype == np.float64          # a Python float: float64
+    # partial results whose lses are float32 scalars merge in float32
+    o = np.ones(3, F32)
+    ctx, lse = attnx.merge_attention([o, o], [np.float32(0.0), np.float32(0.0)])
+    assert ctx.dtype == lse.dtype == F32
+    np.testing.assert_array_equal(ctx, o)
+    assert lse == np.float32(np.log(2.0))
+
+
 @pytest.mark.parametrize("n", ref.SIZES + (1000, 100_000))
 def test_softmax_accuracy(n):
     x = r32(n, scale=100.0)
