@@ -157,7 +157,6 @@ cdef object _work_dtype(tuple inputs):
             dt = a.dtype
         else:
             return _FLOAT64
-        dt = (<cnp.ndarray>a).dtype
         if dt.kind not in "biuf":
             # datetime, complex, object, str...: refused by the caller's
             # per-argument check, whose error names the argument
@@ -1730,8 +1729,11 @@ cdef object _varlen_causal(object causal):
         return causal
     if causal is None or isinstance(causal, (bool, np.bool_, numbers.Integral)):
         return bool(causal)
-    raise ValueError(f"causal must be True (lower-right aligned, as flash-attn's causal: the "
-                     f"last query of a sequence sees up to its last key) or False, got {causal!r}")
+    # as attend's _causal_mode: another string is a ValueError, any other
+    # type (a float, an array) a TypeError
+    raise (ValueError if isinstance(causal, str) else TypeError)(
+        f"causal must be True (lower-right aligned, as flash-attn's causal: the last query of "
+        f"a sequence sees up to its last key) or False, got {type(causal).__name__} {causal!r}")
 
 
 cdef tuple _varlen_checks(q, K, V, enable_gqa, cu_seqlens_q, cu_seqlens_k):

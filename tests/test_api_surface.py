@@ -128,6 +128,19 @@ def test_scale_takes_numpy_bools_as_python_bools(call):
         np.testing.assert_array_equal(call(no), call(0.0))
 
 
+@pytest.mark.parametrize("bad", [0.5, np.float64(1.0), np.array([True]), [], "top_left",
+                                 "upper"], ids=repr)
+def test_causal_errors_are_the_same_for_attend_and_attend_varlen(bad):
+    """attend_varlen raised ValueError for causal=0.5 where attend raised
+    TypeError: a wrong type is a TypeError, a wrong string a ValueError."""
+    q, k = np.ones((2, 1, 3)), np.ones((4, 1, 3))
+    with pytest.raises((TypeError, ValueError), match="^causal must be") as a:
+        attnx.attend(q.transpose(1, 0, 2), k.transpose(1, 0, 2), causal=bad)
+    with pytest.raises(type(a.value), match="^causal must be"):
+        attnx.attend_varlen(q, k, k, [0, 2], [0, 4], causal=bad)
+    assert type(a.value) is (ValueError if isinstance(bad, str) else TypeError)
+
+
 @pytest.mark.parametrize("which", ["query", "keys", "values"])
 def test_ragged_list_names_the_argument(which):
     args = {"query": Q.tolist(), "keys": K.tolist(), "values": K.tolist()}

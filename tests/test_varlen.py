@@ -243,8 +243,9 @@ class TestErrors:
     def test_causal_message_is_varlens(self):
         """varlen's causal is lower-right (flash-attn's): a bad value is not
         told that True means top-left, attend's alignment."""
-        for bad in ("top_left", 0.5, np.array([True])):
-            with pytest.raises(ValueError, match="causal must be True \\(lower-right aligned"):
+        for bad, exc in (("top_left", ValueError), (0.5, TypeError),
+                         (np.array([True]), TypeError)):    # as attend's: a type is a TypeError
+            with pytest.raises(exc, match="causal must be True \\(lower-right aligned"):
                 self.call(causal=bad)
         out, lse = self.call(return_lse=True)
         with pytest.raises(ValueError, match="causal must be True \\(lower-right aligned"):
