@@ -1,8 +1,9 @@
 """attnx as a PyTorch operator: ``attnx.torch.scaled_dot_product_attention``.
 
 The same signature and semantics as `torch.nn.functional.scaled_dot_product_attention`
-on CPU float32 and float64 tensors, computed by `attnx.attend` forward and
-`attnx.attend_backward` (the flash backward: no L x S buffer) backward.
+on CPU float32 and float64 tensors (``scale`` and ``enable_gqa`` keyword-only,
+as torch's), computed by `attnx.attend` forward and `attnx.attend_backward`
+(the flash backward: no L x S buffer) backward.
 
 It is registered as the custom operators ``attnx::sdpa`` and
 ``attnx::sdpa_backward`` (`torch.library.custom_op`), with an autograd
@@ -22,6 +23,17 @@ CPU sdpa does. First derivatives only: a second backward (``create_graph``
 then differentiating the gradients, gradgradcheck) raises
 NotImplementedError, and ``torch.func.grad`` is refused by torch 2.13 for
 custom operators registered this way.
+
+Autocast is ignored: under ``torch.autocast("cpu", ...)`` torch's own sdpa
+computes in the autocast dtype (bfloat16 by default), while attnx.torch
+computes in, and returns, the dtype of its inputs (float32 or float64;
+attnx has no bfloat16 or float16 kernels, and such inputs are a TypeError).
+
+With ``enable_gqa=True``, key and value may have different numbers of heads
+(as torch allows), each dividing the query's: they are then repeated
+(``repeat_interleave``, a copy) to the least common multiple of the two
+head counts, and autograd sums their gradients back. With equal head counts,
+the usual case, nothing is copied.
 
 Importing ``attnx`` never imports this module (nor torch); ``import
 attnx.torch`` does. Install with ``pip install "attnx[torch]"``.
@@ -182,7 +194,7 @@ def _gqa_mask(attn_mask, hkv, group):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False):
+                                 is_causal=False, *, scale=None, enable_gqa=False):
     """`torch.nn.functional.scaled_dot_product_attention`, computed by attnx.
 
     Parameters
@@ -190,6 +202,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     query : Tensor, shape (..., Hq, L, E)
     key : Tensor, shape (..., H, S, E)
     value : Tensor, shape (..., H, S, Ev)
+        (With `enable_gqa`, key and value may have Hk and Hv heads.)
         CPU tensors, all float32 or all float64. Leading dimensions broadcast.
         S must be at least 1 (torch returns zeros for S = 0; attnx.torch
         raises a ValueError).
@@ -203,12 +216,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         Top-left causal mask (query i sees keys ``t <= i``). With `attn_mask`
         as well it is a RuntimeError, as in torch.
     scale : float, optional
-        Score factor; default ``1/sqrt(E)`` (with E = 0 the scores are 0
-        whatever the factor: uniform weights, as torch's).
+        Keyword-only, as in torch. Score factor; default ``1/sqrt(E)`` (with
+        E = 0 the scores are 0 whatever the factor: uniform weights, as
+        torch's).
     enable_gqa : bool
-        Grouped-query attention: Hq must be a multiple of H; query head h
-        uses key/value head ``h // (Hq // H)``. Done by a reshape of the
-        query and a broadcast axis in key and value, never a copy of them.
+        Keyword-only, as in torch. Grouped-query attention: Hq must be a
+        multiple of H; query head h uses key/value head ``h // (Hq // H)``.
+        Done by a reshape of the query and a broadcast axis in key and
+        value, never a copy of them. As in torch, key and value may have
+        different head counts Hk and Hv, each dividing Hq (query head h
+        uses key head ``h // (Hq // Hk)`` and value head ``h // (Hq // Hv)``):
+        then both are repeated to ``lcm(Hk, Hv)`` heads first (a copy).
 
     Returns
     -------
@@ -281,11 +299,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if not gqa:
         out, _ = _sdpa(query, key, value, attn_mask, bool(is_causal), scale)
         return out
-    hq, hkv = query.shape[-3], key.shape[-3]
-    if value.shape[-3] != hkv or hkv == 0 or hq % hkv:
-        raise ValueError(f"enable_gqa=True needs key and value with the same number of heads, "
-                         f"dividing the query's: got query {tuple(query.shape)}, key "
-                         f"{tuple(key.shape)}, value {tuple(value.shape)}")
+    hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
+    if hk == 0 or hv == 0 or hq % hk or hq % hv:
+        raise ValueError(f"enable_gqa=True needs key and value head counts that divide the "
+                         f"query's: got query {tuple(query.shape)}, key {tuple(key.shape)}, "
+                         f"value {tuple(value.shape)}")
+    hkv = math.lcm(hk, hv)          # divides hq, as hk and hv do
+    if hk != hkv:   # unequal head counts (torch allows them): a copy, autograd sums it back
+        key = key.repeat_interleave(hkv // hk, dim=-3)
+    if hv != hkv:
+        value = value.repeat_interleave(hkv // hv, dim=-3)
     group = hq // hkv
     q5 = query.unflatten(-3, (hkv, group))                   # (..., Hkv, G, L, E), a view
     k5, v5 = key.unsqueeze(-3), value.unsqueeze(-3)          # (..., Hkv, 1, S, E), views

@@ -38,6 +38,14 @@ CASES = {
                  {"enable_gqa": True, "mask": (2, 6, 5, 7)}),
     "gqa_mask_one_head": ((2, 4, 5, 8), (2, 1, 7, 8), (2, 1, 7, 4),
                           {"enable_gqa": True, "mask": (2, 1, 5, 7)}),
+    # key and value with different head counts, each dividing the query's
+    # (torch allows it: query head h reads key head h // (Hq // Hk) and value
+    # head h // (Hq // Hv))
+    "gqa_kv_heads_differ": ((2, 6, 5, 8), (2, 2, 7, 8), (2, 3, 7, 4), {"enable_gqa": True}),
+    "gqa_kv_heads_differ_mask": ((2, 6, 5, 8), (2, 3, 7, 8), (2, 1, 7, 4),
+                                 {"enable_gqa": True, "mask": (2, 6, 5, 7)}),
+    "gqa_kv_heads_differ_causal": ((1, 12, 6, 8), (1, 4, 6, 8), (1, 6, 6, 5),
+                                   {"enable_gqa": True, "is_causal": True, "scale": 0.7}),
 }
 
 
@@ -173,6 +181,40 @@ def test_torch_compile_fullgraph(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_signature_is_torchs():
+    """torch's sdpa takes scale and enable_gqa by keyword only (a seventh
+    positional argument is a TypeError there): so does the drop-in."""
+    import inspect
+    P = inspect.Parameter
+    want = [("query", P.POSITIONAL_OR_KEYWORD, P.empty), ("key", P.POSITIONAL_OR_KEYWORD, P.empty),
+            ("value", P.POSITIONAL_OR_KEYWORD, P.empty),
+            ("attn_mask", P.POSITIONAL_OR_KEYWORD, None),
+            ("dropout_p", P.POSITIONAL_OR_KEYWORD, 0.0),
+            ("is_causal", P.POSITIONAL_OR_KEYWORD, False),
+            ("scale", P.KEYWORD_ONLY, None), ("enable_gqa", P.KEYWORD_ONLY, False)]
+    got = [(p.name, p.kind, p.default)
+           for p in inspect.signature(at.scaled_dot_product_attention).parameters.values()]
+    assert got == want
+    q = randn(1, 2, 3, 4, grad=False)
+    for f in (F.scaled_dot_product_attention, at.scaled_dot_product_attention):
+        with pytest.raises(TypeError):
+            f(q, q, q, None, 0.0, False, 0.5)
+        with pytest.raises(TypeError):
+            f(q, q, q, None, 0.0, False, None, True)
+        f(q, q, q, None, 0.0, False)                     # six positionally: both take them
+
+
+def test_autocast_is_ignored_and_documented():
+    """Under CPU autocast torch's sdpa computes in bfloat16; attnx.torch
+    computes in its inputs' dtype, as its module docstring says."""
+    q = randn(1, 2, 3, 4, dtype=torch.float32, grad=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = at.scaled_dot_product_attention(q, q, q)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, at.scaled_dot_product_attention(q, q, q), rtol=0, atol=0)
+    assert "autocast" in " ".join(at.__doc__.split()).lower()
+
+
 def test_errors_name_the_argument():
     q, k, v = randn(1, 2, 3, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 4)
     with pytest.raises(ValueError, match="dropout_p"):
@@ -191,6 +233,13 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask(3, 5), is_causal=True)
     with pytest.raises(ValueError, match="enable_gqa"):
         at.scaled_dot_product_attention(randn(1, 3, 3, 4), k, v, enable_gqa=True)
+    # key and value heads may differ, but each must divide the query's (torch: a
+    # RuntimeError; with zero kv heads, a crash)
+    for hk, hv in ((4, 3), (2, 4), (0, 3), (3, 0)):
+        with pytest.raises(ValueError, match="enable_gqa=True needs key and value head counts "
+                                             "that divide the query's"):
+            at.scaled_dot_product_attention(randn(1, 6, 3, 4), randn(1, hk, 5, 4),
+                                            randn(1, hv, 5, 4), enable_gqa=True)
     # degenerate shapes: clear errors, not ZeroDivisionError / modulo by zero
     with pytest.raises(ValueError, match="no keys"):
         at.scaled_dot_product_attention(randn(1, 2, 3, 4), randn(1, 2, 0, 4), randn(1, 2, 0, 5))
