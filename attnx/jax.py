@@ -10,6 +10,10 @@ gradients. It works under `jax.jit` and `jax.grad`; float64 needs
 Differences from jax.nn.dot_product_attention:
 - a query row whose every key is masked gets zeros (and zero gradients);
   JAX's XLA implementation gives it the plain mean of all the value rows;
+- so does a row whose `bias` is ``-inf`` at every key (or whose keys are
+  excluded by `mask` and `bias` together): zeros, and zero gradients for
+  query, key, value and bias from that row; jax.nn gives it NaN (and NaN
+  gradients);
 - `bias` gets its gradient through attnx's ``grad_bias`` (a buffer of the
   scores' full shape in the backward);
 - the sequence-length, window and implementation options are not offered.

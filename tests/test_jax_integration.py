@@ -127,6 +127,32 @@ def test_fully_masked_rows_give_zeros():
     assert np.all(np.asarray(g[:, 3]) == 0)
 
 
+def test_rows_whose_bias_is_all_minus_inf_give_zeros():
+    """As a fully masked row (documented next to it): zeros and zero
+    gradients, where jax.nn gives NaN. The other rows are those of the same
+    row masked instead, and so are the key and value gradients."""
+    q, k, v, _ = make("plain")
+    b = RNG.standard_normal((2, 4, 5, 7))
+    b[:, 1:3, 3] = -np.inf                    # row 3 of heads 1 and 2: no key
+    m = np.ones(b.shape, bool)
+    m[:, 1:3, 3] = False
+    b_masked = np.where(m, b, 0.0)
+    out = aj.dot_product_attention(q, k, v, bias=b)
+    assert np.all(np.asarray(out[:, 3, 1:3]) == 0)
+    np.testing.assert_array_equal(out, aj.dot_product_attention(q, k, v, bias=b_masked, mask=m))
+    loss = lambda q_, k_, v_, b_: (aj.dot_product_attention(q_, k_, v_, bias=b_) ** 2).sum()
+    gq, gk, gv, gb = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, b)
+    assert np.all(np.asarray(gq[:, 3, 1:3]) == 0) and np.all(np.asarray(gb[:, 1:3, 3]) == 0)
+    for g in (gq, gk, gv, gb):
+        assert np.all(np.isfinite(np.asarray(g)))
+    loss_m = lambda q_, k_, v_, b_: (aj.dot_product_attention(q_, k_, v_, bias=b_, mask=m)
+                                     ** 2).sum()
+    for a, want in zip((gq, gk, gv, gb), jax.grad(loss_m, argnums=(0, 1, 2, 3))(q, k, v, b_masked)):
+        np.testing.assert_array_equal(a, want)
+    doc = " ".join(aj.__doc__.split())
+    assert "bias` is ``-inf`` at every key" in doc and "jax.nn gives it NaN" in doc
+
+
 def test_errors_name_the_argument():
     q, k, v, _ = make("plain")
     with pytest.raises(TypeError, match="bias has dtype"):
