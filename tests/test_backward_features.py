@@ -313,3 +313,20 @@ def test_the_softcap_derivative_where_tanh_saturates(simd, dtype, tol, Lq, T):
     for got, want in ((dq, ds @ Kl), (dk, ds.T @ ql), (dv_, p.T @ Gl)):
         want = want.astype(np.float64)
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_a_masked_key_of_a_nan_row_of_its_own_state_gets_zero(simd):
+    """A row past |lse| = 64 whose own state is NaN (a NaN key after the
+    forward): its masked key still weighs 0, so that key's dK, dV and bias
+    gradient are 0, as for a row with a NaN lse; its seen keys are NaN."""
+    q = np.array([[1.0, 0.0]])
+    K = np.array([[1.0, 2.0], [0.5, 0.0], [2.0, 1.0], [-1.0, 1.0]])
+    V = np.arange(8.0).reshape(4, 2)
+    mask = np.array([[True, True, True, False]])
+    bias = np.full((1, 4), 2.0 ** 20)
+    out, lse = attnx.attend(q, K, V, bias=bias, mask=mask, return_lse=True)
+    K[0, 0] = np.nan
+    dq, dk, dv, db = attnx.attend_backward(np.ones((1, 2)), q, K, V, out, lse, bias=bias, mask=mask,
+                                           grad_bias=True)
+    assert np.array_equal(dk[3], [0, 0]) and np.array_equal(dv[3], [0, 0]) and db[0, 3] == 0
+    assert np.isnan(dv[:3]).all() and np.isnan(dq).all()

@@ -148,6 +148,28 @@ def test_batched_features(simd, dt):
     _check(lambda: attnx.attend_varlen(q, k, v, cu, cu, scale=sc, causal=True, num_threads=1), "varlen")
 
 
+@pytest.mark.parametrize("dt, shift", [(np.float64, 715.0), (np.float32, 90.0)], ids=["float64", "float32"])
+@pytest.mark.parametrize("T", [17, 32, 300])
+def test_backward_rows_of_their_own_state(simd, dt, shift, T):
+    """Rows whose |lse| passes 64 take P = exp(S - m) / l in the backward.
+    Scores shifted up by 715 (float64) / 90 (float32), weights unchanged and
+    normal: a partial key block's padding lanes and masked keys have exps
+    near or below the normal range against such an m, which the 1 / l
+    factor must not take as operands (it did, before their lanes were
+    zeroed first)."""
+    rng = np.random.default_rng(T)
+    r = lambda *s: rng.standard_normal(s).astype(dt)
+    q, K, V = r(5, 4), r(T, 4), r(T, 4)
+    every_other = np.broadcast_to(np.arange(T) % 2 == 0, (5, T))
+    for name, kw in (("bias", {}), ("bias and mask", {"mask": every_other}),
+                     ("causal", {"causal": "lower_right"})):
+        kw["bias"] = np.full((5, T), shift, dt)
+        out, lse = attnx.attend(q, K, V, return_lse=True, num_threads=1, **kw)
+        assert (lse > 64).all()
+        _check(lambda: attnx.attend_backward(np.ones_like(out), q, K, V, out, lse, num_threads=1, **kw),
+               f"backward, own state, {name}")
+
+
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
 def test_softmax_family_at_the_cliff(simd, dt):
     """The bench's cliff rows: 10% of the scores at max - 60 (float32) /

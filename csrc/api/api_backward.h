@@ -152,8 +152,8 @@ static void bwd_probs(const AX_KERNELS *kt, AX_T *s, AX_T *dp, size_t n, AX_T sh
      * not make it NaN: its key and value rows are never read) */
     for (size_t t = 0; t < n; t++) s[t] = s[t] == -INFINITY ? s[t] : s[t] - shift;
     kt->exp(s, n, s);
-    if (wt != 1)
-        for (size_t t = 0; t < n; t++) s[t] *= wt;
+    if (wt != 1)   /* a masked key's 0 stays 0, even where wt is NaN */
+        for (size_t t = 0; t < n; t++) s[t] = s[t] != 0 ? s[t] * wt : s[t];
     /* a masked key (its dp -inf: its value row unread) has p = 0 and ds 0 */
     for (size_t t = 0; t < n; t++) dp[t] = s[t] != 0 ? s[t] * (dp[t] - D) : 0;
     if (gb)   /* the bias's gradient: before the softcap's derivative */

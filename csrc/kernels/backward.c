@@ -276,8 +276,11 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                     for (int h = 0; h < 2; h++) {
                         const unsigned on = (lv >> (h * VX_W)) & VX_LANES_ALL;
                         vx_t p = vx_exp_diff(sv[h], lv_);
-                        if (own) p = vx_mul(p, wv);
+                        /* unseen lanes to 0 first: their exp (of a padding or
+                         * masked score, against a large m) can be subnormal, an
+                         * operand 1 / l must not take */
                         if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
+                        if (own) p = vx_mul(p, wv);
                         const unsigned nzp = vx_nz_bits(p);
                         weighs |= nzp << (h * VX_W);
                         vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
