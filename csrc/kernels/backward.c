@@ -280,7 +280,13 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                          * masked score, against a large m) can be subnormal, an
                          * operand 1 / l must not take */
                         if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
-                        if (own) p = vx_mul(p, wv);
+                        if (own) {
+                            p = vx_mul(p, wv);
+                            /* and again after: a NaN wt made them NaN, and a
+                             * weight beyond the block's keys ran the key loops
+                             * below past them */
+                            if (on != VX_LANES_ALL) p = vx_select(vx_lanes(on), zero, p);
+                        }
                         const unsigned nzp = vx_nz_bits(p);
                         weighs |= nzp << (h * VX_W);
                         vx_t ds = vx_mul(p, vx_sub(vx_load(dS + KB * r + h * VX_W), Dv));
@@ -355,7 +361,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                         const size_t t = lowest_bit(b);
                         size_t te = t;
                         while (te < kn && ((b >> te) & 1)) te++;
-                        b &= te >= 32 ? 0u : ~((1u << te) - 1u);
+                        b = te >= kn ? 0u : b & ~((1u << te) - 1u);   /* no key past kn */
                         for (size_t u = t; u < te; u += MR) {
                             const int mt = te - u < MR ? (int)(te - u) : MR;
                             mm_tiles_t(mt, S + u, ri, nlive, dOg, dv, dv, dVb + u * dv, dv);
