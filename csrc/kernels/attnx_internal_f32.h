@@ -230,7 +230,12 @@ static inline void attnx_online_finish_f32(double m, double l, float *c, size_t 
     } else if (m == -(double)INFINITY) {
         for (size_t j = 0; j < dv; j++) c[j] = 0.0f;
     } else {
-        for (size_t j = 0; j < dv; j++) c[j] = (float)((double)c[j] / l);
+        /* times 1/l in double: the float result is the same as of c / l
+         * but where c / l lies within 2^-52 of a rounding boundary of
+         * float, and one division per row, not per element (a vdivpd
+         * per 8 elements cost the tiled kernel 3% on Intel) */
+        const double rl = 1.0 / l;
+        for (size_t j = 0; j < dv; j++) c[j] = (float)((double)c[j] * rl);
     }
 }
 
