@@ -710,6 +710,11 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
     }
     for (size_t j = 0; j < nr * dv; j++) ctx[j] = 0;
     const size_t dpad = (d + VX_W - 1) / VX_W * VX_W;
+    /* no mask and every row seeing [tbeg, tend): a block's live keys are
+     * the same for every row, found once per block (the general loop below
+     * kept its `any` in memory: a store-forwarding chain per row) */
+    int same = !mask;
+    for (size_t r = 0; same && r < nr; r++) same = rlo[r] == tbeg && rhi[r] == tend;
     if (packed) tbeg -= tbeg % KB;   /* blocks on the shared packing's grid */
     for (size_t T0 = tbeg; T0 < tend; T0 += KS) {
         const size_t ks = tend - T0 < KS ? tend - T0 : KS, nsub = (ks + KB - 1) / KB;
@@ -719,7 +724,19 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             const size_t t0 = T0 + b * KB, kn = ks - b * KB < KB ? ks - b * KB : KB;
             const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
             unsigned any = 0;
-            for (size_t r = 0; r < nr; r++) {
+            if (same) {
+                const size_t lo = rlo[0], hi = rhi[0];
+                unsigned lv = lo >= t0 + kn || hi <= t0 ? 0 : base, acc = 0;
+                if (lo > t0) lv &= ~((1u << (lo - t0)) - 1u);
+                if (hi < t0 + kn) lv &= (1u << (hi - t0)) - 1u;
+                for (size_t r = 0; r < nr; r++) {
+                    const unsigned lr = l[r] == l[r] ? lv : 0;  /* poisoned rows are done */
+                    w->live[r * NSUB + b] = lr;
+                    acc |= lr;
+                }
+                any = acc;
+            }
+            for (size_t r = 0; !same && r < nr; r++) {
                 unsigned lv = base;
                 if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
                 else {
@@ -813,7 +830,7 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
                 if (!lvr[b]) continue;
                 unsigned nz = 0;
                 for (int h = 0; h < 2; h++) {
-                    vx_t p = vx_exp_diff(vx_load(Sr + b * KB + h * VX_W), mv);
+                    vx_t p = vx_exp_below(vx_load(Sr + b * KB + h * VX_W), mv);   /* S <= m */
                     vx_store(Sr + b * KB + h * VX_W, p);
                     nz |= vx_nz_bits(p) << (h * VX_W);
                     ps[h] = p;

@@ -105,17 +105,25 @@ VX_INLINE vx_t exp_scaled_twice(vx_t er, vx_bits_t ti, vx_bool_t sub)
     return vx_mul(vx_mul(er, s1), s2);
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define VX_LIKELY(x) __builtin_expect(!!(x), 1)
+#else
+#define VX_LIKELY(x) (x)
+#endif
+
 /* exp(hi + lo); with kept (a constant NULL or not: inlined either way),
  * *kept = the same with its lanes below 2^-1021 (float: 2^-125; the
  * subnormal ones and the lowest normal binade) zeroed, the summand of a
  * sum far above them (exp_sum in kernels/softmax.c); a blend in the slow
- * path only, where those lanes are. */
-VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
+ * path only, where those lanes are. nonpos (a constant): the caller knows
+ * hi <= 0 or NaN in every lane (softmax weights against their maximum),
+ * so the upper clamp and the overflow test are left out. */
+VX_INLINE vx_t exp2sum_core(vx_t hi, vx_t lo, vx_t *kept, int nonpos)
 {
     const vx_t shifter = vx_set1(VX_SHIFTER), one = vx_set1(1);
     /* x second: a NaN passes through the clamp (see vx_max) */
     vx_t x = vx_max(vx_set1(VX_EXP_LO), hi);
-    x = vx_min(vx_set1(VX_EXP_HI), x);
+    if (!nonpos) x = vx_min(vx_set1(VX_EXP_HI), x);
     vx_t t = vx_fma(x, vx_set1(VX_LOG2E), shifter);   /* n in t's low bits */
     vx_t n = vx_sub(t, shifter);
     /* rh exact (Cody-Waite, Sterbenz); 1 + rh is carried exactly as
@@ -135,7 +143,7 @@ VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
     vx_bits_t ti = vx_to_bits(t);
     const vx_bits_t bias = vb_set1(VX_EXP_BIAS);
     const vx_bool_t sub = vx_lt(n, vx_set1(VX_SUBNORMAL_N));
-    if (!vx_any(vx_or_b(sub, vx_lt(vx_set1(VX_TOP_N), n)))) {
+    if (VX_LIKELY(!vx_any(nonpos ? sub : vx_or_b(sub, vx_lt(vx_set1(VX_TOP_N), n))))) {
         const vx_t e = vx_mul(er, vx_from_bits(vb_shl_mant(vb_add(ti, bias))));
         if (kept) *kept = e;
         return e;
@@ -145,24 +153,43 @@ VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
     return e;
 }
 
-VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
+VX_INLINE vx_t exp2sum_kept(vx_t hi, vx_t lo, vx_t *kept)
 {
-    return exp2sum_kept(hi, lo, NULL);
+    return exp2sum_core(hi, lo, kept, 0);
 }
 
-/* exp(a - b), see the top; kept as in exp2sum_kept */
-VX_INLINE vx_t exp_diff_kept(vx_t a, vx_t b, vx_t *kept)
+VX_INLINE vx_t vx_exp2sum(vx_t hi, vx_t lo)
+{
+    return exp2sum_core(hi, lo, NULL, 0);
+}
+
+/* exp(a - b), see the top; kept and nonpos (a <= b or NaN) as in
+ * exp2sum_core */
+VX_INLINE vx_t exp_diff_core(vx_t a, vx_t b, vx_t *kept, int nonpos)
 {
     vx_t hi = vx_sub(a, b);
     vx_t z = vx_sub(hi, a);
     vx_t lo = vx_sub(vx_sub(a, vx_sub(hi, z)), vx_add(b, z));
-    vx_bool_t sane = vx_and_b(vx_ge(hi, vx_set1(VX_EXP_LO)), vx_le(hi, vx_set1(VX_EXP_HI)));
-    return exp2sum_kept(hi, vx_keep(sane, lo), kept);
+    vx_bool_t sane = vx_ge(hi, vx_set1(VX_EXP_LO));
+    if (!nonpos) sane = vx_and_b(sane, vx_le(hi, vx_set1(VX_EXP_HI)));
+    return exp2sum_core(hi, vx_keep(sane, lo), kept, nonpos);
+}
+
+VX_INLINE vx_t exp_diff_kept(vx_t a, vx_t b, vx_t *kept)
+{
+    return exp_diff_core(a, b, kept, 0);
 }
 
 VX_INLINE vx_t vx_exp_diff(vx_t a, vx_t b)
 {
-    return exp_diff_kept(a, b, NULL);
+    return exp_diff_core(a, b, NULL, 0);
+}
+
+/* exp(a - b) where a <= b or NaN in every lane: a weight against its
+ * row's maximum */
+VX_INLINE vx_t vx_exp_below(vx_t a, vx_t b)
+{
+    return exp_diff_core(a, b, NULL, 1);
 }
 
 #endif /* ATTNX_KERNELS_VEXP_H */
