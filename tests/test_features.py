@@ -221,6 +221,19 @@ def test_tiled_chunks_whose_keys_end_off_the_block_grid(simd, dtype, kw):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dv", [1, 15, 16, 17, 37, 69, 80])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiled_value_widths(simd, dtype, dv, causal):
+    """With more than 64 query rows in a work item (8 batch items: the rows
+    are not split further) the tiled kernel packs V once, in column panels
+    of 2 vectors (16 float64 / 32 float32 at AVX-512), and its P.V tiles
+    take the last columns a vector at a time: value widths below, at, and
+    past a panel, and past two with a tail, each against the reference."""
+    q, K, V = rand(8, 130, 24, dtype=dtype), rand(8, 203, 24, dtype=dtype), rand(8, 203, dv, dtype=dtype)
+    check_all(dtype, q, K, V, scale=0.3, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_tiled_keys_some_rows_weigh(simd, dtype):
     """A scattered mask: most register tiles hold keys that only some of
     their rows weigh (the tiled kernel gives the other rows 0 weights there
@@ -229,8 +242,9 @@ def test_tiled_keys_some_rows_weigh(simd, dtype):
     row equals the reference with that value row zeroed."""
     r = np.random.default_rng(7)
     Lq, T = 100, 203
-    q, K, V = (r.standard_normal(s).astype(dtype) for s in ((2, Lq, 24), (2, T, 24), (2, T, 8)))
-    mask = r.random((2, Lq, T)) < 0.7
+    # 8 batch items: each work item keeps its 100 rows, so K and V are packed once
+    q, K, V = (r.standard_normal(s).astype(dtype) for s in ((8, Lq, 24), (8, T, 24), (8, T, 8)))
+    mask = r.random((8, Lq, T)) < 0.7
     bad = [5, 150]
     mask[:, :, bad] = False
     mask[:, [3, 40, 77], 5] = True                  # three rows see key 5, one key 150

@@ -185,24 +185,25 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
                              const attnx_mods *md, size_t k0, size_t k1, vx_float *dQ, vx_float *dK, vx_float *dV,
                              vx_float *dSo, size_t ldS)
 {
-    vx_float stack[BK_STACK_BYTES / sizeof(vx_float)];
+    ATTNX_AL64 vx_float stack[BK_STACK_BYTES / sizeof(vx_float)];
     vx_float *buf = stack;
     const size_t dp = d + VX_W, vp = dv + VX_W, nbuf = 2 * (dp + vp) * KB;
     unsigned *lives = (unsigned *)malloc((Lq ? Lq : 1) * sizeof(unsigned));
-    if (lives && nbuf > sizeof stack / sizeof *stack) buf = (vx_float *)malloc(nbuf * sizeof(vx_float));
+    if (lives && nbuf > sizeof stack / sizeof *stack) buf = (vx_float *)attnx_malloc_al(nbuf * sizeof(vx_float));
     if (!lives || !buf) {
         free(lives);
         return -1;
     }
     vx_float *Kt = buf, *Vt = Kt + dp * KB, *dKb = Vt + vp * KB, *dVb = dKb + dp * KB;
-    vx_float Sbuf[RG * KB], dSbuf[RG * KB];
+    ATTNX_AL64 vx_float Sbuf[RG * KB];
+    ATTNX_AL64 vx_float dSbuf[RG * KB];
     const vx_t sc = vx_set1(scale), zero = vx_zero();
     const int capped = md->softcap > 0;
     attnx_mods rest = *md;                  /* after the softcap: bias, ALiBi */
     rest.softcap = 0;
     const int shaped = attnx_mods_shape(&rest);
     if (row_states(Q, K, Lq, T, d, scale, mask, mask_row_stride, md, &rest, shaped, shift, wt, Kt, Sbuf)) {
-        if (buf != stack) free(buf);
+        if (buf != stack) attnx_free_al(buf);
         free(lives);
         return -1;
     }
@@ -403,7 +404,7 @@ static int K_attend_backward(const vx_float *Q, const vx_float *K, const vx_floa
         for (size_t j = 0; j < kn * d; j++) dK[t0 * d + j] = dKb[j];
         for (size_t j = 0; j < kn * dv; j++) dV[t0 * dv + j] = dVb[j];
     }
-    if (buf != stack) free(buf);
+    if (buf != stack) attnx_free_al(buf);
     free(lives);
     return 0;
 }
