@@ -219,7 +219,9 @@ static void attend_rows(const AX_KERNELS *kt, const AX_T *Q, size_t nq, const AX
                         ptrdiff_t mask_row_stride, const attnx_mods *md, AX_T *ctx, AX_T *w, AX_T *lse)
 {
     if (!w && kt->attend_rows) {
-        kt->attend_rows(Q, nq, K, V, T, d, dv, scale, mask, mask_row_stride, md, ctx, lse);
+        /* the kernel tells whether a row needs the scan (which was a pass
+         * over the whole output, out of cache: 2% of a batched call) */
+        if (!kt->attend_rows(Q, nq, K, V, T, d, dv, scale, mask, mask_row_stride, md, ctx, lse)) return;
         for (size_t r = 0; r < nq; r++) {
             if (!nonfinite(ctx + r * dv, dv)) continue;
             size_t t0, t1;

@@ -147,9 +147,11 @@ typedef struct attnx_kernels {
      * (attnx_mods; NULL: all), shaped by it. mask row r is mask + r *
      * mask_row_stride (mask may be NULL). ctx rows are contiguous; lse[r]
      * (lse may be NULL) gets m + log(l) of row r, -inf when nothing is seen,
-     * NaN for a NaN row. NULL in a table means the generic loop over
-     * attend_online in api.c. */
-    void (*attend_rows)(const double *Q, size_t nq, const double *K, const double *V,
+     * NaN for a NaN row. Returns 1 when some ctx entry came out inf or
+     * NaN (checked while the rows are in cache: the caller then finds and
+     * redoes those rows), else 0. NULL in a table means the generic loop
+     * over attend_online in api.c. */
+    int (*attend_rows)(const double *Q, size_t nq, const double *K, const double *V,
                         size_t T, size_t d, size_t dv, double scale,
                         const unsigned char *mask, ptrdiff_t mask_row_stride,
                         const attnx_mods *mods, double *ctx, double *lse);

@@ -131,7 +131,7 @@ typedef struct attnx_kernels_f32 {
     /* Fused attention for nq consecutive queries (see attnx_kernels in
      * attnx_internal.h: same arguments, same meaning). NULL: the generic
      * loop over attend_online in api_f32.c. */
-    void (*attend_rows)(const float *Q, size_t nq, const float *K, const float *V,
+    int (*attend_rows)(const float *Q, size_t nq, const float *K, const float *V,
                         size_t T, size_t d, size_t dv, float scale,
                         const unsigned char *mask, ptrdiff_t mask_row_stride,
                         const attnx_mods *mods, float *ctx, float *lse);
