@@ -59,6 +59,22 @@ static void bwd_ptrs(const bwd_job *j, size_t b, const AX_T **O, const AX_T **dO
     }
 }
 
+/* Batch item b's operands, forward and backward, its mods, and Tb, the
+ * keys it attends (its key length, or T). */
+typedef struct {
+    const AX_T *q, *k, *v, *O, *dO, *lse;
+    const unsigned char *m;
+    attnx_mods md;
+    size_t Tb;
+} bwd_item;
+
+static void bwd_item_at(const bwd_job *j, size_t b, bwd_item *x)
+{
+    item_ptrs(j->a, b, &x->q, &x->k, &x->v, &x->m);
+    bwd_ptrs(j, b, &x->O, &x->dO, &x->lse);
+    x->Tb = item_mods(j->a, b, &x->md);
+}
+
 static AX_T dot_n(const AX_T *x, const AX_T *y, size_t n)
 {
     double s = 0.0;
@@ -177,30 +193,26 @@ static void bwd_rows(void *ptr, size_t it0, size_t it1)
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, r0 = (it % per) * BWD_ROWS;
         size_t r1 = r0 + BWD_ROWS < a->Lq ? r0 + BWD_ROWS : a->Lq;
-        const AX_T *q, *k, *v, *O, *dO, *lse;
-        const unsigned char *m;
-        item_ptrs(a, b, &q, &k, &v, &m);
-        bwd_ptrs(j, b, &O, &dO, &lse);
-        attnx_mods md;
-        size_t Tb = item_mods(a, b, &md);
+        bwd_item x;
+        bwd_item_at(j, b, &x);
         for (size_t r = r0; r < r1; r++) {
             AX_T *dq = j->dQ + (b * a->Lq + r) * a->d;
             AX_T *gb = j->dS ? j->dS + (b * a->Lq + r) * a->T : NULL;
             size_t lo, hi;
-            attnx_mods_range(&md, r, Tb, &lo, &hi);
+            attnx_mods_range(&x.md, r, x.Tb, &lo, &hi);
             fill(dq, a->d, 0);
             if (gb) fill(gb, a->T, 0);
             if (lo == hi) continue;
             const size_t n = hi - lo;
-            const AX_T *dor = dO + r * a->dv;
-            const AX_T *gr = bwd_scores(a, q + r * a->d, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL,
-                                        &md, r, lo, n, s, g);
+            const AX_T *dor = x.dO + r * a->dv;
+            const AX_T *gr = bwd_scores(a, x.q + r * a->d, x.k, x.m ? x.m + (ptrdiff_t)r * a->mask_row_stride : NULL,
+                                        &x.md, r, lo, n, s, g);
             AX_T *sh = j->shift + b * a->Lq + r, *wt = j->wt + b * a->Lq + r;
             if (*wt == 0) bwd_state(a->kt, s, n, dp, sh, wt);   /* pass 2 reads it too */
-            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
-                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
-            bwd_probs(a->kt, s, dp, n, *sh, *wt, dot_n(dor, O + r * a->dv, a->dv), gr, gb ? gb + lo : NULL);
-            a->kt->context(dp, k + lo * a->d, n, a->d, dq);
+            masked_scores(a->kt, dor, x.v + lo * a->dv, n, a->dv, (AX_T)1,
+                          x.m ? x.m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
+            bwd_probs(a->kt, s, dp, n, *sh, *wt, dot_n(dor, x.O + r * a->dv, a->dv), gr, gb ? gb + lo : NULL);
+            a->kt->context(dp, x.k + lo * a->d, n, a->d, dq);
             for (size_t c = 0; c < a->d; c++) dq[c] *= a->scale;
         }
     }
@@ -218,28 +230,24 @@ static void bwd_keys(void *ptr, size_t it0, size_t it1)
     for (size_t it = it0; it < it1; it++) {
         size_t b = it / per, t0 = (it % per) * BWD_KEYS;
         size_t nb = t0 + BWD_KEYS < a->T ? BWD_KEYS : a->T - t0;
-        const AX_T *q, *k, *v, *O, *dO, *lse;
-        const unsigned char *m;
-        item_ptrs(a, b, &q, &k, &v, &m);
-        bwd_ptrs(j, b, &O, &dO, &lse);
+        bwd_item x;
+        bwd_item_at(j, b, &x);
         AX_T *dk = j->dK + (b * a->T + t0) * a->d, *dv = j->dV + (b * a->T + t0) * a->dv;
         fill(dk, nb * a->d, 0);
         fill(dv, nb * a->dv, 0);
-        attnx_mods md;
-        size_t Tb = item_mods(a, b, &md);
         for (size_t r = 0; r < a->Lq; r++) {
             size_t lo, hi;
-            attnx_mods_range(&md, r, Tb, &lo, &hi);
+            attnx_mods_range(&x.md, r, x.Tb, &lo, &hi);
             if (lo < t0) lo = t0;
             if (hi > t0 + nb) hi = t0 + nb;
             if (lo >= hi) continue;
             const size_t n = hi - lo, o = lo - t0;
-            const AX_T *dor = dO + r * a->dv, *qr = q + r * a->d;
-            const AX_T *gr = bwd_scores(a, qr, k, m ? m + (ptrdiff_t)r * a->mask_row_stride : NULL, &md, r, lo, n, s, g);
-            masked_scores(a->kt, dor, v + lo * a->dv, n, a->dv, (AX_T)1,
-                          m ? m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
+            const AX_T *dor = x.dO + r * a->dv, *qr = x.q + r * a->d;
+            const AX_T *gr = bwd_scores(a, qr, x.k, x.m ? x.m + (ptrdiff_t)r * a->mask_row_stride : NULL, &x.md, r, lo, n, s, g);
+            masked_scores(a->kt, dor, x.v + lo * a->dv, n, a->dv, (AX_T)1,
+                          x.m ? x.m + (ptrdiff_t)r * a->mask_row_stride + lo : NULL, NULL, dp);
             bwd_probs(a->kt, s, dp, n, j->shift[b * a->Lq + r], j->wt[b * a->Lq + r],
-                      dot_n(dor, O + r * a->dv, a->dv), gr, NULL);
+                      dot_n(dor, x.O + r * a->dv, a->dv), gr, NULL);
             for (size_t t = 0; t < n; t++) {
                 const AX_T pt = s[t], dst = dp[t];
                 AX_T *dvt = dv + (o + t) * a->dv, *dkt = dk + (o + t) * a->d;
@@ -279,12 +287,8 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
     }
     for (size_t it = i0; it < i1; it++) {
         const size_t b = it / tj->nparts, part = it % tj->nparts;
-        const AX_T *q, *k, *v, *O, *dO, *lse;
-        const unsigned char *m;
-        item_ptrs(a, b, &q, &k, &v, &m);
-        bwd_ptrs(j, b, &O, &dO, &lse);
-        attnx_mods md;
-        const size_t Tb = item_mods(a, b, &md);
+        bwd_item x;
+        bwd_item_at(j, b, &x);
         size_t k0 = part * tj->keys, k1 = k0 + tj->keys < T ? k0 + tj->keys : T;
         AX_T *dq = tj->dqp ? tj->dqp + it * Lq * d : j->dQ + b * Lq * d;
         AX_T *dk = j->dK + b * T * d, *dvo = j->dV + b * T * dv;
@@ -292,10 +296,10 @@ static void bwd_tiled(void *ptr, size_t i0, size_t i1)
         AX_T *gb = j->dS ? j->dS + b * Lq * T : NULL;
         if (gb)
             for (size_t r = 0; r < Lq; r++) fill(gb + r * T + k0, k1 - k0, 0);
-        for (size_t r = 0; r < Lq; r++) D[r] = dot_n(dO + r * dv, O + r * dv, dv);
-        const size_t e0 = k0 < Tb ? k0 : Tb, e1 = k1 < Tb ? k1 : Tb;
-        if (a->kt->attend_backward(q, k, v, dO, j->shift + b * Lq, j->wt + b * Lq, D, Lq, Tb, d, dv, a->scale,
-                                   m, a->mask_row_stride, &md, e0, e1, dq, dk, dvo, gb, T))
+        for (size_t r = 0; r < Lq; r++) D[r] = dot_n(x.dO + r * dv, x.O + r * dv, dv);
+        const size_t e0 = k0 < x.Tb ? k0 : x.Tb, e1 = k1 < x.Tb ? k1 : x.Tb;
+        if (a->kt->attend_backward(x.q, x.k, x.v, x.dO, j->shift + b * Lq, j->wt + b * Lq, D, Lq, x.Tb, d, dv, a->scale,
+                                   x.m, a->mask_row_stride, &x.md, e0, e1, dq, dk, dvo, gb, T))
             j->failed = 1;
         /* only this partition's rows [k0, k1): another thread owns the rest */
         if (e1 > k0) scale_nonzero(dk + k0 * d, (e1 - k0) * d, a->scale);
@@ -317,14 +321,10 @@ static void bwd_states(void *ptr, size_t i0, size_t i1)
         size_t r = 0;
         while (r < a->Lq && wt[r] != 0) r++;
         if (r == a->Lq) continue;
-        const AX_T *q, *k, *v, *O, *dO, *lse;
-        const unsigned char *m;
-        item_ptrs(a, b, &q, &k, &v, &m);
-        bwd_ptrs(j, b, &O, &dO, &lse);
-        attnx_mods md;
-        const size_t Tb = item_mods(a, b, &md);
-        if (a->kt->attend_backward(q, k, v, dO, sh, wt, sh, a->Lq, Tb, a->d, a->dv, a->scale, m,
-                                   a->mask_row_stride, &md, 0, 0, NULL, NULL, NULL, NULL, 0))
+        bwd_item x;
+        bwd_item_at(j, b, &x);
+        if (a->kt->attend_backward(x.q, x.k, x.v, x.dO, sh, wt, sh, a->Lq, x.Tb, a->d, a->dv, a->scale, x.m,
+                                   a->mask_row_stride, &x.md, 0, 0, NULL, NULL, NULL, NULL, 0))
             j->failed = 1;
     }
 }
