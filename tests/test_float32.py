@@ -261,3 +261,23 @@ def test_fast_paths_refuse_aliasing_and_match_the_general_path():
     np.testing.assert_array_equal(attnx.softmax(K), attnx.softmax(K, num_threads=1))
     np.testing.assert_array_equal(attnx.context(fast[:4], V[:4]),
                                   attnx.context(fast[:4], V[:4], num_threads=1))
+
+
+def test_single_query_paths_agree_where_the_finish_rounds_near_a_tie(simd):
+    """The 1-D path, a one-row batch (the tiled kernel's fold) and the
+    KVCache give the same bits. Here c / l, in double, lies within 2^-52 of a
+    float rounding boundary: finishing by c / l on one path and c * (1 / l)
+    on another gave results 1 ulp apart (a reviewer's case)."""
+    T = 300
+    K = np.full((T, 1), -1000, np.float32)
+    K[0] = 0
+    K[-1] = np.float32(0.180123404)      # a later block of the fold: l = 1 + exp(-s)
+    V = np.zeros((T, 1), np.float32)
+    V[-1] = np.float32(1.57990253)
+    q = np.ones(1, np.float32)
+    one = attnx.attend(q, K, V)
+    np.testing.assert_array_equal(attnx.attend(q[None], K, V)[0], one)
+    np.testing.assert_array_equal(attnx.attend(q[None, None], K[None], V[None])[0, 0], one)
+    cache = attnx.KVCache(1, 1, dtype=np.float32)
+    cache.extend(K, V)
+    np.testing.assert_array_equal(cache.attend(q), one)

@@ -141,7 +141,14 @@ static int finish_checked(double m, double l, AX_T *c, size_t dv)
         fill(c, dv, 0);
         return 0;
     }
-    NF_CHECKED(c, dv, (AX_T)((double)c[j] / l), bad);
+    /* the kernels' finish to the bit: float32 times 1/l in double
+     * (attnx_online_finish_f32), float64 the quotient correctly rounded
+     * (the tiled kernel's Markstein finish gives the same) */
+    const double rl = 1.0 / l;
+    if (sizeof(AX_T) == sizeof(float))
+        NF_CHECKED(c, dv, (AX_T)((double)c[j] * rl), bad);
+    else
+        NF_CHECKED(c, dv, (AX_T)((double)c[j] / l), bad);
     return bad;
 }
 

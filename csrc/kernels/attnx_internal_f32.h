@@ -218,11 +218,11 @@ static inline double attnx_rescale_factor(double m_old, double m_new)
     return m_old == -(double)INFINITY ? 0.0 : attnx_exp_diff_scalar(m_old, m_new);
 }
 
-/* ctx = acc / l for one query's online-softmax state (m, l): the quotient
- * taken in double and rounded once to float, zeros when nothing was
- * attended (m == -inf), NaN when poisoned (l is NaN). The one definition
- * api_f32.c and every level's attend_rows use, so the fused single-query
- * path and the batched path agree to the bit. */
+/* ctx = acc / l for one query's online-softmax state (m, l): acc times 1/l
+ * in double, rounded to float, zeros when nothing was attended (m == -inf),
+ * NaN when poisoned (l is NaN). Every level's attend_rows and fold use it;
+ * api_impl.h's finish_checked (the fused single-query and KVCache paths)
+ * computes the same expression, so all of them agree to the bit. */
 static inline void attnx_online_finish_f32(double m, double l, float *c, size_t dv)
 {
     if (l != l) {
