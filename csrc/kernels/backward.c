@@ -266,6 +266,7 @@ static int K_attend_backward(const vx_float *Q_in, const vx_float *K, const vx_f
             pack_kt(V + t0 * dv, dv, any, Vt);
             finite = qd_finite && all_finite(Kt, d * KB) && all_finite(Vt, dv * KB);
         }
+        const vx_float *Kb = Kr ? Kr : K + t0 * d;   /* the block's key rows, for dQ */
         for (size_t G = rfirst; any && G < rend; G += RG) {
             const size_t gend = rend - G < RG ? rend : G + RG;
             for (size_t g = G; g < gend; g += MR) {
@@ -339,8 +340,7 @@ static int K_attend_backward(const vx_float *Q_in, const vx_float *K, const vx_f
                     unsigned char gidx[KB];
                     int ng = 0;
                     for (unsigned b = gl; b; b &= b - 1) gidx[ng++] = (unsigned char)lowest_bit(b);
-                    mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, K + t0 * d, d, d,
-                                dQg, d);
+                    mm_tiles_kb(mr, dS, gl == base ? NULL : gidx, gl == base ? (int)kn : ng, Kb, d, d, dQg, d);
                     continue;            /* dV and dK: over the RG rows, below */
                 }
                 /* Some operand not finite: exactly the (row, key) pairs where
@@ -374,7 +374,7 @@ static int K_attend_backward(const vx_float *Q_in, const vx_float *K, const vx_f
                         }
                         int r1 = r0 + 1;
                         while (r1 < mr && live[r1]) r1++;
-                        mm_tiles_kb(r1 - r0, dS + KB * r0, ki, nk_al, Kr ? Kr : K + t0 * d, d, d, dQg + (size_t)r0 * d,
+                        mm_tiles_kb(r1 - r0, dS + KB * r0, ki, nk_al, Kb, d, d, dQg + (size_t)r0 * d,
                                     d);
                         r0 = r1;
                     }
@@ -401,7 +401,7 @@ static int K_attend_backward(const vx_float *Q_in, const vx_float *K, const vx_f
                     unsigned char kr[KB];
                     int n = 0;
                     for (unsigned b = pr; b; b &= b - 1) kr[n++] = (unsigned char)lowest_bit(b);
-                    mm_tiles_kb(1, dS + KB * r, kr, n, Kr ? Kr : K + t0 * d, d, d, dQg + (size_t)r * d, d);
+                    mm_tiles_kb(1, dS + KB * r, kr, n, Kb, d, d, dQg + (size_t)r * d, d);
                 }
                 for (unsigned b = part; b; b &= b - 1) {
                     const unsigned k = lowest_bit(b);
