@@ -37,7 +37,8 @@
  * fold's keys PART_KEYS at a time (summed apart first; rows up to ZERO_ROW
  * elements, wider ones key by key) and each register tile's P.V as one sum
  * (attend_rows), so it rounds about T / 256 times, not T; ctx = acc / l
- * rounded once. Within a few ulp of softmax-then-context,
+ * correctly rounded (float64, finish_fma; float32: acc times 1/l in double,
+ * then rounded to float). Within a few ulp of softmax-then-context,
  * float64.
  * Memory: reads each key and value row once (sizeof(element) * T * (d + dv)
  * bytes per query, per RQ queries for attend_rows), masked and p == 0 rows

@@ -11,6 +11,8 @@
  *   exp_diff_kept(a, b, &k)  the same, and k = it with its lanes below
  *                        2^-1021 (float 2^-125) zeroed: a summand that
  *                        keeps softmax's Kahan sums in the normal range
+ *   vx_exp_below(a, b)   vx_exp_diff where a <= b (or NaN) in every lane,
+ *                        the same results without the overflow test
  *
  * Accuracy: 0.67 ulp (float64) / 0.64 ulp (float32) measured where the
  * result is normal, 0.75 ulp at the subnormal boundary, at the FMA levels;
