@@ -794,9 +794,12 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
             unsigned any = 0;
             if (same) {
                 const size_t lo = rlo[0], hi = rhi[0];
-                unsigned lv = lo >= t0 + kn || hi <= t0 ? 0 : base, acc = 0;
-                if (lo > t0) lv &= ~((1u << (lo - t0)) - 1u);
-                if (hi < t0 + kn) lv &= (1u << (hi - t0)) - 1u;
+                unsigned lv = 0, acc = 0;
+                if (lo < t0 + kn && hi > t0) {   /* as the loop below: shifts < KB */
+                    lv = base;
+                    if (lo > t0) lv &= ~((1u << (lo - t0)) - 1u);
+                    if (hi < t0 + kn) lv &= (1u << (hi - t0)) - 1u;
+                }
                 for (size_t r = 0; r < nr; r++) {
                     const unsigned lr = l[r] == l[r] ? lv : 0;  /* poisoned rows are done */
                     w->live[r * NSUB + b] = lr;
