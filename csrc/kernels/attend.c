@@ -791,34 +791,26 @@ static void rows_chunk(const vx_float *Q, size_t nr, size_t qa, const vx_float *
         for (size_t b = 0; b < nsub; b++) {
             const size_t t0 = T0 + b * KB, kn = ks - b * KB < KB ? ks - b * KB : KB;
             const unsigned base = kn == KB ? KB_ALL : (1u << kn) - 1u;
-            unsigned any = 0;
-            if (same) {
-                const size_t lo = rlo[0], hi = rhi[0];
-                unsigned lv = 0, acc = 0;
-                if (lo < t0 + kn && hi > t0) {   /* as the loop below: shifts < KB */
-                    lv = base;
-                    if (lo > t0) lv &= ~((1u << (lo - t0)) - 1u);
-                    if (hi < t0 + kn) lv &= (1u << (hi - t0)) - 1u;
+            /* row r's keys of the block (with `same`, row 0's for every
+             * row); `acc`, not `any`, in the loop: kept in a register */
+            unsigned acc = 0, lv0 = 0;
+            for (size_t r = 0; r < nr; r++) {
+                unsigned lv = lv0;
+                if (!same || r == 0) {
+                    lv = 0;
+                    if (rlo[r] < t0 + kn && rhi[r] > t0) {   /* shifts < KB */
+                        lv = base;
+                        if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
+                        if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
+                    }
+                    if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
+                    lv0 = lv;
                 }
-                for (size_t r = 0; r < nr; r++) {
-                    const unsigned lr = l[r] == l[r] ? lv : 0;  /* poisoned rows are done */
-                    w->live[r * NSUB + b] = lr;
-                    acc |= lr;
-                }
-                any = acc;
-            }
-            for (size_t r = 0; !same && r < nr; r++) {
-                unsigned lv = base;
-                if (rlo[r] >= t0 + kn || rhi[r] <= t0) lv = 0;
-                else {
-                    if (rlo[r] > t0) lv &= ~((1u << (rlo[r] - t0)) - 1u);
-                    if (rhi[r] < t0 + kn) lv &= (1u << (rhi[r] - t0)) - 1u;
-                }
-                if (lv && mask) lv &= vx_bytes_nz(mask + (ptrdiff_t)r * mask_row_stride + (ptrdiff_t)t0, kn);
                 if (l[r] != l[r]) lv = 0;  /* poisoned rows are done */
                 w->live[r * NSUB + b] = lv;
-                any |= lv;
+                acc |= lv;
             }
+            const unsigned any = acc;
             if (!any) continue;
             anyrow = 1;
             vx_float *Ktb = Kt;
